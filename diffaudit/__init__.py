@@ -1,0 +1,25 @@
+"""diffaudit: is my diffusion model training well, from its training logs alone.
+
+The analyzer side (this package without ``diffaudit.logger``) never imports torch.
+"""
+
+from __future__ import annotations
+
+from importlib.metadata import PackageNotFoundError, version as _version
+
+try:
+    __version__ = _version("diffaudit")
+except PackageNotFoundError:  # running from a source tree that was never installed
+    __version__ = "0.0.0+unknown"
+
+from diffaudit.errors import DiffauditError  # noqa: E402
+
+
+def load_run(path, *, strict: bool = False):
+    """Load a run directory or exported ``.parquet`` file into a :class:`diffaudit.load.Run`."""
+    from diffaudit.load import load_run as _load_run
+
+    return _load_run(path, strict=strict)
+
+
+__all__ = ["DiffauditError", "__version__", "load_run"]

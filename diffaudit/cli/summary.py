@@ -1,0 +1,67 @@
+"""`diffaudit summary` and `diffaudit export`."""
+
+from __future__ import annotations
+
+import click
+
+from diffaudit.cli import main
+from diffaudit.load import export_run, load_run
+from diffaudit.summary import summarize
+
+STRICT = click.option("--strict", is_flag=True, help="Fail on a damaged part instead of skipping it.")
+
+
+def _fmt(x, spec=".4g") -> str:
+    return "-" if x is None else format(x, spec)
+
+
+@main.command()
+@click.argument("run", type=click.Path(path_type=str))
+@STRICT
+@click.option("--rows", default=20, show_default=True, type=click.IntRange(1, 1000), help="Noise-level rows in the table.")
+def summary(run, strict, rows):
+    """Print an overview of RUN: steps, segments, ranks, losses, recent loss per noise level.
+
+    \b
+    Example:
+      diffaudit summary runs/exp1
+    """
+    r = load_run(run, strict=strict)
+    s = summarize(r, max_rows=rows)
+    echo = click.echo
+    echo(f"run {s.name}  (id {s.run_id})  {s.process}/{s.prediction}, {s.num_bins} noise bins")
+    if s.first_step is not None:
+        gap = f", {s.missing_steps} missing inside" if s.missing_steps else ""
+        echo(f"steps {s.first_step}..{s.last_step}: {s.steps_logged} logged{gap}")
+    echo(f"segments {s.segments} (restarts: {max(s.segments - s.ranks, 0)}), ranks {s.ranks}, "
+         f"rows superseded by restarts {s.superseded_rows}")
+    echo(f"loss {_fmt(s.first_loss)} -> {_fmt(s.last_loss)} (median of first/last 5% of steps); "
+         f"non-finite losses {s.nonfinite}; clip rate {_fmt(s.clip_rate, '.1%')}")
+    echo(f"eval windows {s.eval_windows}, gradient-probe steps {s.probe_steps}")
+    for p in s.problems:
+        echo(f"warning: {p}", err=True)
+    if s.recent:
+        unit = {"vp": "t", "flow": "t", "edm": "sigma"}[s.process]
+        echo(f"\nrecent loss per noise level (steps >= {s.recent_from_step}):")
+        echo(f"  {'bins':>9}  {unit + ' range':>19}  {'count':>8}  {'mean':>10}  {'std':>10}")
+        for b in s.recent:
+            rng = f"{b.t_lo:.4g}-{b.t_hi:.4g}"
+            echo(f"  {f'{b.bin_lo}-{b.bin_hi - 1}':>9}  {rng:>19}  {b.count:>8}  {b.mean:>10.4g}  {b.std:>10.3g}")
+
+
+@main.command()
+@click.argument("run", type=click.Path(path_type=str))
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False, path_type=str), help="The .parquet file to write.")
+@STRICT
+def export(run, output, strict):
+    """Write RUN as one self-describing .parquet file (for CI artifacts); every command reads it.
+
+    \b
+    Example:
+      diffaudit export runs/exp1 -o exp1.parquet
+    """
+    r = load_run(run, strict=strict)
+    for p in r.problems:
+        click.echo(f"warning: {p}", err=True)
+    out = export_run(r, output)
+    click.echo(f"wrote {out} ({r.steps.height} steps, {r.bins.height} bin rows)")

@@ -1,0 +1,679 @@
+"""RunLogger: per-noise-level loss statistics kept on the device, written as immutable Parquet parts.
+
+Called once per step (or once per micro-batch) inside the user's own training
+loop. The hot path, :meth:`RunLogger.log`, only queues device kernels:
+
+* the bin of each timestep is computed on the device,
+* count, shifted sum and shifted sum of squares of the per-sample losses are
+  ``index_add_``-ed into a float64 buffer per (window, bin); min and max by
+  ``scatter_reduce_``; non-finite losses are counted and excluded,
+* the step's loss sum and the pre-clip gradient norm (the tensor
+  ``clip_grad_norm_`` returns) are written into a device ring buffer.
+
+Nothing in it calls ``.item()``, ``.tolist()``, ``.cpu()`` or otherwise waits
+for the device. Every ``flush_every`` steps the buffers are copied with one
+``non_blocking`` copy each into pinned host memory, a CUDA event is recorded,
+and a background thread waits for that event and writes the Parquet parts.
+
+Why shifted sums: a float64 sum and sum of squares loses the variance to
+cancellation when the mean is large against the spread. Each bin keeps a shift
+K (its mean at the previous flush, updated on the device) and accumulates
+x - K, which keeps m2 = S2 - S1^2/n accurate (the "shifted data" algorithm).
+
+The analyzer never imports this module; it is the only one that imports torch.
+"""
+
+from __future__ import annotations
+
+import atexit
+import hashlib
+import math
+import os
+import platform
+import queue
+import threading
+import time
+import warnings
+import weakref
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import torch
+
+from diffaudit import __version__
+from diffaudit import runformat as rf
+from diffaudit.errors import DataError, RunFormatError, ScheduleError
+from diffaudit.noise import DEFAULT_PREDICTION, Process, schedule_from_betas
+
+# columns of the per-(window, bin) accumulator
+_C_COUNT, _C_S1, _C_S2, _C_NONFINITE, _C_RAW, _C_W, _C_WX = range(7)
+_NCOL = 7
+# the fixed per-step scalars; any other keyword scalar becomes an extra column
+_FIXED_SCALARS = ("grad_norm", "clip_threshold", "lr", "loss_scale")
+_SPLITS = ("train", "eval")
+
+
+# ----------------------------------------------------------------------------
+# Buffers
+
+
+@dataclass
+class _Window:
+    """Host-side bookkeeping for one accumulator slot."""
+
+    key: int  # train: step // window; eval: the eval step
+    step_lo: int
+    step_hi: int
+
+
+@dataclass
+class _Batch:
+    """Everything one flush hands to the writer thread."""
+
+    seq: int
+    event: object  # torch.cuda.Event or None
+    tensors: dict  # name -> host tensor (pinned on CUDA)
+    steps: list  # step numbers, one per ring slot
+    times: list
+    host_scalars: dict  # name -> list per ring slot (None where not given)
+    device_scalar_names: list
+    windows: dict = field(default_factory=dict)  # split -> list[_Window]
+    probe_steps: list = field(default_factory=list)
+    has_weights: bool = False
+
+
+class RunLogger:
+    """Log per-noise-level loss statistics of a diffusion training run to a run directory.
+
+    Use as a context manager, or call :meth:`close` at the end; steps logged
+    since the last flush are written then.
+    """
+
+    def __init__(
+        self,
+        path,
+        *,
+        alphas_cumprod=None,  # discrete (vp) schedule, any length T: torch tensor or numpy array
+        betas=None,  # optional betas of the same schedule: gives 1 - alpha_bar without cancellation
+        process: str | None = None,  # "vp" (default with a schedule), "flow" (t in [0, 1]), "edm" (t = sigma)
+        prediction: str | None = None,  # vp: epsilon | sample | v_prediction; flow: flow; edm: edm | sample
+        num_bins: int = 100,  # noise-level bins
+        window: int = 100,  # steps per bin-statistics window (means/variances merge exactly across windows)
+        flush_every: int = 1000,  # steps between Parquet parts; a crash loses at most this many steps
+        sigma_data: float | None = None,  # edm: data standard deviation of the preconditioning
+        sigma_min: float = 0.002,  # edm: range of the log-sigma bins
+        sigma_max: float = 80.0,
+        data_var: float | None = None,  # per-element variance of the training data (Gaussian L* bound)
+        data_spectrum=None,  # covariance eigenvalues of the training data (a better L* bound)
+        data_dim: int | None = None,  # elements per sample, lets `diffaudit optimum` check its data
+        probe_every: int = 1200,  # probe_gradients() acts on steps divisible by this (0 = never)
+        probe_bins: int = 10,  # coarse bins the gradient probe splits the batch into
+        config: dict | None = None,  # free-form run configuration stored in run.json
+        rank: int | None = None,  # default: torch.distributed rank, else 0
+        world_size: int | None = None,
+    ):
+        self.path = Path(path)
+        if process is None:
+            process = "vp" if (alphas_cumprod is not None or betas is not None) else None
+        if process is None:
+            raise ScheduleError("RunLogger needs alphas_cumprod (discrete process) or process='flow' / 'edm'")
+        if prediction is None:
+            prediction = DEFAULT_PREDICTION.get(process, "")
+        src_dtype = None
+        alpha_bar = one_minus = None
+        if process == "vp":
+            if betas is not None:
+                alpha_bar, one_minus = schedule_from_betas(_to_numpy(betas))
+            if alphas_cumprod is not None:
+                given = _to_numpy(alphas_cumprod)
+                src_dtype = str(given.dtype)
+                if alpha_bar is None:
+                    alpha_bar = given.astype(np.float64)
+                elif not np.allclose(given, alpha_bar, rtol=1e-5, atol=1e-7):
+                    raise ScheduleError("alphas_cumprod and betas describe different schedules")
+        self.process = Process(
+            kind=process,
+            prediction=prediction,
+            num_bins=int(num_bins),
+            alpha_bar=alpha_bar,
+            one_minus_alpha_bar=one_minus,
+            sigma_min=sigma_min,
+            sigma_max=sigma_max,
+            sigma_data=sigma_data,
+        )
+        if int(window) < 1 or int(flush_every) < 1:
+            raise DataError(f"window and flush_every must be positive, got {window} and {flush_every}")
+        self.window = int(window)
+        self.flush_every = int(flush_every)
+        self.probe_every = int(probe_every)
+        self.probe_bins = max(1, min(int(probe_bins), self.process.num_bins))
+        if data_spectrum is not None:
+            data_spectrum = [float(v) for v in _to_numpy(data_spectrum).ravel()]
+            if data_dim is None:
+                data_dim = len(data_spectrum)
+        self.rank, self.world_size = _dist_rank(rank, world_size)
+
+        meta = {
+            "format": rf.FORMAT_NAME,
+            "format_version": rf.FORMAT_VERSION,
+            "run_id": rf.new_run_id(),
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "diffaudit_version": __version__,
+            "torch_version": torch.__version__,
+            "python_version": platform.python_version(),
+            "host": platform.node(),
+            **self.process.to_meta(),
+            "alphas_cumprod_dtype": src_dtype,
+            "schedule_from_betas": betas is not None,
+            "schedule_sha": _schedule_hash(alpha_bar),
+            "data_var": None if data_var is None else float(data_var),
+            "data_spectrum": data_spectrum,
+            "data_dim": data_dim,
+            "window": self.window,
+            "flush_every": self.flush_every,
+            "probe_every": self.probe_every,
+            "probe_bins": self.probe_bins,
+            "world_size": self.world_size,
+            "config": config or {},
+        }
+        self.meta = _create_or_join_run(self.path, meta, self.process)
+        self.segment = _new_segment(self.path, self.rank)
+
+        # device state, allocated on the first log() when the device is known
+        self._device = None
+        self._seq = 0
+        self._steps: list[int] = []
+        self._times: list[float] = []
+        self._host_scalars: dict[str, list] = {}
+        self._dev_scalar_names: list[str] = []
+        self._windows: dict[str, list[_Window]] = {s: [] for s in _SPLITS}
+        self._probe_steps: list[int] = []
+        self._last_probe_step = None
+        self._closed = False
+        self.errors: list[str] = []  # writer failures (also warned once)
+        self._queue: queue.Queue = queue.Queue()
+        self._free = queue.SimpleQueue()  # host buffer sets the writer has released
+        self._writer = threading.Thread(target=self._write_loop, name=f"diffaudit-writer-{self.rank}", daemon=True)
+        self._writer.start()
+        _live_loggers.add(self)
+
+    # ------------------------------------------------------------------------
+    # Hot path
+
+    def log(self, step: int, *, timesteps, losses, weights=None, split: str = "train", **scalars) -> None:
+        """Record one step's (or micro-batch's) per-sample losses at their timesteps, plus scalars.
+
+        ``losses`` are per-sample, unweighted; NaN/Inf entries are counted as
+        non-finite and excluded. Calling again with the same ``step`` adds to
+        that step (gradient accumulation). ``split="eval"`` keeps held-out or
+        EMA evaluation apart from training. Scalars may be Python numbers or
+        0-d tensors (``grad_norm``, ``clip_threshold``, ``lr``, ``loss_scale``,
+        or any other name); tensors stay on the device until the flush.
+        """
+        if self._closed:
+            raise RuntimeError("RunLogger.log() called after close()")
+        if split not in _SPLITS:
+            raise DataError(f"split must be 'train' or 'eval', got {split!r}")
+        step = int(step)
+        losses = losses.detach() if isinstance(losses, torch.Tensor) else torch.as_tensor(losses)
+        if self._device is None:
+            self._allocate(losses.device)
+        if losses.device != self._device:
+            losses = losses.to(self._device, non_blocking=True)
+        x = losses.reshape(-1).to(torch.float64)
+        t = timesteps if isinstance(timesteps, torch.Tensor) else torch.as_tensor(timesteps)
+        t = t.detach().reshape(-1)
+        if t.numel() != x.numel():
+            raise DataError(f"timesteps has {t.numel()} elements but losses has {x.numel()}")
+        if t.device != self._device:
+            t = t.to(self._device, non_blocking=True)
+        b = self._bin_of(t)
+
+        key = step // self.window if split == "train" else step
+        wins = self._windows[split]
+        new_win = not (wins and wins[-1].key == key)
+        new_step = split == "train" and not (self._steps and self._steps[-1] == step)
+        if (new_win and len(wins) >= self._acc[split].shape[0]) or (new_step and len(self._steps) >= self.flush_every):
+            self.flush()
+        w = self._window_slot(split, key, step)
+        slot = self._train_slot(step) if split == "train" else None
+        acc, amin, amax = self._acc[split], self._min[split], self._max[split]
+
+        fin = torch.isfinite(x)
+        finf = fin.to(torch.float64)
+        xf = torch.where(fin, x, 0.0)
+        d = torch.where(fin, x - self._shift[b], 0.0)
+        cols = [finf, d, d * d, 1.0 - finf, xf]
+        if weights is not None:
+            wt = weights.detach() if isinstance(weights, torch.Tensor) else torch.as_tensor(weights)
+            wt = wt.reshape(-1).to(self._device, torch.float64, non_blocking=True)
+            wt = torch.where(fin, wt, 0.0)
+            cols += [wt, wt * xf]
+            self._has_weights = True
+        else:
+            cols += [torch.zeros_like(xf)] * 2
+        src = torch.stack(cols, dim=1)
+        acc[w].index_add_(0, b, src)
+        amin[w].scatter_reduce_(0, b, torch.where(fin, x, math.inf), "amin")
+        amax[w].scatter_reduce_(0, b, torch.where(fin, x, -math.inf), "amax")
+        if slot is not None:
+            self._ring[slot].add_(src.sum(0))
+            for name, value in scalars.items():
+                self._set_scalar(slot, name, value)
+
+    def probe_gradients(self, model, timesteps, losses, step: int, *, every: int | None = None):
+        """Every ``probe_every`` steps: the gradient norm of each coarse noise bin's mean loss.
+
+        Call before ``backward()``, with ``losses`` still attached to the graph.
+        Uses ``torch.autograd.grad`` with ``retain_graph=True``, so the training
+        gradients (``.grad``) are not touched. Costs about 0.4 + 0.55*K training
+        steps for K probe bins; returns the device tensor of K norms, or None on
+        steps that are not probed. Not a collective: each rank probes its own batch.
+        """
+        every = self.probe_every if every is None else int(every)
+        step = int(step)
+        if every <= 0 or step % every != 0 or step == self._last_probe_step:
+            return None
+        if self._device is None:
+            self._allocate(losses.device)
+        self._last_probe_step = step
+        params = [p for p in model.parameters() if p.requires_grad]
+        t = timesteps if isinstance(timesteps, torch.Tensor) else torch.as_tensor(timesteps)
+        b = self._bin_of(t.detach().reshape(-1).to(self._device))
+        K, nb = self.probe_bins, self.process.num_bins
+        pb = (b * K).div(nb, rounding_mode="floor")
+        flat = losses.reshape(-1).float()
+        counts = torch.zeros(K, device=self._device, dtype=torch.float32).index_add_(0, pb, torch.ones_like(flat))
+        norms = torch.zeros(K, device=self._device, dtype=torch.float32)
+        for k in range(K):
+            sel = (pb == k).to(flat.dtype) / counts[k].clamp_min(1.0)
+            grads = torch.autograd.grad((flat * sel).sum(), params, retain_graph=True, allow_unused=True)
+            sq = [g.detach().float().pow(2).sum() for g in grads if g is not None]
+            if sq:
+                norms[k] = torch.stack(sq).sum().sqrt()
+        if len(self._probe_steps) >= self._probe_cap:
+            self.flush()
+        i = len(self._probe_steps)
+        self._probe_steps.append(step)
+        self._probe[i, :, 0].copy_(counts, non_blocking=True)
+        self._probe[i, :, 1].copy_(norms, non_blocking=True)
+        return norms
+
+    # ------------------------------------------------------------------------
+    # Slots
+
+    def _train_slot(self, step: int) -> int:
+        if self._steps and self._steps[-1] == step:
+            return len(self._steps) - 1
+        self._steps.append(step)
+        self._times.append(time.time())
+        for v in self._host_scalars.values():
+            v.append(None)
+        return len(self._steps) - 1
+
+    def _window_slot(self, split: str, key: int, step: int) -> int:
+        wins = self._windows[split]
+        if wins and wins[-1].key == key:
+            win = wins[-1]
+            win.step_lo, win.step_hi = min(win.step_lo, step), max(win.step_hi, step)
+            return len(wins) - 1
+        wins.append(_Window(key, step, step))
+        return len(wins) - 1
+
+    def _set_scalar(self, slot: int, name: str, value) -> None:
+        if value is None:
+            return
+        if isinstance(value, torch.Tensor):
+            col = self._dev_scalars.get(name)
+            if col is None:
+                col = torch.full((self._ring.shape[0],), math.nan, dtype=torch.float64, device=self._device)
+                self._dev_scalars[name] = col
+                self._dev_scalar_names.append(name)
+            col[slot].copy_(value.detach().reshape(()), non_blocking=True)
+        else:
+            col = self._host_scalars.get(name)
+            if col is None:
+                col = [None] * len(self._steps)
+                self._host_scalars[name] = col
+            col[slot] = float(value)
+
+    def _bin_of(self, t: torch.Tensor) -> torch.Tensor:
+        p, nb = self.process, self.process.num_bins
+        if p.kind == "vp":
+            b = (t.to(torch.int64) * nb).div(p.num_timesteps, rounding_mode="floor")
+        elif p.kind == "flow":
+            b = torch.floor(t.to(torch.float64) * nb).to(torch.int64)
+        else:
+            lo, hi = math.log(p.sigma_min), math.log(p.sigma_max)
+            u = (torch.log(t.to(torch.float64).clamp_min(1e-300)) - lo) / (hi - lo)
+            b = torch.floor(u * nb).to(torch.int64)
+        # out-of-range timesteps land in the end bins rather than trigger a device-side assert
+        return b.clamp_(0, nb - 1)
+
+    def _allocate(self, device) -> None:
+        dev = torch.device(device)
+        self._device = dev
+        nb = self.process.num_bins
+        n_win = self.flush_every // self.window + 2
+        n_eval = 8
+        f64 = dict(dtype=torch.float64, device=dev)
+        self._acc = {"train": torch.zeros(n_win, nb, _NCOL, **f64), "eval": torch.zeros(n_eval, nb, _NCOL, **f64)}
+        self._min = {s: torch.full(a.shape[:2], math.inf, **f64) for s, a in self._acc.items()}
+        self._max = {s: torch.full(a.shape[:2], -math.inf, **f64) for s, a in self._acc.items()}
+        self._shift = torch.zeros(nb, **f64)
+        self._ring = torch.zeros(self.flush_every, _NCOL, **f64)
+        self._dev_scalars: dict[str, torch.Tensor] = {}
+        self._has_weights = False
+        self._probe_cap = 16
+        self._probe = torch.zeros(self._probe_cap, self.probe_bins, 2, dtype=torch.float32, device=dev)
+
+    # ------------------------------------------------------------------------
+    # Flush (once every flush_every steps) and the writer thread
+
+    def flush(self) -> None:
+        """Hand everything logged so far to the writer thread (no wait on the device)."""
+        if self._device is None:
+            return
+        n = len(self._steps)
+        n_w = {s: len(w) for s, w in self._windows.items()}
+        n_p = len(self._probe_steps)
+        if n == 0 and not any(n_w.values()) and n_p == 0:
+            return
+        cuda = self._device.type == "cuda"
+
+        def host(src: torch.Tensor) -> torch.Tensor:
+            dst = torch.empty(src.shape, dtype=src.dtype, pin_memory=cuda)
+            dst.copy_(src, non_blocking=cuda)
+            return dst
+
+        tensors = {"ring": host(self._ring[:n]), "shift": host(self._shift)}
+        for s in _SPLITS:
+            if n_w[s]:
+                tensors[f"acc_{s}"] = host(self._acc[s][: n_w[s]])
+                tensors[f"min_{s}"] = host(self._min[s][: n_w[s]])
+                tensors[f"max_{s}"] = host(self._max[s][: n_w[s]])
+        for name in self._dev_scalar_names:
+            tensors["dev_" + name] = host(self._dev_scalars[name][:n])
+        if n_p:
+            tensors["probe"] = host(self._probe[:n_p])
+        event = None
+        if cuda:
+            event = torch.cuda.Event()
+            event.record()
+
+        # next shift: the mean of each bin over this flush's training windows (device only)
+        if n_w["train"]:
+            tot = self._acc["train"][: n_w["train"]].sum(0)
+            cnt = tot[:, _C_COUNT]
+            self._shift.add_(torch.where(cnt > 0, tot[:, _C_S1] / cnt.clamp_min(1.0), 0.0))
+        for s in _SPLITS:
+            self._acc[s].zero_()
+            self._min[s].fill_(math.inf)
+            self._max[s].fill_(-math.inf)
+        self._ring.zero_()
+        for col in self._dev_scalars.values():
+            col.fill_(math.nan)
+
+        batch = _Batch(
+            has_weights=self._has_weights,
+            seq=self._seq,
+            event=event,
+            tensors=tensors,
+            steps=self._steps,
+            times=self._times,
+            host_scalars=self._host_scalars,
+            device_scalar_names=list(self._dev_scalar_names),
+            windows=self._windows,
+            probe_steps=self._probe_steps,
+        )
+        self._seq += 1
+        self._steps, self._times = [], []
+        self._host_scalars = {k: [] for k in self._host_scalars}
+        self._windows = {s: [] for s in _SPLITS}
+        self._probe_steps = []
+        self._queue.put(batch)
+
+    def close(self) -> None:
+        """Flush what is left, wait for the writer to finish, and release the device buffers."""
+        if self._closed:
+            return
+        try:
+            self.flush()
+        finally:
+            self._closed = True
+            self._queue.put(None)
+            self._writer.join()
+            _live_loggers.discard(self)
+        if self.errors:
+            warnings.warn(f"diffaudit: {len(self.errors)} part(s) could not be written: {self.errors[0]}", stacklevel=2)
+
+    def __enter__(self) -> "RunLogger":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def _write_loop(self) -> None:
+        while True:
+            batch = self._queue.get()
+            if batch is None:
+                return
+            try:
+                if batch.event is not None:
+                    batch.event.synchronize()
+                self._write_batch(batch)
+            except Exception as e:  # a logging failure must never take the training run down
+                msg = f"{type(e).__name__}: {e}"
+                if not self.errors:
+                    warnings.warn(f"diffaudit: writing run parts failed ({msg}); training continues", stacklevel=1)
+                self.errors.append(msg)
+
+    def _write_batch(self, batch: _Batch) -> None:
+        parts = self.path / rf.PARTS_DIR
+        shift = batch.tensors["shift"].numpy()
+        tables = {}
+        if batch.steps:
+            tables["steps"] = self._steps_table(batch)
+        rows = [self._bins_rows(batch, s, shift) for s in _SPLITS if f"acc_{s}" in batch.tensors]
+        if rows:
+            tables["bins"] = pa.concat_tables(rows)
+        if batch.probe_steps:
+            tables["probes"] = self._probes_table(batch)
+        # bins before steps: a reader that sees a step also sees its window
+        for kind in ("bins", "probes", "steps"):
+            if kind in tables:
+                rf.write_table_atomic(tables[kind], parts / rf.part_name(kind, self.rank, self.segment, batch.seq))
+
+    def _steps_table(self, batch: _Batch) -> pa.Table:
+        ring = batch.tensors["ring"].numpy()
+        n = len(batch.steps)
+        count = ring[:, _C_COUNT]
+        with np.errstate(invalid="ignore", divide="ignore"):
+            loss = np.where(count > 0, ring[:, _C_RAW] / np.maximum(count, 1), np.nan)
+            wloss = ring[:, _C_WX] / ring[:, _C_W] if batch.has_weights else np.full(n, np.nan)
+        scalars = {}
+        for name in batch.device_scalar_names:
+            scalars[name] = batch.tensors["dev_" + name].numpy().astype(np.float64)
+        for name, vals in batch.host_scalars.items():
+            arr = np.array([np.nan if v is None else v for v in vals], dtype=np.float64)
+            scalars[name] = np.where(np.isnan(arr), scalars[name], arr) if name in scalars else arr
+        gn = scalars.pop("grad_norm", np.full(n, np.nan))
+        thr = scalars.pop("clip_threshold", np.full(n, np.nan))
+        with np.errstate(invalid="ignore"):
+            clipped = gn > thr
+        cols = {
+            "step": pa.array(batch.steps, pa.int64()),
+            "segment": pa.array(np.full(n, self.segment, np.int32)),
+            "rank": pa.array(np.full(n, self.rank, np.int32)),
+            "time": pa.array(batch.times, pa.float64()),
+            "loss": _f32(loss),
+            "count": pa.array(count.astype(np.int32)),
+            "nonfinite": pa.array(ring[:, _C_NONFINITE].astype(np.int32)),
+            "grad_norm": _f32(gn),
+            "clip_threshold": _f32(thr),
+            "clipped": pa.array(clipped, mask=np.isnan(gn) | np.isnan(thr)),
+            "lr": _nullable(scalars.pop("lr", np.full(n, np.nan)), pa.float64()),
+            "loss_scale": _f32(scalars.pop("loss_scale", np.full(n, np.nan))),
+            "wloss": _f32(wloss),
+        }
+        for name in sorted(scalars):
+            cols[name] = _nullable(scalars[name], pa.float64())
+        return pa.table(cols)
+
+    def _bins_rows(self, batch: _Batch, split: str, shift: np.ndarray) -> pa.Table:
+        acc = batch.tensors[f"acc_{split}"].numpy()
+        amin = batch.tensors[f"min_{split}"].numpy()
+        amax = batch.tensors[f"max_{split}"].numpy()
+        wins = batch.windows[split]
+        n_w, nb = acc.shape[:2]
+        keep = (acc[:, :, _C_COUNT] > 0) | (acc[:, :, _C_NONFINITE] > 0)
+        wi, bi = np.nonzero(keep)
+        a = acc[wi, bi]
+        n = a[:, _C_COUNT]
+        with np.errstate(invalid="ignore", divide="ignore"):
+            s1n = np.where(n > 0, a[:, _C_S1] / np.maximum(n, 1), np.nan)
+            mean = shift[bi] + s1n
+            m2 = np.where(n > 0, np.maximum(a[:, _C_S2] - a[:, _C_S1] * s1n, 0.0), np.nan)
+            wmean = np.where(a[:, _C_W] > 0, a[:, _C_WX] / a[:, _C_W], np.nan)
+        has_w = batch.has_weights
+        return pa.table(
+            {
+                "split": pa.array([split] * len(wi), pa.string()),
+                "rank": pa.array(np.full(len(wi), self.rank, np.int32)),
+                "segment": pa.array(np.full(len(wi), self.segment, np.int32)),
+                "step_lo": pa.array(np.array([wins[i].step_lo for i in wi], np.int64)),
+                "step_hi": pa.array(np.array([wins[i].step_hi for i in wi], np.int64)),
+                "bin": pa.array(bi.astype(np.int32)),
+                "count": pa.array(n.astype(np.int64)),
+                "mean": _nullable(mean, pa.float64()),
+                "m2": _nullable(m2, pa.float64()),
+                "min": _f32(np.where(np.isfinite(amin[wi, bi]), amin[wi, bi], np.nan)),
+                "max": _f32(np.where(np.isfinite(amax[wi, bi]), amax[wi, bi], np.nan)),
+                "nonfinite": pa.array(a[:, _C_NONFINITE].astype(np.int64)),
+                "wsum": _nullable(a[:, _C_W] if has_w else np.full(len(wi), np.nan), pa.float64()),
+                "wmean": _nullable(wmean if has_w else np.full(len(wi), np.nan), pa.float64()),
+            }
+        )
+
+    def _probes_table(self, batch: _Batch) -> pa.Table:
+        probe = batch.tensors["probe"].numpy()
+        P, K = probe.shape[:2]
+        nb = self.process.num_bins
+        edges = [(k * nb + K - 1) // K for k in range(K + 1)]  # fine bins b with b*K//nb == k
+        cnt = probe[:, :, 0].ravel()
+        norm = probe[:, :, 1].ravel().astype(np.float64)
+        return pa.table(
+            {
+                "rank": pa.array(np.full(P * K, self.rank, np.int32)),
+                "segment": pa.array(np.full(P * K, self.segment, np.int32)),
+                "step": pa.array(np.repeat(np.array(batch.probe_steps, np.int64), K)),
+                "probe_bin": pa.array(np.tile(np.arange(K, dtype=np.int32), P)),
+                "bin_lo": pa.array(np.tile(np.array(edges[:-1], np.int32), P)),
+                "bin_hi": pa.array(np.tile(np.array(edges[1:], np.int32), P)),
+                "count": pa.array(cnt.astype(np.int32)),
+                "grad_norm": _f32(np.where(cnt > 0, norm, np.nan)),
+            }
+        )
+
+
+# ----------------------------------------------------------------------------
+# Helpers
+
+
+def _to_numpy(x) -> np.ndarray:
+    if isinstance(x, torch.Tensor):
+        return x.detach().cpu().numpy()
+    return np.asarray(x)
+
+
+def _f32(a: np.ndarray) -> pa.Array:
+    return _nullable(a, pa.float32())
+
+
+def _nullable(a: np.ndarray, typ) -> pa.Array:
+    """NaN becomes null: a missing value is not a number, and the loader tells them apart."""
+    a = np.asarray(a, dtype=np.float64)
+    return pa.array(a.astype(typ.to_pandas_dtype()), type=typ, mask=np.isnan(a))
+
+
+def _schedule_hash(alpha_bar) -> str | None:
+    if alpha_bar is None:
+        return None
+    return hashlib.sha256(np.asarray(alpha_bar, np.float64).round(9).tobytes()).hexdigest()[:16]
+
+
+def _dist_rank(rank, world_size) -> tuple[int, int]:
+    if rank is None:
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            rank, world_size = torch.distributed.get_rank(), world_size or torch.distributed.get_world_size()
+        else:
+            rank = int(os.environ.get("RANK", 0))
+            world_size = world_size or int(os.environ.get("WORLD_SIZE", 1))
+    return int(rank), int(world_size or 1)
+
+
+_COMPAT_KEYS = ("process", "prediction", "num_bins", "num_timesteps", "sigma_min", "sigma_max", "sigma_data", "schedule_sha")
+
+
+def _create_or_join_run(path: Path, meta: dict, process: Process) -> dict:
+    """Create the run directory (run.json, schedule) or check that an existing one matches."""
+    path.mkdir(parents=True, exist_ok=True)
+    (path / rf.PARTS_DIR).mkdir(exist_ok=True)
+    (path / rf.SEGMENTS_DIR).mkdir(exist_ok=True)
+    run_json = path / rf.RUN_JSON
+    if not run_json.exists() and process.kind == "vp":
+        om = process.one_minus_alpha_bar
+        with np.errstate(divide="ignore"):
+            log_snr = np.log(process.alpha_bar) - np.log(om)
+        table = pa.table(
+            {
+                "t": pa.array(np.arange(process.num_timesteps, dtype=np.int64)),
+                "alpha_bar": pa.array(process.alpha_bar),
+                "one_minus_alpha_bar": pa.array(om),
+                "log_snr": pa.array(log_snr),
+            }
+        )
+        rf.write_table_atomic(table, path / rf.SCHEDULE_FILE)
+    if rf.write_json_exclusive(meta, run_json):
+        return meta
+    import json
+
+    try:
+        existing = json.loads(run_json.read_text())
+    except (OSError, ValueError) as e:
+        raise RunFormatError(f"{run_json}: cannot resume into this run, run.json is unreadable ({e})") from None
+    if existing.get("format_version", 0) > rf.FORMAT_VERSION:
+        raise RunFormatError(f"{run_json}: written by a newer diffaudit (format {existing.get('format_version')})")
+    for key in _COMPAT_KEYS:
+        if existing.get(key) != meta.get(key):
+            raise RunFormatError(
+                f"{run_json}: the existing run has {key}={existing.get(key)!r} but this logger has "
+                f"{key}={meta.get(key)!r}; log to a new directory"
+            )
+    return existing
+
+
+def _new_segment(path: Path, rank: int) -> int:
+    """Claim the next segment id of this rank by creating its marker file exclusively."""
+    seg_dir = path / rf.SEGMENTS_DIR
+    while True:
+        taken = [int(m["segment"]) for f in os.listdir(seg_dir) if (m := rf.SEGMENT_RE.match(f)) and int(m["rank"]) == rank]
+        seg = max(taken, default=0) + 1
+        marker = {"rank": rank, "segment": seg, "created": time.time(), "pid": os.getpid(), "host": platform.node()}
+        if rf.write_json_exclusive(marker, seg_dir / rf.segment_marker_name(rank, seg)):
+            return seg
+
+
+_live_loggers: "weakref.WeakSet[RunLogger]" = weakref.WeakSet()
+
+
+@atexit.register
+def _close_all() -> None:
+    # a script that forgot close() still gets its last steps written on a normal exit
+    for lg in list(_live_loggers):
+        try:
+            lg.close()
+        except Exception:
+            pass

@@ -1,0 +1,170 @@
+"""The on-disk run format: file names, part schemas, atomic writes (shared by logger and loader).
+
+A run is a directory that is only ever added to:
+
+    run.json                       written once, atomically (os.link of a fsynced temp file)
+    schedule.parquet               vp processes: t, alpha_bar, one_minus_alpha_bar, log_snr
+    segments/r00000-s0001.json     one marker per logger start and rank
+    parts/<kind>-r<rank>-s<segment>-<seq>.parquet
+                                   immutable parts, written to ``.<name>.tmp`` then os.replace'd
+
+Readers ignore ``*.tmp`` files (a writer killed mid-write leaves one behind) and
+never see a half-written part, because a part only gets its final name once it
+is complete and fsynced.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import uuid
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+FORMAT_NAME = "diffaudit-run"
+FORMAT_VERSION = 1  # bump on incompatible change; readers refuse newer versions
+
+RUN_JSON = "run.json"
+SCHEDULE_FILE = "schedule.parquet"
+PARTS_DIR = "parts"
+SEGMENTS_DIR = "segments"
+TMP_SUFFIX = ".tmp"
+PART_KINDS = ("steps", "bins", "probes", "optimum")
+PART_RE = re.compile(r"^(?P<kind>[a-z]+)-r(?P<rank>\d{5})-s(?P<segment>\d{4})-(?P<seq>\d{6})\.parquet$")
+SEGMENT_RE = re.compile(r"^r(?P<rank>\d{5})-s(?P<segment>\d{4})\.json$")
+PARQUET_COMPRESSION = "zstd"
+
+# ----------------------------------------------------------------------------
+# Schemas. Columns listed here are required in every part of that kind; steps
+# parts may carry extra float64 columns (the user's own scalars).
+
+STEPS_SCHEMA = pa.schema(
+    [
+        ("step", pa.int64()),
+        ("segment", pa.int32()),
+        ("rank", pa.int32()),
+        ("time", pa.float64()),  # unix seconds when log() was first called for this step
+        ("loss", pa.float32()),  # mean of the finite per-sample losses of the step (all micro-batches)
+        ("count", pa.int32()),  # finite per-sample losses in the step
+        ("nonfinite", pa.int32()),  # NaN/Inf per-sample losses in the step (excluded from loss)
+        ("grad_norm", pa.float32()),  # pre-clip total gradient norm, null if not given
+        ("clip_threshold", pa.float32()),
+        ("clipped", pa.bool_()),  # grad_norm > clip_threshold, null if either is missing
+        ("lr", pa.float64()),
+        ("loss_scale", pa.float32()),
+        ("wloss", pa.float32()),  # weighted mean sum(w*l)/sum(w), null without weights
+    ]
+)
+
+BINS_SCHEMA = pa.schema(
+    [
+        ("split", pa.string()),  # "train" or "eval"
+        ("rank", pa.int32()),
+        ("segment", pa.int32()),
+        ("step_lo", pa.int64()),  # first and last step that contributed to this window
+        ("step_hi", pa.int64()),
+        ("bin", pa.int32()),
+        ("count", pa.int64()),  # finite samples
+        ("mean", pa.float64()),
+        ("m2", pa.float64()),  # sum of squared deviations from mean (Welford/Chan)
+        ("min", pa.float32()),
+        ("max", pa.float32()),
+        ("nonfinite", pa.int64()),
+        ("wsum", pa.float64()),  # sum of per-sample weights, null without weights
+        ("wmean", pa.float64()),  # weighted mean loss, null without weights
+    ]
+)
+
+PROBES_SCHEMA = pa.schema(
+    [
+        ("rank", pa.int32()),
+        ("segment", pa.int32()),
+        ("step", pa.int64()),
+        ("probe_bin", pa.int32()),
+        ("bin_lo", pa.int32()),  # the probe bin covers fine bins [bin_lo, bin_hi)
+        ("bin_hi", pa.int32()),
+        ("count", pa.int32()),
+        ("grad_norm", pa.float32()),  # norm of the gradient of this bin's mean loss; null if count == 0
+    ]
+)
+
+OPTIMUM_SCHEMA = pa.schema(
+    [
+        ("bin", pa.int32()),
+        ("loss_opt", pa.float64()),
+        ("stderr", pa.float64()),
+        ("n", pa.int64()),
+    ]
+)
+
+SCHEMAS = {"steps": STEPS_SCHEMA, "bins": BINS_SCHEMA, "probes": PROBES_SCHEMA, "optimum": OPTIMUM_SCHEMA}
+
+
+# ----------------------------------------------------------------------------
+# Names
+
+
+def part_name(kind: str, rank: int, segment: int, seq: int) -> str:
+    return f"{kind}-r{rank:05d}-s{segment:04d}-{seq:06d}.parquet"
+
+
+def segment_marker_name(rank: int, segment: int) -> str:
+    return f"r{rank:05d}-s{segment:04d}.json"
+
+
+def new_run_id() -> str:
+    return uuid.uuid4().hex[:16]
+
+
+# ----------------------------------------------------------------------------
+# Atomic writes
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:  # some filesystems do not allow opening directories
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def write_table_atomic(table: pa.Table, path: Path, metadata: dict | None = None) -> None:
+    """Write a Parquet file so that ``path`` either does not exist or is complete."""
+    path = Path(path)
+    tmp = path.with_name("." + path.name + f".{os.getpid()}" + TMP_SUFFIX)
+    if metadata:
+        table = table.replace_schema_metadata({**(table.schema.metadata or {}), **metadata})
+    with open(tmp, "wb") as f:
+        pq.write_table(table, f, compression=PARQUET_COMPRESSION)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    _fsync_dir(path.parent)
+
+
+def write_json_exclusive(obj: dict, path: Path) -> bool:
+    """Create ``path`` atomically with this JSON unless it exists; return True if this call created it."""
+    path = Path(path)
+    tmp = path.with_name("." + path.name + f".{os.getpid()}.{uuid.uuid4().hex[:6]}" + TMP_SUFFIX)
+    with open(tmp, "w") as f:
+        json.dump(obj, f, indent=1, sort_keys=True, default=str)
+        f.write("\n")
+        f.flush()
+        os.fsync(f.fileno())
+    try:
+        os.link(tmp, path)  # fails if path exists: the first writer wins, nothing is overwritten
+        created = True
+    except FileExistsError:
+        created = False
+    finally:
+        os.unlink(tmp)
+    _fsync_dir(path.parent)
+    return created
