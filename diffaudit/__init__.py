@@ -15,11 +15,15 @@ except PackageNotFoundError:  # running from a source tree that was never instal
 from diffaudit.errors import DiffauditError  # noqa: E402
 
 
-def load_run(path, *, strict: bool = False):
-    """Load a run directory or exported ``.parquet`` file into a :class:`diffaudit.load.Run`."""
+def load_run(path, *, strict: bool = False, allow_empty: bool = False):
+    """Load a run directory or exported ``.parquet`` file into a :class:`diffaudit.load.Run`.
+
+    Damaged parts are skipped and listed in ``run.problems`` (fatal with ``strict=True``);
+    a run without any logged step raises unless ``allow_empty``.
+    """
     from diffaudit.load import load_run as _load_run
 
-    return _load_run(path, strict=strict)
+    return _load_run(path, strict=strict, allow_empty=allow_empty)
 
 
 __all__ = ["DiffauditError", "__version__", "load_run"]

@@ -109,7 +109,7 @@ def load_run(path, *, strict: bool = False, allow_empty: bool = False) -> Run:
     files = _list_parts(p, problems)
     tables = {kind: _read_kind(kind, fs, problems, strict) for kind, fs in files.items()}
     run = _assemble(p, meta, process, schedule, tables, problems)
-    if not allow_empty and run.steps.height == 0 and run.bins.height == 0:
+    if not allow_empty and run.steps.height == 0 and run.bins.height == 0 and run.probes.height == 0:
         detail = f" ({len(problems)} damaged part(s) skipped)" if problems else ""
         raise RunFormatError(f"{p}: the run has no logged steps yet{detail}")
     return run

@@ -244,6 +244,10 @@ class RunLogger:
         fin = torch.isfinite(x)
         finf = fin.to(torch.float64)
         xf = torch.where(fin, x, 0.0)
+        if not self._shift_set:
+            # first call: shift every bin by this batch's mean, so even the first window avoids cancellation
+            self._shift.copy_((xf.sum() / finf.sum().clamp_min(1.0)).expand_as(self._shift))
+            self._shift_set = True
         d = torch.where(fin, x - self._shift[b], 0.0)
         cols = [finf, d, d * d, 1.0 - finf, xf]
         if weights is not None:
@@ -363,6 +367,7 @@ class RunLogger:
         self._min = {s: torch.full(a.shape[:2], math.inf, **f64) for s, a in self._acc.items()}
         self._max = {s: torch.full(a.shape[:2], -math.inf, **f64) for s, a in self._acc.items()}
         self._shift = torch.zeros(nb, **f64)
+        self._shift_set = False
         self._ring = torch.zeros(self.flush_every, _NCOL, **f64)
         self._dev_scalars: dict[str, torch.Tensor] = {}
         self._has_weights = False
