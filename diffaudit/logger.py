@@ -68,6 +68,18 @@ class _Window:
     step_hi: int
 
 
+class _SampleBuffer:
+    """Raw per-sample losses, timesteps and step slots on the device, reduced once per window."""
+
+    def __init__(self, cap: int, t_dtype, device):
+        self.cap = cap
+        self.n = 0
+        self.x = torch.empty(cap, dtype=torch.float64, device=device)
+        self.t = torch.empty(cap, dtype=t_dtype, device=device)
+        self.s = torch.empty(cap, dtype=torch.int64, device=device)
+        self.w = None  # allocated when weights first appear
+
+
 @dataclass
 class _Batch:
     """Everything one flush hands to the writer thread."""
@@ -110,6 +122,7 @@ class RunLogger:
         data_dim: int | None = None,  # elements per sample, lets `diffaudit optimum` check its data
         probe_every: int = 1200,  # probe_gradients() acts on steps divisible by this (0 = never)
         probe_bins: int = 10,  # coarse bins the gradient probe splits the batch into
+        buffer_size: int = 65536,  # per-sample device buffer (samples); reduced when full or at a window end
         config: dict | None = None,  # free-form run configuration stored in run.json
         rank: int | None = None,  # default: torch.distributed rank, else 0
         world_size: int | None = None,
@@ -149,6 +162,7 @@ class RunLogger:
         self.flush_every = int(flush_every)
         self.probe_every = int(probe_every)
         self.probe_bins = max(1, min(int(probe_bins), self.process.num_bins))
+        self._buffer_size = max(1, int(buffer_size))
         if data_spectrum is not None:
             data_spectrum = [float(v) for v in _to_numpy(data_spectrum).ravel()]
             if data_dim is None:
@@ -211,61 +225,106 @@ class RunLogger:
         EMA evaluation apart from training. Scalars may be Python numbers or
         0-d tensors (``grad_norm``, ``clip_threshold``, ``lr``, ``loss_scale``,
         or any other name); tensors stay on the device until the flush.
+
+        Costs three or four small device copies: the samples are appended to a
+        device buffer and reduced into per-bin statistics once per window.
         """
         if self._closed:
             raise RuntimeError("RunLogger.log() called after close()")
         if split not in _SPLITS:
             raise DataError(f"split must be 'train' or 'eval', got {split!r}")
         step = int(step)
-        losses = losses.detach() if isinstance(losses, torch.Tensor) else torch.as_tensor(losses)
-        if self._device is None:
-            self._allocate(losses.device)
-        if losses.device != self._device:
-            losses = losses.to(self._device, non_blocking=True)
-        x = losses.reshape(-1).to(torch.float64)
-        t = timesteps if isinstance(timesteps, torch.Tensor) else torch.as_tensor(timesteps)
-        t = t.detach().reshape(-1)
+        x = losses.detach() if isinstance(losses, torch.Tensor) else torch.as_tensor(losses)
+        t = timesteps.detach() if isinstance(timesteps, torch.Tensor) else torch.as_tensor(timesteps)
         if t.numel() != x.numel():
             raise DataError(f"timesteps has {t.numel()} elements but losses has {x.numel()}")
-        if t.device != self._device:
-            t = t.to(self._device, non_blocking=True)
-        b = self._bin_of(t)
+        if self._device is None:
+            self._allocate(x.device)
+        wt = None
+        if weights is not None:
+            wt = weights.detach() if isinstance(weights, torch.Tensor) else torch.as_tensor(weights)
+            if wt.numel() != x.numel():
+                raise DataError(f"weights has {wt.numel()} elements but losses has {x.numel()}")
 
         key = step // self.window if split == "train" else step
         wins = self._windows[split]
         new_win = not (wins and wins[-1].key == key)
         new_step = split == "train" and not (self._steps and self._steps[-1] == step)
+        if new_win and wins:
+            self._reduce(split)  # the buffered samples belong to the window that just ended
         if (new_win and len(wins) >= self._acc[split].shape[0]) or (new_step and len(self._steps) >= self.flush_every):
             self.flush()
-        w = self._window_slot(split, key, step)
-        slot = self._train_slot(step) if split == "train" else None
-        acc, amin, amax = self._acc[split], self._min[split], self._max[split]
+        self._window_slot(split, key, step)
+        slot = self._train_slot(step) if split == "train" else 0
+        self._append(split, x.reshape(-1), t.reshape(-1), slot, None if wt is None else wt.reshape(-1))
+        if split == "train":
+            for name, value in scalars.items():
+                self._set_scalar(slot, name, value)
 
+    def _append(self, split: str, x, t, slot: int, wt) -> None:
+        buf = self._buf[split]
+        n = x.numel()
+        if buf.n + n > buf.cap:
+            self._reduce(split)
+            if n > buf.cap:  # one call larger than the whole buffer: reduce it directly
+                s = torch.full((n,), slot, dtype=torch.int64, device=self._device)
+                self._reduce_samples(split, x.to(self._device), t.to(self._device), s, None if wt is None else wt.to(self._device))
+                return
+        lo, hi = buf.n, buf.n + n
+        buf.x[lo:hi].copy_(x, non_blocking=True)
+        buf.t[lo:hi].copy_(t, non_blocking=True)
+        buf.s[lo:hi].fill_(slot)
+        if wt is not None:
+            if buf.w is None:
+                buf.w = torch.zeros(buf.cap, dtype=torch.float64, device=self._device)
+            buf.w[lo:hi].copy_(wt, non_blocking=True)
+        elif buf.w is not None:
+            buf.w[lo:hi].zero_()
+        buf.n = hi
+
+    def _reduce(self, split: str) -> None:
+        """Fold the buffered samples of ``split`` into its current window's per-bin statistics."""
+        buf = self._buf[split]
+        if buf.n == 0:
+            return
+        n = buf.n
+        self._reduce_samples(split, buf.x[:n], buf.t[:n], buf.s[:n], None if buf.w is None else buf.w[:n])
+        buf.n = 0
+
+    def _reduce_samples(self, split: str, x, t, s, wt) -> None:
+        w = len(self._windows[split]) - 1
+        b = self._bin_of(t)
+        x = x.to(torch.float64)
         fin = torch.isfinite(x)
         finf = fin.to(torch.float64)
         xf = torch.where(fin, x, 0.0)
         if not self._shift_set:
-            # first call: shift every bin by this batch's mean, so even the first window avoids cancellation
+            # first data: shift every bin by their mean, so even the first window avoids cancellation
             self._shift.copy_((xf.sum() / finf.sum().clamp_min(1.0)).expand_as(self._shift))
             self._shift_set = True
         d = torch.where(fin, x - self._shift[b], 0.0)
-        cols = [finf, d, d * d, 1.0 - finf, xf]
-        if weights is not None:
-            wt = weights.detach() if isinstance(weights, torch.Tensor) else torch.as_tensor(weights)
-            wt = wt.reshape(-1).to(self._device, torch.float64, non_blocking=True)
-            wt = torch.where(fin, wt, 0.0)
-            cols += [wt, wt * xf]
+        if wt is not None:
+            wt = torch.where(fin, wt.to(torch.float64), 0.0)
             self._has_weights = True
+            wcols = [wt, wt * xf]
         else:
-            cols += [torch.zeros_like(xf)] * 2
-        src = torch.stack(cols, dim=1)
-        acc[w].index_add_(0, b, src)
-        amin[w].scatter_reduce_(0, b, torch.where(fin, x, math.inf), "amin")
-        amax[w].scatter_reduce_(0, b, torch.where(fin, x, -math.inf), "amax")
-        if slot is not None:
-            self._ring[slot].add_(src.sum(0))
-            for name, value in scalars.items():
-                self._set_scalar(slot, name, value)
+            wcols = [torch.zeros_like(xf)] * 2
+        # layout (column, bin): index_add_ along the last dim is ~12x faster on CPU than along rows
+        src = torch.stack([finf, d, d * d, 1.0 - finf, xf, *wcols], dim=0)
+        self._segment_sum(self._acc[split][w], b, src)
+        self._min[split][w].scatter_reduce_(0, b, torch.where(fin, x, math.inf), "amin")
+        self._max[split][w].scatter_reduce_(0, b, torch.where(fin, x, -math.inf), "amax")
+        if split == "train":
+            self._segment_sum(self._ring, s, src)
+
+    def _segment_sum(self, out: torch.Tensor, index: torch.Tensor, src: torch.Tensor) -> None:
+        """out[:, k] += sum of src[:, i] over i with index[i] == k."""
+        if self._use_index_add:
+            out.index_add_(1, index, src)  # on CUDA: atomics, no sync (bincount would sync to size its output)
+        else:
+            # on CPU, bincount is ~10x faster than index_add_ and there is no device to sync with
+            n = out.shape[1]
+            out.add_(torch.stack([torch.bincount(index, weights=src[c], minlength=n) for c in range(src.shape[0])]))
 
     def probe_gradients(self, model, timesteps, losses, step: int, *, every: int | None = None):
         """Every ``probe_every`` steps: the gradient norm of each coarse noise bin's mean loss.
@@ -332,7 +391,7 @@ class RunLogger:
         if isinstance(value, torch.Tensor):
             col = self._dev_scalars.get(name)
             if col is None:
-                col = torch.full((self._ring.shape[0],), math.nan, dtype=torch.float64, device=self._device)
+                col = torch.full((self.flush_every,), math.nan, dtype=torch.float64, device=self._device)
                 self._dev_scalars[name] = col
                 self._dev_scalar_names.append(name)
             col[slot].copy_(value.detach().reshape(()), non_blocking=True)
@@ -342,6 +401,9 @@ class RunLogger:
                 col = [None] * len(self._steps)
                 self._host_scalars[name] = col
             col[slot] = float(value)
+
+    def _t_dtype(self):
+        return torch.int64 if self.process.kind == "vp" else torch.float64
 
     def _bin_of(self, t: torch.Tensor) -> torch.Tensor:
         p, nb = self.process, self.process.num_bins
@@ -363,12 +425,15 @@ class RunLogger:
         n_win = self.flush_every // self.window + 2
         n_eval = 8
         f64 = dict(dtype=torch.float64, device=dev)
-        self._acc = {"train": torch.zeros(n_win, nb, _NCOL, **f64), "eval": torch.zeros(n_eval, nb, _NCOL, **f64)}
-        self._min = {s: torch.full(a.shape[:2], math.inf, **f64) for s, a in self._acc.items()}
-        self._max = {s: torch.full(a.shape[:2], -math.inf, **f64) for s, a in self._acc.items()}
+        self._acc = {"train": torch.zeros(n_win, _NCOL, nb, **f64), "eval": torch.zeros(n_eval, _NCOL, nb, **f64)}
+        self._min = {s: torch.full((a.shape[0], nb), math.inf, **f64) for s, a in self._acc.items()}
+        self._max = {s: torch.full((a.shape[0], nb), -math.inf, **f64) for s, a in self._acc.items()}
         self._shift = torch.zeros(nb, **f64)
         self._shift_set = False
-        self._ring = torch.zeros(self.flush_every, _NCOL, **f64)
+        self._ring = torch.zeros(_NCOL, self.flush_every, **f64)
+        self._use_index_add = dev.type != "cpu"
+        self._buf = {"train": _SampleBuffer(self._buffer_size, self._t_dtype(), dev),
+                     "eval": _SampleBuffer(self._buffer_size, self._t_dtype(), dev)}
         self._dev_scalars: dict[str, torch.Tensor] = {}
         self._has_weights = False
         self._probe_cap = 16
@@ -381,6 +446,8 @@ class RunLogger:
         """Hand everything logged so far to the writer thread (no wait on the device)."""
         if self._device is None:
             return
+        for split in _SPLITS:
+            self._reduce(split)
         n = len(self._steps)
         n_w = {s: len(w) for s, w in self._windows.items()}
         n_p = len(self._probe_steps)
@@ -393,7 +460,7 @@ class RunLogger:
             dst.copy_(src, non_blocking=cuda)
             return dst
 
-        tensors = {"ring": host(self._ring[:n]), "shift": host(self._shift)}
+        tensors = {"ring": host(self._ring[:, :n]), "shift": host(self._shift)}
         for s in _SPLITS:
             if n_w[s]:
                 tensors[f"acc_{s}"] = host(self._acc[s][: n_w[s]])
@@ -411,8 +478,8 @@ class RunLogger:
         # next shift: the mean of each bin over this flush's training windows (device only)
         if n_w["train"]:
             tot = self._acc["train"][: n_w["train"]].sum(0)
-            cnt = tot[:, _C_COUNT]
-            self._shift.add_(torch.where(cnt > 0, tot[:, _C_S1] / cnt.clamp_min(1.0), 0.0))
+            cnt = tot[_C_COUNT]
+            self._shift.add_(torch.where(cnt > 0, tot[_C_S1] / cnt.clamp_min(1.0), 0.0))
         for s in _SPLITS:
             self._acc[s].zero_()
             self._min[s].fill_(math.inf)
@@ -492,7 +559,7 @@ class RunLogger:
                 rf.write_table_atomic(tables[kind], parts / rf.part_name(kind, self.rank, self.segment, batch.seq))
 
     def _steps_table(self, batch: _Batch) -> pa.Table:
-        ring = batch.tensors["ring"].numpy()
+        ring = batch.tensors["ring"].numpy().T  # (slot, column)
         n = len(batch.steps)
         count = ring[:, _C_COUNT]
         with np.errstate(invalid="ignore", divide="ignore"):
@@ -528,7 +595,7 @@ class RunLogger:
         return pa.table(cols)
 
     def _bins_rows(self, batch: _Batch, split: str, shift: np.ndarray) -> pa.Table:
-        acc = batch.tensors[f"acc_{split}"].numpy()
+        acc = np.moveaxis(batch.tensors[f"acc_{split}"].numpy(), 1, 2)  # (window, bin, column)
         amin = batch.tensors[f"min_{split}"].numpy()
         amax = batch.tensors[f"max_{split}"].numpy()
         wins = batch.windows[split]

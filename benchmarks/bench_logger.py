@@ -1,0 +1,294 @@
+"""What RunLogger costs: step-time overhead on a conv denoiser, log() call time, host syncs, bytes on disk.
+
+Prints figures; asserts nothing about time. Runs on CPU (small model) and on CUDA:
+
+    python benchmarks/bench_logger.py                 # CPU: log() micro-benchmark, bytes/step, small-model overhead
+    python benchmarks/bench_logger.py --device cuda   # + conv step (batch 128, 32x32x3) overhead, sync check, fp16/bf16
+
+Modes compared on the same training step, interleaved in rounds so drift hits all alike:
+  none       no logging
+  diffaudit  RunLogger.log() with the pre-clip grad-norm tensor from clip_grad_norm_
+  seed       the seed chapter's habits: per-sample .tolist() into Python dicts and a per-parameter
+             .item() grad-norm loop (each a host sync)
+Only needs torch, numpy and pyarrow (not polars), so it runs on a bare GPU box with PYTHONPATH=.
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import math
+import os
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from collections import defaultdict
+
+import numpy as np
+import pyarrow.parquet as pq
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+from diffaudit.logger import RunLogger  # noqa: E402
+from diffaudit.noise import named_betas, schedule_from_betas  # noqa: E402
+
+ALPHA_BAR, _ = schedule_from_betas(named_betas("linear"))
+T = 1000
+
+
+# ----------------------------------------------------------------------------
+# A conv denoiser with a time embedding (a small UNet-like trunk without down-sampling)
+
+
+class Block(nn.Module):
+    def __init__(self, ch: int, emb: int):
+        super().__init__()
+        self.n1, self.c1 = nn.GroupNorm(8, ch), nn.Conv2d(ch, ch, 3, padding=1)
+        self.n2, self.c2 = nn.GroupNorm(8, ch), nn.Conv2d(ch, ch, 3, padding=1)
+        self.t = nn.Linear(emb, ch)
+
+    def forward(self, x, e):
+        h = self.c1(F.silu(self.n1(x))) + self.t(e)[:, :, None, None]
+        return x + self.c2(F.silu(self.n2(h)))
+
+
+class ConvDenoiser(nn.Module):
+    def __init__(self, ch: int = 128, blocks: int = 4, emb: int = 256):
+        super().__init__()
+        self.emb = emb
+        self.inp, self.out = nn.Conv2d(3, ch, 3, padding=1), nn.Conv2d(ch, 3, 3, padding=1)
+        self.mlp = nn.Sequential(nn.Linear(emb, emb), nn.SiLU(), nn.Linear(emb, emb))
+        self.blocks = nn.ModuleList(Block(ch, emb) for _ in range(blocks))
+
+    def forward(self, x, t):
+        half = self.emb // 2
+        f = torch.exp(-math.log(10000) * torch.arange(half, device=x.device) / half)
+        a = t.float()[:, None] * f[None]
+        e = self.mlp(torch.cat([a.sin(), a.cos()], 1))
+        h = self.inp(x)
+        for b in self.blocks:
+            h = b(h, e)
+        return self.out(h)
+
+
+class SeedMonitor:
+    """The seed chapter's GradientMonitor + per-step .item() habits (for comparison only)."""
+
+    def __init__(self, T: int, bins: int):
+        self.T, self.bins = T, bins
+        self.grad_norms, self.losses = defaultdict(list), defaultdict(list)
+
+    def record(self, model, timesteps, per_sample):
+        total = 0.0
+        for p in model.parameters():
+            if p.grad is not None:
+                total += p.grad.data.norm(2).item() ** 2
+        total = total**0.5
+        for t, loss in zip(timesteps.tolist(), per_sample.tolist()):
+            b = min(t // (self.T // self.bins), self.bins - 1)
+            self.grad_norms[b].append(total / len(timesteps))
+            self.losses[b].append(loss)
+
+
+# ----------------------------------------------------------------------------
+# Training step
+
+
+def make_step(device, batch, ch, blocks, amp):
+    torch.manual_seed(0)
+    model = ConvDenoiser(ch, blocks).to(device)
+    if device.type == "cuda":
+        model = model.to(memory_format=torch.channels_last)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    ab = torch.tensor(ALPHA_BAR, dtype=torch.float32, device=device)
+    x0 = torch.randn(batch, 3, 32, 32, device=device)
+
+    def step(i, mode, logger=None, seed_mon=None):
+        t = torch.randint(0, T, (batch,), device=device)
+        eps = torch.randn_like(x0)
+        a = ab[t][:, None, None, None]
+        xt = a.sqrt() * x0 + (1 - a).sqrt() * eps
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+            pred = model(xt, t)
+        per = ((pred.float() - eps) ** 2).flatten(1).mean(1)
+        opt.zero_grad(set_to_none=True)
+        per.mean().backward()
+        if mode == "seed":
+            seed_mon.record(model, t, per)
+        gn = torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        if mode == "diffaudit":
+            logger.log(i, timesteps=t, losses=per, grad_norm=gn, clip_threshold=1.0, lr=1e-4)
+        opt.step()
+
+    return step
+
+
+def sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def overhead(device, batch, ch, blocks, steps, rounds, amp, workdir):
+    step = make_step(device, batch, ch, blocks, amp)
+    for i in range(20):  # warm-up: cudnn autotune, allocator
+        step(i, "none")
+    sync(device)
+    times = defaultdict(list)
+    logger = RunLogger(os.path.join(workdir, "overhead"), alphas_cumprod=ALPHA_BAR, num_bins=100)
+    seed_mon = SeedMonitor(T, 100)
+    i0 = 0
+    for r in range(rounds):
+        for mode in ("none", "diffaudit", "seed"):
+            sync(device)
+            t0 = time.perf_counter()
+            for i in range(steps):
+                step(i0 + i, mode, logger, seed_mon)
+            sync(device)
+            times[mode].append((time.perf_counter() - t0) / steps)
+            if mode == "diffaudit":
+                i0 += steps
+    logger.close()
+    return {m: statistics.median(v) for m, v in times.items()}, i0
+
+
+def sync_check(device, batch, ch, blocks, amp, workdir):
+    """Run 250 logged steps (two window reductions, no flush) with sync debug mode 'error'."""
+    step = make_step(device, batch, ch, blocks, amp)
+    step(0, "none")
+    torch.cuda.synchronize()
+    logger = RunLogger(os.path.join(workdir, "sync"), alphas_cumprod=ALPHA_BAR, num_bins=100, flush_every=1000)
+    probe_model = None
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        for i in range(250):
+            step(i, "diffaudit", logger)
+        err = None
+    except RuntimeError as e:
+        err = str(e).splitlines()[0]
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
+    logger.close()
+    del probe_model
+    return err
+
+
+def log_call_time(device, batch, bins, n, workdir):
+    """Median and mean wall time of one log() call (the host side of the hot path)."""
+    path = os.path.join(workdir, f"calls-{device.type}")
+    g = torch.Generator(device=device).manual_seed(0)
+    data = [
+        (torch.randint(0, T, (batch,), device=device, generator=g), torch.rand(batch, device=device, generator=g))
+        for _ in range(min(n, 512))
+    ]
+    gn = torch.tensor(1.0, device=device)
+    ts = []
+    with RunLogger(path, alphas_cumprod=ALPHA_BAR, num_bins=bins) as lg:
+        sync(device)
+        for i in range(n):
+            t, x = data[i % len(data)]
+            t0 = time.perf_counter()
+            lg.log(i, timesteps=t, losses=x, grad_norm=gn, clip_threshold=1.0, lr=1e-4)
+            ts.append(time.perf_counter() - t0)
+        sync(device)
+    ts = np.array(ts) * 1e6
+    return float(np.median(ts)), float(ts.mean()), float(np.percentile(ts, 99))
+
+
+def bytes_per_step(workdir, steps=20000, batch=128, bins=100):
+    """Disk bytes per logged step at default settings, with random losses (incompressible means)."""
+    path = os.path.join(workdir, "disk")
+    rng = np.random.default_rng(0)
+    with RunLogger(path, alphas_cumprod=ALPHA_BAR, num_bins=bins) as lg:
+        for i in range(steps):
+            t = torch.from_numpy(rng.integers(0, T, batch))
+            x = torch.from_numpy(rng.gamma(2.0, 0.05, batch).astype(np.float32))
+            lg.log(i, timesteps=t, losses=x, grad_norm=float(rng.random()), clip_threshold=1.0, lr=1e-4)
+    parts = glob.glob(os.path.join(path, "parts", "*.parquet"))
+    total = sum(os.path.getsize(f) for f in parts)
+    return total / steps, len(parts)
+
+
+def half_precision(device, workdir):
+    """fp16 autocast with GradScaler (scale as a device tensor) and a forced overflow: counted, not poisoning."""
+    torch.manual_seed(0)
+    model = ConvDenoiser(32, 1).to(device)
+    opt = torch.optim.SGD(model.parameters(), lr=1e-3)
+    scaler = torch.amp.GradScaler(device.type)
+    path = os.path.join(workdir, "fp16")
+    with RunLogger(path, alphas_cumprod=ALPHA_BAR, num_bins=10) as lg:
+        for i in range(20):
+            x0 = torch.randn(64, 3, 32, 32, device=device)
+            t = torch.randint(0, T, (64,), device=device)
+            with torch.autocast(device.type, dtype=torch.float16):
+                pred = model(x0, t)
+                if i == 7:  # an activation blow-up: fp16 tops out at 65504, so these become inf
+                    pred = pred * torch.where(torch.arange(64, device=device) < 5, 1e6, 1.0).to(pred.dtype)[:, None, None, None]
+                per = ((pred - x0) ** 2).flatten(1).mean(1)
+            opt.zero_grad()
+            scaler.scale(per.float().mean()).backward()
+            scaler.unscale_(opt)
+            gn = torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            lg.log(i, timesteps=t, losses=per, grad_norm=gn, clip_threshold=1.0, loss_scale=scaler._scale)
+            scaler.step(opt)
+            scaler.update()
+    steps = pq.read_table(glob.glob(os.path.join(path, "parts", "steps-*.parquet"))).to_pydict()
+    bins = pq.read_table(glob.glob(os.path.join(path, "parts", "bins-*.parquet"))).to_pydict()
+    return {
+        "per_sample_dtype": str(per.dtype),
+        "nonfinite_at_step7": steps["nonfinite"][7],
+        "nonfinite_total": sum(steps["nonfinite"]),
+        "bins_all_finite_means": all(m is not None and math.isfinite(m) for m in bins["mean"]),
+        "loss_scale_logged": sorted(set(steps["loss_scale"]))[:3],
+    }
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--steps", type=int, default=None, help="steps per timed block")
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--quick", action="store_true")
+    args = ap.parse_args()
+    device = torch.device(args.device)
+    work = tempfile.mkdtemp(prefix="bench_logger_")
+    try:
+        if device.type == "cuda":
+            print(f"device: {torch.cuda.get_device_name()}  torch {torch.__version__}")
+        else:
+            print(f"device: cpu ({os.cpu_count()} cores, {torch.get_num_threads()} threads)  torch {torch.__version__}")
+
+        med, mean, p99 = log_call_time(device, 256, 100, 3000 if args.quick else 10000, work)
+        print(f"log() call, batch 256, 100 bins: median {med:.1f} us, mean {mean:.1f} us (window reductions and "
+              f"flushes amortized), p99 {p99:.0f} us")
+        if device.type == "cpu":
+            bps, nparts = bytes_per_step(work, steps=5000 if args.quick else 20000)
+            print(f"disk at default settings (100 bins, window 100, flush_every 1000): {bps:.1f} bytes/step "
+                  f"({nparts} parts); 1,000,000 steps -> {bps * 1e6 / 2**20:.0f} MiB")
+
+        if device.type == "cuda":
+            batch, ch, blocks, steps, amp = 128, 128, 4, args.steps or 200, True
+        else:
+            batch, ch, blocks, steps, amp = 16, 8, 1, args.steps or (10 if args.quick else 30), False
+        times, _ = overhead(device, batch, ch, blocks, steps, args.rounds, amp, work)
+        base = times["none"]
+        print(f"conv denoiser step (batch {batch}, 32x32x3, {ch} ch, {blocks} blocks, bf16 autocast={amp}): "
+              f"{base * 1e3:.2f} ms without logging")
+        for mode in ("diffaudit", "seed"):
+            print(f"  {mode:9s}: {times[mode] * 1e3:.2f} ms/step, overhead {100 * (times[mode] / base - 1):+.2f}%")
+
+        if device.type == "cuda":
+            err = sync_check(device, batch, ch, blocks, amp, work)
+            print("sync debug mode 'error' over 250 logged steps (2 window reductions, no flush): "
+                  + ("no host-device synchronization" if err is None else f"RAISED: {err}"))
+        hp = half_precision(device, work)
+        print(f"fp16 autocast + GradScaler, overflow forced at step 7: {hp}")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
