@@ -15,25 +15,45 @@ float32 on ordinary loss values.
 trajectory, so a loss series is positively autocorrelated and an iid standard
 error is too small by ``sqrt(tau)``, tau being the integrated autocorrelation
 time (tau = 19 for an AR(1) with phi = 0.9: an iid interval is 4.4x too
-narrow and a "significant" trend appears on most healthy runs). We estimate
-tau with Geyer's initial monotone sequence on the linearly detrended series
-(the trend is signal, not correlation), then cut the series into k contiguous
-*batches* of at least ``BATCH_TAU * tau`` windows. Means of batches that long
-are nearly independent and nearly normal, whatever the correlation inside
-them, so everything afterwards (mean and its standard error, slope and its
-interval, Mann-Kendall) works on the k batch means and treats them as iid.
-k is held between ``MIN_BATCHES`` and ``MAX_BATCHES``; with fewer than
-``MIN_BATCHES * BATCH_TAU * tau`` windows the batches are shorter than we
-want and the result says so (``reliable=False``): its interval is then too
-narrow, by an amount that grows with tau.
+narrow, and a "significant" trend appears on most healthy runs). So:
+
+1. Remove a quadratic in time (the trend is signal, not correlation; a loss
+   curve bends, and a straight line would leave a bow that reads as strong
+   correlation), then estimate tau with Geyer's initial monotone sequence.
+   Geyer's truncation hides a slow component with a small share of the
+   variance (optimizer drift under sampling noise), which can still carry
+   much of the variance of a mean, so tau is also estimated on block means
+   of 2, 4, 8, ... windows, where the white part averages away, and the
+   largest estimate is kept.
+2. Cut the series into k contiguous *batches* of at least ``BATCH_TAU * tau``
+   windows, k between ``MIN_BATCHES`` and ``MAX_BATCHES``. Means of long
+   batches are nearly independent and nearly normal whatever the correlation
+   inside them, so the mean, the slope and their intervals are computed from
+   the k batch means as if iid. Few, long batches are the robust choice: 16
+   rather than 32 costs ~7% of interval width on white noise and saves a lot
+   of coverage under slow drift.
+3. Adjacent batch means still share the correlation across their border
+   (about Gamma_1 / (m tau), Gamma_1 = sum_h h rho_h, m the batch length). This
+   first-order bias is corrected: in the standard error of the mean, and by
+   Hamed and Rao's variance inflation in the Kendall statistic.
+
+Measured (AR(1) and AR(1) + white mixtures, 300-3000 windows): 95% intervals
+cover 93-97% of the time. With fewer than ``MIN_BATCHES * BATCH_TAU * tau``
+windows the batches are shorter than wanted and the result says so
+(``reliable=False``). What no single series can reveal: a drift whose time
+scale approaches the batch length (n / 16 windows) and whose share of the
+per-window variance is small; there coverage falls (to ~80% for an AR(1) with
+phi = 0.99 holding 6% of the variance, n = 1000) and ``reliable`` stays True.
+Several seeds, or a relative tolerance on top of significance, cover that.
 
 *Robust slope.* Theil-Sen (median of pairwise slopes) on the batch means: a
 spike moves one batch mean, which moves the median of slopes little. The
 interval is Sen's, obtained by inverting Kendall's tau with the *exact* null
 distribution of the number of discordant pairs (Mahonian numbers) instead of
-the normal approximation: with 8-32 batch means the approximation is coarse,
+the normal approximation: with 8-16 batch means the approximation is coarse,
 while the exact interval has coverage >= the nominal level whenever the batch
-means are independent with exchangeable errors. The Mann-Kendall p-value for
+means are independent with exchangeable errors (the Hamed-Rao inflation of
+step 3 widens it for what correlation is left). The Mann-Kendall p-value for
 "slope = 0" and the equivalence test come from the same distribution, so the
 test, the interval and the TOST always agree.
 
@@ -77,7 +97,9 @@ from diffaudit.errors import DataError, InconclusiveError
 
 BATCH_TAU = 5.0  # a batch spans at least this many integrated autocorrelation times
 MIN_BATCHES = 8  # fewest batch means: exact two-sided Mann-Kendall p can reach 5e-5
-MAX_BATCHES = 32  # more batch means add little power and shorten the batches
+MAX_BATCHES = 16  # more batch means add little power and shorten the batches
+BATCH_LENGTH = 4.0  # a batch spans at least this many correlation lengths Gamma_1 / tau
+TAU_MIN_BLOCKS = 64  # coarsest block level the conservative tau estimate looks at
 MAD_TO_SIGMA = 1.482602218505602  # 1 / Phi^-1(3/4): MAD of a normal -> its sigma
 SPIKE_WINDOW = 101  # rolling window (points) for the spike detector's median and MAD
 SPIKE_THRESHOLD = 8.0  # robust z above which a point is a spike
@@ -119,8 +141,9 @@ class BatchMeans:
     n: int  # windows used (finite, positive weight)
     n_batches: int
     batch_size: int  # windows per batch (the shortest batch)
-    tau: float  # integrated autocorrelation time of the detrended series, in windows
-    reliable: bool  # batches span >= BATCH_TAU * tau windows
+    tau: float  # integrated autocorrelation time of the detrended series (conservative), in windows
+    batch_corr: float  # estimated correlation of adjacent batch means (corrected for in `se`)
+    reliable: bool  # batches as long as wanted (BATCH_TAU * tau, BATCH_LENGTH * Gamma_1 / tau)
 
     @property
     def n_eff(self) -> float:
@@ -178,8 +201,9 @@ class Comparison:
     rel_hi: float
     se: float
     df: float
-    p_value: float
+    p_value: float  # for `alternative`; the interval is always two-sided at `confidence`
     confidence: float
+    alternative: str  # "two-sided", "greater" (H1: b > a, e.g. loss regressed) or "less"
     method: str  # "welch-batch-means", "seed-welch" or "seed-borrowed-variance"
     n_a: int  # windows (series) or seeds on side a
     n_b: int
@@ -288,10 +312,11 @@ def combine(a: Moments, b: Moments) -> Moments:
 
 def merge_moments(count, mean, m2, axis: int = -1) -> Moments:
     """Combine all groups along `axis` into one group: exact in float64, any number of groups."""
-    return coarsen_moments(count, mean, m2, [0], axis=axis, _squeeze=True)
+    one = coarsen_moments(count, mean, m2, [0], axis=axis)
+    return Moments(*(np.take(v, 0, axis=axis) for v in (one.count, one.mean, one.m2)))
 
 
-def coarsen_moments(count, mean, m2, starts, axis: int = -1, *, _squeeze: bool = False) -> Moments:
+def coarsen_moments(count, mean, m2, starts, axis: int = -1) -> Moments:
     """Merge runs of consecutive groups along `axis`: group j covers [starts[j], starts[j+1]).
 
     `starts` are ascending indices with starts[0] == 0; use :func:`batch_starts` for k
@@ -320,10 +345,7 @@ def coarsen_moments(count, mean, m2, starts, axis: int = -1, *, _squeeze: bool =
     M2 = np.add.reduceat(s, starts, axis=-1) + np.add.reduceat(n * d * d, starts, axis=-1)
     M = np.where(N > 0, M, np.nan)
     M2 = np.where(N > 0, M2, 0.0)
-    out = [np.moveaxis(v, -1, axis) for v in (N, M, M2)]
-    if _squeeze:
-        out = [np.take(v, 0, axis=axis) for v in out]
-    return Moments(*out)
+    return Moments(*(np.moveaxis(v, -1, axis) for v in (N, M, M2)))
 
 
 def batch_starts(n: int, k: int) -> np.ndarray:
@@ -337,42 +359,79 @@ def batch_starts(n: int, k: int) -> np.ndarray:
 # Autocorrelation and batch means
 
 
-def integrated_autocorr_time(y, *, detrend: bool = True) -> float:
-    """Integrated autocorrelation time tau (>= 1) by Geyer's initial monotone sequence.
-
-    tau = 1 + 2 sum_k rho_k; n / tau is the effective sample size. Pairs of
-    autocorrelations Gamma_m = rho_2m + rho_2m+1 are summed up to the first
-    non-positive pair and forced to be non-increasing, which keeps the noisy tail
-    of the sample autocorrelation out. NaNs are dropped (their neighbours joined).
-    """
-    v, pos, _ = _split_finite(y)
+def _geyer(v: np.ndarray) -> tuple[float, float]:
+    """(tau, Gamma_1) of a centred series: Geyer's initial monotone sequence estimate of
+    tau = 1 + 2 sum rho_h, and Gamma_1 = sum h rho_h over the same lags (not clamped)."""
     n = v.size
-    if n < 4:
-        return 1.0
-    v = v - v.mean()
-    if detrend:
-        t = pos - pos.mean()
-        tt = float(t @ t)
-        if tt > 0:
-            v = v - t * (float(t @ v) / tt)
     f = np.fft.rfft(v, 2 * n)
     acov = np.fft.irfft(f * np.conj(f), 2 * n)[:n]
     if acov[0] <= 0:  # constant series: no correlation to measure
-        return 1.0
+        return 1.0, 0.0
     rho = acov / acov[0]
     m = n // 2
     gamma = rho[: 2 * m : 2] + rho[1 : 2 * m : 2]
     nonpos = np.flatnonzero(gamma <= 0)
-    gamma = gamma[: nonpos[0] if nonpos.size else m]
-    gamma = np.minimum.accumulate(gamma)
-    tau = -1.0 + 2.0 * float(gamma.sum())
-    return float(min(max(tau, 1.0), n))
+    kept = nonpos[0] if nonpos.size else m
+    gamma = np.minimum.accumulate(gamma[:kept])
+    lags = np.arange(1, 2 * kept)
+    return -1.0 + 2.0 * float(gamma.sum()), float(lags @ rho[lags])
 
 
-def effective_sample_size(y, *, detrend: bool = True) -> float:
+def _correlation(y) -> tuple[float, float, float]:
+    """(tau, Gamma_1, conservative tau) of the finite values of y, a quadratic removed.
+
+    The conservative tau also looks at block means of 2, 4, 8, ... values (at
+    least ``TAU_MIN_BLOCKS`` blocks) and keeps the largest long-run variance seen.
+    """
+    v, pos, _ = _split_finite(y)
+    n = v.size
+    if n < 4:
+        return 1.0, 0.0, 1.0
+    # A trend is signal, not correlation. A loss curve bends, so a straight line
+    # leaves a bow that reads as strong correlation; a quadratic takes the bend
+    # and only ~3 of the n degrees of freedom of any slow noise.
+    t = (pos - pos.mean()) / max(float(np.ptp(pos)), 1.0)
+    basis = np.vander(t, min(3, n - 1))
+    mag = float(np.max(np.abs(v)))
+    v = v - basis @ np.linalg.solve(basis.T @ basis, basis.T @ v)
+    var0 = float(v @ v) / n
+    if var0 <= (1e-12 * mag) ** 2:  # constant up to the rounding of the fit
+        return 1.0, 0.0, 1.0
+    tau, gamma1 = _geyer(v)
+    cons = tau
+    b = 2
+    while n // b >= TAU_MIN_BLOCKS:
+        nb = n // b
+        blocks = v[: nb * b].reshape(nb, b).mean(axis=1)
+        blocks = blocks - blocks.mean()
+        # long-run variance seen at this level, in units of the per-value variance
+        cons = max(cons, b * float(blocks @ blocks) / nb * _geyer(blocks)[0] / var0)
+        b *= 2
+    clamp = lambda t_: float(min(max(t_, 1.0), n))  # noqa: E731
+    return clamp(tau), max(gamma1, 0.0), clamp(cons)
+
+
+def integrated_autocorr_time(y, *, conservative: bool = False) -> float:
+    """Integrated autocorrelation time tau (1 <= tau <= n) of a series: n / tau is its ESS.
+
+    Geyer's initial monotone sequence on the series less a fitted quadratic in
+    time (NaNs dropped, their neighbours joined): pairs rho_2m + rho_2m+1 of
+    sample autocorrelations are summed up to the first non-positive pair and
+    forced to be non-increasing. That truncation
+    also hides a slow component with a small share of the variance (optimizer
+    drift under sampling noise), each of whose lags is lost in the noise although
+    it can carry much of the variance of a mean; ``conservative=True`` also
+    estimates tau from block means of 2, 4, 8, ... values, where the white part
+    averages away and the slow part shows, and returns the largest estimate.
+    """
+    tau, _, cons = _correlation(y)
+    return cons if conservative else tau
+
+
+def effective_sample_size(y, *, conservative: bool = False) -> float:
     """n / tau: the number of independent values a correlated series is worth (NaN dropped)."""
     n = int(np.isfinite(np.asarray(y, dtype=np.float64)).sum())
-    return n / integrated_autocorr_time(y, detrend=detrend) if n else 0.0
+    return n / integrated_autocorr_time(y, conservative=conservative) if n else 0.0
 
 
 def batch_means(
@@ -380,7 +439,7 @@ def batch_means(
     x=None,
     *,
     weights=None,  # sample count of each window; None = equal
-    n_batches: int | None = None,  # None = choose from tau (BATCH_TAU * tau windows per batch)
+    n_batches: int | None = None,  # None = choose from the autocorrelation (see module docstring)
     batch_tau: float = BATCH_TAU,  # batches span at least this many autocorrelation times
     min_batches: int = MIN_BATCHES,
     max_batches: int = MAX_BATCHES,
@@ -394,23 +453,33 @@ def batch_means(
     n = y.size
     if n < max(min_batches, 2):
         raise InconclusiveError(f"{n} usable windows, at least {max(min_batches, 2)} needed")
-    tau = integrated_autocorr_time(y) if n >= 4 else 1.0
+    tau, gamma1, tau_cons = _correlation(y)
+    # long enough for tau, and for the correlation length Gamma_1 / tau, which a slow
+    # component with a small share of the variance makes much longer than tau
+    need = max(batch_tau * tau_cons, BATCH_LENGTH * gamma1 / tau, 1.0)
     if n_batches is None:
-        size = max(math.ceil(batch_tau * tau), 1)
-        k = int(np.clip(n // size, min_batches, max_batches))
+        k = int(np.clip(n // math.ceil(need), min_batches, max_batches))
     else:
         k = int(n_batches)
+    if not 2 <= k <= n:
+        raise DataError(f"cannot cut {n} windows into {k} batches")
     starts = batch_starts(n, k)
     W = np.add.reduceat(w, starts)
     means = np.add.reduceat(w * y, starts) / W
     bx = np.add.reduceat(w * x, starts) / W
     mean = float(W @ means / W.sum())
     frac = W / W.sum()
-    se = math.sqrt(k / (k - 1) * float(np.sum(frac * frac * (means - mean) ** 2))) if k > 1 else float("nan")
+    var = k / (k - 1) * float(np.sum(frac * frac * (means - mean) ** 2))
+    # adjacent batch means still share the correlation across their border: their
+    # correlation is about Gamma_1 / (m tau - 2 Gamma_1). It makes the spread of the
+    # batch means too small and the mean's variance larger; correct both, first order.
+    m = n / k
+    rho_b = float(np.clip(gamma1 / max(m * tau - 2 * gamma1, 1e-12), 0.0, 0.5))
+    var *= (1 + 2 * rho_b * (k - 1) / k) / (1 - 2 * rho_b / k)
     size_min = int(np.min(np.diff(np.append(starts, n))))
     return BatchMeans(
-        x=bx, means=means, weights=W, mean=mean, se=se, df=k - 1, n=n, n_batches=k,
-        batch_size=size_min, tau=tau, reliable=size_min >= batch_tau * tau,
+        x=bx, means=means, weights=W, mean=mean, se=math.sqrt(var), df=k - 1, n=n, n_batches=k,
+        batch_size=size_min, tau=tau_cons, batch_corr=rho_b, reliable=size_min >= need,
     )
 
 
@@ -428,45 +497,53 @@ def _discordant_pmf(k: int) -> np.ndarray:
     return p
 
 
-@lru_cache(maxsize=64)
-def _discordant_cdfs(k: int) -> tuple[np.ndarray, np.ndarray]:
-    """(P(D <= d), P(D >= d)) for d = 0..k(k-1)/2, each summed without cancellation."""
+@lru_cache(maxsize=256)
+def _discordant_cdfs(k: int, inflation: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+    """(P(D <= d), P(D >= d)) for d = 0..k(k-1)/2, summed without cancellation.
+
+    ``inflation`` > 1 widens the null for correlated neighbours (Hamed and Rao's
+    variance correction): an observed d counts as ``N/2 + (d - N/2) / sqrt(inflation)``.
+    """
     p = _discordant_pmf(k)
     le = np.minimum(np.cumsum(p), 1.0)
     ge = np.minimum(np.cumsum(p[::-1])[::-1], 1.0)
+    if inflation > 1.0:
+        N = p.size - 1
+        d = N / 2 + (np.arange(N + 1) - N / 2) / math.sqrt(inflation)
+        le, ge = le[np.floor(d + 1e-9).astype(int)], ge[np.ceil(d - 1e-9).astype(int)]
     le.setflags(write=False)
     ge.setflags(write=False)
     return le, ge
 
 
-def _pairwise_slopes(x: np.ndarray, y: np.ndarray) -> np.ndarray:
-    i, j = np.triu_indices(x.size, k=1)
-    return np.sort((y[j] - y[i]) / (x[j] - x[i]))
+class _SenTest:
+    """Kendall / Sen inference on k batch means: p-values at any slope, and the interval."""
 
+    def __init__(self, bm: BatchMeans):
+        k = bm.n_batches
+        i, j = np.triu_indices(k, k=1)
+        self.slopes = np.sort((bm.means[j] - bm.means[i]) / (bm.x[j] - bm.x[i]))
+        # Hamed-Rao with the lag-1 correlation of the batch means only (rank ~ Pearson)
+        infl = 1.0 + 2.0 * (k - 3) / k * bm.batch_corr if k > 3 else 1.0
+        self.le, self.ge = _discordant_cdfs(k, round(infl, 6))
 
-def _p_below(slopes: np.ndarray, k: int, b: float) -> float:
-    """One-sided p for H1: slope > b (few pairwise slopes below b). Ties count against."""
-    le, _ = _discordant_cdfs(k)
-    d = int(np.searchsorted(slopes, b, side="right"))  # slopes <= b
-    return float(le[d])
+    def p_below(self, b: float) -> float:
+        """One-sided p for H1: slope > b (few pairwise slopes below b); ties count against."""
+        return float(self.le[int(np.searchsorted(self.slopes, b, side="right"))])
 
+    def p_above(self, b: float) -> float:
+        """One-sided p for H1: slope < b (few pairwise slopes above b); ties count against."""
+        return float(self.ge[int(np.searchsorted(self.slopes, b, side="left"))])
 
-def _p_above(slopes: np.ndarray, k: int, b: float) -> float:
-    """One-sided p for H1: slope < b (few pairwise slopes above b). Ties count against."""
-    _, ge = _discordant_cdfs(k)
-    d = int(np.searchsorted(slopes, b, side="left"))  # slopes < b
-    return float(ge[d])
-
-
-def _sen_interval(slopes: np.ndarray, k: int, alpha_each_side: float) -> tuple[float, float]:
-    """Sen's interval: order statistics of the pairwise slopes from the exact Kendall null."""
-    le, _ = _discordant_cdfs(k)
-    # q = largest q with P(D < q) = P(D <= q-1) <= alpha: the interval is [s_(q), s_(N-q+1)]
-    q = int(np.searchsorted(le, alpha_each_side * (1 + 1e-12), side="right"))
-    if q == 0:
-        return -math.inf, math.inf
-    N = slopes.size
-    return float(slopes[q - 1]), float(slopes[N - q])
+    def interval(self, alpha_each_side: float) -> tuple[float, float]:
+        """Sen's interval: the slopes b that neither one-sided test rejects at alpha_each_side."""
+        # q = number of discordance counts d rejected on the low side; the interval is
+        # [s_(q), s_(N-q+1)] (1-based order statistics), symmetric like the null
+        q = int(np.count_nonzero(self.le <= alpha_each_side * (1 + 1e-12)))
+        if q == 0:
+            return -math.inf, math.inf
+        N = self.slopes.size
+        return float(self.slopes[q - 1]), float(self.slopes[N - q])
 
 
 # ----------------------------------------------------------------------------
@@ -498,12 +575,11 @@ def trend(
 
 
 def _trend_from_batches(bm: BatchMeans, confidence: float, per_steps: float) -> Trend:
-    k = bm.n_batches
-    slopes = _pairwise_slopes(bm.x, bm.means)
-    slope = float(np.median(slopes))
+    sen = _SenTest(bm)
+    slope = float(np.median(sen.slopes))
     intercept = float(np.median(bm.means) - slope * np.median(bm.x))
-    lo, hi = _sen_interval(slopes, k, (1.0 - confidence) / 2)
-    p = min(1.0, 2.0 * min(_p_below(slopes, k, 0.0), _p_above(slopes, k, 0.0)))
+    lo, hi = sen.interval((1.0 - confidence) / 2)
+    p = min(1.0, 2.0 * min(sen.p_below(0.0), sen.p_above(0.0)))
     level = float(np.median(bm.means))
     scale = per_steps / level if level > 0 else math.nan
     return Trend(
@@ -533,13 +609,12 @@ def equivalence(
         min_batches=min_batches, max_batches=max_batches,
     )
     tr = _trend_from_batches(bm, confidence, per_steps)
-    k = bm.n_batches
     if not tr.level > 0:
         raise InconclusiveError(f"level {tr.level:g} is not positive: a relative margin is meaningless")
     delta = margin * tr.level / per_steps
-    slopes = _pairwise_slopes(bm.x, bm.means)
-    p = max(_p_below(slopes, k, -delta), _p_above(slopes, k, delta))
-    lo, hi = _sen_interval(slopes, k, alpha)
+    sen = _SenTest(bm)
+    p = max(sen.p_below(-delta), sen.p_above(delta))
+    lo, hi = sen.interval(alpha)
     scale = per_steps / tr.level
     return Equivalence(
         equivalent=p <= alpha, p_value=p, margin=margin, per_steps=per_steps, alpha=alpha,
@@ -585,21 +660,33 @@ def reject(p, alpha: float = 0.05, method: str = "by") -> np.ndarray:
 # Two-sample comparison
 
 
-def _comparison(mean_a, mean_b, se, df, confidence, method, n_a, n_b) -> Comparison:
+_ALTERNATIVES = ("two-sided", "greater", "less")
+
+
+def _comparison(mean_a, mean_b, se, df, confidence, alternative, method, n_a, n_b) -> Comparison:
+    if alternative not in _ALTERNATIVES:
+        raise DataError(f"alternative must be one of {', '.join(_ALTERNATIVES)}, got {alternative!r}")
     diff = mean_b - mean_a
-    if se > 0 and np.isfinite(df) and df > 0:
+    if se > 0 and df > 0:
         tq = float(sps.t.ppf(0.5 + confidence / 2, df))
         lo, hi = diff - tq * se, diff + tq * se
-        p = float(2 * sps.t.sf(abs(diff) / se, df))
+        t = diff / se
+        p = {
+            "two-sided": lambda: 2 * sps.t.sf(abs(t), df),
+            "greater": lambda: sps.t.sf(t, df),
+            "less": lambda: sps.t.cdf(t, df),
+        }[alternative]()
+        p = float(min(p, 1.0))
     else:  # zero spread: any difference is exact
         lo = hi = diff
-        p = 1.0 if diff == 0 else 0.0
+        shown = {"two-sided": diff != 0, "greater": diff > 0, "less": diff < 0}[alternative]
+        p = 0.0 if shown else 1.0
     base = abs(mean_a)
     r = (lambda v: v / base) if base > 0 else (lambda v: math.nan)
     return Comparison(
         mean_a=float(mean_a), mean_b=float(mean_b), diff=float(diff), lo=float(lo), hi=float(hi),
         rel_diff=r(diff), rel_lo=r(lo), rel_hi=r(hi), se=float(se), df=float(df), p_value=p,
-        confidence=confidence, method=method, n_a=int(n_a), n_b=int(n_b),
+        confidence=confidence, alternative=alternative, method=method, n_a=int(n_a), n_b=int(n_b),
     )
 
 
@@ -612,6 +699,7 @@ def compare_series(
     weights_a=None,
     weights_b=None,
     confidence: float = 0.95,
+    alternative: str = "two-sided",  # "greater": H1 is mean_b > mean_a
     batch_tau: float = BATCH_TAU,
     min_batches: int = MIN_BATCHES,
     max_batches: int = MAX_BATCHES,
@@ -625,10 +713,10 @@ def compare_series(
     se = math.sqrt(va + vb)
     den = va * va / ba.df + vb * vb / bb.df
     df = (va + vb) ** 2 / den if den > 0 else math.inf
-    return _comparison(ba.mean, bb.mean, se, df, confidence, "welch-batch-means", ba.n, bb.n)
+    return _comparison(ba.mean, bb.mean, se, df, confidence, alternative, "welch-batch-means", ba.n, bb.n)
 
 
-def compare_seed_means(a, b, *, confidence: float = 0.95) -> Comparison:
+def compare_seed_means(a, b, *, confidence: float = 0.95, alternative: str = "two-sided") -> Comparison:
     """Mean over seeds of b minus that of a, with the seed-to-seed spread as the noise.
 
     Welch's t when both sides have >= 2 seeds; when one side has a single seed,
@@ -651,7 +739,7 @@ def compare_seed_means(a, b, *, confidence: float = 0.95) -> Comparison:
         se = math.sqrt(s2 * (1 / na + 1 / nb))
         df = max(na, nb) - 1
         method = "seed-borrowed-variance"
-    return _comparison(a.mean(), b.mean(), se, df, confidence, method, na, nb)
+    return _comparison(a.mean(), b.mean(), se, df, confidence, alternative, method, na, nb)
 
 
 def compare_runs(
@@ -661,6 +749,7 @@ def compare_runs(
     weights_a=None,
     weights_b=None,
     confidence: float = 0.95,
+    alternative: str = "two-sided",  # "greater": H1 is mean_b > mean_a
 ) -> Comparison:
     """Late-window mean of b vs a, each side a list of per-seed window-mean series.
 
@@ -673,7 +762,8 @@ def compare_runs(
     if len(a) == 0 or len(b) == 0:
         raise InconclusiveError("a side has no runs")
     if len(a) == 1 and len(b) == 1:
-        return compare_series(a[0], b[0], weights_a=wa[0], weights_b=wb[0], confidence=confidence)
+        return compare_series(a[0], b[0], weights_a=wa[0], weights_b=wb[0], confidence=confidence,
+                              alternative=alternative)
 
     def seed_mean(y, w):
         y, _, w = _clean_windows(y, None, w)
@@ -681,7 +771,7 @@ def compare_runs(
 
     ma = [seed_mean(y, w) for y, w in zip(a, wa)]
     mb = [seed_mean(y, w) for y, w in zip(b, wb)]
-    return compare_seed_means(ma, mb, confidence=confidence)
+    return compare_seed_means(ma, mb, confidence=confidence, alternative=alternative)
 
 
 # ----------------------------------------------------------------------------
@@ -715,9 +805,11 @@ def detect_spikes(
     window = max(int(window) | 1, 3)
     if v.size == 0:
         return Spikes(empty, np.empty(0), empty, empty, empty, bad, n, threshold, window)
-    med = ndimage.median_filter(v, size=window, mode="nearest")
+    # "mirror", not "nearest": repeating the edge value would make it the median
+    # and the MAD 0 near both ends, and flag ordinary points there
+    med = ndimage.median_filter(v, size=window, mode="mirror")
     dev = v - med
-    mad = ndimage.median_filter(np.abs(dev), size=window, mode="nearest")
+    mad = ndimage.median_filter(np.abs(dev), size=window, mode="mirror")
     scale = np.maximum(MAD_TO_SIGMA * mad, _scale_floor(v))
     z = dev / scale
     if side == "upper":
@@ -778,7 +870,8 @@ def level_shift(
 
 
 __all__ = [
-    "BATCH_TAU", "MAX_BATCHES", "MIN_BATCHES", "SPIKE_THRESHOLD", "SPIKE_WINDOW",
+    "BATCH_LENGTH", "BATCH_TAU", "MAD_TO_SIGMA", "MAX_BATCHES", "MIN_BATCHES", "SPIKE_THRESHOLD",
+    "SPIKE_WINDOW", "TAU_MIN_BLOCKS",
     "BatchMeans", "Comparison", "Equivalence", "LevelShift", "Moments", "Spikes", "Trend",
     "adjust_pvalues", "batch_means", "batch_starts", "coarsen_moments", "combine",
     "compare_runs", "compare_seed_means", "compare_series", "detect_spikes",
