@@ -91,6 +91,7 @@ class _Batch:
     times: list
     host_scalars: dict  # name -> list per ring slot (None where not given)
     device_scalar_names: list
+    device_given: dict  # name -> list per ring slot: True where a tensor was logged (NaN is a value, not a gap)
     windows: dict = field(default_factory=dict)  # split -> list[_Window]
     probe_steps: list = field(default_factory=list)
     has_weights: bool = False
@@ -202,6 +203,7 @@ class RunLogger:
         self._times: list[float] = []
         self._host_scalars: dict[str, list] = {}
         self._dev_scalar_names: list[str] = []
+        self._dev_given: dict[str, list] = {}
         self._windows: dict[str, list[_Window]] = {s: [] for s in _SPLITS}
         self._probe_steps: list[int] = []
         self._last_probe_step = None
@@ -374,6 +376,8 @@ class RunLogger:
         self._times.append(time.time())
         for v in self._host_scalars.values():
             v.append(None)
+        for v in self._dev_given.values():
+            v.append(False)
         return len(self._steps) - 1
 
     def _window_slot(self, split: str, key: int, step: int) -> int:
@@ -394,7 +398,9 @@ class RunLogger:
                 col = torch.full((self.flush_every,), math.nan, dtype=torch.float64, device=self._device)
                 self._dev_scalars[name] = col
                 self._dev_scalar_names.append(name)
+                self._dev_given[name] = [False] * len(self._steps)
             col[slot].copy_(value.detach().reshape(()), non_blocking=True)
+            self._dev_given[name][slot] = True
         else:
             col = self._host_scalars.get(name)
             if col is None:
@@ -497,12 +503,14 @@ class RunLogger:
             times=self._times,
             host_scalars=self._host_scalars,
             device_scalar_names=list(self._dev_scalar_names),
+            device_given=self._dev_given,
             windows=self._windows,
             probe_steps=self._probe_steps,
         )
         self._seq += 1
         self._steps, self._times = [], []
         self._host_scalars = {k: [] for k in self._host_scalars}
+        self._dev_given = {k: [] for k in self._dev_given}
         self._windows = {s: [] for s in _SPLITS}
         self._probe_steps = []
         self._queue.put(batch)
@@ -565,16 +573,29 @@ class RunLogger:
         with np.errstate(invalid="ignore", divide="ignore"):
             loss = np.where(count > 0, ring[:, _C_RAW] / np.maximum(count, 1), np.nan)
             wloss = ring[:, _C_WX] / ring[:, _C_W] if batch.has_weights else np.full(n, np.nan)
-        scalars = {}
+        # a scalar that was not logged is null; a NaN that was logged (a blown-up grad norm) stays NaN
+        vals, given = {}, {}
         for name in batch.device_scalar_names:
-            scalars[name] = batch.tensors["dev_" + name].numpy().astype(np.float64)
-        for name, vals in batch.host_scalars.items():
-            arr = np.array([np.nan if v is None else v for v in vals], dtype=np.float64)
-            scalars[name] = np.where(np.isnan(arr), scalars[name], arr) if name in scalars else arr
-        gn = scalars.pop("grad_norm", np.full(n, np.nan))
-        thr = scalars.pop("clip_threshold", np.full(n, np.nan))
+            vals[name] = batch.tensors["dev_" + name].numpy().astype(np.float64)
+            given[name] = np.array(batch.device_given[name], dtype=bool)
+        for name, hv in batch.host_scalars.items():
+            g = np.array([v is not None for v in hv], dtype=bool)
+            a = np.array([np.nan if v is None else v for v in hv], dtype=np.float64)
+            if name in vals:
+                vals[name], given[name] = np.where(g, a, vals[name]), given[name] | g
+            else:
+                vals[name], given[name] = a, g
+
+        def column(name, typ):
+            v = vals.pop(name, np.full(n, np.nan))
+            g = given.pop(name, np.zeros(n, dtype=bool))
+            return v, g, pa.array(v.astype(typ.to_pandas_dtype()), type=typ, mask=~g)
+
+        gn, gn_given, gn_col = column("grad_norm", pa.float32())
+        thr, thr_given, thr_col = column("clip_threshold", pa.float32())
         with np.errstate(invalid="ignore"):
             clipped = gn > thr
+        clipped_known = gn_given & thr_given & np.isfinite(gn)
         cols = {
             "step": pa.array(batch.steps, pa.int64()),
             "segment": pa.array(np.full(n, self.segment, np.int32)),
@@ -583,15 +604,15 @@ class RunLogger:
             "loss": _f32(loss),
             "count": pa.array(count.astype(np.int32)),
             "nonfinite": pa.array(ring[:, _C_NONFINITE].astype(np.int32)),
-            "grad_norm": _f32(gn),
-            "clip_threshold": _f32(thr),
-            "clipped": pa.array(clipped, mask=np.isnan(gn) | np.isnan(thr)),
-            "lr": _nullable(scalars.pop("lr", np.full(n, np.nan)), pa.float64()),
-            "loss_scale": _f32(scalars.pop("loss_scale", np.full(n, np.nan))),
+            "grad_norm": gn_col,
+            "clip_threshold": thr_col,
+            "clipped": pa.array(clipped, mask=~clipped_known),
+            "lr": column("lr", pa.float64())[2],
+            "loss_scale": column("loss_scale", pa.float32())[2],
             "wloss": _f32(wloss),
         }
-        for name in sorted(scalars):
-            cols[name] = _nullable(scalars[name], pa.float64())
+        for name in sorted(vals):
+            cols[name] = column(name, pa.float64())[2]
         return pa.table(cols)
 
     def _bins_rows(self, batch: _Batch, split: str, shift: np.ndarray) -> pa.Table:

@@ -131,6 +131,17 @@ def test_gradient_accumulation_and_scalars(tmp_path, linear_alpha_bar):
     assert s["ema_decay"].to_list() == pytest.approx([0.999] * 3)
 
 
+def test_nan_grad_norm_is_kept_apart_from_not_logged(tmp_path, linear_alpha_bar):
+    with RunLogger(tmp_path / "r", alphas_cumprod=linear_alpha_bar, num_bins=4) as lg:
+        for step, gn in enumerate([torch.tensor(0.5), torch.tensor(float("nan")), None, torch.tensor(float("inf")), 2.0]):
+            kw = {} if gn is None else {"grad_norm": gn}
+            lg.log(step, timesteps=torch.tensor([1]), losses=torch.tensor([1.0]), clip_threshold=1.0, **kw)
+    s = diffaudit.load_run(tmp_path / "r").steps
+    g = s["grad_norm"]
+    assert g[0] == 0.5 and math.isnan(g[1]) and g[2] is None and g[3] == math.inf and g[4] == 2.0
+    assert s["clipped"].to_list() == [False, None, None, None, True]
+
+
 def test_weights_recorded_apart_from_loss(tmp_path, linear_alpha_bar):
     x = torch.tensor([1.0, 3.0])
     w = torch.tensor([3.0, 1.0])
