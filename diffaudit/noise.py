@@ -53,7 +53,8 @@ def schedule_from_betas(betas) -> tuple[np.ndarray, np.ndarray]:
         raise ScheduleError(f"betas must be a non-empty 1-D array, got shape {b.shape}")
     if not np.all(np.isfinite(b)) or np.any(b < 0) or np.any(b > 1):
         raise ScheduleError("betas must be finite and in [0, 1]")
-    log_abar = np.cumsum(np.log1p(-b))
+    with np.errstate(divide="ignore"):  # beta = 1 (zero terminal SNR): log abar = -inf, abar = 0 exactly
+        log_abar = np.cumsum(np.log1p(-b))
     return np.exp(log_abar), -np.expm1(log_abar)
 
 
