@@ -133,26 +133,77 @@ def sync(device):
 
 
 def overhead(device, batch, ch, blocks, steps, rounds, amp, workdir):
+    """Median step time per mode and the median of per-round paired ratios (order alternates per round)."""
     step = make_step(device, batch, ch, blocks, amp)
     for i in range(20):  # warm-up: cudnn autotune, allocator
         step(i, "none")
     sync(device)
     times = defaultdict(list)
+    ratios = defaultdict(list)
     logger = RunLogger(os.path.join(workdir, "overhead"), alphas_cumprod=ALPHA_BAR, num_bins=100)
     seed_mon = SeedMonitor(T, 100)
     i0 = 0
     for r in range(rounds):
-        for mode in ("none", "diffaudit", "seed"):
+        order = ("none", "diffaudit", "seed") if r % 2 == 0 else ("seed", "diffaudit", "none")
+        got = {}
+        for mode in order:
             sync(device)
             t0 = time.perf_counter()
             for i in range(steps):
                 step(i0 + i, mode, logger, seed_mon)
             sync(device)
-            times[mode].append((time.perf_counter() - t0) / steps)
+            got[mode] = (time.perf_counter() - t0) / steps
+            times[mode].append(got[mode])
             if mode == "diffaudit":
                 i0 += steps
+        for mode in ("diffaudit", "seed"):
+            ratios[mode].append(got[mode] / got["none"] - 1)
     logger.close()
-    return {m: statistics.median(v) for m, v in times.items()}, i0
+    return {m: statistics.median(v) for m, v in times.items()}, {m: statistics.median(v) for m, v in ratios.items()}, i0
+
+
+def reduction_cost(device, n=25600, bins=100, reps=20):
+    """Device time of one window reduction (n buffered samples) for each strategy, by CUDA events."""
+    out = {}
+    for strategy in ("onehot", "index_add"):
+        lg = RunLogger(tempfile.mkdtemp(prefix="red_"), alphas_cumprod=ALPHA_BAR, num_bins=bins, buffer_size=n)
+        lg.log(0, timesteps=torch.randint(0, T, (n,), device=device), losses=torch.rand(n, device=device))
+        lg._reduction = strategy
+        lg._reduce("train")
+        buf = lg._buf["train"]
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        ms = []
+        for _ in range(reps):
+            buf.n = n
+            torch.cuda.synchronize()
+            start.record()
+            lg._reduce("train")
+            end.record()
+            torch.cuda.synchronize()
+            ms.append(start.elapsed_time(end))
+        lg.close()
+        out[strategy] = statistics.median(ms)
+    return out
+
+
+def host_time_in_loop(device, batch, ch, blocks, amp, steps, workdir):
+    """Mean host-side time of log() inside the real training loop (window reductions included)."""
+    step = make_step(device, batch, ch, blocks, amp)
+    logger = RunLogger(os.path.join(workdir, "host"), alphas_cumprod=ALPHA_BAR, num_bins=100)
+    real_log = logger.log
+    spent = []
+
+    def timed_log(*a, **k):
+        t0 = time.perf_counter()
+        real_log(*a, **k)
+        spent.append(time.perf_counter() - t0)
+
+    logger.log = timed_log
+    for i in range(steps):
+        step(i, "diffaudit", logger)
+    sync(device)
+    logger.close()
+    return float(np.mean(spent) * 1e6), float(np.median(spent) * 1e6)
 
 
 def sync_check(device, batch, ch, blocks, amp, workdir):
@@ -250,7 +301,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--steps", type=int, default=None, help="steps per timed block")
-    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--rounds", type=int, default=8)
     ap.add_argument("--quick", action="store_true")
     args = ap.parse_args()
     device = torch.device(args.device)
@@ -270,15 +321,23 @@ def main():
                   f"({nparts} parts); 1,000,000 steps -> {bps * 1e6 / 2**20:.0f} MiB")
 
         if device.type == "cuda":
-            batch, ch, blocks, steps, amp = 128, 128, 4, args.steps or 200, True
+            batch, ch, blocks, steps, amp = 128, 128, 4, args.steps or 100, True
         else:
-            batch, ch, blocks, steps, amp = 16, 8, 1, args.steps or (10 if args.quick else 30), False
-        times, _ = overhead(device, batch, ch, blocks, steps, args.rounds, amp, work)
+            batch, ch, blocks, steps, amp = 16, 8, 1, args.steps or (5 if args.quick else 20), False
+        times, ratios, _ = overhead(device, batch, ch, blocks, steps, args.rounds, amp, work)
         base = times["none"]
         print(f"conv denoiser step (batch {batch}, 32x32x3, {ch} ch, {blocks} blocks, bf16 autocast={amp}): "
-              f"{base * 1e3:.2f} ms without logging")
+              f"{base * 1e3:.2f} ms without logging ({args.rounds} rounds x {steps} steps per mode, order alternating)")
         for mode in ("diffaudit", "seed"):
-            print(f"  {mode:9s}: {times[mode] * 1e3:.2f} ms/step, overhead {100 * (times[mode] / base - 1):+.2f}%")
+            print(f"  {mode:9s}: {times[mode] * 1e3:.2f} ms/step; overhead: median of paired per-round ratios "
+                  f"{100 * ratios[mode]:+.2f}%, ratio of medians {100 * (times[mode] / base - 1):+.2f}%")
+        mean_us, med_us = host_time_in_loop(device, batch, ch, blocks, amp, 300, work)
+        print(f"  host time of log() inside that loop: mean {mean_us:.1f} us, median {med_us:.1f} us "
+              f"({100 * mean_us * 1e-6 / base:.2f}% of the step)")
+        if device.type == "cuda":
+            red = reduction_cost(device)
+            print("device time of one window reduction (25,600 samples, 100 bins): "
+                  + ", ".join(f"{k} {v:.3f} ms" for k, v in red.items()))
 
         if device.type == "cuda":
             err = sync_check(device, batch, ch, blocks, amp, work)

@@ -6,6 +6,6 @@ export PYTHONPATH=$PWD PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
 python3 -c "import torch, numpy, pyarrow; print('torch', torch.__version__, 'numpy', numpy.__version__, 'pyarrow', pyarrow.__version__)"
 echo "=== logger on CUDA ==="
-timeout 300 python3 benchmarks/bench_logger.py --device cuda --steps 200 --rounds 3
+timeout 300 python3 benchmarks/bench_logger.py --device cuda --steps 100 --rounds 8
 echo "=== exact L* estimator on CUDA (N=50000, d=3072, 50 bins x 64) ==="
-timeout 200 python3 benchmarks/bench_optimum.py --device cuda --skip-digits
+# (exact L* on CUDA measured in the first run; rerun with: python3 benchmarks/bench_optimum.py --device cuda --skip-digits)
