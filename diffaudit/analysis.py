@@ -1,0 +1,1201 @@
+"""What a run's logs say about its training: per-noise-level tables, step-series summaries, findings.
+
+:func:`analyze` turns a loaded :class:`~diffaudit.load.Run` into an
+:class:`Analysis` of frozen dataclasses and polars frames; nothing here prints,
+renders or picks an exit code. The findings (:mod:`diffaudit.findings`) are
+small rules over these numbers.
+
+How the numbers are made, and why
+---------------------------------
+
+*Per noise level.* A diffusion loss mixes noise levels whose losses differ by
+orders of magnitude, and the sampler's mix changes from batch to batch, so a
+per-step loss curve is mostly sampling noise. Everything about the loss is
+therefore computed per bin, from the logger's sufficient statistics (count,
+mean, m2 per window and bin), merged exactly with Chan's formula over the
+early, middle and late phases of training. Run-level quantities weight the bins
+by how often the sampler visits them (``count_share``): that is the run's own
+objective, and it is what "a share of the run's loss" means in every finding.
+
+*Trends and stagnation.* Per bin, on the window means of the *trend stretch*
+(the last half of training by default), :func:`diffaudit.stats.equivalence`
+gives the Theil-Sen slope with an autocorrelation-honest interval (batch means),
+the Mann-Kendall p-value for "the slope is 0" and the TOST p-value for "the
+relative change over the stretch lies within +-margin". Both families of
+p-values are corrected over the bins with Benjamini-Yekutieli (valid under the
+positive dependence bins of one model have). A bin is *flat* only when the
+equivalence is shown, never because a trend failed to reach significance.
+
+*Against L*.* The Gaussian L* (closed form, from ``data_var`` or
+``data_spectrum`` in run.json) is an upper bound on the irreducible loss of any
+data with that covariance: a bin above it is worse than the best linear
+denoiser. The empirical L* (``diffaudit optimum``) is the memorization floor.
+Excess is judged by its impact, ``count_share * (late - L*) / late_total``,
+never by a ratio in one bin: at the highest noise levels both numbers are tiny
+and a large ratio there changes nothing.
+
+*The step series.* Spikes are found on the log of the per-step loss with a
+rolling median / MAD (:func:`diffaudit.stats.detect_spikes`); a lasting blow-up
+by the median of the last 10% of steps against the best earlier block
+(:func:`diffaudit.stats.level_shift`). Both are robust to the spikes themselves.
+
+Cost: a handful of vectorised passes over the frames the loader built, one
+equivalence test per bin on at most a few thousand window means, two median
+filters over the per-step loss. Deterministic: no random numbers anywhere.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field, replace
+
+import numpy as np
+import polars as pl
+
+from diffaudit import __version__, stats
+from diffaudit.errors import DiffauditError
+from diffaudit.findings import Finding, Thresholds, evaluate, verdict as _verdict
+from diffaudit.load import Run
+
+# ----------------------------------------------------------------------------
+# Defaults
+
+LATE_FRACTION = 0.2  # the late phase: the last fifth of the logged steps
+PHASE_FRACTION = 0.2  # width of the early and middle phases, as a fraction of the steps
+TREND_FRACTION = 0.5  # trends and stagnation are judged on the last half of training
+STAGNATION_MARGIN = 0.05  # +-relative change over the trend stretch that counts as flat
+MAX_POINTS = 2000  # rows of the downsampled per-step series (for plots)
+MAX_TIME_ROWS = 200  # time rows of the per-bin heatmap series
+MAX_SPIKE_EVENTS = 50  # spike events kept (largest first)
+MAX_TREND_WINDOWS = 1000  # longer trend stretches are merged (exactly) into this many windows first
+_UNIT_ROUNDOFF = {"float64": 1.1e-16, "float32": 6.0e-8, "float16": 4.9e-4, "bfloat16": 3.9e-3}
+
+
+# ----------------------------------------------------------------------------
+# Result types
+
+
+@dataclass(frozen=True)
+class RunInfo:
+    """What run was analysed: identity, process, coverage."""
+
+    name: str
+    path: str
+    run_id: str
+    process: str
+    prediction: str
+    num_bins: int
+    num_timesteps: int | None
+    first_step: int | None
+    last_step: int | None
+    steps_logged: int
+    windows: int  # train windows with bin statistics
+    eval_windows: int
+    probe_steps: int
+    probe_every: int | None
+    window: int | None  # steps per bin-statistics window (logger setting)
+    segments: int
+    ranks: int
+    data_stats: str  # "data_spectrum", "data_var" or "none": what the Gaussian L* is built from
+    empirical_optimum: bool  # `diffaudit optimum` has run
+    problems: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Phases:
+    """Step ranges (inclusive) of the early, middle and late phases and of the trend stretch."""
+
+    early: tuple[int, int] | None
+    mid: tuple[int, int] | None
+    late: tuple[int, int] | None
+    trend: tuple[int, int] | None
+
+
+@dataclass(frozen=True)
+class LossSummary:
+    """The run's loss as a whole: level, trend over the trend stretch, stagnation, excess over L*."""
+
+    first_level: float | None  # median loss of the first 10% of steps
+    best_level: float | None  # lowest median of an earlier 10% block
+    late_level: float | None  # median loss of the last 10% of steps
+    late_over_best: float | None
+    shift_z: float | None  # (late - best) in robust sd of the best block's per-step noise
+    late_over_early: float | None  # late / early phase level (sampler-weighted over bins)
+    trend_from: int | None  # the trend stretch, steps
+    trend_to: int | None
+    trend_rel: float | None  # relative change over the stretch (Theil-Sen on batch means)
+    trend_lo: float | None  # 95% interval
+    trend_hi: float | None
+    trend_p: float | None  # Mann-Kendall, slope = 0
+    tost_p: float | None  # equivalence: |change| <= margin
+    tost_lo: float | None  # 90% interval (the TOST one)
+    tost_hi: float | None
+    stagnant: bool  # equivalence shown at alpha
+    reference: str | None  # "Gaussian" when L* is known, else None
+    late_total: float | None  # late loss, sampler-weighted over bins
+    excess_share: float | None  # positive excess over L* as a share of late_total
+    excess_share_emp: float | None  # the same over the empirical L*
+
+
+@dataclass(frozen=True)
+class ProfileSummary:
+    """Late loss across noise levels against L* across noise levels."""
+
+    range_ratio: float | None  # coefficient of variation across bins of the late loss / that of L*
+    correlation: float | None  # Pearson, late loss vs L*, across bins
+    loss_min: float | None
+    loss_max: float | None
+    lstar_min: float | None
+    lstar_max: float | None
+    lstar_rel_range: float | None  # coefficient of variation of L* across bins
+
+
+@dataclass(frozen=True)
+class SpikeSummary:
+    """Spikes of the per-step loss (and grad norm) above their rolling median."""
+
+    n_steps: int
+    n_events: int
+    events_per_10k: float | None
+    events: tuple[dict, ...]  # largest first: step, loss, median, ratio, z
+    max_ratio: float | None  # largest loss / running median at a spike
+    max_ratio_step: int | None
+    max_ratio_loss: float | None
+    max_ratio_median: float | None
+    max_grad_ratio: float | None  # largest grad norm / its running median at a loss spike
+    max_grad_ratio_step: int | None
+
+
+@dataclass(frozen=True)
+class NonfiniteSummary:
+    """NaN/Inf losses and gradient norms."""
+
+    loss_samples: int  # non-finite per-sample losses
+    loss_share: float  # of all samples
+    loss_steps: int  # steps with at least one
+    loss_first_step: int | None
+    loss_bins: tuple[int, ...]  # bins where they occurred
+    loss_bin_counts: tuple[int, ...]
+    grad_steps: int  # steps with a non-finite grad norm (Inf, or NaN stored as null in a run that logs it)
+    grad_first_step: int | None
+    steps_with_grad_logging: int
+    loss_scale_used: bool
+    diverged: bool  # every step from some point on has no finite loss
+    diverged_from: int | None
+
+
+@dataclass(frozen=True)
+class ClipSummary:
+    """Gradient clipping: how often, late, and its trend."""
+
+    available: bool
+    threshold: float | None  # median clip threshold
+    rate: float | None  # clipped steps / steps with a known grad norm and threshold
+    early_rate: float | None
+    late_rate: float | None
+    late_grad_median: float | None
+    rise: float | None  # change of the per-window clip rate over the trend stretch (absolute)
+    rise_lo: float | None
+    rise_hi: float | None
+    rise_p: float | None
+
+
+@dataclass(frozen=True)
+class ProbeSummary:
+    """Per-noise-level gradient norms from the logger's probe."""
+
+    n_steps: int
+    probe_every: int | None
+    table: pl.DataFrame  # probe_bin, bin_lo, bin_hi, n, grad_norm (median over late probes), ratio_to_median
+    max_over_median: float | None
+    min_over_median: float | None
+    max_norm: float | None
+    median_norm: float | None
+    max_bins: tuple[int, int] | None  # fine bins [lo, hi) of the largest
+
+
+@dataclass(frozen=True)
+class EvalSummary:
+    """Held-out (eval) loss against train loss at the same noise levels."""
+
+    n_windows: int
+    late_from_step: int | None
+    gap_share: float | None  # late (eval - train), sampler-weighted, / train
+    gap_z: float | None
+    eval_rise: float | None  # late eval level / best eval level - 1
+    best_step: int | None
+    gap_growth: float | None  # late gap share - gap share of the eval window nearest mid-training
+    worst_bins: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True)
+class ScheduleInfo:
+    """Noise schedule facts the findings need."""
+
+    kind: str
+    num_timesteps: int | None
+    monotone: bool | None  # vp: alpha_bar never increases
+    n_increases: int
+    first_increase_t: int | None
+    max_increase: float | None
+    terminal_alpha_bar: float | None
+    terminal_snr: float | None  # alpha^2 / sigma^2 at the noisiest timestep
+    one_minus_first: float | None  # 1 - alpha_bar at t = 0
+    dtype: str | None  # how alphas_cumprod was given to the logger
+    from_betas: bool
+    one_minus_rel_error: float | None  # relative error of 1 - alpha_bar at t = 0 implied by dtype
+    zero_noise_steps: int  # timesteps with 1 - alpha_bar == 0 (sigma = 0) under an eps / v target
+    log_snr_min: float | None
+    log_snr_max: float | None
+
+
+@dataclass(frozen=True, eq=False)
+class Analysis:
+    """Everything the report says about one run (frozen; frames are polars)."""
+
+    run: RunInfo
+    phases: Phases
+    bins: pl.DataFrame  # one row per noise bin (see BIN_COLUMNS)
+    bin_series: pl.DataFrame  # coarsened windows x bins: step_lo, step_hi, bin, count, mean, std, excess
+    series: pl.DataFrame  # downsampled per-step series: step_lo, step_hi, steps, loss_*, grad_norm_*, clip_rate, ...
+    eval_series: pl.DataFrame  # per eval window and bin: step, bin, count, eval_mean, train_mean
+    loss: LossSummary
+    profile: ProfileSummary
+    spikes: SpikeSummary
+    clip: ClipSummary
+    nonfinite: NonfiniteSummary
+    schedule: ScheduleInfo
+    probes: ProbeSummary
+    eval: EvalSummary
+    findings: tuple[Finding, ...] = ()
+    verdict: str = "healthy"  # "healthy", "warnings" or "failing"
+    settings: dict = field(default_factory=dict)
+
+    def by_id(self, finding_id: str) -> Finding | None:
+        """The finding with this id, or None."""
+        return next((f for f in self.findings if f.id == finding_id), None)
+
+
+#: the per-bin table's columns, with what each means (the --json schema documents the same)
+BIN_COLUMNS = {
+    "bin": "noise bin index (0 = least noise)",
+    "t_lo": "first timestep of the bin (vp: integer t; flow: t; edm: sigma)",
+    "t_hi": "end of the bin (exclusive)",
+    "log_snr": "log(alpha^2/sigma^2) at the bin's centre",
+    "count": "finite training samples in the whole run",
+    "count_share": "share of the late-phase samples (the sampler's weight of the bin)",
+    "coverage": "count / (total / num_bins): 1 for a uniform sampler",
+    "nonfinite": "non-finite training losses",
+    "early_mean": "mean loss in the early phase",
+    "mid_mean": "mean loss in the middle phase",
+    "late_mean": "mean loss in the late phase",
+    "late_std": "per-sample standard deviation in the late phase",
+    "late_se": "standard error of late_mean (the larger of iid and between-window)",
+    "lstar_gauss": "Gaussian L* (best linear denoiser; an upper bound on the irreducible loss)",
+    "lstar_emp": "empirical L* from `diffaudit optimum` (the memorization floor)",
+    "lstar_emp_se": "its Monte Carlo standard error",
+    "excess": "late_mean - lstar_gauss",
+    "excess_z": "excess / its standard error",
+    "excess_share": "count_share * max(excess, 0) / late_total: impact on the run's loss",
+    "excess_emp": "late_mean - lstar_emp",
+    "loss_share": "count_share * late_mean / late_total",
+    "gap_closed": "(early_mean - late_mean) / (early_mean - lstar_gauss): how much of its gap the bin closed",
+    "slope": "Theil-Sen slope of the window means over the trend stretch, per step",
+    "slope_lo": "95% interval of the slope (batch means, exact Kendall)",
+    "slope_hi": "",
+    "rel_change": "slope * stretch length / level: relative change over the trend stretch",
+    "rel_lo": "95% interval of rel_change",
+    "rel_hi": "",
+    "p_value": "Mann-Kendall p-value for slope = 0",
+    "q_value": "Benjamini-Yekutieli adjusted p_value over the bins",
+    "tost_p": "equivalence p-value for |rel_change| <= margin",
+    "tost_q": "Benjamini-Yekutieli adjusted tost_p",
+    "trend": "decreasing / increasing (q < alpha), flat (tost_q < alpha), inconclusive, or n/a",
+    "eval_late_mean": "late-phase eval loss",
+    "eval_gap": "(eval_late_mean - train loss at the same windows) / train loss",
+    "grad_norm_probe": "median probe gradient norm of the probe bin holding this bin (late probes)",
+}
+
+
+# ----------------------------------------------------------------------------
+# Entry point
+
+
+def analyze(
+    run: Run,
+    *,
+    late_fraction: float = LATE_FRACTION,  # the late phase: this fraction of the logged steps, at the end
+    phase_fraction: float = PHASE_FRACTION,  # width of the early and middle phases
+    trend_fraction: float = TREND_FRACTION,  # trends and stagnation use this last fraction of training
+    stagnation_margin: float | None = None,  # +-relative change over the stretch that is "flat" (Thresholds)
+    alpha: float | None = None,  # level of the per-bin tests after correction (Thresholds)
+    thresholds: Thresholds | None = None,  # every rule's threshold
+    max_points: int = MAX_POINTS,  # rows of the downsampled per-step series
+    max_time_rows: int = MAX_TIME_ROWS,  # time rows of the per-bin heatmap series
+) -> Analysis:
+    """Analyse a loaded run: per-bin table, step-series summaries, schedule, probes, eval, findings, verdict."""
+    for name, v in (("late_fraction", late_fraction), ("phase_fraction", phase_fraction),
+                    ("trend_fraction", trend_fraction)):
+        if not (0.0 < v <= 1.0):
+            raise DiffauditError(f"{name} must be in (0, 1], got {v}")
+    th = thresholds or Thresholds()
+    if stagnation_margin is not None:
+        th = replace(th, stagnation_margin=float(stagnation_margin))
+    if alpha is not None:
+        th = replace(th, alpha=float(alpha))
+    settings = {"late_fraction": late_fraction, "phase_fraction": phase_fraction, "trend_fraction": trend_fraction,
+                "thresholds": asdict(th)}
+
+    grid = _Grid.from_bins(run.train_bins, run.process.num_bins)
+    phases, sel = _phases(grid, late_fraction, phase_fraction, trend_fraction)
+    lg, le, le_se, problems = _references(run)
+    table, late_total, weights = _bin_table(run, grid, sel, lg, le, le_se, th)
+    steps = run.steps.sort("step") if run.steps.height else run.steps
+    loss = _loss_summary(steps, grid, sel, weights, table, lg, le, late_total, th)
+    ev_series, ev, ev_cols = _eval(run, grid, weights, late_fraction)
+    table = table.with_columns(*[pl.Series(k, v, nan_to_null=True) for k, v in ev_cols.items()])
+    probes = _probes(run)
+    table = _attach_probes(table, probes)
+    analysis = Analysis(
+        run=_run_info(run, grid, problems),
+        phases=phases,
+        bins=table,
+        bin_series=_bin_series(grid, lg, max_time_rows),
+        series=_step_series(steps, max_points),
+        eval_series=ev_series,
+        loss=loss,
+        profile=_profile(table),
+        spikes=_spikes(steps),
+        clip=_clip(run, steps, late_fraction, trend_fraction),
+        nonfinite=_nonfinite(run, steps),
+        schedule=_schedule(run),
+        probes=probes,
+        eval=ev,
+        settings=settings,
+    )
+    found = evaluate(analysis, th)
+    return replace(analysis, findings=found, verdict=_verdict(found))
+
+
+# ----------------------------------------------------------------------------
+# The window x bin grid
+
+
+@dataclass(frozen=True, eq=False)
+class _Grid:
+    """Train bin statistics as dense (window, bin) arrays, windows in step order."""
+
+    step_lo: np.ndarray  # (W,)
+    step_hi: np.ndarray
+    x: np.ndarray  # window centre, strictly increasing
+    n: np.ndarray  # (W, B) counts, 0 where absent
+    mean: np.ndarray  # NaN where absent
+    m2: np.ndarray  # 0 where absent
+    nonfinite: np.ndarray  # (W, B)
+
+    @property
+    def W(self) -> int:
+        return int(self.x.size)
+
+    @classmethod
+    def from_bins(cls, bins: pl.DataFrame, nb: int) -> "_Grid":
+        if bins.height == 0:
+            z = np.zeros((0, nb))
+            e = np.zeros(0, np.int64)
+            return cls(e, e, np.zeros(0), z, z.copy(), z.copy(), z.copy())
+        lo = bins["step_lo"].to_numpy()
+        hi = bins["step_hi"].to_numpy()
+        centre = 0.5 * (lo + hi)
+        # windows are identified by their centre; rows of one window (and bin) are Chan-merged
+        ux, wi = np.unique(centre, return_inverse=True)
+        W = ux.size
+        b = np.clip(bins["bin"].to_numpy().astype(np.int64), 0, nb - 1)
+        flat = wi * nb + b
+        cnt = bins["count"].fill_null(0).to_numpy().astype(np.float64)
+        mu = bins["mean"].fill_null(np.nan).to_numpy().astype(np.float64)
+        m2 = bins["m2"].fill_null(np.nan).to_numpy().astype(np.float64)
+        ok = (cnt > 0) & np.isfinite(mu)
+        cnt = np.where(ok, cnt, 0.0)
+        mu0 = np.where(ok, mu, 0.0)
+        m20 = np.where(ok & np.isfinite(m2), m2, 0.0)
+        size = W * nb
+        N = np.bincount(flat, cnt, size)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            M = np.bincount(flat, cnt * mu0, size) / N
+        dev = np.where(ok, mu0 - M[flat], 0.0)
+        M2 = np.bincount(flat, m20 + cnt * dev * dev, size)
+        nf = np.bincount(flat, bins["nonfinite"].fill_null(0).to_numpy().astype(np.float64), size)
+        slo = np.full(W, np.iinfo(np.int64).max)
+        shi = np.full(W, np.iinfo(np.int64).min)
+        np.minimum.at(slo, wi, lo)
+        np.maximum.at(shi, wi, hi)
+        shape = (W, nb)
+        M = np.where(N > 0, M, np.nan)
+        return cls(slo, shi, ux, N.reshape(shape), M.reshape(shape), M2.reshape(shape), nf.reshape(shape))
+
+    def merge(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(count, mean, m2) per bin over the windows `rows` (boolean mask or indices), exact."""
+        n = self.n[rows]
+        mu = np.where(n > 0, self.mean[rows], 0.0)
+        N = n.sum(axis=0)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            M = (n * mu).sum(axis=0) / N
+        d = np.where(n > 0, mu - M, 0.0)
+        M2 = self.m2[rows].sum(axis=0) + (n * d * d).sum(axis=0)
+        return N, np.where(N > 0, M, np.nan), M2
+
+
+def _phases(grid: _Grid, late_fraction, phase_fraction, trend_fraction) -> tuple[Phases, dict]:
+    """Window masks of the phases; at least one window each (two or more for the trend stretch when possible)."""
+    W = grid.W
+    if W == 0:
+        return Phases(None, None, None, None), {}
+    s0, s1 = float(grid.step_lo.min()), float(grid.step_hi.max())
+    span = max(s1 - s0, 1.0)
+    x = grid.x
+    early = x <= s0 + phase_fraction * span
+    early[0] = True
+    mid = np.abs(x - (s0 + s1) / 2) <= phase_fraction * span / 2
+    mid[int(np.argmin(np.abs(x - (s0 + s1) / 2)))] = True
+    late = x >= s1 - late_fraction * span
+    late[-1] = True
+    trend = x >= s1 - trend_fraction * span
+    k = min(W, stats.MIN_BATCHES)
+    if trend.sum() < k:
+        trend[W - k:] = True
+
+    def rng(m):
+        idx = np.flatnonzero(m)
+        return (int(grid.step_lo[idx].min()), int(grid.step_hi[idx].max()))
+
+    sel = {"early": early, "mid": mid, "late": late, "trend": trend}
+    return Phases(rng(early), rng(mid), rng(late), rng(trend)), sel
+
+
+# ----------------------------------------------------------------------------
+# L* references
+
+
+def _references(run: Run) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[str]]:
+    """(Gaussian L*, empirical L*, its stderr) per bin, NaN where unknown; and problems met."""
+    nb = run.process.num_bins
+    nan = np.full(nb, np.nan)
+    lg, problems = nan.copy(), []
+    spec, var = run.meta.get("data_spectrum"), run.meta.get("data_var")
+    if spec is not None or var is not None:
+        from diffaudit.optimum import bin_gaussian_optimal_loss
+
+        try:
+            if spec is not None:
+                lg = bin_gaussian_optimal_loss(run.process, spectrum=np.asarray(spec, np.float64))
+            else:
+                lg = bin_gaussian_optimal_loss(run.process, data_var=float(var))
+            lg = np.asarray(lg, np.float64)
+        except (DiffauditError, ValueError, TypeError) as e:
+            problems.append(f"Gaussian L* not computed: {e}")
+            lg = nan.copy()
+    le, le_se = nan.copy(), nan.copy()
+    if run.optimum is not None and run.optimum.height:
+        o = run.optimum.filter((pl.col("bin") >= 0) & (pl.col("bin") < nb))
+        b = o["bin"].to_numpy().astype(np.int64)
+        le[b] = o["loss_opt"].fill_null(np.nan).to_numpy()
+        le_se[b] = o["stderr"].fill_null(np.nan).to_numpy()
+    return lg, le, le_se, problems
+
+
+# ----------------------------------------------------------------------------
+# The per-bin table
+
+
+def _bin_table(run: Run, grid: _Grid, sel: dict, lg, le, le_se, th: Thresholds):
+    p = run.process
+    nb = p.num_bins
+    edges = p.bin_edges().astype(np.float64)
+    with np.errstate(divide="ignore"):
+        lsnr = p.bin_log_snr()
+    nan = np.full(nb, np.nan)
+    cols: dict[str, np.ndarray] = {
+        "bin": np.arange(nb),
+        "t_lo": edges[:-1],
+        "t_hi": edges[1:],
+        "log_snr": np.asarray(lsnr, np.float64),
+    }
+    if grid.W == 0:
+        for c in BIN_COLUMNS:
+            cols.setdefault(c, nan.copy())
+        cols["count"] = np.zeros(nb)
+        cols["trend"] = np.array(["n/a"] * nb)
+        return _frame(cols), None, np.full(nb, 1.0 / nb)
+
+    count = grid.n.sum(axis=0)
+    total = count.sum()
+    cols["count"] = count
+    cols["coverage"] = count * nb / total if total > 0 else nan.copy()
+    cols["nonfinite"] = grid.nonfinite.sum(axis=0)
+    for name in ("early", "mid"):
+        _, m, _ = grid.merge(sel[name])
+        cols[f"{name}_mean"] = m
+    ln, lm, lm2 = grid.merge(sel["late"])
+    with np.errstate(invalid="ignore", divide="ignore"):
+        lvar = np.where(ln > 1, lm2 / (ln - 1), np.nan)
+    cols["late_mean"] = lm
+    cols["late_std"] = np.sqrt(lvar)
+    cols["late_se"] = _late_se(grid, sel["late"], ln, lvar)
+    # the sampler's weight of each bin, late (its own objective); bins never sampled late weigh 0
+    weights = ln / ln.sum() if ln.sum() > 0 else np.full(nb, 1.0 / nb)
+    has = np.isfinite(lm) & (weights > 0)
+    late_total = float(np.sum(weights[has] * lm[has])) if has.any() else None
+    cols["count_share"] = weights
+    cols["lstar_gauss"] = lg
+    cols["lstar_emp"] = le
+    cols["lstar_emp_se"] = le_se
+    with np.errstate(invalid="ignore", divide="ignore"):
+        ex = lm - lg
+        cols["excess"] = ex
+        cols["excess_z"] = ex / cols["late_se"]
+        cols["excess_share"] = weights * np.maximum(ex, 0.0) / late_total if late_total else nan.copy()
+        cols["excess_emp"] = lm - le
+        cols["loss_share"] = weights * lm / late_total if late_total else nan.copy()
+        gap0 = cols["early_mean"] - lg
+        cols["gap_closed"] = np.where(gap0 > 0, (cols["early_mean"] - lm) / gap0, np.nan)
+    cols.update(_bin_trends(grid, sel["trend"], th))
+    return _frame(cols), late_total, weights
+
+
+def _late_se(grid: _Grid, late, ln, lvar) -> np.ndarray:
+    """Standard error of the late mean per bin: iid from the pooled variance, or from window means if larger."""
+    with np.errstate(invalid="ignore", divide="ignore"):
+        se_iid = np.sqrt(lvar / ln)
+        idx = np.flatnonzero(late)
+        if idx.size >= 3:
+            n = grid.n[idx]
+            m = np.where(n > 0, grid.mean[idx], np.nan)
+            k = (n > 0).sum(axis=0)
+            se_win = np.nanstd(m, axis=0, ddof=1) / np.sqrt(k)
+            se_win = np.where(k >= 3, se_win, np.nan)
+            return np.fmax(se_iid, se_win)
+    return se_iid
+
+
+def _trend_windows(grid: _Grid, trend_rows) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
+    """(x, count, mean) of the trend stretch's windows, merged into at most MAX_TREND_WINDOWS; and its span.
+
+    Merging consecutive windows is exact (Chan) and leaves the inference unchanged:
+    the batch means that the trend tests use are means of >= 8 contiguous stretches anyway.
+    """
+    idx = np.flatnonzero(trend_rows)
+    span = float(grid.step_hi[idx].max() - grid.step_lo[idx].min()) if idx.size else 0.0
+    n, mean, x = grid.n[idx], grid.mean[idx], grid.x[idx]
+    if idx.size > MAX_TREND_WINDOWS:
+        starts = stats.batch_starts(idx.size, MAX_TREND_WINDOWS)
+        m = stats.coarsen_moments(n, mean, grid.m2[idx], starts, axis=0)
+        x = np.add.reduceat(x, starts) / np.diff(np.append(starts, idx.size))
+        n, mean = m.count, m.mean
+    return x, n, mean, span
+
+
+def _bin_trends(grid: _Grid, trend_rows, th: Thresholds) -> dict[str, np.ndarray]:
+    """Per bin: Theil-Sen trend and TOST over the trend stretch, BY-adjusted across bins."""
+    nb = grid.n.shape[1]
+    out = {k: np.full(nb, np.nan) for k in ("slope", "slope_lo", "slope_hi", "rel_change", "rel_lo", "rel_hi",
+                                              "p_value", "tost_p")}
+    x, n, mean, span = _trend_windows(grid, trend_rows)
+    for b in range(nb):
+        try:
+            eq = stats.equivalence(mean[:, b], x, weights=n[:, b], margin=th.stagnation_margin,
+                                   per_steps=max(span, 1.0), alpha=th.alpha)
+        except DiffauditError:  # too few windows, or a zero level
+            continue
+        tr = eq.trend
+        for k, v in (("slope", tr.slope), ("slope_lo", tr.lo), ("slope_hi", tr.hi), ("rel_change", tr.rel_slope),
+                     ("rel_lo", tr.rel_lo), ("rel_hi", tr.rel_hi), ("p_value", tr.p_value), ("tost_p", eq.p_value)):
+            out[k][b] = v
+    out["q_value"] = stats.adjust_pvalues(out["p_value"], "by")
+    out["tost_q"] = stats.adjust_pvalues(out["tost_p"], "by")
+    label = np.full(nb, "n/a", dtype=object)
+    known = np.isfinite(out["p_value"])
+    label[known] = "inconclusive"
+    label[known & (out["tost_q"] < th.alpha)] = "flat"
+    sig = known & (out["q_value"] < th.alpha)
+    label[sig & (out["slope"] < 0)] = "decreasing"
+    label[sig & (out["slope"] > 0)] = "increasing"
+    out["trend"] = label.astype(str)
+    return out
+
+
+def _frame(cols: dict) -> pl.DataFrame:
+    order = ["bin", "t_lo", "t_hi", "log_snr"] + [c for c in BIN_COLUMNS if c not in ("bin", "t_lo", "t_hi", "log_snr")]
+    data = {}
+    for c in order:
+        if c not in cols:
+            continue
+        v = np.asarray(cols[c])
+        if c == "bin":
+            data[c] = pl.Series(c, v.astype(np.int32))
+        elif c in ("count", "nonfinite"):
+            data[c] = pl.Series(c, np.nan_to_num(v.astype(np.float64)).astype(np.int64))
+        elif v.dtype.kind in "US":
+            data[c] = pl.Series(c, v.astype(str))
+        else:
+            data[c] = pl.Series(c, v.astype(np.float64), nan_to_null=True)
+    return pl.DataFrame(data)
+
+
+# ----------------------------------------------------------------------------
+# The run's loss as a whole
+
+
+def _aggregate(n: np.ndarray, mean: np.ndarray, weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per window: the sampler-weighted mean over bins (fixed weights, so the batch mix adds no noise)."""
+    present = n > 0
+    w = np.where(present, weights[None, :], 0.0)
+    ws = w.sum(axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        agg = (w * np.where(present, mean, 0.0)).sum(axis=1) / ws
+    return np.where(ws > 0, agg, np.nan), n.sum(axis=1)
+
+
+def _loss_summary(steps, grid, sel, weights, table, lg, le, late_total, th) -> LossSummary:
+    f = {k: None for k in LossSummary.__dataclass_fields__}
+    f["stagnant"] = False
+    # the per-step series: first / best / late levels
+    if steps.height:
+        loss = steps["loss"].cast(pl.Float64).fill_null(np.nan).to_numpy()
+        try:
+            ls = stats.level_shift(loss, frac=0.1, reference="best")
+            fin = loss[np.isfinite(loss)]
+            f.update(first_level=float(np.median(fin[: ls.block])), best_level=ls.ref_level,
+                     late_level=ls.late_level, late_over_best=_num(ls.ratio), shift_z=_num(ls.z))
+        except DiffauditError:
+            pass
+    if grid.W:
+        agg, n = _aggregate(grid.n, grid.mean, weights)
+        e, l = sel["early"], sel["late"]
+        with np.errstate(invalid="ignore", divide="ignore"):
+            ae = np.nansum(agg[e] * n[e]) / np.sum(n[e][np.isfinite(agg[e])])
+            al = np.nansum(agg[l] * n[l]) / np.sum(n[l][np.isfinite(agg[l])])
+        f["late_over_early"] = _num(al / ae) if ae > 0 else None
+        idx = np.flatnonzero(sel["trend"])
+        f["trend_from"], f["trend_to"] = int(grid.step_lo[idx].min()), int(grid.step_hi[idx].max())
+        x, tn, tmean, span = _trend_windows(grid, sel["trend"])
+        tagg, tw = _aggregate(tn, tmean, weights)
+        try:
+            eq = stats.equivalence(tagg, x, weights=tw, margin=th.stagnation_margin,
+                                   per_steps=max(span, 1.0), alpha=th.alpha)
+            tr = eq.trend
+            f.update(trend_rel=_num(tr.rel_slope), trend_lo=_num(tr.rel_lo), trend_hi=_num(tr.rel_hi),
+                     trend_p=_num(tr.p_value), tost_p=_num(eq.p_value), tost_lo=_num(eq.rel_lo),
+                     tost_hi=_num(eq.rel_hi), stagnant=bool(eq.equivalent))
+        except DiffauditError:
+            pass
+    f["late_total"] = late_total
+    late = table["late_mean"].fill_null(np.nan).to_numpy()
+    if late_total and np.isfinite(lg).any():
+        ok = np.isfinite(lg) & np.isfinite(late)
+        f["reference"] = "Gaussian"
+        f["excess_share"] = float(np.sum((weights * np.maximum(late - lg, 0.0))[ok]) / late_total)
+    if late_total and np.isfinite(le).any():
+        ok = np.isfinite(le) & np.isfinite(late)
+        f["excess_share_emp"] = float(np.sum((weights * np.maximum(late - le, 0.0))[ok]) / late_total)
+    return LossSummary(**f)
+
+
+def _profile(table: pl.DataFrame) -> ProfileSummary:
+    """How much the late loss varies across noise levels, relative to how much L* does (coefficients of variation)."""
+    late = table["late_mean"].fill_null(np.nan).to_numpy()
+    lg = table["lstar_gauss"].fill_null(np.nan).to_numpy()
+    ok = np.isfinite(late) & np.isfinite(lg)
+    if ok.sum() < 3:
+        return ProfileSummary(None, None, None, None, None, None, None)
+    l, g = late[ok], lg[ok]
+    # relative spreads, so a model far below L* everywhere (memorizing) is not mistaken for a flat one
+    cv_l = float(l.std() / l.mean()) if l.mean() > 0 else None
+    cv_g = float(g.std() / g.mean()) if g.mean() > 0 else None
+    corr = float(np.corrcoef(l, g)[0, 1]) if l.std() > 0 and g.std() > 0 else None
+    return ProfileSummary(
+        range_ratio=cv_l / cv_g if cv_l is not None and cv_g else None,
+        correlation=corr,
+        loss_min=float(l.min()), loss_max=float(l.max()),
+        lstar_min=float(g.min()), lstar_max=float(g.max()),
+        lstar_rel_range=cv_g,
+    )
+
+
+def _num(v) -> float | None:
+    if v is None:
+        return None
+    v = float(v)
+    return v if math.isfinite(v) else None
+
+
+# ----------------------------------------------------------------------------
+# Per-step series: downsampling, spikes, non-finite, clipping
+
+
+def _step_series(steps: pl.DataFrame, max_points: int) -> pl.DataFrame:
+    """The per-step columns reduced to at most `max_points` consecutive groups (for plots)."""
+    if steps.height == 0:
+        return pl.DataFrame(schema={"step_lo": pl.Int64, "step_hi": pl.Int64, "steps": pl.UInt32})
+    every = max(1, math.ceil(steps.height / max(max_points, 1)))
+    loss = pl.col("loss").cast(pl.Float64)
+    finite = loss.filter(loss.is_finite())
+    gn = pl.col("grad_norm").cast(pl.Float64)
+    gfin = gn.filter(gn.is_finite())
+    return (
+        steps.with_row_index("_r")
+        .group_by((pl.col("_r") // every).alias("_g"), maintain_order=True)
+        .agg(
+            pl.col("step").min().alias("step_lo"),
+            pl.col("step").max().alias("step_hi"),
+            pl.len().alias("steps"),
+            finite.mean().alias("loss_mean"),
+            finite.median().alias("loss_median"),
+            finite.min().alias("loss_min"),
+            finite.max().alias("loss_max"),
+            gfin.median().alias("grad_norm_median"),
+            gfin.max().alias("grad_norm_max"),
+            pl.col("clipped").cast(pl.Float64).mean().alias("clip_rate"),
+            pl.col("clipped").cast(pl.Int64).sum().alias("clipped"),
+            pl.col("clip_threshold").cast(pl.Float64).median().alias("clip_threshold"),
+            pl.col("nonfinite").cast(pl.Int64).sum().alias("nonfinite"),
+            pl.col("lr").cast(pl.Float64).mean().alias("lr"),
+        )
+        .drop("_g")
+    )
+
+
+def _local_median(v: np.ndarray, i: int, half: int) -> float:
+    return float(np.median(v[max(0, i - half): i + half + 1]))
+
+
+def _spikes(steps: pl.DataFrame) -> SpikeSummary:
+    n = steps.height
+    empty = SpikeSummary(n, 0, None, (), None, None, None, None, None, None)
+    if n == 0:
+        return empty
+    step = steps["step"].to_numpy()
+    loss = steps["loss"].cast(pl.Float64).fill_null(np.nan).to_numpy()
+    pos_ok = np.isfinite(loss) & (loss > 0)
+    if pos_ok.sum() < 10:
+        return replace(empty, events_per_10k=0.0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ll = np.where(pos_ok, np.log(loss), np.nan)
+    sp = stats.detect_spikes(ll)
+    fin_pos = np.flatnonzero(np.isfinite(ll))
+    v = loss[fin_pos]
+    half = sp.window // 2
+    events = []
+    for pk in sp.event_peak:
+        k = int(np.searchsorted(fin_pos, pk))
+        med = _local_median(v, k, half)
+        z = float(sp.z[np.searchsorted(sp.indices, pk)])
+        events.append({"step": int(step[pk]), "loss": float(loss[pk]), "median": med,
+                       "ratio": float(loss[pk] / med) if med > 0 else math.inf, "z": z})
+    events.sort(key=lambda e: -e["ratio"])
+    top = events[0] if events else None
+    # the grad norm at those spikes, against its own running median
+    g = steps["grad_norm"].cast(pl.Float64).fill_null(np.nan).to_numpy()
+    gmax = gstep = None
+    gpos = np.flatnonzero(np.isfinite(g) & (g > 0))
+    if gpos.size >= 10:
+        gv = g[gpos]
+        for pk in sp.event_peak:
+            k = int(np.searchsorted(gpos, pk))
+            if k >= gpos.size or gpos[k] != pk:
+                continue
+            med = _local_median(gv, k, half)
+            r = float(g[pk] / med) if med > 0 else math.inf
+            if gmax is None or r > gmax:
+                gmax, gstep = r, int(step[pk])
+    span = float(step.max() - step.min() + 1)
+    return SpikeSummary(
+        n_steps=n,
+        n_events=sp.n_events,
+        events_per_10k=sp.n_events * 1e4 / span,
+        events=tuple(events[:MAX_SPIKE_EVENTS]),
+        max_ratio=top["ratio"] if top else None,
+        max_ratio_step=top["step"] if top else None,
+        max_ratio_loss=top["loss"] if top else None,
+        max_ratio_median=top["median"] if top else None,
+        max_grad_ratio=gmax,
+        max_grad_ratio_step=gstep,
+    )
+
+
+def _nonfinite(run: Run, steps: pl.DataFrame) -> NonfiniteSummary:
+    nb = run.process.num_bins
+    tb = run.train_bins
+    if tb.height:
+        per_bin = np.bincount(np.clip(tb["bin"].to_numpy(), 0, nb - 1), tb["nonfinite"].fill_null(0).to_numpy(), nb)
+    else:
+        per_bin = np.zeros(nb)
+    bins = np.flatnonzero(per_bin > 0)
+    if steps.height == 0:
+        total_bad = int(per_bin.sum())
+        return NonfiniteSummary(total_bad, float(total_bad / max(tb["count"].sum() + total_bad, 1)) if tb.height else 0.0,
+                                0, None, tuple(bins), tuple(int(c) for c in per_bin[bins]), 0, None, 0, False, False, None)
+    nf = steps["nonfinite"].fill_null(0).to_numpy().astype(np.int64)
+    cnt = steps["count"].fill_null(0).to_numpy().astype(np.int64)
+    step = steps["step"].to_numpy()
+    bad_steps = np.flatnonzero(nf > 0)
+    n_bad = int(nf.sum())
+    total = int(nf.sum() + cnt.sum())
+    # diverged: from some step on, no step has a finite loss (and at least 1% of the run, >= 3 steps)
+    loss = steps["loss"].cast(pl.Float64).fill_null(np.nan).to_numpy()
+    fin = np.isfinite(loss) & (cnt > 0)
+    last_fin = np.flatnonzero(fin)
+    tail = steps.height - (int(last_fin[-1]) + 1 if last_fin.size else 0)
+    diverged = tail >= max(3, int(0.01 * steps.height)) and int(nf[-tail:].sum() if tail else 0) > 0
+    g = steps["grad_norm"].cast(pl.Float64)
+    logged = int(g.is_not_null().sum())
+    gnp = g.fill_null(np.nan).to_numpy()
+    if logged >= 0.5 * steps.height and logged > 0:
+        # the logger stores NaN as null: in a run that logs grad norms, a null is a NaN
+        bad_g = ~np.isfinite(gnp)
+        with_logging = steps.height
+    else:
+        bad_g = np.isinf(gnp)
+        with_logging = logged
+    gb = np.flatnonzero(bad_g)
+    ls = steps["loss_scale"] if "loss_scale" in steps.columns else None
+    return NonfiniteSummary(
+        loss_samples=n_bad,
+        loss_share=n_bad / total if total else 0.0,
+        loss_steps=int(bad_steps.size),
+        loss_first_step=int(step[bad_steps[0]]) if bad_steps.size else None,
+        loss_bins=tuple(int(b) for b in bins),
+        loss_bin_counts=tuple(int(c) for c in per_bin[bins]),
+        grad_steps=int(gb.size),
+        grad_first_step=int(step[gb[0]]) if gb.size else None,
+        steps_with_grad_logging=with_logging,
+        loss_scale_used=bool(ls is not None and ls.is_not_null().any()),
+        diverged=bool(diverged),
+        diverged_from=int(step[steps.height - tail]) if diverged else None,
+    )
+
+
+def _clip(run: Run, steps, late_fraction, trend_fraction) -> ClipSummary:
+    none = ClipSummary(False, None, None, None, None, None, None, None, None, None)
+    if steps.height == 0 or "clipped" not in steps.columns:
+        return none
+    c = steps["clipped"]
+    known = c.is_not_null().to_numpy()
+    if not known.any():
+        return none
+    step = steps["step"].to_numpy()
+    cl = c.fill_null(False).to_numpy().astype(np.float64)
+    s0, s1 = float(step.min()), float(step.max())
+    span = max(s1 - s0, 1.0)
+    late = known & (step >= s1 - late_fraction * span)
+    early = known & (step <= s0 + late_fraction * span)
+    rate = float(cl[known].mean())
+    thr = steps["clip_threshold"].cast(pl.Float64).drop_nulls()
+    g = steps["grad_norm"].cast(pl.Float64).fill_null(np.nan).to_numpy()
+    lg = g[late & np.isfinite(g)]
+    # trend of the per-window clip rate over the trend stretch
+    win = int(run.meta.get("window") or 100)
+    rise = rise_lo = rise_hi = rise_p = None
+    tr_mask = known & (step >= s1 - trend_fraction * span)
+    if tr_mask.sum():
+        key = step[tr_mask] // max(win, 1)
+        uk, inv = np.unique(key, return_inverse=True)
+        nwin = np.bincount(inv)
+        r = np.bincount(inv, cl[tr_mask]) / nwin
+        xs = np.bincount(inv, step[tr_mask].astype(np.float64)) / nwin
+        stretch = float(step[tr_mask].max() - step[tr_mask].min())
+        try:
+            t = stats.trend(r, xs, weights=nwin, per_steps=max(stretch, 1.0))
+            rise, rise_lo, rise_hi, rise_p = (t.slope * stretch, t.lo * stretch, t.hi * stretch, t.p_value)
+        except DiffauditError:
+            pass
+    return ClipSummary(
+        available=True,
+        threshold=float(thr.median()) if thr.len() else None,
+        rate=rate,
+        early_rate=float(cl[early].mean()) if early.any() else None,
+        late_rate=float(cl[late].mean()) if late.any() else None,
+        late_grad_median=float(np.median(lg)) if lg.size else None,
+        rise=_num(rise), rise_lo=_num(rise_lo), rise_hi=_num(rise_hi), rise_p=_num(rise_p),
+    )
+
+
+# ----------------------------------------------------------------------------
+# Schedule
+
+
+def _schedule(run: Run) -> ScheduleInfo:
+    p = run.process
+    meta = run.meta
+    dtype = meta.get("alphas_cumprod_dtype")
+    from_betas = bool(meta.get("schedule_from_betas"))
+    with np.errstate(divide="ignore"):
+        lsnr = p.bin_log_snr()
+    fin = lsnr[np.isfinite(lsnr)]
+    lmin = float(fin.min()) if fin.size else None
+    lmax = float(fin.max()) if fin.size else None
+    if p.kind != "vp":
+        if p.kind == "flow":
+            a, s = p.alpha_sigma(np.array([p.bin_edges()[-1]]))
+            snr = float(a[0] ** 2 / s[0] ** 2) if s[0] > 0 else math.inf
+        else:
+            sd = float(p.sigma_data) if p.sigma_data else 1.0
+            snr = sd**2 / p.sigma_max**2
+        return ScheduleInfo(p.kind, None, None, 0, None, None, None, snr, None, dtype, from_betas, None, 0, lmin, lmax)
+    ab, om = p.alpha_bar, p.one_minus_alpha_bar
+    d = np.diff(ab)
+    inc = np.flatnonzero(d > 0)
+    snr = float(ab[-1] / om[-1]) if om[-1] > 0 else math.inf
+    err = None
+    if not from_betas and dtype in _UNIT_ROUNDOFF and om[0] > 0:
+        err = _UNIT_ROUNDOFF[dtype] * float(ab[0]) / float(om[0])
+    zero = int(np.sum(om <= 0)) if p.prediction in ("epsilon", "v_prediction") else 0
+    return ScheduleInfo(
+        kind="vp", num_timesteps=int(ab.size), monotone=not inc.size, n_increases=int(inc.size),
+        first_increase_t=int(inc[0] + 1) if inc.size else None,
+        max_increase=float(d[inc].max()) if inc.size else None,
+        terminal_alpha_bar=float(ab[-1]), terminal_snr=snr, one_minus_first=float(om[0]),
+        dtype=dtype, from_betas=from_betas, one_minus_rel_error=err, zero_noise_steps=zero,
+        log_snr_min=lmin, log_snr_max=lmax,
+    )
+
+
+# ----------------------------------------------------------------------------
+# Gradient probe
+
+
+def _probes(run: Run) -> ProbeSummary:
+    pe = run.meta.get("probe_every")
+    pr = run.probes
+    empty_table = pl.DataFrame(schema={"probe_bin": pl.Int32, "bin_lo": pl.Int32, "bin_hi": pl.Int32, "n": pl.UInt32,
+                                       "grad_norm": pl.Float64, "ratio_to_median": pl.Float64})
+    if pr.height == 0:
+        return ProbeSummary(0, pe, empty_table, None, None, None, None, None)
+    # ranks probe the same step on their own batches: average their norms per (step, probe bin)
+    pr = (pr.filter(pl.col("grad_norm").is_not_null() & pl.col("grad_norm").is_finite())
+          .group_by("step", "probe_bin", "bin_lo", "bin_hi").agg(pl.col("grad_norm").cast(pl.Float64).mean()))
+    steps = np.unique(pr["step"].to_numpy())
+    if steps.size == 0:
+        return ProbeSummary(0, pe, empty_table, None, None, None, None, None)
+    late_steps = steps[steps.size // 2:]
+    t = (pr.filter(pl.col("step").is_in(late_steps.tolist()))
+         .group_by("probe_bin", "bin_lo", "bin_hi").agg(pl.len().alias("n"), pl.col("grad_norm").median())
+         .sort("probe_bin"))
+    g = t["grad_norm"].to_numpy()
+    med = float(np.median(g)) if g.size else math.nan
+    t = t.with_columns((pl.col("grad_norm") / med).alias("ratio_to_median"))
+    if g.size < 2 or not med > 0:
+        return ProbeSummary(int(steps.size), pe, t, None, None, None, None, None)
+    i = int(np.argmax(g))
+    return ProbeSummary(
+        n_steps=int(steps.size), probe_every=pe, table=t,
+        max_over_median=float(g[i] / med), min_over_median=float(g.min() / med),
+        max_norm=float(g[i]), median_norm=med,
+        max_bins=(int(t["bin_lo"][i]), int(t["bin_hi"][i])),
+    )
+
+
+def _attach_probes(table: pl.DataFrame, probes: ProbeSummary) -> pl.DataFrame:
+    nb = table.height
+    v = np.full(nb, np.nan)
+    for r in probes.table.iter_rows(named=True):
+        lo, hi = max(int(r["bin_lo"]), 0), min(int(r["bin_hi"]), nb)
+        v[lo:hi] = r["grad_norm"]
+    return table.with_columns(pl.Series("grad_norm_probe", v, nan_to_null=True))
+
+
+# ----------------------------------------------------------------------------
+# Eval against train
+
+
+def _match_train(grid: _Grid, steps: np.ndarray) -> np.ndarray:
+    """Index of the train window holding each step (else the nearest by centre); -1 without train windows."""
+    if grid.W == 0:
+        return np.full(steps.size, -1)
+    i = np.searchsorted(grid.step_lo, steps, side="right") - 1
+    i = np.clip(i, 0, grid.W - 1)
+    inside = (grid.step_lo[i] <= steps) & (steps <= grid.step_hi[i])
+    near = np.abs(grid.x[None, :] - steps[:, None]).argmin(axis=1) if (~inside).any() else i
+    return np.where(inside, i, near)
+
+
+def _eval(run: Run, grid: _Grid, weights, late_fraction) -> tuple[pl.DataFrame, EvalSummary, dict]:
+    """Eval against train at the same noise levels: series, summary, and per-bin columns for the table."""
+    eg = _Grid.from_bins(run.eval_bins, run.process.num_bins)
+    nb = run.process.num_bins
+    cols = {"eval_late_mean": np.full(nb, np.nan), "eval_gap": np.full(nb, np.nan)}
+    empty = pl.DataFrame(schema={"step": pl.Int64, "bin": pl.Int32, "count": pl.Int64, "eval_mean": pl.Float64,
+                                 "train_mean": pl.Float64})
+    if eg.W == 0 or grid.W == 0:
+        return empty, EvalSummary(eg.W, None, None, None, None, None, None), cols
+    es = eg.step_hi
+    ti = _match_train(grid, es)
+    nb = eg.n.shape[1]
+    series = pl.DataFrame({
+        "step": np.repeat(es, nb).astype(np.int64),
+        "bin": np.tile(np.arange(nb), eg.W).astype(np.int32),
+        "count": eg.n.ravel().astype(np.int64),
+        "eval_mean": pl.Series(eg.mean.ravel(), nan_to_null=True),
+        "train_mean": pl.Series(grid.mean[ti].ravel(), nan_to_null=True),
+    }).filter(pl.col("count") > 0)
+    s0, s1 = float(grid.step_lo.min()), float(grid.step_hi.max())
+    late = es >= s1 - late_fraction * max(s1 - s0, 1.0)
+    late[-1] = True
+    en, em, em2 = eg.merge(late)
+    tn, tm, tm2 = grid.merge(np.unique(ti[late]))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        cols = {"eval_late_mean": em, "eval_gap": (em - tm) / tm}
+    ok = (en > 1) & (tn > 1) & np.isfinite(em) & np.isfinite(tm)
+    w = np.where(ok, weights, 0.0)
+    if w.sum() <= 0:
+        return series, EvalSummary(eg.W, int(es[late].min()), None, None, None, None, None), cols
+    w = w / w.sum()
+    with np.errstate(invalid="ignore", divide="ignore"):
+        var_e = np.where(ok, em2 / (en - 1) / en, 0.0)
+        var_t = np.where(ok, tm2 / (tn - 1) / tn, 0.0)
+    T = float(np.sum(w * np.where(ok, tm, 0.0)))
+    gapb = np.where(ok, em - tm, 0.0)
+    gap = float(np.sum(w * gapb))
+    se = math.sqrt(float(np.sum(w * w * (var_e + var_t))))
+    # per eval window: aggregate eval level and gap (same weights)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        have = (eg.n > 0) & (grid.n[ti] > 0) & ok[None, :]
+        ww = np.where(have, w[None, :], 0.0)
+        wsum = ww.sum(axis=1)
+        e_lvl = (ww * np.where(have, eg.mean, 0.0)).sum(axis=1) / wsum
+        t_lvl = (ww * np.where(have, grid.mean[ti], 0.0)).sum(axis=1) / wsum
+        g_win = (e_lvl - t_lvl) / t_lvl
+    good = np.isfinite(e_lvl) & np.isfinite(g_win)
+    best = int(np.flatnonzero(good)[np.argmin(e_lvl[good])]) if good.any() else None
+    E_late = float(np.sum(w * np.where(ok, em, 0.0)))
+    eval_rise = E_late / e_lvl[best] - 1.0 if best is not None and e_lvl[best] > 0 else None
+    gap_share = gap / T if T > 0 else None
+    # growth since mid-training: early eval windows compare an end-of-window model with a window mean
+    # that lags it while the loss falls fast, so the gap there is biased low
+    mid = int(np.argmin(np.abs(es - (s0 + s1) / 2)))
+    gap_growth = gap_share - float(g_win[mid]) if np.isfinite(g_win[mid]) and gap_share is not None else None
+    # bins that carry the gap: significant, largest contributions covering 80% of it
+    with np.errstate(invalid="ignore", divide="ignore"):
+        zb = gapb / np.sqrt(var_e + var_t)
+    contrib = np.where(ok & (zb > 3) & (gapb > 0), w * gapb, 0.0)
+    order = np.argsort(-contrib)
+    worst = []
+    if contrib.sum() > 0:
+        acc = np.cumsum(contrib[order]) / contrib.sum()
+        worst = sorted(int(b) for b in order[: int(np.searchsorted(acc, 0.8)) + 1] if contrib[b] > 0)
+    return series, EvalSummary(
+        n_windows=eg.W, late_from_step=int(es[late].min()), gap_share=_num(gap_share),
+        gap_z=_num(gap / se) if se > 0 else None, eval_rise=_num(eval_rise),
+        best_step=int(es[best]) if best is not None else None, gap_growth=_num(gap_growth),
+        worst_bins=tuple(worst),
+    ), cols
+
+
+# ----------------------------------------------------------------------------
+# Heatmap series and run info
+
+
+def _bin_series(grid: _Grid, lg: np.ndarray, max_rows: int) -> pl.DataFrame:
+    """Windows coarsened to at most `max_rows` time rows, per bin: count, mean, std, excess over the Gaussian L*."""
+    nb = grid.n.shape[1]
+    if grid.W == 0:
+        return pl.DataFrame(schema={"step_lo": pl.Int64, "step_hi": pl.Int64, "bin": pl.Int32, "count": pl.Int64,
+                                    "mean": pl.Float64, "std": pl.Float64, "excess": pl.Float64})
+    k = min(grid.W, max(int(max_rows), 1))
+    starts = stats.batch_starts(grid.W, k)
+    m = stats.coarsen_moments(grid.n, grid.mean, grid.m2, starts, axis=0)
+    lo = grid.step_lo[starts]
+    hi = np.maximum.reduceat(grid.step_hi, starts)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        std = np.sqrt(m.var)
+    return pl.DataFrame({
+        "step_lo": np.repeat(lo, nb).astype(np.int64),
+        "step_hi": np.repeat(hi, nb).astype(np.int64),
+        "bin": np.tile(np.arange(nb), k).astype(np.int32),
+        "count": m.count.ravel().astype(np.int64),
+        "mean": pl.Series(m.mean.ravel(), nan_to_null=True),
+        "std": pl.Series(std.ravel(), nan_to_null=True),
+        "excess": pl.Series((m.mean - lg[None, :]).ravel(), nan_to_null=True),
+    })
+
+
+def _run_info(run: Run, grid: _Grid, problems: list[str]) -> RunInfo:
+    s = run.steps
+    meta = run.meta
+    data = "data_spectrum" if meta.get("data_spectrum") is not None else (
+        "data_var" if meta.get("data_var") is not None else "none")
+    return RunInfo(
+        name=run.name,
+        path=str(run.path),
+        run_id=str(meta.get("run_id", "")),
+        process=run.process.kind,
+        prediction=run.process.prediction,
+        num_bins=run.process.num_bins,
+        num_timesteps=run.process.num_timesteps,
+        first_step=int(s["step"].min()) if s.height else None,
+        last_step=int(s["step"].max()) if s.height else None,
+        steps_logged=s.height,
+        windows=grid.W,
+        eval_windows=int(run.eval_bins["step_lo"].n_unique()) if run.eval_bins.height else 0,
+        probe_steps=int(run.probes["step"].n_unique()) if run.probes.height else 0,
+        probe_every=meta.get("probe_every"),
+        window=meta.get("window"),
+        segments=int(run.segments.height),
+        ranks=len(run.ranks),
+        data_stats=data,
+        empirical_optimum=run.optimum is not None and run.optimum.height > 0,
+        problems=tuple(str(p) for p in run.problems) + tuple(problems),
+    )
+
+
+# ----------------------------------------------------------------------------
+# Machine-readable form
+
+
+JSON_SCHEMA_VERSION = 1
+
+
+def analysis_to_dict(a: Analysis) -> dict:
+    """The report as plain JSON types (NaN/inf become None): the documented ``--json`` schema.
+
+    Top-level keys (``schema_version`` 1; keys are only ever added):
+
+    * ``diffaudit_version``, ``schema_version``
+    * ``run``: :class:`RunInfo` (name, path, run_id, process, prediction, num_bins, steps, windows, ...)
+    * ``verdict``: ``"healthy"``, ``"warnings"`` or ``"failing"``
+    * ``findings``: most severe first, each ``{id, severity, title, message, recommendation,
+      evidence: {name: number | list | dict}, bins: [int]}``; ids are stable (findings.FINDINGS_TABLE)
+    * ``bins``: one object per noise bin with the columns of :data:`BIN_COLUMNS`
+    * ``phases``, ``loss``, ``profile``, ``spikes``, ``clip``, ``nonfinite``, ``schedule``,
+      ``probes`` (with its per-probe-bin rows under ``bins``), ``eval``: the summaries the rules read
+    * ``settings``: the phase fractions and every threshold used
+    """
+    from diffaudit.findings import _jsonable
+
+    def dc(obj, skip=()):
+        return {k: _jsonable(getattr(obj, k)) for k in obj.__dataclass_fields__ if k not in skip}
+
+    return {
+        "schema_version": JSON_SCHEMA_VERSION,
+        "diffaudit_version": __version__,
+        "run": dc(a.run),
+        "verdict": a.verdict,
+        "findings": [f.as_dict() for f in a.findings],
+        "bins": [_jsonable(r) for r in a.bins.iter_rows(named=True)],
+        "phases": dc(a.phases),
+        "loss": dc(a.loss),
+        "profile": dc(a.profile),
+        "spikes": dc(a.spikes),
+        "clip": dc(a.clip),
+        "nonfinite": dc(a.nonfinite),
+        "schedule": dc(a.schedule),
+        "probes": {**dc(a.probes, skip=("table",)),
+                   "bins": [_jsonable(r) for r in a.probes.table.iter_rows(named=True)]},
+        "eval": dc(a.eval),
+        "settings": _jsonable(a.settings),
+    }
+
+
+__all__ = [
+    "BIN_COLUMNS", "Analysis", "ClipSummary", "EvalSummary", "LossSummary", "NonfiniteSummary", "Phases",
+    "ProbeSummary", "ProfileSummary", "RunInfo", "ScheduleInfo", "SpikeSummary", "analysis_to_dict", "analyze",
+]

@@ -1,0 +1,111 @@
+"""`diffaudit compare`: the regression gate (parse options, call diffaudit.gate.compare, write outputs, exit)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from diffaudit import gate
+from diffaudit.cli import EXIT_FAIL, EXIT_INCONCLUSIVE, EXIT_OK, main
+from diffaudit.errors import DiffauditError
+
+EXIT_BY_STATUS = {"pass": EXIT_OK, "regression": EXIT_FAIL, "inconclusive": EXIT_INCONCLUSIVE}
+
+HELP = f"""Did CANDIDATE train worse than BASELINE? Exit 0 no regression, 1 regression, 2 bad input, 3 inconclusive.
+
+BASELINE and CANDIDATE are each one run (a run directory or an exported
+.parquet), a folder of runs, or a quoted glob ("runs/base_s*"): several runs of
+one configuration with different seeds. With several seeds per side the
+seed-to-seed spread is the noise; with one run per side the gate uses
+within-run variability only and says so.
+
+Steps and noise bins are matched, then compared: the late loss of every noise
+bin (with its excess over L*), steps to reach the baseline's loss level, the
+clip rate, non-finite losses, and findings new in the candidate. A bin
+regresses only if its rise exceeds --tolerance and is significant after
+correction across bins.
+
+\b
+Rules (--rule, repeatable; the last one per metric wins):
+  loss:2%            late loss per bin (same as --tolerance 2%)
+  excess:10%         late excess over L* per bin (default off)
+  steps:25%          steps to reach the baseline's loss level (default 25%)
+  clip_rate:+0.05    absolute rise of the share of clipped steps (default)
+  nonfinite:+0       non-finite losses per run (default: any increase)
+  findings:fail      new findings at this severity (info, warn, fail) or off
+A limit with % is relative, one without (+0.05) absolute; METRIC:off disables.
+
+\b
+Windows (--window): last:20% (default; a share of the matched steps),
+last:5000 (steps), from:80000, steps:80000-100000. The window is widened to
+--min-windows matched blocks when it holds fewer.
+
+\b
+Exit codes: 0 no regression, 1 regression, 2 bad input or usage (missing run,
+mismatched schedule or prediction without --force, bad option), 3 inconclusive
+(too little overlap or data; --inconclusive pass|fail maps it to 0 or 1).
+
+\b
+Examples:
+  diffaudit compare runs/main runs/pr --junit gate.xml --markdown "$GITHUB_STEP_SUMMARY"
+  diffaudit compare "base/seed*" "cand/seed*" --rule loss:1% --html compare.html
+"""
+
+
+def _write(path: str, text: str, option: str) -> None:
+    try:
+        p = Path(path)
+        p.write_text(text, encoding="utf-8")
+    except OSError as e:
+        raise DiffauditError(f"{option} {path}: cannot write ({e.strerror or e})") from None
+
+
+@main.command(help=HELP, short_help="Gate on a regression: compare CANDIDATE run(s) with BASELINE run(s).")
+@click.argument("baseline", type=str)
+@click.argument("candidate", type=str)
+@click.option("--tolerance", default="2%", show_default=True, help="Relative rise of a bin's late loss that counts (2% or 0.02).")
+@click.option("--alpha", default="0.05", show_default=True, help="Significance level after correction across bins.")
+@click.option("--window", default=gate.WINDOW, show_default=True, help="Late window: last:20%, last:5000, from:S, steps:A-B.")
+@click.option("--min-windows", default=gate.MIN_WINDOWS, show_default=True, type=click.IntRange(0, 10_000),
+              help="Widen the late window to at least this many matched blocks (0: never).")
+@click.option("--rule", "rules", multiple=True, metavar="METRIC:LIMIT", help="A limit, e.g. loss:2%, clip_rate:+0.05 (repeatable).")
+@click.option("--max-lag", default="2%", show_default=True,
+              help="Progress lag (share of the matched steps) a run may have before its per-bin level counts.")
+@click.option("--correction", type=click.Choice(["holm", "by"]), default=gate.CORRECTION, show_default=True,
+              help="Multiple-testing correction across bins: Holm or Benjamini-Yekutieli.")
+@click.option("--inconclusive", "on_inconclusive", type=click.Choice(["pass", "fail"]), default=None,
+              help="Exit 0 (pass) or 1 (fail) instead of 3 when the verdict is inconclusive.")
+@click.option("--force", is_flag=True, help="Compare runs whose schedule or prediction differ (refused by default).")
+@click.option("--json", "as_json", is_flag=True, help="Print the verdict as JSON instead of the table.")
+@click.option("--junit", type=str, metavar="FILE", help="Write JUnit XML (one testcase per check).")
+@click.option("--markdown", type=str, metavar="FILE", help="Write a Markdown summary (e.g. $GITHUB_STEP_SUMMARY).")
+@click.option("--html", type=str, metavar="FILE", help="Write a self-contained HTML page with the curves and per-bin changes.")
+@click.option("-v", "--verbose", is_flag=True, help="Show every check in the table, not only regressions and the closest bins.")
+@click.option("--strict", is_flag=True, help="Fail on a damaged part instead of skipping it.")
+def compare(baseline, candidate, tolerance, alpha, window, min_windows, rules, max_lag, correction, on_inconclusive,
+            force, as_json, junit, markdown, html, verbose, strict):
+    # parse every option before loading anything, so a typo costs nothing
+    tol = gate.parse_tolerance(tolerance)
+    lvl = gate.parse_alpha(alpha)
+    win = gate.parse_window(window)
+    parsed = [gate.parse_rule(r) for r in rules]
+    lag = gate.parse_tolerance(max_lag, option="--max-lag")
+    base = gate.load_side(baseline, role="baseline", strict=strict)
+    cand = gate.load_side(candidate, role="candidate", strict=strict)
+    for r in base + cand:
+        for p in r.problems:
+            click.echo(f"warning: {p}", err=True)
+    v = gate.compare(base, cand, tolerance=tol, alpha=lvl, window=win, rules=parsed, correction=correction,
+                     min_windows=min_windows, max_lag=lag, force=force)
+    if junit:
+        _write(junit, gate.verdict_to_junit(v), "--junit")
+    if markdown:
+        _write(markdown, gate.verdict_to_markdown(v, everything=verbose), "--markdown")
+    if html:
+        _write(html, gate.verdict_to_html(v), "--html")
+    click.echo(gate.verdict_to_json(v) if as_json else gate.verdict_to_text(v, everything=verbose), nl=False)
+    code = EXIT_BY_STATUS[v.status]
+    if v.status == "inconclusive" and on_inconclusive:
+        code = EXIT_OK if on_inconclusive == "pass" else EXIT_FAIL
+    click.get_current_context().exit(code)

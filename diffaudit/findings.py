@@ -1,0 +1,813 @@
+"""Findings: small rules over an :class:`~diffaudit.analysis.Analysis`, each computing a number and saying why.
+
+A rule reads numbers that :mod:`diffaudit.analysis` already computed (per-bin
+table, step-series summaries, schedule, probes, eval) and returns at most one
+:class:`Finding`: a stable ``id``, a severity, the evidence as numbers, one line
+of evidence in words and one recommendation. Rules never read the run again, so
+evaluating all of them costs nothing next to the analysis.
+
+Severity follows impact, never a ratio in one bin (DESIGN.md section 3): an
+excess over L* counts as the share of the run's total loss it accounts for,
+weighted by how often the sampler visits each bin. ``fail`` is kept for what
+breaks training or the model (divergence, non-finite values, a frozen model, a
+broken schedule); ``warn`` for what costs quality; ``info`` for what is true and
+worth knowing but asks for no action.
+
+Severities: ``fail`` > ``warn`` > ``info``. Every threshold lives in
+:class:`Thresholds`, with what it means next to it; :data:`FINDINGS_TABLE` is the
+markdown table the README copies (id, severity, what fires it, threshold).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, fields
+from typing import TYPE_CHECKING, Callable
+
+import numpy as np
+
+if TYPE_CHECKING:  # analysis imports this module; the rules only read its dataclasses
+    from diffaudit.analysis import Analysis
+
+SEVERITIES = ("info", "warn", "fail")
+SEVERITY_RANK = {s: i for i, s in enumerate(SEVERITIES)}
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One conclusion about a run: what is wrong (or notable), the numbers behind it, what to do."""
+
+    id: str  # stable identifier, e.g. "loss.exploding" (documented in FINDINGS_TABLE)
+    severity: str  # "info", "warn" or "fail"
+    title: str  # a few words
+    message: str  # one line of evidence, with numbers
+    recommendation: str  # one line: what to try
+    evidence: dict = field(default_factory=dict)  # the numbers, JSON-ready (float, int, str, lists)
+    bins: tuple[int, ...] = ()  # noise bins concerned, if any
+
+    @property
+    def rank(self) -> int:
+        return SEVERITY_RANK[self.severity]
+
+    def as_dict(self) -> dict:
+        return {
+            "id": self.id,
+            "severity": self.severity,
+            "title": self.title,
+            "message": self.message,
+            "recommendation": self.recommendation,
+            "evidence": _jsonable(self.evidence),
+            "bins": [int(b) for b in self.bins],
+        }
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    """Every number a rule compares against. Calibrated so that no warn/fail fires on healthy runs."""
+
+    alpha: float = 0.05  # level of per-bin tests after Benjamini-Yekutieli correction
+    # loss.exploding
+    explode_ratio: float = 2.0  # late loss level / best level reached: a lasting blow-up
+    explode_z: float = 8.0  # ... and that rise in robust standard deviations of the best block
+    blowup_ratio: float = 100.0  # one step's loss / its running median: a blow-up of two orders of magnitude
+    spike_big_ratio: float = 10.0  # a single spike this large (x running median) is worth a warning
+    # loss.increasing
+    increase_min: float = 0.05  # relative rise of a bin (or of the run's loss) over the trend stretch
+    increase_share: float = 0.01  # rising bins must carry this share of the run's loss
+    # loss.spikes
+    spike_min_events: int = 3  # at least this many spike events (robust z > 8 over a 101-step median)
+    spike_per_10k: float = 2.0  # ... and at least this many per 10,000 steps
+    # nonfinite.*
+    nonfinite_fail_share: float = 1e-5  # non-finite share of samples (or steps) above which it is `fail`
+    # clip.*
+    clip_info: float = 0.1  # late clip rate that is worth saying
+    clip_warn: float = 0.5  # late clip rate: the threshold clips most updates
+    clip_rise: float = 0.1  # rise of the clip rate over the trend stretch (absolute)
+    clip_rise_min_rate: float = 0.1  # ... while the late rate is at least this
+    # loss.stagnant_above_optimum / loss.converged
+    stagnation_margin: float = 0.05  # |relative change over the trend stretch| that counts as flat (TOST)
+    stagnant_warn: float = 0.2  # share of the run's loss above L* in flat bins
+    stagnant_fail: float = 0.5
+    never_improved: float = 0.9  # without L*: late / early level above this means it never learned
+    # bin.above_gaussian_bound
+    bound_z: float = 3.0  # a bin's late loss above the Gaussian bound by this many standard errors
+    bound_warn: float = 0.10  # share of the run's loss that is above the bound (healthy corpus runs: 5-6%)
+    bound_fail: float = 0.30
+    # time_conditioning.broken
+    flat_range: float = 0.2  # coefficient of variation of the late loss across bins / that of L*: below it, flat
+    flat_min_lstar_range: float = 0.1  # L* must vary across bins (coefficient of variation) at least this much
+    # bins.spread_large
+    spread_lag: float = 0.5  # a bin has closed less than this fraction of its gap to L* ...
+    spread_median: float = 0.8  # ... while the median bin has closed at least this fraction
+    spread_share: float = 0.05  # and the lagging bins' remaining gap is this share of the run's loss
+    # grad.imbalance
+    grad_ratio: float = 10.0  # largest per-bin probe gradient norm / median over bins
+    # bins.undersampled
+    undersampled: float = 0.2  # a bin's sample count / the uniform share: below it the bin is barely covered
+    min_samples: int = 100  # ... or fewer samples than this in the whole run (while the median bin has 10x)
+    # eval.divergence
+    eval_gap_warn: float = 0.1  # late eval loss above train loss, as a share of the train loss
+    eval_gap_fail: float = 0.5
+    eval_z: float = 3.0  # ... by this many standard errors
+    eval_rise: float = 0.05  # eval loss rose this much above its best, or the gap grew this much
+    # memorization (needs `diffaudit optimum`)
+    memorize_fraction: float = 0.5  # train loss closer to the empirical floor than this fraction of the way
+    # schedule.*
+    terminal_snr_warn: float = 1e-3  # alpha_bar/(1-alpha_bar) at the last timestep (linear DDPM: 4e-5)
+    terminal_snr_fail: float = 0.1
+    precision_info: float = 1e-4  # relative error of 1 - alpha_bar at t = 0 from storing alpha_bar
+    precision_warn: float = 1e-2
+    precision_fail: float = 0.5
+
+
+# ----------------------------------------------------------------------------
+# Formatting helpers (one place, so every message reads the same)
+
+
+def _g(x, digits: int = 3) -> str:
+    """A number with `digits` significant digits; '-' for missing."""
+    if x is None or (isinstance(x, float) and not math.isfinite(x)):
+        return "-" if x is None or math.isnan(x) else ("inf" if x > 0 else "-inf")
+    x = float(x)
+    if x != 0 and (abs(x) >= 1e5 or abs(x) < 1e-3):
+        return f"{x:.{digits - 1}e}"
+    return f"{x:,.{digits}g}" if abs(x) < 1e5 else f"{x:,.0f}"
+
+
+def _pct(x, digits: int = 2) -> str:
+    if x is None or not math.isfinite(x):
+        return "-"
+    v = 100.0 * float(x)
+    return f"{v:.{digits}g}%" if abs(v) < 10 else f"{v:.0f}%"
+
+
+def _ranges(bins) -> str:
+    """'0-3, 7, 9-11' from a sorted list of bin indices."""
+    bins = sorted(int(b) for b in bins)
+    out, i = [], 0
+    while i < len(bins):
+        j = i
+        while j + 1 < len(bins) and bins[j + 1] == bins[j] + 1:
+            j += 1
+        out.append(str(bins[i]) if i == j else f"{bins[i]}-{bins[j]}")
+        i = j + 1
+    return ", ".join(out)
+
+
+def _where(a: "Analysis", bins) -> str:
+    """'bins 0-3 (t 0-199)': bin indices and the timestep range they cover."""
+    bins = sorted(int(b) for b in bins)
+    if not bins:
+        return "no bins"
+    unit = {"vp": "t", "flow": "t", "edm": "sigma"}.get(a.run.process, "t")
+    tlo = a.bins["t_lo"].to_numpy()
+    thi = a.bins["t_hi"].to_numpy()
+    lo, hi = tlo[bins[0]], thi[bins[-1]]
+    if a.run.process == "vp":
+        span = f"{unit} {int(lo)}-{int(hi) - 1}"
+    else:
+        span = f"{unit} {_g(lo)}-{_g(hi)}"
+    if len(bins) == a.bins.height:
+        return f"all {len(bins)} bins ({span})"
+    if bins[-1] - bins[0] + 1 != len(bins):
+        span = f"within {span}"
+    word = "bin" if len(bins) == 1 else "bins"
+    return f"{word} {_ranges(bins)} ({span})"
+
+
+def _rel(x) -> str:
+    """A relative excess: '35%' below 100%, '16x' from there (as a multiple of the reference)."""
+    if x is None or not math.isfinite(x):
+        return "-"
+    return _pct(x) + " above" if x < 1 else f"{_g(1 + x)}x"
+
+
+def _jsonable(v):
+    if isinstance(v, dict):
+        return {str(k): _jsonable(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple, np.ndarray)):
+        return [_jsonable(x) for x in v]
+    if isinstance(v, (bool, np.bool_)):
+        return bool(v)
+    if isinstance(v, (int, np.integer)):
+        return int(v)
+    if isinstance(v, (float, np.floating)):
+        f = float(v)
+        return f if math.isfinite(f) else None
+    return v
+
+
+def _col(a: "Analysis", name: str) -> np.ndarray:
+    return a.bins[name].to_numpy().astype(np.float64) if name in a.bins.columns else np.full(a.bins.height, np.nan)
+
+
+def _finding(rule: "Rule", severity: str, message: str, recommendation: str, evidence: dict, bins=()) -> Finding:
+    return Finding(rule.id, severity, rule.title, message, recommendation, evidence, tuple(int(b) for b in bins))
+
+
+# ----------------------------------------------------------------------------
+# Rules
+
+
+@dataclass(frozen=True)
+class Rule:
+    """A small object that computes a number from an Analysis and says why it fires."""
+
+    id: str
+    title: str
+    severities: str  # which severities it can give, e.g. "warn / fail"
+    fires: str  # one line: what fires it and the threshold (the README table)
+    check: Callable[["Analysis", Thresholds], Finding | None] = field(repr=False)
+
+    def __call__(self, a: "Analysis", th: Thresholds) -> Finding | None:
+        return self.check(a, th)
+
+
+RULES: list[Rule] = []
+
+
+def rule(id: str, title: str, severities: str, fires: str):
+    """Register the decorated function as the rule `id`."""
+
+    def deco(fn):
+        r = Rule(id, title, severities, fires, fn)
+        RULES.append(r)
+        return r
+
+    return deco
+
+
+# -- loss over steps ---------------------------------------------------------
+
+
+@rule(
+    "loss.exploding", "Loss exploded", "fail",
+    "a step's loss >= `blowup_ratio` (100) x its running median (101 steps), or the last 10% of steps sit "
+    ">= `explode_ratio` (2) x the best level reached and >= 8 robust sd above it, or the loss turned non-finite "
+    "for good",
+)
+def _exploding(a: "Analysis", th: Thresholds) -> Finding | None:
+    L, S = a.loss, a.spikes
+    blowup = S.max_ratio is not None and S.max_ratio >= th.blowup_ratio
+    lasting = (
+        L.late_over_best is not None and L.late_over_best >= th.explode_ratio and (L.shift_z or 0) >= th.explode_z
+    )
+    diverged = a.nonfinite.diverged
+    if not (blowup or lasting or diverged):
+        return None
+    parts = []
+    if blowup:
+        parts.append(
+            f"loss reached {_g(S.max_ratio)}x its running median at step {S.max_ratio_step} "
+            f"({_g(S.max_ratio_loss)} vs {_g(S.max_ratio_median)})"
+        )
+    if lasting:
+        parts.append(f"the last 10% of steps sit at {_g(L.late_over_best)}x the best level ({_g(L.late_level)} vs {_g(L.best_level)})")
+    if diverged:
+        parts.append(f"every loss is non-finite from step {a.nonfinite.diverged_from} on")
+    if a.spikes.max_grad_ratio is not None and a.spikes.max_grad_ratio >= th.spike_big_ratio:
+        parts.append(f"grad norm there peaked at {_g(a.spikes.max_grad_ratio)}x its running median")
+    return _finding(
+        _R["loss.exploding"], "fail", "; ".join(parts),
+        "lower the peak learning rate (or add warm-up) and check the gradient clip; resume from a checkpoint "
+        "before the blow-up",
+        {
+            "max_ratio": S.max_ratio, "max_ratio_step": S.max_ratio_step, "late_over_best": L.late_over_best,
+            "late_level": L.late_level, "best_level": L.best_level, "shift_z": L.shift_z,
+            "max_grad_ratio": S.max_grad_ratio, "diverged_from": a.nonfinite.diverged_from,
+        },
+    )
+
+
+@rule(
+    "loss.increasing", "Loss increasing", "warn",
+    "over the trend stretch (last half of training) the loss rises significantly (Mann-Kendall on batch means, "
+    "BY-adjusted q < `alpha` per bin) by >= `increase_min` (5%), in bins carrying >= 1% of the run's loss, "
+    "or in the run's loss as a whole",
+)
+def _increasing(a: "Analysis", th: Thresholds) -> Finding | None:
+    q, rel, lo = _col(a, "q_value"), _col(a, "rel_change"), _col(a, "rel_lo")
+    share = _col(a, "loss_share")
+    up = (q < th.alpha) & (lo > 0) & (rel >= th.increase_min)
+    bins = np.flatnonzero(up)
+    rising_share = float(np.nansum(share[bins])) if bins.size else 0.0
+    L = a.loss
+    whole = (
+        L.trend_p is not None and L.trend_p < th.alpha and (L.trend_lo or 0) > 0
+        and (L.trend_rel or 0) >= th.increase_min
+    )
+    if not (whole or rising_share >= th.increase_share):
+        return None
+    if whole:
+        msg = (f"the run's loss rose {_pct(L.trend_rel)} over steps {L.trend_from}-{L.trend_to} "
+               f"(95% CI {_pct(L.trend_lo)} to {_pct(L.trend_hi)}, p={_g(L.trend_p, 2)})")
+    else:
+        msg = ""
+    if bins.size:
+        worst = bins[np.argmax(rel[bins])]
+        part = (f"{_where(a, bins)} rise significantly (q < {th.alpha}), up to {_pct(rel[worst])} in bin {worst}; "
+                f"they carry {_pct(rising_share)} of the loss")
+        msg = f"{msg}; {part}" if msg else part
+    return _finding(
+        _R["loss.increasing"], "warn", msg,
+        "lower the learning rate or decay it sooner; if only some noise levels rise, check their loss weighting",
+        {"trend_rel": L.trend_rel, "trend_lo": L.trend_lo, "trend_hi": L.trend_hi, "trend_p": L.trend_p,
+         "rising_share": rising_share, "rel_change": {int(b): float(rel[b]) for b in bins}},
+        bins,
+    )
+
+
+@rule(
+    "loss.spikes", "Loss spikes", "info / warn",
+    "spike events (runs of steps whose log loss lies > 8 robust sd, rolling MAD over 101 steps, above the "
+    "rolling median): `warn` for at least `spike_min_events` (3) and `spike_per_10k` (2) per 10,000 steps, or "
+    "one that reaches `spike_big_ratio` (10x) the running median; `info` for 3 or more at a lower rate",
+)
+def _spikes(a: "Analysis", th: Thresholds) -> Finding | None:
+    S = a.spikes
+    several = S.n_events >= th.spike_min_events
+    many = several and (S.events_per_10k or 0) >= th.spike_per_10k
+    huge = S.max_ratio is not None and S.max_ratio >= th.spike_big_ratio
+    if not (several or huge):
+        return None
+    top = ", ".join(f"step {e['step']} ({_g(e['ratio'])}x)" for e in S.events[:3])
+    return _finding(
+        _R["loss.spikes"], "warn" if (many or huge) else "info",
+        f"{S.n_events} loss spike events in {S.n_steps:,} steps ({_g(S.events_per_10k)} per 10k steps); largest: {top}",
+        "lower the learning rate or tighten gradient clipping; look for bad batches at the spike steps",
+        {"n_events": S.n_events, "events_per_10k": S.events_per_10k, "steps": [e["step"] for e in S.events[:20]],
+         "ratios": [e["ratio"] for e in S.events[:20]], "max_grad_ratio": S.max_grad_ratio},
+    )
+
+
+# -- non-finite values ---------------------------------------------------------
+
+
+@rule(
+    "nonfinite.loss", "Non-finite losses", "warn / fail",
+    "any NaN/Inf per-sample loss; `fail` when they are >= `nonfinite_fail_share` (1e-5) of the samples",
+)
+def _nonfinite_loss(a: "Analysis", th: Thresholds) -> Finding | None:
+    N = a.nonfinite
+    if N.loss_samples <= 0:
+        return None
+    share = N.loss_share
+    sev = "fail" if share >= th.nonfinite_fail_share else "warn"
+    where = f" in {_where(a, N.loss_bins)}" if N.loss_bins else ""
+    return _finding(
+        _R["nonfinite.loss"], sev,
+        f"{N.loss_samples:,} non-finite per-sample losses ({_pct(share)} of samples) on {N.loss_steps:,} steps, "
+        f"first at step {N.loss_first_step}{where}",
+        "find the operation that overflows (a division by a small sigma, fp16 of the schedule, a log of 0); "
+        "compute it in float32/float64 or clamp it",
+        {"samples": N.loss_samples, "share": share, "steps": N.loss_steps, "first_step": N.loss_first_step,
+         "bins": {int(b): int(c) for b, c in zip(N.loss_bins, N.loss_bin_counts)}},
+        N.loss_bins,
+    )
+
+
+@rule(
+    "nonfinite.grad", "Non-finite gradients", "info / warn / fail",
+    "steps whose pre-clip grad norm is Inf or NaN (stored as null in a run that logs grad norms); `info` while "
+    "a loss scaler is in use and <= 1% of steps, `fail` when >= `nonfinite_fail_share` of steps without a scaler",
+)
+def _nonfinite_grad(a: "Analysis", th: Thresholds) -> Finding | None:
+    N = a.nonfinite
+    if N.grad_steps <= 0:
+        return None
+    share = N.grad_steps / max(N.steps_with_grad_logging, 1)
+    if N.loss_scale_used:
+        sev = "info" if share <= 0.01 else "warn"
+        rec = "expected while a loss scaler calibrates; if it persists, look for an overflow in the forward pass"
+    else:
+        sev = "fail" if share >= th.nonfinite_fail_share else "warn"
+        rec = "skip or fix the steps that overflow (fp16 without a loss scaler, a division by a small sigma)"
+    return _finding(
+        _R["nonfinite.grad"], sev,
+        f"{N.grad_steps:,} steps ({_pct(share)}) have a non-finite gradient norm, first at step {N.grad_first_step}"
+        + (" (with a loss scaler)" if N.loss_scale_used else ""),
+        rec,
+        {"steps": N.grad_steps, "share": share, "first_step": N.grad_first_step, "loss_scale": N.loss_scale_used},
+    )
+
+
+# -- clipping ------------------------------------------------------------------------
+
+
+@rule(
+    "clip.rate_high", "Gradient clipped on most steps", "info / warn",
+    "the share of clipped steps in the late phase (last 20% of steps) is >= `clip_warn` (50%); `info` from "
+    "`clip_info` (10%)",
+)
+def _clip_high(a: "Analysis", th: Thresholds) -> Finding | None:
+    C = a.clip
+    if not C.available or C.late_rate is None or C.late_rate < th.clip_info:
+        return None
+    sev = "warn" if C.late_rate >= th.clip_warn else "info"
+    return _finding(
+        _R["clip.rate_high"], sev,
+        f"{_pct(C.late_rate)} of late steps are clipped ({_pct(C.rate)} overall) at threshold {_g(C.threshold)}; "
+        f"median pre-clip grad norm {_g(C.late_grad_median)}",
+        "raise the clip threshold above the typical grad norm (it then only catches outliers) or lower the "
+        "learning rate",
+        {"late_rate": C.late_rate, "rate": C.rate, "threshold": C.threshold, "late_grad_median": C.late_grad_median},
+    )
+
+
+@rule(
+    "clip.rate_rising", "Clip rate rising", "warn",
+    "the per-window clip rate rises by >= `clip_rise` (10 points) over the trend stretch, significantly "
+    "(Mann-Kendall on batch means, p < `alpha`), and the late rate is >= 10%",
+)
+def _clip_rising(a: "Analysis", th: Thresholds) -> Finding | None:
+    C = a.clip
+    if not C.available or C.rise is None or C.rise_p is None:
+        return None
+    if not (C.rise >= th.clip_rise and C.rise_p < th.alpha and (C.rise_lo or 0) > 0
+            and (C.late_rate or 0) >= th.clip_rise_min_rate):
+        return None
+    return _finding(
+        _R["clip.rate_rising"], "warn",
+        f"clip rate rose {_g(100 * C.rise)} points over steps {a.loss.trend_from}-{a.loss.trend_to} "
+        f"(95% CI {_g(100 * C.rise_lo)} to {_g(100 * C.rise_hi)}), to {_pct(C.late_rate)} late",
+        "gradients are growing: lower the learning rate or check for a slowly diverging layer (norms, attention "
+        "logits)",
+        {"rise": C.rise, "rise_lo": C.rise_lo, "rise_hi": C.rise_hi, "p_value": C.rise_p, "late_rate": C.late_rate},
+    )
+
+
+# -- loss against L* ------------------------------------------------------------------
+
+
+@rule(
+    "loss.stagnant_above_optimum", "Loss stagnant above the optimum", "warn / fail",
+    "the loss is shown flat (TOST: change over the trend stretch within +-`stagnation_margin` (5%), BY-adjusted "
+    "per bin) while the flat bins sit above L* by >= `stagnant_warn` (20%) of the run's loss (`fail` >= 50%); "
+    "without L*, flat and never below `never_improved` (90%) of the early level",
+)
+def _stagnant(a: "Analysis", th: Thresholds) -> Finding | None:
+    L = a.loss
+    flat = _flat_bins(a, th)
+    if L.reference is None:
+        if not (L.stagnant and L.late_over_early is not None and L.late_over_early >= th.never_improved):
+            return None
+        return _finding(
+            _R["loss.stagnant_above_optimum"], "fail",
+            f"loss flat over steps {L.trend_from}-{L.trend_to} (change {_pct(L.trend_rel)}, TOST p={_g(L.tost_p, 2)}) "
+            f"and still at {_pct(L.late_over_early)} of its early level; no L* known (run.json has no data_var)",
+            "the model is not learning: check that the optimizer steps (lr > 0, parameters require grad, "
+            "the loss reaches them)",
+            {"trend_rel": L.trend_rel, "tost_p": L.tost_p, "late_over_early": L.late_over_early},
+        )
+    excess = np.maximum(_col(a, "excess"), 0.0)
+    share = _col(a, "loss_share")
+    total = L.late_total
+    bins = np.flatnonzero(flat & (excess > 0))
+    stuck = float(np.sum(_col(a, "count_share")[bins] * excess[bins]) / total) if bins.size and total else 0.0
+    if L.stagnant:  # the run as a whole is flat: its whole excess counts
+        stuck = max(stuck, L.excess_share)
+    if stuck < th.stagnant_warn:
+        return None
+    sev = "fail" if stuck >= th.stagnant_fail else "warn"
+    flat_share = float(np.nansum(share[np.flatnonzero(flat)]))
+    return _finding(
+        _R["loss.stagnant_above_optimum"], sev,
+        f"loss flat over steps {L.trend_from}-{L.trend_to} in {_where(a, np.flatnonzero(flat))} "
+        f"(run-level change {_pct(L.trend_rel)}), yet {_pct(stuck)} of the run's loss is above {L.reference} L*",
+        "training has stalled far from the optimum: check that the weights update (lr, frozen layers), then "
+        "raise the learning rate or model capacity",
+        {"excess_share": stuck, "flat_loss_share": flat_share, "trend_rel": L.trend_rel, "tost_p": L.tost_p,
+         "reference": L.reference, "margin": th.stagnation_margin},
+        np.flatnonzero(flat),
+    )
+
+
+def _flat_bins(a: "Analysis", th: Thresholds) -> np.ndarray:
+    return _col(a, "tost_q") < th.alpha
+
+
+@rule(
+    "loss.converged", "Loss converged", "info",
+    "the run's loss is shown flat (TOST, +-5% over the trend stretch) and less than `stagnant_warn` of it is "
+    "above L* (or no L* is known)",
+)
+def _converged(a: "Analysis", th: Thresholds) -> Finding | None:
+    L = a.loss
+    if not L.stagnant:
+        return None
+    if L.reference is None:
+        if L.late_over_early is not None and L.late_over_early >= th.never_improved:
+            return None  # that is stagnation, not convergence
+        where = "no L* is known, so how close to the optimum cannot be said"
+    else:
+        if L.excess_share >= th.stagnant_warn:
+            return None
+        where = f"{_pct(L.excess_share)} of the loss is above {L.reference} L*"
+    return _finding(
+        _R["loss.converged"], "info",
+        f"loss flat over steps {L.trend_from}-{L.trend_to} (change {_pct(L.trend_rel)}, 90% CI "
+        f"{_pct(L.tost_lo)} to {_pct(L.tost_hi)}); {where}",
+        "more steps at this learning rate will not help much; stop, or change lr / capacity / data to go further",
+        {"trend_rel": L.trend_rel, "tost_p": L.tost_p, "excess_share": L.excess_share, "reference": L.reference},
+    )
+
+
+@rule(
+    "bin.above_gaussian_bound", "Worse than the best linear denoiser", "info / warn / fail",
+    "bins whose late loss exceeds the Gaussian L* (the best linear denoiser's loss) by > 3 standard errors; "
+    "severity by impact: the excess as a share of the run's loss, `info` below `bound_warn` (10%), `warn` from "
+    "10%, `fail` from 30%",
+)
+def _above_bound(a: "Analysis", th: Thresholds) -> Finding | None:
+    g = _col(a, "lstar_gauss")
+    if not np.isfinite(g).any():
+        return None
+    late, z, cs = _col(a, "late_mean"), _col(a, "excess_z"), _col(a, "count_share")
+    ex = late - g
+    above = np.flatnonzero((ex > 0) & (z >= th.bound_z))
+    if not above.size:
+        return None
+    total = a.loss.late_total
+    share = float(np.sum(cs[above] * ex[above]) / total) if total else math.nan
+    sev = "fail" if share >= th.bound_fail else ("warn" if share >= th.bound_warn else "info")
+    worst = above[np.argmax(cs[above] * ex[above])]
+    return _finding(
+        _R["bin.above_gaussian_bound"], sev,
+        f"{_where(a, above)} are above the Gaussian bound; that excess is {_pct(share)} of the run's loss "
+        f"(largest in bin {worst}: {_g(late[worst])} vs bound {_g(g[worst])})",
+        "a linear denoiser would do better there: check the network's handling of these noise levels "
+        "(skip connections, output scaling, time embedding) or give them more weight",
+        {"excess_share": share, "worst_bin": int(worst), "late": {int(b): float(late[b]) for b in above},
+         "bound": {int(b): float(g[b]) for b in above}},
+        above,
+    )
+
+
+@rule(
+    "time_conditioning.broken", "Loss flat across noise levels", "fail",
+    "the late loss varies across bins (coefficient of variation) less than `flat_range` (20%) as much as L* "
+    "does, while L* varies (its coefficient of variation >= 0.1): the model treats every noise level alike",
+)
+def _time_conditioning(a: "Analysis", th: Thresholds) -> Finding | None:
+    P = a.profile
+    if P.range_ratio is None or P.lstar_rel_range is None or P.lstar_rel_range < th.flat_min_lstar_range:
+        return None
+    if P.range_ratio >= th.flat_range:
+        return None
+    return _finding(
+        _R["time_conditioning.broken"], "fail",
+        f"late loss spans {_g(P.loss_min)}-{_g(P.loss_max)} across bins while L* spans {_g(P.lstar_min)}-"
+        f"{_g(P.lstar_max)} (relative spread {_g(P.range_ratio, 2)}x that of L*; correlation {_g(P.correlation, 2)})",
+        "check that the timestep reaches the network (embedding added, right dtype and scale, not constant), "
+        "and that the model trains at all",
+        {"range_ratio": P.range_ratio, "correlation": P.correlation, "loss_min": P.loss_min, "loss_max": P.loss_max,
+         "lstar_min": P.lstar_min, "lstar_max": P.lstar_max},
+    )
+
+
+@rule(
+    "bins.spread_large", "Noise levels trained unevenly", "warn",
+    "bins that closed < `spread_lag` (50%) of their early gap to L* while the median bin closed >= 80%, their "
+    "remaining gap >= `spread_share` (5%) of the run's loss",
+)
+def _spread(a: "Analysis", th: Thresholds) -> Finding | None:
+    closed, ex, cs = _col(a, "gap_closed"), _col(a, "excess"), _col(a, "count_share")
+    ok = np.isfinite(closed)
+    if ok.sum() < 3:
+        return None
+    med = float(np.median(closed[ok]))
+    lag = np.flatnonzero(ok & (closed < th.spread_lag) & (ex > 0))
+    if med < th.spread_median or not lag.size:
+        return None
+    total = a.loss.late_total
+    share = float(np.sum(cs[lag] * ex[lag]) / total) if total else math.nan
+    if not share >= th.spread_share:
+        return None
+    return _finding(
+        _R["bins.spread_large"], "warn",
+        f"{_where(a, lag)} closed only {_pct(float(np.min(closed[lag])))}-{_pct(float(np.max(closed[lag])))} of "
+        f"their gap to L* (median bin {_pct(med)}); their remaining gap is {_pct(share)} of the run's loss",
+        "these noise levels get too little of the training signal: weight them up (loss weighting, e.g. min-SNR, "
+        "or the timestep sampler)",
+        {"median_closed": med, "closed": {int(b): float(closed[b]) for b in lag}, "gap_share": share},
+        lag,
+    )
+
+
+@rule(
+    "grad.imbalance", "Per-noise-level gradients imbalanced", "warn",
+    "from the gradient probe (late half of probes): the largest per-bin gradient norm is >= `grad_ratio` (10x) "
+    "the median over probe bins",
+)
+def _grad_imbalance(a: "Analysis", th: Thresholds) -> Finding | None:
+    P = a.probes
+    if P.n_steps == 0 or P.max_over_median is None or P.max_over_median < th.grad_ratio:
+        return None
+    lo, hi = P.max_bins
+    return _finding(
+        _R["grad.imbalance"], "warn",
+        f"gradient of bins {lo}-{hi - 1} has norm {_g(P.max_norm)}, {_g(P.max_over_median)}x the median over noise "
+        f"levels ({_g(P.median_norm)}; {P.n_steps} probe steps)",
+        "these noise levels dominate the update: down-weight them (loss weighting, v-prediction) or clip per "
+        "noise level",
+        {"max_over_median": P.max_over_median, "max_norm": P.max_norm, "median_norm": P.median_norm,
+         "n_probes": P.n_steps},
+        range(lo, hi),
+    )
+
+
+@rule(
+    "bins.undersampled", "Noise levels barely sampled", "warn",
+    "a bin received < `undersampled` (20%) of the uniform share of training samples, or fewer than "
+    "`min_samples` (100) samples while the median bin has 10x that",
+)
+def _undersampled(a: "Analysis", th: Thresholds) -> Finding | None:
+    if a.bins.height == 0 or a.run.windows == 0:
+        return None
+    rel = _col(a, "coverage")
+    cnt = _col(a, "count")
+    # an absolute shortage counts only when the other bins have plenty (a short run is short everywhere)
+    few = (cnt < th.min_samples) & (np.nanmedian(cnt) >= 10 * th.min_samples)
+    low = np.flatnonzero((rel < th.undersampled) | few)
+    if not low.size:
+        return None
+    return _finding(
+        _R["bins.undersampled"], "warn",
+        f"{_where(a, low)} got {_g(float(np.min(cnt[low])))}-{_g(float(np.max(cnt[low])))} samples, "
+        f"{_pct(float(np.min(rel[low])))}-{_pct(float(np.max(rel[low])))} of a uniform share",
+        "the model hardly trains at these noise levels yet sampling uses them: widen the timestep sampler "
+        "(or drop these levels from sampling)",
+        {"coverage": {int(b): float(rel[b]) for b in low}, "count": {int(b): int(cnt[b]) for b in low}},
+        low,
+    )
+
+
+@rule(
+    "eval.divergence", "Eval loss diverging from train loss", "warn / fail",
+    "late eval loss above train loss at the same noise levels by >= `eval_gap_warn` (10%) of the train loss "
+    "(> 3 standard errors), and growing (eval rose >= `eval_rise` (5%) above its best, or the gap grew >= 5 "
+    "points since mid-training) unless the gap is already >= 20%; `fail` >= 50%",
+)
+def _eval_divergence(a: "Analysis", th: Thresholds) -> Finding | None:
+    E = a.eval
+    if E.n_windows == 0 or E.gap_share is None:
+        return None
+    if not (E.gap_share >= th.eval_gap_warn and (E.gap_z or 0) >= th.eval_z):
+        return None
+    growing = (E.eval_rise or 0) >= th.eval_rise or (E.gap_growth or 0) >= th.eval_rise
+    if not (growing or E.gap_share >= 2 * th.eval_gap_warn):
+        return None
+    sev = "fail" if E.gap_share >= th.eval_gap_fail else "warn"
+    mid = E.gap_share - E.gap_growth if E.gap_growth is not None else None
+    return _finding(
+        _R["eval.divergence"], sev,
+        f"late eval loss is {_rel(E.gap_share)} the train loss at the same noise levels (z={_g(E.gap_z, 2)}), "
+        f"most in {_where(a, E.worst_bins)}; at mid-training it was {_rel(mid)}, and eval loss is now "
+        f"{_pct(E.eval_rise)} above its best (step {E.best_step})",
+        "the model is fitting its training set, not the distribution: more data or augmentation, regularisation, "
+        "or stop at the eval minimum",
+        {"gap_share": E.gap_share, "gap_z": E.gap_z, "eval_rise": E.eval_rise, "gap_growth": E.gap_growth,
+         "best_step": E.best_step},
+        E.worst_bins,
+    )
+
+
+@rule(
+    "memorization", "Approaching the memorization floor", "warn",
+    "needs `diffaudit optimum`: in low-noise bins where the empirical L* is below half the Gaussian bound, the "
+    "late train loss has gone more than `memorize_fraction` (50%) of the way from the bound down to the empirical L*",
+)
+def _memorization(a: "Analysis", th: Thresholds) -> Finding | None:
+    emp, g, late = _col(a, "lstar_emp"), _col(a, "lstar_gauss"), _col(a, "late_mean")
+    ok = np.isfinite(emp) & np.isfinite(g) & (emp < 0.5 * g)
+    if not ok.any():
+        return None
+    with np.errstate(invalid="ignore", divide="ignore"):
+        frac = (g - late) / (g - emp)
+    mem = np.flatnonzero(ok & (frac > th.memorize_fraction))
+    if not mem.size:
+        return None
+    return _finding(
+        _R["memorization"], "warn",
+        f"in {_where(a, mem)} the train loss has gone {_pct(float(np.max(frac[mem])))} of the way from the Gaussian "
+        "bound to the empirical L* (the memorization floor)",
+        "the model is reproducing its training samples at low noise: more data, augmentation, or fewer steps",
+        {"fraction": {int(b): float(frac[b]) for b in mem}},
+        mem,
+    )
+
+
+# -- schedule ------------------------------------------------------------------------
+
+
+@rule(
+    "schedule.non_monotone", "Schedule not monotone", "fail",
+    "alpha_bar increases somewhere along t (it must fall monotonically from ~1 to ~0)",
+)
+def _non_monotone(a: "Analysis", th: Thresholds) -> Finding | None:
+    S = a.schedule
+    if S.monotone is None or S.monotone:
+        return None
+    return _finding(
+        _R["schedule.non_monotone"], "fail",
+        f"alpha_bar increases at {S.n_increases} timestep(s), first at t={S.first_increase_t} "
+        f"(by {_g(S.max_increase)})",
+        "rebuild the schedule from betas in [0, 1) with a cumulative product (or cumsum of log1p(-beta))",
+        {"n_increases": S.n_increases, "first_t": S.first_increase_t, "max_increase": S.max_increase},
+    )
+
+
+@rule(
+    "schedule.terminal_snr", "Signal leak at the last timestep", "warn / fail",
+    "SNR at the noisiest timestep, alpha_bar/(1-alpha_bar), >= `terminal_snr_warn` (1e-3; `fail` >= 0.1): "
+    "training never sees pure noise, sampling starts from it",
+)
+def _terminal_snr(a: "Analysis", th: Thresholds) -> Finding | None:
+    S = a.schedule
+    if S.terminal_snr is None or S.terminal_snr < th.terminal_snr_warn:
+        return None
+    sev = "fail" if S.terminal_snr >= th.terminal_snr_fail else "warn"
+    return _finding(
+        _R["schedule.terminal_snr"], sev,
+        f"terminal SNR {_g(S.terminal_snr)} (alpha_bar {_g(S.terminal_alpha_bar)} at the last timestep): the "
+        "noisiest training input still carries signal",
+        "rescale the schedule to zero terminal SNR (Lin et al. 2024) or extend it; sample from the same "
+        "terminal distribution you train on",
+        {"terminal_snr": S.terminal_snr, "terminal_alpha_bar": S.terminal_alpha_bar},
+    )
+
+
+@rule(
+    "schedule.precision", "Precision loss in 1 - alpha_bar near t = 0", "info / warn / fail",
+    "relative error of 1 - alpha_bar at t = 0 implied by how alpha_bar was stored (float32 without betas: "
+    "6e-8 / (1 - alpha_bar_0)) >= `precision_info` (1e-4; `warn` >= 1e-2, `fail` >= 0.5 or 1 - alpha_bar = 0)",
+)
+def _precision(a: "Analysis", th: Thresholds) -> Finding | None:
+    S = a.schedule
+    err = S.one_minus_rel_error
+    if S.zero_noise_steps:
+        sev, msg = "fail", (f"1 - alpha_bar is exactly 0 at {S.zero_noise_steps} timestep(s): sigma = 0 there, "
+                            "so an eps or v target divides by zero")
+    elif err is None or err < th.precision_info:
+        return None
+    else:
+        sev = "fail" if err >= th.precision_fail else ("warn" if err >= th.precision_warn else "info")
+        msg = (f"alpha_bar was stored as {S.dtype}: 1 - alpha_bar at t=0 ({_g(S.one_minus_first)}) carries a "
+               f"relative error of ~{_g(err, 2)}")
+    return _finding(
+        _R["schedule.precision"], sev, msg,
+        "give the logger (and your training code) the betas, and compute 1 - alpha_bar as "
+        "-expm1(cumsum(log1p(-beta))) in float64",
+        {"rel_error": err, "dtype": S.dtype, "one_minus_first": S.one_minus_first, "zero_noise_steps": S.zero_noise_steps},
+    )
+
+
+_R = {r.id: r for r in RULES}
+
+
+# ----------------------------------------------------------------------------
+# Evaluation
+
+
+def evaluate(analysis: "Analysis", thresholds: Thresholds | None = None) -> tuple[Finding, ...]:
+    """Run every rule; return the findings most severe first (then in rule order)."""
+    th = thresholds or Thresholds()
+    out = []
+    for i, r in enumerate(RULES):
+        f = r(analysis, th)
+        if f is not None:
+            out.append((-f.rank, i, f))
+    return tuple(f for _, _, f in sorted(out, key=lambda x: (x[0], x[1])))
+
+
+def verdict(findings) -> str:
+    """'failing' if any finding is fail, 'warnings' if any is warn, else 'healthy'."""
+    worst = max((f.rank for f in findings), default=-1)
+    return {2: "failing", 1: "warnings"}.get(worst, "healthy")
+
+
+def at_or_above(findings, severity: str) -> list[Finding]:
+    """Findings whose severity is at least `severity`."""
+    if severity not in SEVERITY_RANK:
+        from diffaudit.errors import DiffauditError
+
+        raise DiffauditError(f"unknown severity {severity!r}; expected one of {', '.join(SEVERITIES)}")
+    k = SEVERITY_RANK[severity]
+    return [f for f in findings if f.rank >= k]
+
+
+def findings_table() -> str:
+    """The markdown table of every finding id: severity, what fires it (with its default threshold)."""
+    lines = ["| id | severity | fires when |", "|---|---|---|"]
+    for r in RULES:
+        lines.append(f"| `{r.id}` | {r.severities} | {r.fires} |")
+    return "\n".join(lines) + "\n"
+
+
+FINDINGS_TABLE = findings_table()
+THRESHOLD_NAMES = tuple(f.name for f in fields(Thresholds))
+
+__all__ = [
+    "FINDINGS_TABLE", "RULES", "SEVERITIES", "Finding", "Rule", "Thresholds", "at_or_above", "evaluate",
+    "findings_table", "verdict",
+]

@@ -1,0 +1,1565 @@
+"""The regression gate: did the candidate run (or seeds) train worse than the baseline?
+
+:func:`compare` matches two sides (one run each, or several seeds each) on the
+steps and noise bins both logged, runs a fixed set of checks, and returns a
+:class:`Verdict` of frozen dataclasses. Nothing here prints or picks an exit
+code; the renderers at the end turn a verdict into JSON, JUnit XML, Markdown
+or HTML.
+
+What is compared
+----------------
+
+* **Late per-bin loss** (one check per noise bin): the mean training loss of the
+  bin over the *late window* of the matched steps, candidate against baseline,
+  with its excess over L* alongside (Gaussian bound from run.json, or the
+  empirical L* of ``diffaudit optimum`` when both sides have it).
+* **Convergence speed**: steps until the smoothed per-step loss first reaches
+  the baseline's late level plus ``SPEED_LEVEL`` (10%) of its initial drop.
+* **Clip rate** over the matched steps; **non-finite losses** over the matched
+  steps; **findings** (:mod:`diffaudit.analysis`) present in the candidate and
+  not in the baseline.
+
+Each check has a rule (:class:`Rule`, parsed from ``loss:2%``-style strings): a
+limit on the change, relative (``2%``) or absolute (``+0.05``). A check
+regresses only if its change exceeds the limit *and*, where there is a noise
+model, the increase is significant.
+
+The noise model, and why the gate is calibrated
+-----------------------------------------------
+
+*Matching.* Only steps every run logged count (the overlap), and the per-bin
+statistics are regrouped into *blocks* whose boundaries are window starts
+shared by every run, so both sides average exactly the same stretch of
+training (windows of different sizes nest into the coarser grid; merging is
+exact because the logger's statistics are sufficient). The late window is
+widened to ``min_windows`` blocks when it holds fewer (a short CI run has 3
+blocks in its last 20%): an error bar on 2 degrees of freedom needs a t quantile
+of 14 to survive the correction across bins, so nothing could ever regress.
+
+*Several seeds per side.* The question is "is the candidate worse than another
+seed of the baseline would be?", so the seed-to-seed spread is the noise: per
+bin, each run is reduced to its late mean and the sides are compared with
+Welch's t over seeds (:func:`diffaudit.stats.compare_seed_means`; with one
+run on one side, the other side's spread stands for both). Before that, each
+run's own progress lag against the baseline's mean curve (the fit of point 2
+below, bounded by +-``max_lag``) is removed from its per-bin levels: on the
+corpus this shrinks the seed spread of the still-falling high-noise bins from
+2-3% to about 1%, which is what lets five seeds per side name a 3% rise
+confined to 2 of 20 bins. The p-values stay valid: the adjusted levels are
+still one independent number per seed.
+
+*One run per side.* Only within-run variability is observable, and two healthy
+seeds differ by more than that: measured on the sample corpus (8x8 digits, 1,500
+steps), the late per-bin losses of two seeds differ by 0.6-1% (sd) in the bins
+that have settled and by 2-3% in the high-noise bins that are still falling
+10-15% per 100 steps at the end. Almost all of the latter is one number per
+run: how far along training it is. Fitting a common progress lag to the
+per-bin differences leaves 0.6-1.1% in every bin. So the single-run test has
+three parts:
+
+1. *Paired by block.* d_j = candidate - baseline in block j: the schedule's
+   common trend (warm-up, decay) cancels, and the standard error of mean(d)
+   comes from batch means of the d_j (:func:`diffaudit.stats.batch_means`:
+   honest under autocorrelation; with few blocks each block is a batch and the
+   t quantile pays for the few degrees of freedom).
+2. *A common progress lag is absorbed, up to* ``max_lag`` (2% of the matched
+   steps). Each bin's elasticity e_b = -d log L_b / d(step / S), S the matched
+   span (an OLS slope over the baseline's late blocks, >= 0), says how much a
+   lag of one unit of S would move its level; the lag
+   delta is the e-weighted median of rel_b / e_b over the bins (robust: a
+   change confined to a few bins does not move it), clipped to [0, max_lag],
+   and the bin's change is judged after removing delta * e_b. A slower
+   candidate is the speed check's business; a level change that no lag
+   explains stays. At a plateau e_b = 0 and nothing is absorbed.
+3. *The tolerance absorbs the rest of the seed-to-seed spread*: a bin regresses
+   only if its (lag-adjusted) relative increase exceeds ``tolerance`` (2%) and
+   is significant after correction across bins. The benchmark
+   ``benchmarks/calibrate_gate.py`` measures the resulting false-positive rate
+   on disjoint pairs of real healthy seeds; that figure, not an assumption, is
+   the calibration. At the defaults, on the corpus's 40 healthy seeds: 0 of
+   20 disjoint pairs flagged, 22 of all 1,560 ordered pairs (1.4%); 0 of 200
+   random five-against-five seed splits. The limit of this mode, measured by
+   the same benchmark: a 3% rise confined to 2 of 20 bins of *another* seed is
+   within the seed-to-seed spread and is named exactly in only 3 of 40 trials
+   (it is named in 40 of 40 against the same run's records, and in 95% of
+   trials with five seeds per side).
+
+*Many bins.* One-sided p-values (the gate only cares about increases) are
+adjusted across bins with Holm by default. The gate's false alarm is a
+family-wise event ("some bin regressed") and Holm controls exactly that,
+under any dependence between bins; Benjamini-Yekutieli also controls it under
+the complete null but its first threshold is alpha / (m H_m) instead of
+alpha / m (3.6x smaller at m = 20), which costs power in the case the gate
+must catch: a regression confined to a few bins. ``correction="by"`` is
+available for runs with hundreds of bins and broad regressions.
+
+*The other checks* each test at ``alpha`` (speed: over seeds only; with one
+run per side it has no noise model and its limit alone decides, set wide
+enough for seed-to-seed jitter of the crossing step, about 7% sd on the
+corpus). Non-finite losses and findings are events, not estimates: any
+increase beyond the limit counts.
+
+Missing data are handled in one place per check and reported, never dropped
+silently: a bin that a run did not sample in the window, a window with too
+few matched blocks, a run without clip thresholds. The verdict is
+*inconclusive* (exit code 3 in the CLI) when no steps overlap or no bin could
+be tested.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import math
+import re
+import warnings
+import xml.etree.ElementTree as ET
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable, Sequence
+
+import numpy as np
+import polars as pl
+from scipy import stats as sps
+
+from diffaudit import stats
+from diffaudit.errors import DiffauditError, InconclusiveError, MismatchError, RunFormatError
+from diffaudit.load import Run, load_run
+
+# ----------------------------------------------------------------------------
+# Defaults
+
+TOLERANCE = 0.02  # a bin regresses only if its late loss rose by more than this (relative)
+ALPHA = 0.05  # significance level after correction across bins
+WINDOW = "last:20%"  # the late window: this share of the matched steps, at the end
+MIN_WINDOWS = 8  # widen the late window to hold at least this many matched blocks (0: never)
+MIN_TEST_BLOCKS = 3  # one run per side: fewer matched blocks in the window and a bin is untested
+MAX_LAG = 0.02  # progress lag a run may have before its level counts, as a share of the matched steps
+CORRECTION = "holm"  # p-value adjustment across bins: "holm" or "by"
+SPEED_LEVEL = 0.10  # convergence: steps to reach the baseline's late level + this share of its drop
+SPEED_BLOCKS = 100  # the per-step loss is smoothed in this many blocks over the matched steps
+ELASTICITY_MIN = 0.05  # bins whose level moves less than this per unit lag do not inform the lag fit
+CURVE_POINTS = 400  # block means per side kept in the verdict for plots
+MAX_REASONS = 8  # regressions explained one per line under the terminal table
+CLIP_POINTS = 10_000  # per-step clip indicators are averaged into at most this many windows before testing
+DEFAULT_RULES = ("steps:25%", "clip_rate:+0.05", "nonfinite:+0", "findings:fail", "excess:off")
+
+METRICS = ("loss", "excess", "steps", "clip_rate", "nonfinite", "findings")
+_METRIC_ALIASES = {"speed": "steps", "clip": "clip_rate", "nan": "nonfinite", "finding": "findings"}
+_METRIC_WORDS = {
+    "loss": "late loss per noise bin",
+    "excess": "late excess over L* per noise bin",
+    "steps": "steps to reach the baseline's loss level",
+    "clip_rate": "clip rate",
+    "nonfinite": "non-finite losses",
+    "findings": "findings new in the candidate",
+}
+SEVERITIES = ("info", "warn", "fail")
+STATUSES = ("pass", "regression", "inconclusive", "off")
+
+__all__ = [
+    "ALPHA", "CORRECTION", "MAX_LAG", "MIN_WINDOWS", "TOLERANCE", "WINDOW",
+    "Check", "Rule", "RunCurve", "Side", "Verdict", "Window",
+    "compare", "load_side", "parse_alpha", "parse_rule", "parse_tolerance", "parse_window", "resolve_side",
+    "verdict_to_dict", "verdict_to_html", "verdict_to_json", "verdict_to_junit", "verdict_to_markdown",
+    "verdict_to_text",
+]
+
+
+# ----------------------------------------------------------------------------
+# Rules and windows: small objects parsed from compact strings
+
+_NUM = r"(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][-+]?\d+)?"
+_RULE_FORMS = ("METRIC:LIMIT, METRIC one of loss, excess, steps, clip_rate, nonfinite, findings; "
+               "LIMIT a relative change (2%), an absolute one (+0.05) or off; findings: info, warn, fail or off")
+_WINDOW_FORMS = ("last:20% (a share of the matched steps), last:5000 (steps), from:80000 or steps:80000-100000")
+
+
+def parse_tolerance(text, *, option: str = "--tolerance") -> float:
+    """A relative tolerance from ``2%`` or ``0.02`` (a fraction); raises DiffauditError naming ``option``."""
+    if isinstance(text, (int, float)) and not isinstance(text, bool):
+        v = float(text)
+    else:
+        s = str(text).strip()
+        m = re.fullmatch(rf"({_NUM})\s*(%?)", s)
+        if not m:
+            raise DiffauditError(f"{option} {str(text)!r}: expected a relative tolerance such as 2% or 0.02")
+        v = float(m[1]) / (100.0 if m[2] else 1.0)
+    if not (math.isfinite(v) and 0 <= v < 10):
+        raise DiffauditError(f"{option} {text!r}: expected a relative tolerance such as 2% or 0.02 (0 or more, below 1000%)")
+    return v
+
+
+def parse_alpha(text, *, option: str = "--alpha") -> float:
+    """A significance level in (0, 1) from ``0.05`` or ``5%``; raises DiffauditError naming ``option``."""
+    try:
+        v = parse_tolerance(text, option=option)
+    except DiffauditError:
+        v = math.nan
+    if not 0 < v < 1:
+        raise DiffauditError(f"{option} {str(text)!r}: expected a level between 0 and 1, such as 0.05")
+    return v
+
+
+@dataclass(frozen=True)
+class Rule:
+    """A limit on one metric's change, candidate against baseline: computes the change and says why it fails."""
+
+    metric: str  # one of METRICS
+    limit: float | None  # None: the check is off
+    relative: bool = True  # limit on (cand - base) / |base|; else on cand - base
+    severity: str | None = None  # findings: the lowest severity that counts
+    text: str = ""  # as written, e.g. "loss:2%"
+
+    @property
+    def off(self) -> bool:
+        return self.limit is None and self.severity is None
+
+    def change(self, base: float, cand: float) -> float:
+        """The number the limit applies to: relative or absolute increase."""
+        if not self.relative:
+            return cand - base
+        if base == 0:
+            return 0.0 if cand == 0 else math.copysign(math.inf, cand)
+        return (cand - base) / abs(base)
+
+    def exceeded(self, change: float) -> bool:
+        return self.limit is not None and change > self.limit
+
+    def limit_text(self) -> str:
+        if self.metric == "findings":
+            return "off" if self.severity is None else f"new {self.severity}"
+        if self.limit is None:
+            return "off"
+        return f"+{_pct(self.limit)}" if self.relative else f"+{self.limit:g}"
+
+    def __str__(self) -> str:
+        return self.text or f"{self.metric}:{self.limit_text()}"
+
+
+def parse_rule(text: str, *, option: str = "--rule") -> Rule:
+    """A :class:`Rule` from ``loss:2%``, ``clip_rate:+0.05``, ``steps:25%``, ``nonfinite:+0``, ``findings:warn``, ``excess:off``."""
+    s = str(text).strip()
+    metric, sep, value = s.partition(":")
+    metric = _METRIC_ALIASES.get(metric.strip().lower(), metric.strip().lower())
+    value = value.strip().lower()
+    if not sep or metric not in METRICS or not value:
+        raise DiffauditError(f"{option} {s!r}: expected {_RULE_FORMS}")
+    if metric == "findings":
+        if value == "off":
+            return Rule(metric, None, severity=None, text=s)
+        if value not in SEVERITIES:
+            raise DiffauditError(f"{option} {s!r}: findings takes info, warn, fail or off")
+        return Rule(metric, None, severity=value, text=s)
+    if value == "off":
+        return Rule(metric, None, text=s)
+    m = re.fullmatch(rf"\+?({_NUM})\s*(%?)", value)
+    if not m:
+        raise DiffauditError(f"{option} {s!r}: expected {_RULE_FORMS}")
+    relative = bool(m[2])
+    limit = float(m[1]) / (100.0 if relative else 1.0)
+    if not math.isfinite(limit):
+        raise DiffauditError(f"{option} {s!r}: the limit must be a finite number")
+    return Rule(metric, limit, relative=relative, text=s)
+
+
+def _rule_set(tolerance: float, rules: Iterable) -> dict[str, Rule]:
+    """Defaults, then ``tolerance`` as the loss rule, then the user's rules (last one per metric wins)."""
+    out = {r.metric: r for r in map(parse_rule, DEFAULT_RULES)}
+    out["loss"] = Rule("loss", float(tolerance), relative=True, text=f"loss:{_pct(tolerance)}")
+    for r in rules:
+        r = r if isinstance(r, Rule) else parse_rule(r)
+        out[r.metric] = r
+    return out
+
+
+@dataclass(frozen=True)
+class Window:
+    """The late window, resolved against the matched steps [lo, hi] with :meth:`resolve`."""
+
+    kind: str  # "last_share", "last_steps", "from", "steps"
+    a: float
+    b: float | None = None
+    text: str = ""
+
+    def resolve(self, lo: int, hi: int) -> tuple[int, int]:
+        """First and last step of the window (inclusive), before clipping to [lo, hi]."""
+        span = hi - lo + 1
+        if self.kind == "last_share":
+            return hi + 1 - max(1, int(round(self.a * span))), hi
+        if self.kind == "last_steps":
+            return hi + 1 - int(self.a), hi
+        if self.kind == "from":
+            return int(self.a), hi
+        return int(self.a), int(self.b)
+
+    def __str__(self) -> str:
+        return self.text
+
+
+def parse_window(text, *, option: str = "--window") -> Window:
+    """A :class:`Window` from ``last:20%``, ``last:5000``, ``from:80000`` or ``steps:80000-100000``."""
+    if isinstance(text, Window):
+        return text
+    s = str(text).strip()
+    low = s.lower().replace(" ", "")
+    bad = DiffauditError(f"{option} {s!r}: expected {_WINDOW_FORMS}")
+    if m := re.fullmatch(rf"last:({_NUM})%", low):
+        v = float(m[1]) / 100.0
+        if not 0 < v <= 1:
+            raise DiffauditError(f"{option} {s!r}: the share must be in (0%, 100%]")
+        return Window("last_share", v, text=s)
+    if m := re.fullmatch(r"last:(\d+)", low):
+        if int(m[1]) < 1:
+            raise bad
+        return Window("last_steps", int(m[1]), text=s)
+    if m := re.fullmatch(r"from:(\d+)", low):
+        return Window("from", int(m[1]), text=s)
+    if m := re.fullmatch(r"steps:(\d+)-(\d+)", low):
+        a, b = int(m[1]), int(m[2])
+        if b < a:
+            raise DiffauditError(f"{option} {s!r}: the last step comes before the first")
+        return Window("steps", a, b, text=s)
+    raise bad
+
+
+# ----------------------------------------------------------------------------
+# The sides: one run, a folder of runs, or a glob
+
+
+_GLOB_CHARS = re.compile(r"[*?\[]")
+
+
+def _is_run(p: Path) -> bool:
+    return (p.is_dir() and (p / "run.json").is_file()) or (p.is_file() and p.suffix == ".parquet")
+
+
+def resolve_side(spec, *, role: str = "baseline") -> list[Path]:
+    """The run paths a side names: a run (directory or .parquet), a folder of runs, or a glob.
+
+    A path that exists and is a run is one run. A folder that is not a run holds
+    runs: its subdirectories with a run.json and its .parquet files. A path that
+    does not exist but holds ``*``, ``?`` or ``[`` is a glob. Raises
+    DiffauditError (one line) when nothing is found.
+    """
+    if isinstance(spec, (list, tuple)):
+        out: list[Path] = []
+        for s in spec:
+            out += resolve_side(s, role=role)
+        if not out:
+            raise DiffauditError(f"{role}: no runs given")
+        return out
+    text = str(spec)
+    p = Path(text)
+    if p.exists():
+        if _is_run(p) or p.is_file():
+            return [p]  # a file that is not .parquet gets load_run's own error
+        runs = sorted(c for c in p.iterdir() if _is_run(c))
+        if not runs:
+            raise DiffauditError(f"{role} {text}: a folder that holds no runs (no run.json, no subfolder with one, no .parquet)")
+        return runs
+    if _GLOB_CHARS.search(text):
+        hits = sorted(Path(h) for h in glob.glob(text))
+        runs = [h for h in hits if _is_run(h)]
+        if not runs:
+            what = f"{len(hits)} path(s), none of them a run" if hits else "nothing"
+            raise DiffauditError(f"{role} {text!r}: the pattern matches {what}")
+        return runs
+    raise RunFormatError(f"{role} {text}: no such file or directory")
+
+
+def load_side(spec, *, role: str = "baseline", strict: bool = False) -> list[Run]:
+    """Load every run a side names (see :func:`resolve_side`)."""
+    return [load_run(p, strict=strict) for p in resolve_side(spec, role=role)]
+
+
+# ----------------------------------------------------------------------------
+# Result types
+
+
+@dataclass(frozen=True)
+class Check:
+    """One comparison: the two values, the change, its interval and p-value, and the verdict with its reason."""
+
+    metric: str  # one of METRICS
+    name: str  # e.g. "loss bin 3" or "clip rate"
+    status: str  # "pass", "regression", "inconclusive" or "off"
+    reason: str  # one line: why this status
+    rule: str  # the rule applied, e.g. "loss:2%"
+    baseline: float | None = None  # value on each side (mean over seeds)
+    candidate: float | None = None
+    change: float | None = None  # in the rule's unit: relative (0.031 = +3.1%) or absolute
+    relative: bool = True
+    lo: float | None = None  # (1 - alpha) interval of the change, same unit
+    hi: float | None = None
+    p: float | None = None  # one-sided p-value for "the candidate is higher"
+    q: float | None = None  # p adjusted across bins (loss and excess checks)
+    limit: float | None = None
+    bin: int | None = None
+    noise_levels: str = ""  # the bin's range of timesteps (or sigma), in words
+    details: dict = field(default_factory=dict)  # lag adjustment, L*, excess, counts ...
+
+    @property
+    def regressed(self) -> bool:
+        return self.status == "regression"
+
+
+@dataclass(frozen=True)
+class Side:
+    """What one side of the comparison is."""
+
+    role: str  # "baseline" or "candidate"
+    names: tuple[str, ...]
+    paths: tuple[str, ...]
+    first_step: int | None  # the widest range any of its runs logged
+    last_step: int | None
+
+    @property
+    def n_runs(self) -> int:
+        return len(self.names)
+
+    def label(self) -> str:
+        return self.names[0] if self.n_runs == 1 else f"{self.n_runs} runs ({', '.join(self.names[:3])}{', …' if self.n_runs > 3 else ''})"
+
+
+@dataclass(frozen=True, eq=False)
+class RunCurve:
+    """A run's per-step loss reduced to block means, for plots."""
+
+    side: str
+    name: str
+    step: np.ndarray
+    loss: np.ndarray
+
+
+@dataclass(frozen=True, eq=False)
+class Verdict:
+    """The gate's answer: overall status, every check, and what the comparison rested on."""
+
+    status: str  # "pass", "regression" or "inconclusive"
+    summary: str  # one line
+    baseline: Side
+    candidate: Side
+    noise_model: str  # "seeds" or "within-run"
+    checks: tuple[Check, ...] = ()
+    notes: tuple[str, ...] = ()
+    matched: tuple[int, int] | None = None  # steps both sides logged
+    window: tuple[int, int] | None = None  # the late window actually used
+    window_blocks: int = 0  # matched blocks in it
+    lag: float | None = None  # one run per side: progress lag absorbed (share of the matched steps)
+    settings: dict = field(default_factory=dict)
+    process: object | None = None  # the baseline's diffusion.noise.Process (for plots)
+    curves: tuple[RunCurve, ...] = ()
+    lstar_kind: str | None = None  # "gaussian", "empirical" or None
+
+    @property
+    def regressions(self) -> list[Check]:
+        return [c for c in self.checks if c.status == "regression"]
+
+    def by_metric(self, metric: str) -> list[Check]:
+        return [c for c in self.checks if c.metric == metric]
+
+
+# ----------------------------------------------------------------------------
+# Entry point
+
+
+def compare(
+    baseline,
+    candidate,
+    *,
+    tolerance=TOLERANCE,  # relative rise of a bin's late loss that counts (also `loss:` rule)
+    alpha: float = ALPHA,  # significance after correction across bins
+    window=WINDOW,  # the late window: "last:20%", "last:5000", "from:S", "steps:A-B" or a Window
+    rules: Iterable = (),  # Rule objects or strings ("clip_rate:+0.05"); override the defaults
+    correction: str = CORRECTION,  # "holm" or "by"
+    min_windows: int = MIN_WINDOWS,  # widen the window to at least this many matched blocks (0: never)
+    max_lag: float = MAX_LAG,  # progress lag absorbed per run (share of the matched steps); 0: none
+    force: bool = False,  # compare runs whose schedule, prediction or bins differ
+    findings_of: Callable[[Run], Sequence] | None = None,  # run -> findings; default diffaudit.analysis
+) -> Verdict:
+    """Compare candidate runs against baseline runs; return the :class:`Verdict`.
+
+    Each side is a loaded :class:`~diffaudit.load.Run`, a list of them (seeds of one
+    configuration), or anything :func:`load_side` accepts. Raises MismatchError
+    when the sides' noise processes differ (unless ``force``) and DiffauditError
+    for bad settings; too little data gives a verdict with status "inconclusive".
+    """
+    base = _as_runs(baseline, "baseline")
+    cand = _as_runs(candidate, "candidate")
+    tol = parse_tolerance(tolerance)
+    alpha = parse_alpha(alpha)
+    if correction not in ("holm", "by"):
+        raise DiffauditError(f"--correction {correction!r}: expected holm or by")
+    max_lag = parse_tolerance(max_lag, option="--max-lag")
+    win = parse_window(window)
+    rules_ = _rule_set(tol, rules)
+    settings = {
+        "tolerance": tol, "alpha": float(alpha), "window": str(win), "correction": correction,
+        "min_windows": int(min_windows), "max_lag": max_lag, "force": bool(force),
+        "rules": [str(rules_[m]) for m in METRICS],
+    }
+    notes: list[str] = []
+    _check_compatible(base, cand, force, notes)
+    sides = (_side("baseline", base), _side("candidate", cand))
+    single = len(base) == 1 and len(cand) == 1
+    noise = "within-run" if single else "seeds"
+    if single:
+        notes.append("one run per side: the noise model is within-run variability only (the seed-to-seed spread "
+                     "is unknown); the tolerance and a progress lag of up to "
+                     f"{_pct(max_lag)} of the steps absorb it. Give several seeds per side for a seed-level test.")
+    elif len(base) == 1 or len(cand) == 1:
+        many = "baseline" if len(base) > 1 else "candidate"
+        notes.append(f"one run on one side: the {many}'s seed-to-seed spread stands for both sides")
+    common = dict(baseline=sides[0], candidate=sides[1], noise_model=noise, settings=settings,
+                  process=base[0].process, curves=_curves(base, cand))
+
+    overlap = _overlap(base + cand)
+    if overlap is None:
+        return Verdict("inconclusive", "inconclusive: the two sides have no logged steps in common "
+                       f"(baseline {_range(sides[0])}, candidate {_range(sides[1])})",
+                       notes=tuple(notes), **common)
+    lo, hi = overlap
+    wider = [f"{s.role} logged {_range(s)}" for s in sides if (s.first_step, s.last_step) != (lo, hi)]
+    if wider:
+        notes.append(f"compared over the steps every run logged, {lo:,}-{hi:,} ({'; '.join(wider)})")
+
+    grid = _block_grid(base + cand, lo, hi)
+    sel = _select_window(grid, win, lo, hi, min_windows, notes)
+    lstar, lstar_kind = _lstar(base, cand, notes)
+    findings_of = findings_of or _default_findings
+    checks: list[Check] = []
+    lag = None
+    if sel is None:
+        checks += _untested_bins(base[0].process, "the late window holds no matched steps")
+        window = None
+        nblocks = 0
+    else:
+        window = (int(grid.start[sel[0]]), int(min(grid.end[sel[-1]], hi)))
+        nblocks = len(sel)
+        bin_checks, lag = _loss_checks(grid, sel, base, cand, rules_, alpha, correction, max_lag, lstar, single, lo, hi)
+        checks += bin_checks
+    checks.append(_speed_check(base, cand, rules_["steps"], lo, hi, window, alpha, single))
+    checks.append(_clip_check(base, cand, rules_["clip_rate"], lo, hi, alpha, single))
+    checks.append(_nonfinite_check(base, cand, rules_["nonfinite"], lo, hi))
+    checks += _findings_checks(base, cand, rules_["findings"], findings_of, notes)
+    if lag and lag > 0:
+        whose = "the candidate's per-bin levels are" if single else "on average, the candidate seeds' levels are"
+        notes.append(f"progress lag absorbed: {whose} consistent with being {_pct(lag)} of the matched steps "
+                     f"behind the baseline ({lag * (hi - lo + 1):,.0f} steps); per-bin changes are shown after removing it "
+                     "(speed is judged by its own check)")
+    status, summary = _overall(checks, sides, nblocks)
+    return Verdict(status, summary, checks=tuple(checks), notes=tuple(notes), matched=overlap, window=window,
+                   window_blocks=nblocks, lag=lag, lstar_kind=lstar_kind, **common)
+
+
+def _as_runs(x, role: str) -> list[Run]:
+    if isinstance(x, Run):
+        return [x]
+    if isinstance(x, (list, tuple)) and x and all(isinstance(r, Run) for r in x):
+        return list(x)
+    if isinstance(x, (list, tuple)) and not x:
+        raise DiffauditError(f"{role}: no runs given")
+    return load_side(x, role=role)
+
+
+def _side(role: str, runs: list[Run]) -> Side:
+    firsts, lasts = zip(*(_step_range(r) for r in runs))
+    f = [v for v in firsts if v is not None]
+    l_ = [v for v in lasts if v is not None]
+    return Side(role, tuple(r.name for r in runs), tuple(str(r.path) for r in runs),
+                min(f) if f else None, max(l_) if l_ else None)
+
+
+def _range(s: Side) -> str:
+    return "nothing" if s.first_step is None else f"steps {s.first_step:,}-{s.last_step:,}"
+
+
+# ----------------------------------------------------------------------------
+# Compatibility
+
+
+def _process_words(p) -> str:
+    return f"{p.kind}/{p.prediction}, {p.num_bins} bins"
+
+
+def _difference(a, b) -> str | None:
+    """How two processes differ, in words; None when they bin the same noise levels the same way."""
+    if a.same_noise_levels(b):
+        return None
+    if a.kind != b.kind:
+        return f"process {a.kind} vs {b.kind}"
+    if a.prediction != b.prediction:
+        return f"prediction {a.prediction} vs {b.prediction}"
+    if a.num_bins != b.num_bins:
+        return f"{a.num_bins} vs {b.num_bins} noise bins"
+    if a.kind == "vp":
+        if a.alpha_bar.shape != b.alpha_bar.shape:
+            return f"schedule of {a.alpha_bar.size} vs {b.alpha_bar.size} timesteps"
+        n = int(np.sum(~np.isclose(a.alpha_bar, b.alpha_bar, rtol=1e-6, atol=1e-9)))
+        return (f"noise schedule (alpha_bar differs at {n} of {a.alpha_bar.size} timesteps; "
+                f"terminal alpha_bar {a.alpha_bar[-1]:.3g} vs {b.alpha_bar[-1]:.3g})")
+    return "noise-bin edges"
+
+
+def _check_compatible(base: list[Run], cand: list[Run], force: bool, notes: list[str]) -> None:
+    ref = base[0]
+    for r, role in [(r, "baseline") for r in base[1:]] + [(r, "candidate") for r in cand]:
+        diff = _difference(ref.process, r.process)
+        if diff is None:
+            continue
+        msg = (f"baseline {ref.name} ({_process_words(ref.process)}) and {role} {r.name} "
+               f"({_process_words(r.process)}) differ: {diff}")
+        if ref.process.num_bins != r.process.num_bins or ref.process.kind != r.process.kind:
+            raise MismatchError(msg + ("; their noise bins cannot be matched" if force else "; use --force to compare anyway"))
+        if not force:
+            raise MismatchError(msg + "; use --force to compare anyway")
+        notes.append(f"--force: {msg}; bins are compared by index")
+
+
+# ----------------------------------------------------------------------------
+# Matching steps and blocks
+
+
+def _step_range(r: Run) -> tuple[int | None, int | None]:
+    lo, hi = [], []
+    if r.steps.height:
+        lo.append(int(r.steps["step"].min()))
+        hi.append(int(r.steps["step"].max()))
+    tb = r.train_bins
+    if tb.height:
+        lo.append(int(tb["step_lo"].min()))
+        hi.append(int(tb["step_hi"].max()))
+    return (min(lo), max(hi)) if lo else (None, None)
+
+
+def _overlap(runs: list[Run]) -> tuple[int, int] | None:
+    ranges = [_step_range(r) for r in runs]
+    if any(a is None for a, _ in ranges):
+        return None
+    lo = max(a for a, _ in ranges)
+    hi = min(b for _, b in ranges)
+    return (lo, hi) if lo <= hi else None
+
+
+@dataclass(frozen=True, eq=False)
+class _Grid:
+    """Per-run, per-bin late statistics on blocks shared by every run."""
+
+    start: np.ndarray  # (K,) first step of each block
+    end: np.ndarray  # (K,) last step any run logged in it
+    count: np.ndarray  # (R, B, K) samples
+    mean: np.ndarray  # (R, B, K) mean loss; NaN where count == 0
+    nonfinite: np.ndarray  # (R,) non-finite samples in the bins over the matched steps
+
+
+def _block_grid(runs: list[Run], lo: int, hi: int) -> _Grid:
+    """Regroup each run's train windows inside [lo, hi] into blocks that start where every run starts a window."""
+    nb = runs[0].process.num_bins
+    frames = []
+    for r in runs:
+        tb = r.train_bins
+        tb = tb.filter((pl.col("step_lo") >= lo) & (pl.col("step_hi") <= hi)) if tb.height else tb
+        frames.append(tb.select("step_lo", "step_hi", "bin", "count", "mean", "nonfinite"))
+    starts = [np.unique(f["step_lo"].to_numpy()) for f in frames]
+    cuts = starts[0]
+    for s in starts[1:]:
+        cuts = np.intersect1d(cuts, s, assume_unique=True)
+    K = cuts.size
+    R = len(runs)
+    count = np.zeros((R, nb, max(K, 1)))
+    total = np.zeros((R, nb, max(K, 1)))
+    end = np.full(max(K, 1), -1, dtype=np.int64)
+    nonfinite = np.zeros(R)
+    for i, f in enumerate(frames):
+        if f.height == 0 or K == 0:
+            continue
+        slo = f["step_lo"].to_numpy()
+        blk = np.searchsorted(cuts, slo, side="right") - 1
+        ok = blk >= 0
+        b = f["bin"].to_numpy().astype(np.int64)
+        ok &= (b >= 0) & (b < nb)
+        n = f["count"].fill_null(0).to_numpy().astype(np.float64)
+        m = f["mean"].fill_null(np.nan).to_numpy().astype(np.float64)
+        good = ok & (n > 0) & np.isfinite(m)
+        idx = b[good] * K + blk[good]
+        count[i] += np.bincount(idx, weights=n[good], minlength=nb * K).reshape(nb, K)
+        total[i] += np.bincount(idx, weights=(n * np.where(good, m, 0.0))[good], minlength=nb * K).reshape(nb, K)
+        np.maximum.at(end, blk[ok], f["step_hi"].to_numpy()[ok])
+        nonfinite[i] = float(f["nonfinite"].fill_null(0).sum())
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean = np.where(count > 0, total / count, np.nan)
+    if K == 0:
+        return _Grid(np.zeros(0, np.int64), np.zeros(0, np.int64), count[:, :, :0], mean[:, :, :0], nonfinite)
+    return _Grid(cuts.astype(np.int64), end, count, mean, nonfinite)
+
+
+def _select_window(grid: _Grid, win: Window, lo: int, hi: int, min_windows: int, notes: list[str]) -> np.ndarray | None:
+    """Indices of the blocks in the late window, widened to ``min_windows`` blocks if it holds fewer."""
+    K = grid.start.size
+    if K == 0:
+        notes.append("no noise-bin windows lie inside the matched steps")
+        return None
+    w0, w1 = win.resolve(lo, hi)
+    w0, w1 = max(w0, lo), min(w1, hi)
+    if w0 > w1:
+        notes.append(f"the window {win} lies outside the matched steps {lo:,}-{hi:,}")
+        return None
+    inside = np.flatnonzero((grid.start >= w0) & (grid.end <= w1) & (grid.end >= 0))
+    want = int(min_windows)
+    if inside.size < want:
+        # keep the window's end, take earlier blocks until there are enough
+        upto = inside[-1] if inside.size else int(np.searchsorted(grid.start, w1, side="right")) - 1
+        first = max(0, upto - want + 1)
+        widened = np.arange(first, upto + 1)
+        widened = widened[grid.end[widened] >= 0]
+        if widened.size > inside.size:
+            notes.append(f"late window {win} held {inside.size} matched block(s); widened to the last {widened.size} "
+                         f"(steps {grid.start[widened[0]]:,}-{min(grid.end[widened[-1]], hi):,}) for an honest error bar "
+                         f"(--min-windows {want})")
+            inside = widened
+    return inside if inside.size else None
+
+
+# ----------------------------------------------------------------------------
+# Late per-bin loss
+
+
+def _lstar(base: list[Run], cand: list[Run], notes: list[str]) -> tuple[np.ndarray | None, str | None]:
+    """L* per bin for the excess: empirical when both sides have it, else the Gaussian bound, else None."""
+    r = base[0]
+    nb = r.process.num_bins
+    emp = [x.optimum for x in (base[0], cand[0])]
+    if all(o is not None and o.height for o in emp):
+        v = np.full(nb, np.nan)
+        o = emp[0]
+        v[o["bin"].to_numpy()] = o["loss_opt"].to_numpy()
+        return v, "empirical"
+    spectrum = r.meta.get("data_spectrum")
+    data_var = r.meta.get("data_var")
+    if spectrum is None and data_var is None:
+        notes.append("no data variance in run.json: excess over L* not computed")
+        return None, None
+    from diffaudit.optimum import bin_gaussian_optimal_loss
+
+    try:
+        if spectrum is not None:
+            return bin_gaussian_optimal_loss(r.process, spectrum=spectrum), "gaussian"
+        return bin_gaussian_optimal_loss(r.process, data_var=float(data_var)), "gaussian"
+    except DiffauditError as e:
+        notes.append(f"excess over L* not computed: {e}")
+        return None, None
+
+
+def _bin_words(process, b: int) -> str:
+    e = process.bin_edges()
+    unit = {"vp": "t", "flow": "t", "edm": "sigma"}.get(process.kind, "t")
+    if process.kind == "vp":
+        return f"{unit} {int(e[b])}-{int(e[b + 1]) - 1}"
+    return f"{unit} {e[b]:.4g}-{e[b + 1]:.4g}"
+
+
+def _untested_bins(process, why: str) -> list[Check]:
+    return [Check("loss", f"loss bin {b}", "inconclusive", why, rule="loss", bin=b, noise_levels=_bin_words(process, b))
+            for b in range(process.num_bins)]
+
+
+def _elasticity(mean: np.ndarray, x: np.ndarray, span: float) -> np.ndarray:
+    """Per bin: -d log(level) / d(share of the matched steps), from an OLS fit over the blocks; >= 0."""
+    with np.errstate(invalid="ignore", divide="ignore"):
+        y = np.log(mean)
+    ok = np.isfinite(y)
+    out = np.zeros(mean.shape[0])
+    for b in range(mean.shape[0]):
+        yb, xb = y[b, ok[b]], x[ok[b]]
+        if yb.size < 3:
+            continue
+        xc = xb - xb.mean()
+        den = float(xc @ xc)
+        if den > 0:
+            out[b] = max(0.0, -float(xc @ (yb - yb.mean())) / den * span)
+    return out
+
+
+def _weighted_median(v: np.ndarray, w: np.ndarray) -> float:
+    o = np.argsort(v, kind="stable")
+    c = np.cumsum(w[o])
+    return float(v[o][np.searchsorted(c, 0.5 * c[-1])])
+
+
+def _fit_lag(rel: np.ndarray, elastic: np.ndarray, lo: float, hi: float) -> float:
+    """The progress lag (share of the matched steps) that best explains relative level differences across bins.
+
+    rel_b ~ lag * e_b: the e-weighted median of rel_b / e_b (least absolute deviations through the origin), over
+    the bins that still move (e_b > ELASTICITY_MIN); clipped to [lo, hi]; 0 with fewer than 3 such bins.
+    """
+    use = np.isfinite(rel) & (elastic > ELASTICITY_MIN)
+    if hi <= lo or use.sum() < 3:
+        return 0.0
+    return float(np.clip(_weighted_median(rel[use] / elastic[use], elastic[use]), lo, hi))
+
+
+def _one_sided(diff: float, se: float, df: float) -> float:
+    """P(T >= diff/se) under no increase: small when the candidate is clearly higher."""
+    if not (se > 0) or not math.isfinite(se):
+        return 0.0 if diff > 0 else 1.0
+    tval = diff / se
+    return float(sps.norm.sf(tval) if not math.isfinite(df) else sps.t.sf(tval, df))
+
+
+def _tq(alpha: float, df: float) -> float:
+    return float(sps.norm.isf(alpha / 2) if not math.isfinite(df) else sps.t.isf(alpha / 2, df))
+
+
+def _loss_checks(grid, sel, base, cand, rules, alpha, correction, max_lag, lstar, single, lo, hi):
+    """One check per bin (and per bin for excess, when its rule is on); returns (checks, lag)."""
+    process = base[0].process
+    nb = process.num_bins
+    R0 = len(base)
+    cnt = grid.count[:, :, sel]
+    mu = grid.mean[:, :, sel]
+    x = 0.5 * (grid.start[sel] + np.maximum(grid.end[sel], grid.start[sel])).astype(np.float64)
+    span = float(hi - lo + 1)
+    rule, xrule = rules["loss"], rules["excess"]
+    diff = np.full(nb, np.nan)
+    se = np.full(nb, np.nan)
+    df = np.full(nb, np.nan)
+    level_a = np.full(nb, np.nan)
+    level_b = np.full(nb, np.nan)
+    why = [""] * nb
+    lag, elastic = 0.0, np.zeros(nb)
+
+    if single:
+        a, b = mu[0], mu[1]
+        both = np.isfinite(a) & np.isfinite(b)
+        for k in range(nb):
+            nk = int(both[k].sum())
+            if nk < MIN_TEST_BLOCKS:
+                why[k] = (f"{nk} matched block(s) with samples in the window, {MIN_TEST_BLOCKS} needed"
+                          if nk else "not sampled in the late window")
+                continue
+            d = b[k, both[k]] - a[k, both[k]]
+            try:
+                bm = stats.batch_means(d, x[both[k]], min_batches=min(stats.MIN_BATCHES, nk))
+            except InconclusiveError as e:
+                why[k] = str(e)
+                continue
+            diff[k], se[k], df[k] = bm.mean, bm.se, bm.df
+            level_a[k] = float(np.mean(a[k, both[k]]))
+            level_b[k] = float(np.mean(b[k, both[k]]))
+        elastic = _elasticity(a, x, span)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            rel = diff / level_a
+        lag = _fit_lag(rel, elastic, 0.0, max_lag)
+        shift = lag * elastic * level_a  # the part of each bin's difference the lag explains
+    else:
+        n_late = cnt.sum(axis=2)
+        with np.errstate(invalid="ignore", divide="ignore"), warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # a bin no baseline run sampled: NaN, reported below
+            late = np.where(n_late > 0, np.nansum(cnt * np.nan_to_num(mu), axis=2) / n_late, np.nan)  # (R, B)
+            pooled_blocks = np.nanmean(np.where(np.isfinite(mu[:R0]), mu[:R0], np.nan), axis=0)
+            pooled = np.nanmean(late[:R0], axis=0)
+        elastic = _elasticity(pooled_blocks, x, span)
+        lags = np.array([_fit_lag(late[r] / pooled - 1.0, elastic, -max_lag, max_lag) for r in range(len(late))])
+        # every run's own progress lag (against the baseline's mean curve) is removed before the seeds are compared
+        adjusted = late - lags[:, None] * elastic[None, :] * pooled[None, :]
+        shift = np.zeros(nb)
+        for k in range(nb):
+            ma, mb = adjusted[:R0, k], adjusted[R0:, k]
+            try:
+                c = stats.compare_seed_means(ma, mb, confidence=1 - alpha)
+            except InconclusiveError:
+                why[k] = (f"sampled in the late window by {int(np.isfinite(ma).sum())} baseline and "
+                          f"{int(np.isfinite(mb).sum())} candidate run(s)")
+                continue
+            level_a[k], level_b[k] = float(np.nanmean(late[:R0, k])), float(np.nanmean(late[R0:, k]))
+            diff[k], se[k], df[k] = level_b[k] - level_a[k], c.se, c.df
+            shift[k] = diff[k] - c.diff
+        lag = float(np.mean(lags[R0:]) - np.mean(lags[:R0]))
+
+    adj = diff - shift
+    p = np.array([_one_sided(adj[k], se[k], df[k]) if np.isfinite(adj[k]) else np.nan for k in range(nb)])
+    q = stats.adjust_pvalues(p, correction)
+    checks = []
+    for k in range(nb):
+        words = _bin_words(process, k)
+        if not np.isfinite(adj[k]):
+            checks.append(Check("loss", f"loss bin {k}", "inconclusive", why[k] or "no data", rule=str(rule),
+                                bin=k, noise_levels=words, limit=rule.limit, relative=rule.relative))
+            continue
+        tq = _tq(alpha, df[k]) if se[k] > 0 else 0.0
+        details = {"difference": float(diff[k]), "se": float(se[k]), "df": float(df[k]),
+                   "lag_adjustment": float(shift[k]), "elasticity": float(elastic[k])}
+        ex_a = ex_b = None
+        if lstar is not None and np.isfinite(lstar[k]):
+            ex_a, ex_b = float(level_a[k] - lstar[k]), float(level_b[k] - lstar[k])
+            details.update(lstar=float(lstar[k]), excess_baseline=ex_a, excess_candidate=ex_b)
+        checks.append(_level_check("loss", rule, k, words, level_a[k], level_b[k], adj[k], diff[k], se[k], tq,
+                                   p[k], q[k], alpha, details, scale=level_a[k]))
+        if not xrule.off and ex_a is not None:
+            checks.append(_level_check("excess", xrule, k, words, ex_a, ex_b, adj[k], diff[k], se[k], tq,
+                                       p[k], q[k], alpha, details, scale=ex_a))
+    return checks, lag
+
+
+def _level_check(metric, rule, k, words, va, vb, adj, diff, se, tq, p, q, alpha, details, *, scale) -> Check:
+    """A per-bin check: change in the rule's unit, its interval, and the decision (limit and significance)."""
+    name = f"{'loss' if metric == 'loss' else 'excess'} bin {k}"
+    if rule.relative:
+        if not (scale > 0):
+            return Check(metric, name, "inconclusive", f"baseline {metric} {va:.4g} is not positive: a relative change "
+                         "is undefined", rule=str(rule), baseline=float(va), candidate=float(vb), bin=k,
+                         noise_levels=words, limit=rule.limit, details=details)
+        raw, ch, c_lo, c_hi = diff / scale, adj / scale, (adj - tq * se) / scale, (adj + tq * se) / scale
+    else:
+        raw, ch, c_lo, c_hi = diff, adj, adj - tq * se, adj + tq * se
+    # the change reported, its interval and p are all of the judged quantity: after the progress lag
+    details = {**details, "change_raw": float(raw)}
+    over = rule.exceeded(ch)
+    sig = q <= alpha
+    lagged = details.get("lag_adjustment", 0.0) != 0.0
+    said = f"{_signed(ch, rule.relative)}" + (f" after the progress lag (raw {_signed(raw, rule.relative)})" if lagged else "")
+    if over and sig:
+        status, reason = "regression", f"{said} > {rule.limit_text()}, significant (q = {_p(q)})"
+    elif over:
+        status, reason = "pass", f"{said} > {rule.limit_text()} but not significant (q = {_p(q)} > {alpha:g})"
+    else:
+        status, reason = "pass", f"{said}, within {rule.limit_text()}"
+    return Check(metric, name, status, reason, rule=str(rule), baseline=float(va), candidate=float(vb),
+                 change=float(ch), relative=rule.relative, lo=float(c_lo), hi=float(c_hi), p=float(p), q=float(q),
+                 limit=rule.limit, bin=k, noise_levels=words, details=details)
+
+
+# ----------------------------------------------------------------------------
+# Per-step checks: speed, clip rate, non-finite losses
+
+
+def _steps_in(r: Run, lo: int, hi: int) -> pl.DataFrame:
+    s = r.steps
+    if s.height == 0:
+        return s
+    return s.filter((pl.col("step") >= lo) & (pl.col("step") <= hi)).sort("step")
+
+
+def _block_curve(step: np.ndarray, y: np.ndarray, lo: int, size: int, nblocks: int) -> np.ndarray:
+    """Mean of the finite y per block of ``size`` steps from ``lo``; NaN for empty blocks."""
+    ok = np.isfinite(y)
+    idx = ((step[ok] - lo) // size).astype(np.int64)
+    keep = (idx >= 0) & (idx < nblocks)
+    n = np.bincount(idx[keep], minlength=nblocks)
+    s = np.bincount(idx[keep], weights=y[ok][keep], minlength=nblocks)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(n > 0, s / n, np.nan)
+
+
+def _crossing(curve: np.ndarray, level: float, size: int) -> float:
+    """Steps from the start until the block curve first reaches ``level`` (interpolated); inf if never."""
+    ok = np.isfinite(curve)
+    hit = np.flatnonzero(ok & (curve <= level))
+    if hit.size == 0:
+        return math.inf
+    i = int(hit[0])
+    centre = (i + 0.5) * size
+    prev = np.flatnonzero(ok[:i])
+    if prev.size == 0:
+        return centre
+    j = int(prev[-1])
+    y0, y1 = curve[j], curve[i]
+    frac = (y0 - level) / (y0 - y1) if y0 > y1 else 1.0
+    return (j + 0.5) * size + frac * (i - j) * size
+
+
+def _speed_check(base, cand, rule, lo, hi, window, alpha, single) -> Check:
+    name = "steps to reach the loss level"
+    if rule.off:
+        return Check("steps", name, "off", "rule off", rule=str(rule))
+    span = hi - lo + 1
+    size = max(1, span // SPEED_BLOCKS)
+    nblocks = -(-span // size)
+    curves = []
+    for r in base + cand:
+        s = _steps_in(r, lo, hi)
+        if s.height == 0:
+            curves.append(np.full(nblocks, np.nan))
+            continue
+        curves.append(_block_curve(s["step"].to_numpy(), s["loss"].cast(pl.Float64).to_numpy(), lo, size, nblocks))
+    curves = np.array(curves)
+    R0 = len(base)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # blocks no baseline run logged stay NaN
+        pooled = np.nanmean(curves[:R0], axis=0)
+    fin = np.flatnonzero(np.isfinite(pooled))
+    w0 = window[0] if window else lo + int(0.8 * span)
+    late_blocks = np.arange(nblocks)[(lo + np.arange(nblocks) * size) >= w0]
+    late_vals = pooled[late_blocks][np.isfinite(pooled[late_blocks])] if late_blocks.size else np.array([])
+    if fin.size < 3 or late_vals.size == 0:
+        return Check("steps", name, "inconclusive", "too few logged steps in the matched range", rule=str(rule))
+    early, late = float(pooled[fin[0]]), float(np.mean(late_vals))
+    if not (early > late):
+        return Check("steps", name, "inconclusive",
+                     f"the baseline's loss did not fall ({early:.4g} at the start, {late:.4g} late)", rule=str(rule))
+    level = late + SPEED_LEVEL * (early - late)
+    cross = np.array([_crossing(c, level, size) for c in curves])
+    ca, cb = cross[:R0], cross[R0:]
+    details = {"level": level, "baseline_runs": [_num(v) for v in ca], "candidate_runs": [_num(v) for v in cb],
+               "smoothing_steps": size}
+    name = f"steps to reach loss {level:.4g}"
+    if not np.isfinite(ca).all():
+        return Check("steps", name, "inconclusive", "a baseline run never reaches its own side's level", rule=str(rule),
+                     details=details)
+    va = float(np.mean(ca))
+    never = int((~np.isfinite(cb)).sum())
+    if never:
+        return Check("steps", name, "regression" if rule.limit is not None else "pass",
+                     f"{never} of {cb.size} candidate run(s) never reach loss {level:.4g} (baseline: after {va:,.0f} steps)",
+                     rule=str(rule), baseline=va, candidate=math.inf, change=math.inf, relative=rule.relative,
+                     limit=rule.limit, details=details)
+    vb = float(np.mean(cb))
+    ch = rule.change(va, vb)
+    lo_ = hi_ = p = None
+    if single:
+        sig, sig_words = True, "one run per side: the limit alone decides"
+    else:
+        try:
+            c = stats.compare_seed_means(ca, cb, confidence=1 - alpha)
+        except InconclusiveError as e:
+            return Check("steps", name, "inconclusive", str(e), rule=str(rule), baseline=va, candidate=vb, details=details)
+        p = _one_sided(c.diff, c.se, c.df)
+        tq = _tq(alpha, c.df) if c.se > 0 else 0.0
+        scale = va if rule.relative else 1.0
+        lo_, hi_ = (c.diff - tq * c.se) / scale, (c.diff + tq * c.se) / scale
+        sig, sig_words = p <= alpha, f"p = {_p(p)}"
+    over = rule.exceeded(ch)
+    said = f"{va:,.0f} -> {vb:,.0f} steps ({_signed(ch, rule.relative)})"
+    if over and sig:
+        status, reason = "regression", f"{said} > {rule.limit_text()}; {sig_words}"
+    elif over:
+        status, reason = "pass", f"{said} > {rule.limit_text()} but not significant ({sig_words})"
+    else:
+        status, reason = "pass", f"{said}, within {rule.limit_text()}"
+    return Check("steps", name, status, reason, rule=str(rule), baseline=va, candidate=vb, change=ch,
+                 relative=rule.relative, lo=lo_, hi=hi_, p=p, limit=rule.limit, details=details)
+
+
+def _clip_check(base, cand, rule, lo, hi, alpha, single) -> Check:
+    name = "clip rate"
+    if rule.off:
+        return Check("clip_rate", name, "off", "rule off", rule=str(rule))
+    series = []
+    for r in base + cand:
+        s = _steps_in(r, lo, hi)
+        if s.height == 0 or "clipped" not in s.columns:
+            series.append(None)
+            continue
+        s = s.filter(pl.col("clipped").is_not_null())
+        series.append((s["step"].to_numpy(), s["clipped"].cast(pl.Float64).to_numpy()) if s.height else None)
+    R0 = len(base)
+    if any(v is None for v in series):
+        missing = [r.name for r, v in zip(base + cand, series) if v is None]
+        return Check("clip_rate", name, "inconclusive",
+                     f"no clip threshold logged in {', '.join(missing[:3])}{' …' if len(missing) > 3 else ''}",
+                     rule=str(rule))
+    rates = np.array([float(y.mean()) for _, y in series])
+    va, vb = float(rates[:R0].mean()), float(rates[R0:].mean())
+    ch = rule.change(va, vb)
+    try:
+        if single:
+            (xa, ya, wa), (xb, yb, wb) = (_coarsen(*series[0]), _coarsen(*series[1]))
+            c = stats.compare_series(ya, yb, x_a=xa, x_b=xb, weights_a=wa, weights_b=wb, confidence=1 - alpha)
+        else:
+            c = stats.compare_seed_means(rates[:R0], rates[R0:], confidence=1 - alpha)
+    except InconclusiveError as e:
+        return Check("clip_rate", name, "inconclusive", str(e), rule=str(rule), baseline=va, candidate=vb)
+    p = _one_sided(c.diff, c.se, c.df)
+    tq = _tq(alpha, c.df) if c.se > 0 else 0.0
+    scale = abs(va) if rule.relative and va != 0 else 1.0
+    lo_, hi_ = (c.diff - tq * c.se) / scale, (c.diff + tq * c.se) / scale
+    over = rule.exceeded(ch)
+    said = f"{_pct(va)} -> {_pct(vb)} of steps clipped ({_signed(ch, rule.relative)})"
+    if over and p <= alpha:
+        status, reason = "regression", f"{said} > {rule.limit_text()}, p = {_p(p)}"
+    elif over:
+        status, reason = "pass", f"{said} > {rule.limit_text()} but not significant (p = {_p(p)})"
+    else:
+        status, reason = "pass", f"{said}, within {rule.limit_text()}"
+    return Check("clip_rate", name, status, reason, rule=str(rule), baseline=va, candidate=vb, change=ch,
+                 relative=rule.relative, lo=lo_, hi=hi_, p=p, limit=rule.limit,
+                 details={"runs": [float(v) for v in rates], "method": c.method})
+
+
+def _coarsen(x: np.ndarray, y: np.ndarray, points: int = CLIP_POINTS):
+    """(positions, means, counts) of consecutive runs of ``len(x) / points`` values: the same mean, fewer windows.
+
+    Batch means only ever merges contiguous windows, so testing the coarser series is as honest as the
+    per-step one; it just spends less time estimating autocorrelation on a million indicators.
+    """
+    size = max(1, -(-x.size // points))
+    if size == 1:
+        return x.astype(np.float64), y, np.ones(y.size)
+    starts = np.arange(0, x.size, size)
+    n = np.diff(np.append(starts, x.size)).astype(np.float64)
+    return np.add.reduceat(x.astype(np.float64), starts) / n, np.add.reduceat(y, starts) / n, n
+
+
+def _nonfinite_check(base, cand, rule, lo, hi) -> Check:
+    name = "non-finite losses"
+    if rule.off:
+        return Check("nonfinite", name, "off", "rule off", rule=str(rule))
+    counts = []
+    for r in base + cand:
+        s = _steps_in(r, lo, hi)
+        if s.height:
+            counts.append(float(s["nonfinite"].fill_null(0).sum()))
+        else:
+            tb = r.train_bins.filter((pl.col("step_lo") >= lo) & (pl.col("step_hi") <= hi))
+            counts.append(float(tb["nonfinite"].fill_null(0).sum()) if tb.height else 0.0)
+    R0 = len(base)
+    va, vb = float(np.mean(counts[:R0])), float(np.mean(counts[R0:]))
+    ch = rule.change(va, vb)
+    said = f"{va:,.4g} -> {vb:,.4g} per run over the matched steps"
+    if rule.exceeded(ch):
+        status, reason = "regression", f"{said} ({_signed(ch, rule.relative)} > {rule.limit_text()})"
+    else:
+        status, reason = "pass", f"{said}, within {rule.limit_text()}"
+    return Check("nonfinite", name, status, reason, rule=str(rule), baseline=va, candidate=vb, change=ch,
+                 relative=rule.relative, limit=rule.limit, details={"runs": counts})
+
+
+# ----------------------------------------------------------------------------
+# Findings
+
+
+def _default_findings(run: Run):
+    from diffaudit.analysis import analyze  # the analyzer is optional for the gate: imported when used
+
+    return analyze(run).findings
+
+
+def _findings_checks(base, cand, rule, findings_of, notes) -> list[Check]:
+    name = "findings"
+    if rule.off:
+        return [Check("findings", name, "off", "rule off", rule=str(rule))]
+    rank = {s: i for i, s in enumerate(SEVERITIES)}
+    per_run = []
+    try:
+        for r in base + cand:
+            per_run.append({})
+            for f in findings_of(r):
+                sev = str(getattr(f, "severity", "info"))
+                fid = str(getattr(f, "id", "?"))
+                if rank.get(sev, 0) >= rank.get(per_run[-1].get(fid, ("info", ""))[0], 0) or fid not in per_run[-1]:
+                    per_run[-1][fid] = (sev, str(getattr(f, "message", "")))
+    except ModuleNotFoundError as e:
+        notes.append(f"findings not compared: {e.name} is not available")
+        return [Check("findings", name, "off", "the analyzer (diffaudit.analysis) is not available", rule=str(rule))]
+    except DiffauditError as e:
+        return [Check("findings", name, "inconclusive", f"analysis failed: {e}", rule=str(rule))]
+    R0 = len(base)
+    ids = sorted({fid for d in per_run[R0:] for fid in d})
+    checks = []
+    for fid in ids:
+        def share(runs, level):
+            return sum(1 for d in runs if fid in d and rank.get(d[fid][0], 0) >= rank[level]) / len(runs)
+
+        worst = max((d[fid][0] for d in per_run[R0:] if fid in d), key=lambda s: rank.get(s, 0))
+        msg = next(d[fid][1] for d in per_run[R0:] if fid in d and d[fid][0] == worst)
+        # new at a severity: in at least half of the candidate runs at that severity, in fewer than half of the baseline's
+        new_at = [s for s in SEVERITIES if share(per_run[R0:], s) >= 0.5 and share(per_run[:R0], s) < 0.5]
+        if not new_at:
+            continue
+        sev = new_at[-1]
+        counts = rank[sev] >= rank[rule.severity]
+        status = "regression" if counts else "pass"
+        reason = (f"new {sev} finding in the candidate: {msg}" if counts else
+                  f"new {sev} finding, below the findings:{rule.severity} limit: {msg}")
+        checks.append(Check("findings", f"finding {fid}", status, reason, rule=str(rule),
+                            baseline=share(per_run[:R0], sev), candidate=share(per_run[R0:], sev),
+                            details={"id": fid, "severity": sev}))
+    if not any(c.status == "regression" for c in checks):
+        checks.insert(0, Check("findings", name, "pass",
+                               f"no finding at {rule.severity} or above that the baseline lacks", rule=str(rule)))
+    return checks
+
+
+# ----------------------------------------------------------------------------
+# Overall verdict
+
+
+def _overall(checks: list[Check], sides: tuple[Side, Side], nblocks: int) -> tuple[str, str]:
+    bins = [c for c in checks if c.metric == "loss"]
+    tested = [c for c in bins if c.status in ("pass", "regression")]
+    reg = [c for c in checks if c.status == "regression"]
+    if reg:
+        parts = []
+        rb = [c.bin for c in reg if c.metric == "loss"]
+        if rb:
+            parts.append(f"late loss in {len(rb)} of {len(tested)} noise bins ({_bin_list(rb)})")
+        xb = [c.bin for c in reg if c.metric == "excess"]
+        if xb:
+            parts.append(f"excess over L* in {len(xb)} bins ({_bin_list(xb)})")
+        parts += [c.name for c in reg if c.metric not in ("loss", "excess")]
+        return "regression", "regression: " + "; ".join(parts)
+    if not tested:
+        why = next((c.reason for c in bins if c.reason), "no noise bin could be compared")
+        return "inconclusive", f"inconclusive: no noise bin could be compared ({why})"
+    other = [c.name for c in checks if c.metric not in ("loss", "excess") and c.status == "pass"]
+    return "pass", (f"pass: no regression in {len(tested)} noise bins"
+                    + (f", {', '.join(dict.fromkeys(other))}" if other else ""))
+
+
+def _bin_list(bins: list[int]) -> str:
+    bins = sorted(bins)
+    out, i = [], 0
+    while i < len(bins):
+        j = i
+        while j + 1 < len(bins) and bins[j + 1] == bins[j] + 1:
+            j += 1
+        out.append(str(bins[i]) if i == j else f"{bins[i]}-{bins[j]}")
+        i = j + 1
+    return ", ".join(out)
+
+
+# ----------------------------------------------------------------------------
+# Curves for plots
+
+
+def _curves(base: list[Run], cand: list[Run]) -> tuple[RunCurve, ...]:
+    """Per side, the per-step loss in CURVE_POINTS blocks over the steps its runs logged: the run's own curve,
+    or the mean over seeds (blocks no run logged are left out)."""
+    out = []
+    for side, runs in (("baseline", base), ("candidate", cand)):
+        steps = [r.steps for r in runs if r.steps.height]
+        if not steps:
+            continue
+        lo = min(int(s["step"].min()) for s in steps)
+        hi = max(int(s["step"].max()) for s in steps)
+        size = max(1, -(-(hi - lo + 1) // CURVE_POINTS))
+        n = -(-(hi - lo + 1) // size)
+        ys = np.array([_block_curve(s["step"].to_numpy(), s["loss"].cast(pl.Float64).to_numpy(), lo, size, n)
+                       for s in steps])
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            y = np.nanmean(ys, axis=0)
+        x = lo + (np.arange(n) + 0.5) * size
+        ok = np.isfinite(y)
+        name = runs[0].name if len(runs) == 1 else f"mean of {len(runs)} runs"
+        out.append(RunCurve(side, name, x[ok], y[ok]))
+    return tuple(out)
+
+
+# ----------------------------------------------------------------------------
+# Formatting helpers (shared by every renderer)
+
+
+def _pct(v: float) -> str:
+    if v is None or not math.isfinite(v):
+        return "inf%" if v is not None and v > 0 else "-"
+    return f"{100 * v:,.0f}%" if abs(v) >= 10 else f"{100 * v:.3g}%"
+
+
+def _signed(v: float, relative: bool) -> str:
+    if v is None:
+        return "-"
+    if math.isinf(v):
+        return "+inf" if v > 0 else "-inf"
+    if relative:
+        return f"{100 * v:+,.0f}%" if abs(v) >= 10 else f"{100 * v:+.3g}%"
+    return f"{v:+.3g}"
+
+
+def _p(v) -> str:
+    if v is None or not np.isfinite(v):
+        return "-"
+    return f"{v:.2g}" if v >= 1e-4 else f"{v:.1e}"
+
+
+def _num(v):
+    """A float for JSON: NaN and infinities become None."""
+    if v is None:
+        return None
+    v = float(v)
+    return v if math.isfinite(v) else None
+
+
+def _value(v, metric: str) -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "-"
+    if math.isinf(v):
+        return "never"
+    if metric == "clip_rate":
+        return _pct(v)
+    if metric == "steps":
+        return f"{v:,.0f}"
+    if metric == "nonfinite":
+        return f"{v:,.4g}"
+    if metric == "findings":
+        return f"{100 * v:.0f}% of runs"
+    return f"{v:.4g}"
+
+
+def _change_text(c: Check) -> str:
+    return "-" if c.change is None else _signed(c.change, c.relative)
+
+
+def _interval_text(c: Check) -> str:
+    if c.lo is None or c.hi is None:
+        return "-"
+    return f"[{_signed(c.lo, c.relative)}, {_signed(c.hi, c.relative)}]"
+
+
+def _limit_text(c: Check) -> str:
+    if c.metric == "findings":
+        return c.rule.split(":", 1)[-1] if ":" in c.rule else c.rule
+    if c.limit is None:
+        return "off" if c.status == "off" else "-"
+    return f"+{_pct(c.limit)}" if c.relative else f"+{c.limit:g}"
+
+
+def _rows(v: Verdict, everything: bool) -> list[Check]:
+    """Checks to show: all of them, or every non-bin check plus the bins that regressed or could not be tested."""
+    if everything:
+        return list(v.checks)
+    bins = [c for c in v.checks if c.metric in ("loss", "excess")]
+    keep = [c for c in bins if c.status in ("regression", "inconclusive")]
+    if not any(c.status == "regression" for c in keep):  # show the bins that came closest, so a pass shows numbers
+        ranked = sorted((c for c in bins if c.metric == "loss" and c.change is not None and math.isfinite(c.change)),
+                        key=lambda c: -c.change)
+        keep += ranked[:3]
+    keep_ids = {id(c) for c in keep}
+    return [c for c in v.checks if c.metric not in ("loss", "excess") or id(c) in keep_ids]
+
+
+_CORRECTION_WORDS = {"holm": "Holm", "by": "Benjamini-Yekutieli"}
+TABLE_COLUMNS = ("check", "baseline", "candidate", "change", "interval", "p (adj.)", "limit", "result")
+
+
+def _table_row(c: Check, alpha_conf: str = "") -> list[str]:
+    name = c.name + (f" ({c.noise_levels})" if c.noise_levels else "")
+    pq = "-" if c.p is None else (_p(c.q) if c.q is not None else _p(c.p))
+    return [name, _value(c.baseline, c.metric), _value(c.candidate, c.metric), _change_text(c), _interval_text(c),
+            pq, _limit_text(c), c.status.upper() if c.status == "regression" else c.status]
+
+
+# ----------------------------------------------------------------------------
+# Renderers: text, JSON, JUnit XML, Markdown, HTML
+
+
+def verdict_to_text(v: Verdict, *, everything: bool = False) -> str:
+    """The terminal table: header lines, notes, one row per shown check, the reasons of regressions."""
+    lines = [
+        f"baseline:  {v.baseline.label()}",
+        f"candidate: {v.candidate.label()}",
+    ]
+    if v.window is not None:
+        lines.append(f"late window: steps {v.window[0]:,}-{v.window[1]:,} ({v.window_blocks} matched blocks); "
+                     f"noise model: {'seed-to-seed spread' if v.noise_model == 'seeds' else 'within-run variability'}; "
+                     f"{_CORRECTION_WORDS.get(v.settings.get('correction'), 'Holm')} across bins "
+                     f"at alpha {v.settings.get('alpha', ALPHA):g}")
+    for n in v.notes:
+        lines.append(f"note: {n}")
+    rows = [_table_row(c) for c in _rows(v, everything)]
+    if rows:
+        widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(TABLE_COLUMNS)]
+        lines.append("")
+        lines.append("  ".join(h.ljust(w) for h, w in zip(TABLE_COLUMNS, widths)).rstrip())
+        lines.append("  ".join("-" * w for w in widths))
+        for r in rows:
+            lines.append("  ".join(x.ljust(w) if i in (0, 7) else x.rjust(w) for i, (x, w) in
+                                   enumerate(zip(r, widths))).rstrip())
+        hidden = len(v.checks) - len(rows)
+        if hidden:
+            lines.append(f"({hidden} more passing bin checks; -v shows every row)")
+    reg = v.regressions
+    if reg:
+        lines.append("")
+        for c in reg[:MAX_REASONS]:
+            lines.append(f"REGRESSION {c.name}{' (' + c.noise_levels + ')' if c.noise_levels else ''}: {c.reason}")
+        if len(reg) > MAX_REASONS:
+            lines.append(f"... and {len(reg) - MAX_REASONS} more regressions (in the table above)")
+    lines.append("")
+    lines.append(v.summary)
+    return "\n".join(lines) + "\n"
+
+
+JSON_SCHEMA = "diffaudit.compare/1"
+
+
+def verdict_to_dict(v: Verdict) -> dict:
+    """The verdict as JSON-ready data (NaN and infinities become null; curves are left out)."""
+
+    def clean(x):
+        if isinstance(x, dict):
+            return {k: clean(val) for k, val in x.items()}
+        if isinstance(x, (list, tuple)):
+            return [clean(val) for val in x]
+        if isinstance(x, (float, np.floating)):
+            return _num(x)
+        if isinstance(x, np.integer):
+            return int(x)
+        return x
+
+    return clean({
+        "schema": JSON_SCHEMA,
+        "status": v.status,
+        "summary": v.summary,
+        "noise_model": v.noise_model,
+        "baseline": {**asdict(v.baseline), "n_runs": v.baseline.n_runs},
+        "candidate": {**asdict(v.candidate), "n_runs": v.candidate.n_runs},
+        "matched_steps": list(v.matched) if v.matched else None,
+        "window": list(v.window) if v.window else None,
+        "window_blocks": v.window_blocks,
+        "lag": v.lag,
+        "lstar": v.lstar_kind,
+        "settings": v.settings,
+        "notes": list(v.notes),
+        "regressions": [c.name for c in v.regressions],
+        "checks": [asdict(c) for c in v.checks],
+    })
+
+
+def verdict_to_json(v: Verdict, *, indent: int | None = 1) -> str:
+    return json.dumps(verdict_to_dict(v), indent=indent, allow_nan=False) + "\n"
+
+
+def verdict_to_junit(v: Verdict) -> str:
+    """JUnit XML: one testcase per check (off rules left out), a failure per regression, skipped when inconclusive."""
+    shown = [c for c in v.checks if c.status != "off"]
+    suites = ET.Element("testsuites", name="diffaudit compare")
+    suite = ET.SubElement(suites, "testsuite", {
+        "name": f"diffaudit compare {v.baseline.label()} -> {v.candidate.label()}",
+        "tests": str(max(len(shown), 1)),
+        "failures": str(sum(c.status == "regression" for c in shown)),
+        "errors": "0",
+        "skipped": str(sum(c.status == "inconclusive" for c in shown) + (0 if shown else 1)),
+        "time": "0",
+    })
+    props = ET.SubElement(suite, "properties")
+    for k, val in [("status", v.status), ("summary", v.summary), ("noise_model", v.noise_model),
+                   ("baseline", " ".join(v.baseline.paths)), ("candidate", " ".join(v.candidate.paths)),
+                   ("window", "" if v.window is None else f"{v.window[0]}-{v.window[1]}"),
+                   *[(f"setting.{k2}", json.dumps(x) if not isinstance(x, str) else x) for k2, x in v.settings.items()]]:
+        ET.SubElement(props, "property", name=k, value=str(val))
+    for c in shown:
+        tc = ET.SubElement(suite, "testcase", {
+            "classname": f"diffaudit.compare.{c.metric}",
+            "name": c.name + (f" ({c.noise_levels})" if c.noise_levels else ""),
+            "time": "0",
+        })
+        text = (f"baseline {_value(c.baseline, c.metric)}, candidate {_value(c.candidate, c.metric)}, "
+                f"change {_change_text(c)} {_interval_text(c)}, p {_p(c.p)}, q {_p(c.q)}, limit {_limit_text(c)}")
+        if c.status == "regression":
+            f = ET.SubElement(tc, "failure", message=c.reason, type="regression")
+            f.text = text
+        elif c.status == "inconclusive":
+            ET.SubElement(tc, "skipped", message=c.reason)
+        else:
+            out = ET.SubElement(tc, "system-out")
+            out.text = f"{c.reason}\n{text}"
+    if not shown:
+        tc = ET.SubElement(suite, "testcase", classname="diffaudit.compare", name="matching", time="0")
+        ET.SubElement(tc, "skipped", message=v.summary)
+    ET.indent(suites)
+    return ET.tostring(suites, encoding="unicode", xml_declaration=True) + "\n"
+
+
+def _md_cell(s: str) -> str:
+    return str(s).replace("\\", "\\\\").replace("|", "\\|").replace("\n", " ").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def verdict_to_markdown(v: Verdict, *, everything: bool = False) -> str:
+    """A Markdown summary for a CI step summary: status line, notes, a table of checks."""
+    mark = {"pass": "✅ pass", "regression": "❌ regression", "inconclusive": "⚠️ inconclusive"}[v.status]
+    out = [f"## diffaudit compare: {mark}", "",
+           f"**{_md_cell(v.summary)}**", "",
+           f"- baseline: {_md_cell(v.baseline.label())}",
+           f"- candidate: {_md_cell(v.candidate.label())}"]
+    if v.window is not None:
+        out.append(f"- late window: steps {v.window[0]:,}–{v.window[1]:,} ({v.window_blocks} matched blocks); "
+                   f"noise model: {'seed-to-seed spread' if v.noise_model == 'seeds' else 'within-run variability only'}")
+    for n in v.notes:
+        out.append(f"- {_md_cell(n)}")
+    rows = _rows(v, everything)
+    if rows:
+        out += ["", "| " + " | ".join(TABLE_COLUMNS) + " |",
+                "|" + "|".join([":---"] + ["---:"] * 6 + [":---"]) + "|"]
+        for c in rows:
+            r = _table_row(c)
+            if c.status == "regression":
+                r[-1] = "**REGRESSION**"
+            out.append("| " + " | ".join(_md_cell(x) for x in r) + " |")
+        hidden = len(v.checks) - len(rows)
+        if hidden:
+            out += ["", f"_{hidden} more passing bin checks not shown._"]
+    if v.regressions:
+        out += ["", "<details><summary>Why</summary>", ""]
+        out += [f"- **{_md_cell(c.name)}**: {_md_cell(c.reason)}" for c in v.regressions]
+        out += ["", "</details>"]
+    return "\n".join(out) + "\n"
+
+
+def verdict_to_html(v: Verdict) -> str:
+    """A self-contained HTML page: verdict, the runs' loss curves overlaid, per-bin changes with intervals, the table."""
+    from diffaudit import render
+    from diffaudit.plots import Curve, Series, VLine, noise_axis, noise_plot, step_plot, RUN_COLORS
+
+    colors = {"baseline": RUN_COLORS[0], "candidate": RUN_COLORS[1]}
+    series = [Series(f"{c.side}: {c.name}", c.step, c.loss, color=colors[c.side], style="line") for c in v.curves]
+    vlines = [VLine(float(v.window[0]), "late window starts")] if v.window else []
+    figs = [render.FigureView("curves", "Training loss", step_plot(
+        series, ylabel="loss (block mean)", vlines=vlines, log=True,
+        alt="per-step training loss of the baseline and candidate runs, block means"),
+        "Per-step loss (all noise levels mixed), reduced to block means; with several seeds, their mean. "
+        "Baseline blue, candidate orange; the dotted line marks the start of the late window.")]
+    bins = [c for c in v.checks if c.metric == "loss" and c.change is not None]
+    if bins and v.process is not None:
+        axis = noise_axis(v.process)
+        centers = np.asarray(v.process.bin_centers(), dtype=np.float64)
+        x = centers[[c.bin for c in bins]]
+        y = np.array([100 * c.change for c in bins])
+        lo = np.array([100 * c.lo for c in bins])
+        hi = np.array([100 * c.hi for c in bins])
+        lim = bins[0].limit
+        curves = [Curve("change, with its interval", x, y, lo=lo, hi=hi, color=RUN_COLORS[1])]
+        if lim is not None and bins[0].relative:
+            curves.append(Curve(f"tolerance +{_pct(lim)}", x, np.full(x.size, 100 * lim), color="#777777",
+                                style="dashed", marker=None))
+        reg = np.array([c.status == "regression" for c in bins])
+        if reg.any():
+            curves.append(Curve("regressed", x, np.where(reg, y, np.nan), color="#c62828", style="dotted", width=0.0))
+        unit = "%" if bins[0].relative else ""
+        figs.append(render.FigureView("bins", "Per-bin change", noise_plot(
+            curves, axis, ylabel=f"late loss change{' (%)' if unit else ''}", log=False,
+            alt="relative change of the late loss per noise bin with its interval"),
+            f"Candidate minus baseline, late loss per noise bin (after removing any progress lag), with {(1 - v.settings.get('alpha', ALPHA)):.0%} "
+            "intervals (uncorrected); red marks bins that regressed (above the tolerance and significant after "
+            "correction)."))
+        level = [Curve("baseline", x, np.array([c.baseline for c in bins]), color=colors["baseline"]),
+                 Curve("candidate", x, np.array([c.candidate for c in bins]), color=colors["candidate"])]
+        ls = np.array([c.details.get("lstar", np.nan) for c in bins], dtype=np.float64)
+        if np.isfinite(ls).any():
+            level.append(Curve(f"L* ({v.lstar_kind})", x, ls, color="#222222", style="dashed", marker=None))
+        figs.append(render.FigureView("levels", "Late loss per noise level", noise_plot(
+            level, axis, ylabel="late loss", alt="late loss per noise bin of both sides"),
+            "Late-window loss per noise bin on each side (mean over seeds), with the reference L*."))
+    rows = [_table_row(c) for c in v.checks if c.status != "off"]
+    cls = {"regression": "fail", "inconclusive": "warn", "pass": "ok"}
+    table = render.Table(
+        columns=list(TABLE_COLUMNS),
+        rows=[[render.Cell(x, cls.get(c.status, "") if i == 7 else "") for i, x in enumerate(r)]
+              for r, c in zip(rows, [c for c in v.checks if c.status != "off"])],
+        numeric=[False, True, True, True, True, True, True, False],
+    )
+    level = {"pass": "ok", "regression": "fail", "inconclusive": "warn"}[v.status]
+    head = [render.Item("baseline", v.baseline.label()), render.Item("candidate", v.candidate.label()),
+            render.Item("noise model", "seed-to-seed spread" if v.noise_model == "seeds" else "within-run variability only")]
+    if v.window:
+        head.append(render.Item("late window", f"steps {v.window[0]:,}-{v.window[1]:,} ({v.window_blocks} blocks)"))
+    if v.lag:
+        head.append(render.Item("progress lag absorbed", _pct(v.lag)))
+    sections = [render.Section("figures", "Curves"), render.Section("checks", "Checks"), render.Section("notes", "Notes")]
+    return render.render_page(
+        "compare.html.j2", verdict=v, level=level, head=head, figures=figs, checks_table=table,
+        reasons=[(c.name, c.reason) for c in v.regressions], notes=list(v.notes), sections=sections,
+        settings=[render.Item(k, json.dumps(x) if not isinstance(x, str) else x) for k, x in v.settings.items()],
+    )
+
