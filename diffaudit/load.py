@@ -26,8 +26,6 @@ from pathlib import Path
 
 import numpy as np
 import polars as pl
-import pyarrow as pa
-import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
 from diffaudit import runformat as rf
@@ -163,7 +161,7 @@ def _read_process(p: Path, meta: dict) -> tuple[Process, pl.DataFrame | None]:
         if not sf.exists():
             raise RunFormatError(f"{sf}: missing; a discrete (vp) run needs its schedule")
         try:
-            schedule = pl.from_arrow(pq.read_table(sf))
+            schedule = pl.read_parquet(sf)
         except Exception as e:
             raise RunFormatError(f"{sf}: cannot be read ({_short(e)})") from None
         alpha_bar, one_minus = _schedule_arrays(schedule, sf)
@@ -203,24 +201,71 @@ def _list_parts(p: Path, problems: list[Problem]) -> dict[str, list[Path]]:
     return files
 
 
-def _read_kind(kind: str, files: list[Path], problems: list[Problem], strict: bool) -> pa.Table | None:
-    """Read every valid part of one kind into one table; damaged parts are skipped (or fatal)."""
-    schemas, good = [], []
-    required = rf.SCHEMAS[kind]
+# columns every valid part fills on every row: a null there means a part lacked the column
+_NEVER_NULL = {
+    "steps": ("step", "segment", "rank", "time", "count", "nonfinite"),
+    "bins": ("split", "rank", "segment", "step_lo", "step_hi", "bin", "count", "nonfinite"),
+    "probes": ("rank", "segment", "step", "probe_bin", "bin_lo", "bin_hi", "count"),
+    "optimum": ("bin",),
+}
+
+
+def _read_kind(kind: str, files: list[Path], problems: list[Problem], strict: bool) -> pl.DataFrame | None:
+    """Read every valid part of one kind into one frame; damaged parts are skipped (or fatal)."""
+    if not files:
+        return None
+    df = _read_fast(kind, files)
+    return df if df is not None else _read_careful(kind, files, problems, strict)
+
+
+def _read_fast(kind: str, files: list[Path]) -> pl.DataFrame | None:
+    """One native scan of all parts, or None when anything is unusual (then the careful path runs).
+
+    The union schema comes from the first and last part of each (rank, segment): a column that
+    appears only in a middle part makes the scan raise, a part that lacks a column leaves nulls
+    where valid parts never have them, a damaged part makes the scan raise. Any of these sends
+    the read to the careful path, which finds and names the part.
+    """
+    firsts: dict = {}
+    lasts: dict = {}
     for f in files:
-        why = None
-        try:
+        key = f.name.split("-")[1:3]
+        firsts.setdefault(tuple(key), f)
+        lasts[tuple(key)] = f
+    union: dict = {}
+    try:
+        for f in dict.fromkeys([*firsts.values(), *lasts.values()]):
             if f.stat().st_size == 0:
-                why = "zero-byte file"
-            else:
-                schema = pq.read_schema(f)
-                missing = [n for n in required.names if n not in schema.names]
-                if missing:
-                    why = f"not a {kind} part (missing column(s) {', '.join(missing)})"
-        except Exception as e:
-            why = f"not a readable Parquet file ({_short(e)})"
+                return None
+            for name, dtype in pl.read_parquet_schema(f).items():
+                union.setdefault(name, dtype)
+        if any(n not in union for n in rf.SCHEMAS[kind].names):
+            return None
+        df = pl.scan_parquet(files, schema=union, missing_columns="insert", extra_columns="raise").collect()
+    except Exception:
+        return None
+    nulls = df.select(pl.col(c).null_count() for c in _NEVER_NULL[kind]).row(0)
+    return df if not any(nulls) else None
+
+
+def _read_careful(kind: str, files: list[Path], problems: list[Problem], strict: bool) -> pl.DataFrame | None:
+    """Check each part by its footer, skip (or fail on) the damaged ones, read the rest.
+
+    A part whose footer is fine but whose pages are not makes the combined scan fail; only then
+    are the parts read one by one to find it.
+    """
+    required = rf.SCHEMAS[kind].names
+    union: dict = {}
+    good = []
+    for f in files:
+        schema, why = _footer(f)
         if why is None:
-            schemas.append(schema)
+            missing = [n for n in required if n not in schema]
+            if missing:
+                why = f"not a {kind} part (missing column(s) {', '.join(missing)})"
+        if why is None:
+            for name, dtype in schema.items():
+                union.setdefault(name, dtype)
             good.append(f)
         elif strict:
             raise RunFormatError(f"{f}: damaged part: {why}")
@@ -229,22 +274,30 @@ def _read_kind(kind: str, files: list[Path], problems: list[Problem], strict: bo
     if not good:
         return None
     try:
-        unified = pa.unify_schemas([required] + schemas, promote_options="permissive")
-        return pads.dataset(good, schema=unified, format="parquet").to_table()
+        return pl.scan_parquet(good, schema=union, missing_columns="insert").collect()
     except Exception:
         pass
-    # one of the files has a good footer but bad pages: find it file by file
-    tables = []
+    frames = []
     for f in good:
         try:
-            tables.append(pq.read_table(f))
+            frames.append(pl.read_parquet(f))
         except Exception as e:
             if strict:
                 raise RunFormatError(f"{f}: damaged part: {_short(e)}") from None
             problems.append(Problem(str(f), f"damaged part skipped: {_short(e)}"))
-    if not tables:
+    if not frames:
         return None
-    return pa.concat_tables(tables, promote_options="permissive")
+    return pl.concat(frames, how="diagonal_relaxed")
+
+
+def _footer(f: Path):
+    """(schema, None) for a part whose footer reads, else (None, why)."""
+    try:
+        if f.stat().st_size == 0:
+            return None, "zero-byte file"
+        return pl.read_parquet_schema(f), None
+    except Exception as e:
+        return None, f"not a readable Parquet file ({_short(e)})"
 
 
 def _short(e: Exception) -> str:
@@ -261,7 +314,7 @@ def _empty(kind: str) -> pl.DataFrame:
 
 
 def _assemble(path, meta, process, schedule, tables, problems, resolved: bool = False) -> Run:
-    frames = {k: (pl.from_arrow(t) if t is not None and t.num_rows else _empty(k)) for k, t in tables.items()}
+    frames = {k: (t if t is not None and t.height else _empty(k)) for k, t in tables.items()}
     steps, bins, probes = frames["steps"], frames["bins"], frames["probes"]
     segs = _segment_starts(steps, bins)
     n_before = steps.height + bins.height + probes.height
@@ -270,7 +323,7 @@ def _assemble(path, meta, process, schedule, tables, problems, resolved: bool = 
         bins = _supersede(bins, segs, "step_hi")
         probes = _supersede(probes, segs, "step")
     superseded = n_before - (steps.height + bins.height + probes.height)
-    steps_by_rank = steps.sort(["step", "rank"])
+    steps_by_rank = _sorted(steps, ["step", "rank"])
     optimum = None
     if frames["optimum"].height:
         # several optimum parts: the newest (highest seq, i.e. last read in name order) wins per bin
@@ -289,6 +342,20 @@ def _assemble(path, meta, process, schedule, tables, problems, resolved: bool = 
         superseded_rows=superseded,
         steps_by_rank=steps_by_rank,
     )
+
+
+def _sorted(df: pl.DataFrame, keys: list[str]) -> pl.DataFrame:
+    """df sorted by keys; parts read in name order usually are already, and checking is O(n)."""
+    if df.height < 2:
+        return df
+    k = df.select(keys)
+    prev, cur = k.slice(0, df.height - 1), k.slice(1)
+    # lexicographic "cur >= prev" row by row, built from the last key to the first
+    ok = pl.lit(True)
+    for c in reversed(keys):
+        ok = (pl.col(c) > pl.col(f"{c}_p")) | ((pl.col(c) == pl.col(f"{c}_p")) & ok)
+    both = pl.concat([cur, prev.rename({c: f"{c}_p" for c in keys})], how="horizontal")
+    return df if both.select(ok.all()).item() else df.sort(keys)
 
 
 def _segment_starts(steps: pl.DataFrame, bins: pl.DataFrame) -> pl.DataFrame:
@@ -325,7 +392,7 @@ def _merge_step_ranks(steps: pl.DataFrame) -> pl.DataFrame:
     if steps.height == 0:
         return steps.with_columns(pl.lit(0, pl.Int32).alias("n_ranks")).drop("rank")
     if steps["rank"].n_unique() == 1:
-        return steps.sort("step").drop("rank").with_columns(pl.lit(1, pl.Int32).alias("n_ranks"))
+        return _sorted(steps, ["step"]).drop("rank").with_columns(pl.lit(1, pl.Int32).alias("n_ranks"))
     others = [c for c in steps.columns if c not in ("step", "rank", "loss", "count", "nonfinite", "wloss", "clipped")]
     w = pl.col("count").cast(pl.Float64)
     return (
@@ -377,7 +444,7 @@ def _merge_bin_ranks(bins: pl.DataFrame) -> pl.DataFrame:
     if bins.height == 0:
         return bins.drop("rank", "segment")
     if bins["rank"].n_unique() == 1:
-        return bins.drop("rank", "segment").sort("split", "step_lo", "bin")
+        return _sorted(bins.drop("rank", "segment"), ["split", "step_lo", "bin"])
     return merge_moments(bins, ["split", "step_lo", "step_hi", "bin"]).sort("split", "step_lo", "bin")
 
 
@@ -454,5 +521,5 @@ def _load_export(p: Path) -> Run:
     for kind in rf.PART_KINDS:
         sub = data.filter(pl.col("table") == kind)
         keep = [c for c in sub.columns if c != "table" and (c in rf.SCHEMAS[kind].names or sub[c].null_count() < sub.height)]
-        tables[kind] = sub.select(keep).to_arrow() if sub.height else None
+        tables[kind] = sub.select(keep) if sub.height else None
     return _assemble(p, meta, process, schedule, tables, [], resolved=True)
