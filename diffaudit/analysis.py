@@ -176,7 +176,7 @@ class NonfiniteSummary:
     loss_first_step: int | None
     loss_bins: tuple[int, ...]  # bins where they occurred
     loss_bin_counts: tuple[int, ...]
-    grad_steps: int  # steps with a non-finite grad norm (Inf, or NaN stored as null in a run that logs it)
+    grad_steps: int  # steps whose logged grad norm is Inf or NaN
     grad_first_step: int | None
     steps_with_grad_logging: int
     loss_scale_used: bool
@@ -846,16 +846,11 @@ def _nonfinite(run: Run, steps: pl.DataFrame) -> NonfiniteSummary:
     last_fin = np.flatnonzero(fin)
     tail = steps.height - (int(last_fin[-1]) + 1 if last_fin.size else 0)
     diverged = tail >= max(3, int(0.01 * steps.height)) and int(nf[-tail:].sum() if tail else 0) > 0
+    # the logger keeps a logged NaN grad norm as NaN; null means the step logged none
     g = steps["grad_norm"].cast(pl.Float64)
-    logged = int(g.is_not_null().sum())
-    gnp = g.fill_null(np.nan).to_numpy()
-    if logged >= 0.5 * steps.height and logged > 0:
-        # the logger stores NaN as null: in a run that logs grad norms, a null is a NaN
-        bad_g = ~np.isfinite(gnp)
-        with_logging = steps.height
-    else:
-        bad_g = np.isinf(gnp)
-        with_logging = logged
+    with_logging = int(g.is_not_null().sum())
+    gnp = g.fill_null(0.0).to_numpy()
+    bad_g = ~np.isfinite(gnp)
     gb = np.flatnonzero(bad_g)
     ls = steps["loss_scale"] if "loss_scale" in steps.columns else None
     return NonfiniteSummary(

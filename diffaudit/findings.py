@@ -368,7 +368,7 @@ def _nonfinite_loss(a: "Analysis", th: Thresholds) -> Finding | None:
 
 @rule(
     "nonfinite.grad", "Non-finite gradients", "info / warn / fail",
-    "steps whose pre-clip grad norm is Inf or NaN (stored as null in a run that logs grad norms); `info` while "
+    "steps whose pre-clip grad norm is Inf or NaN; `info` while "
     "a loss scaler is in use and <= 1% of steps, `fail` when >= `nonfinite_fail_share` of steps without a scaler",
 )
 def _nonfinite_grad(a: "Analysis", th: Thresholds) -> Finding | None:
