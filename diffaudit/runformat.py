@@ -168,3 +168,59 @@ def write_json_exclusive(obj: dict, path: Path) -> bool:
         os.unlink(tmp)
     _fsync_dir(path.parent)
     return created
+
+
+# ----------------------------------------------------------------------------
+# Optimum parts (written by `diffaudit optimum`, not by the logger)
+
+
+def write_optimum_part(run_dir, result, *, metadata: dict) -> Path:
+    """Add ``result``, an :class:`~diffaudit.optimum.EmpiricalOptimalLoss`, to a run as a new part; return its path.
+
+    The part is ``optimum-r00000-s0000-<seq>.parquet`` (segment 0: no logger
+    segment has it) with the next free ``seq``, so readers, which let the highest
+    one win per bin, see the newest result, and earlier parts are never touched.
+    The file is complete and fsynced before it gets its name, and the name is taken
+    with os.link, which fails instead of overwriting when a concurrent writer took
+    the same number first (then the next one is tried). ``metadata`` (how the result
+    was computed) is stored as JSON under the schema metadata key ``diffaudit.optimum``,
+    with the result's estimator and subset size added.
+    """
+    from diffaudit.errors import RunFormatError
+
+    run_dir = Path(run_dir)
+    if not (run_dir / RUN_JSON).is_file():
+        raise RunFormatError(f"{run_dir}: not a run directory (no {RUN_JSON})")
+    cols = result.as_dict()
+    table = pa.table(
+        {
+            "bin": pa.array(cols["bin"], pa.int32()),
+            "loss_opt": pa.array(cols["loss_opt"], pa.float64()),
+            "stderr": pa.array(cols["stderr"], pa.float64()),
+            "n": pa.array(cols["n"], pa.int64()),
+        },
+        schema=OPTIMUM_SCHEMA,
+    )
+    info = {**metadata, "estimator": result.estimator, "subset_size": int(result.subset_size)}
+    table = table.replace_schema_metadata({"diffaudit.optimum": json.dumps(info, sort_keys=True, default=str)})
+    parts = run_dir / PARTS_DIR
+    parts.mkdir(exist_ok=True)
+    tmp = parts / f".optimum-{os.getpid()}-{uuid.uuid4().hex[:6]}.parquet{TMP_SUFFIX}"
+    with open(tmp, "wb") as f:
+        pq.write_table(table, f, compression=PARQUET_COMPRESSION)
+        f.flush()
+        os.fsync(f.fileno())
+    try:
+        taken = [m for m in map(PART_RE.match, os.listdir(parts)) if m and m["kind"] == "optimum"]
+        seq = max((int(m["seq"]) for m in taken if int(m["rank"]) == 0 and int(m["segment"]) == 0), default=-1) + 1
+        while True:
+            path = parts / part_name("optimum", 0, 0, seq)
+            try:
+                os.link(tmp, path)  # never replaces: a concurrent writer's part keeps its name
+                break
+            except FileExistsError:
+                seq += 1
+    finally:
+        os.unlink(tmp)
+    _fsync_dir(parts)
+    return path
