@@ -141,8 +141,8 @@ def _pct(x, digits: int = 2) -> str:
     return f"{v:.{digits}g}%" if abs(v) < 10 else f"{v:.0f}%"
 
 
-def _ranges(bins) -> str:
-    """'0-3, 7, 9-11' from a sorted list of bin indices."""
+def format_ranges(bins) -> str:
+    """'0-3, 7, 9-11' from bin indices."""
     bins = sorted(int(b) for b in bins)
     out, i = [], 0
     while i < len(bins):
@@ -172,7 +172,7 @@ def _where(a: "Analysis", bins) -> str:
     if bins[-1] - bins[0] + 1 != len(bins):
         span = f"within {span}"
     word = "bin" if len(bins) == 1 else "bins"
-    return f"{word} {_ranges(bins)} ({span})"
+    return f"{word} {format_ranges(bins)} ({span})"
 
 
 def _rel(x) -> str:

@@ -123,6 +123,7 @@ import polars as pl
 from scipy import stats as sps
 
 from diffaudit import stats
+from diffaudit.findings import format_ranges
 from diffaudit.errors import DiffauditError, InconclusiveError, MismatchError, RunFormatError
 from diffaudit.load import Run, load_run
 
@@ -1193,10 +1194,10 @@ def _overall(checks: list[Check], sides: tuple[Side, Side], nblocks: int) -> tup
         parts = []
         rb = [c.bin for c in reg if c.metric == "loss"]
         if rb:
-            parts.append(f"late loss in {len(rb)} of {len(tested)} noise bins ({_bin_list(rb)})")
+            parts.append(f"late loss in {len(rb)} of {len(tested)} noise bins ({format_ranges(rb)})")
         xb = [c.bin for c in reg if c.metric == "excess"]
         if xb:
-            parts.append(f"excess over L* in {len(xb)} bins ({_bin_list(xb)})")
+            parts.append(f"excess over L* in {len(xb)} bins ({format_ranges(xb)})")
         parts += [c.name for c in reg if c.metric not in ("loss", "excess")]
         return "regression", "regression: " + "; ".join(parts)
     if not tested:
@@ -1205,18 +1206,6 @@ def _overall(checks: list[Check], sides: tuple[Side, Side], nblocks: int) -> tup
     other = [c.name for c in checks if c.metric not in ("loss", "excess") and c.status == "pass"]
     return "pass", (f"pass: no regression in {len(tested)} noise bins"
                     + (f", {', '.join(dict.fromkeys(other))}" if other else ""))
-
-
-def _bin_list(bins: list[int]) -> str:
-    bins = sorted(bins)
-    out, i = [], 0
-    while i < len(bins):
-        j = i
-        while j + 1 < len(bins) and bins[j + 1] == bins[j] + 1:
-            j += 1
-        out.append(str(bins[i]) if i == j else f"{bins[i]}-{bins[j]}")
-        i = j + 1
-    return ", ".join(out)
 
 
 # ----------------------------------------------------------------------------

@@ -5,12 +5,11 @@ import shutil
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
+from _cli import one_line_error, run_cli
 
 torch = pytest.importorskip("torch")
 
 import diffaudit
-from diffaudit.cli import main
 from diffaudit.logger import RunLogger
 
 
@@ -32,18 +31,8 @@ def _copy(good_run, tmp_path):
     return dst
 
 
-def _cli(*args):
-    res = CliRunner().invoke(main, [str(a) for a in args])
-    assert "Traceback" not in res.output
-    return res
-
-
-def _one_line_error(res, *needles):
-    assert res.exit_code == 2, res.output
-    lines = [ln for ln in res.output.splitlines() if ln.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error: "), res.output
-    for n in needles:
-        assert n in lines[0], lines[0]
+_cli = run_cli
+_one_line_error = one_line_error
 
 
 def _first_part(run, kind="steps"):

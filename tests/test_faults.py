@@ -1,6 +1,5 @@
 """Crash safety: SIGKILL at random moments, kill-and-resume, two ranks under torch.distributed."""
 
-import os
 import random
 import signal
 import socket

@@ -20,6 +20,7 @@ import numpy as np
 import polars as pl
 import pyarrow as pa
 import pytest
+from _cli import one_line_error
 from click.testing import CliRunner
 
 from diffaudit import gate
@@ -40,13 +41,7 @@ def _cli(*args):
     return res
 
 
-def _one_line_error(res, *needles):
-    assert res.exit_code == 2, res.output
-    lines = [ln for ln in res.output.splitlines() if ln.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error: "), res.output
-    for n in needles:
-        assert n in lines[0], lines[0]
-    return lines[0]
+_one_line_error = one_line_error
 
 
 # ----------------------------------------------------------------------------

@@ -10,7 +10,7 @@ torch = pytest.importorskip("torch")
 
 import diffaudit
 from diffaudit.logger import RunLogger
-from diffaudit.noise import Process, named_betas, schedule_from_betas
+from diffaudit.noise import named_betas, schedule_from_betas
 
 
 def _ref_stats(t, x, process):

@@ -17,11 +17,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from click.testing import CliRunner
+from _cli import one_line_error, run_cli
 
 import diffaudit
 from diffaudit import optimum as opt
-from diffaudit.cli import main
 from diffaudit.datafile import load_samples
 from diffaudit.errors import DataError
 
@@ -54,18 +53,8 @@ def run(tmp_path) -> Path:
     return dst
 
 
-def _cli(*args):
-    res = CliRunner().invoke(main, [str(a) for a in args])
-    assert "Traceback" not in res.output, res.output
-    return res
-
-
-def _one_line_error(res, *needles):
-    assert res.exit_code == 2, res.output
-    lines = [ln for ln in res.output.splitlines() if ln.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error: "), res.output
-    for n in needles:
-        assert n in lines[0], lines[0]
+_cli = run_cli
+_one_line_error = one_line_error
 
 
 def _optimum_parts(run: Path) -> list[Path]:

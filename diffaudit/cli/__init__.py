@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import sys
+from pathlib import Path
 
 import click
 
@@ -60,6 +61,16 @@ def main():
     RUN is a run directory written by diffaudit.logger.RunLogger, or a single
     .parquet file made by `diffaudit export`.
     """
+
+
+def write_output(path: str, text: str, what: str) -> None:
+    """Write an output file of a command (creating its folder); an OSError becomes one line naming the file."""
+    try:
+        p = Path(path)
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_text(text, encoding="utf-8")
+    except OSError as e:
+        raise DiffauditError(f"{path}: cannot write the {what} ({e.strerror or e})") from None
 
 
 def _register():

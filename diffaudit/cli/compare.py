@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import click
 
 from diffaudit import gate
-from diffaudit.cli import EXIT_FAIL, EXIT_INCONCLUSIVE, EXIT_OK, main
-from diffaudit.errors import DiffauditError
+from diffaudit.cli import EXIT_FAIL, EXIT_INCONCLUSIVE, EXIT_OK, main, write_output
 
 EXIT_BY_STATUS = {"pass": EXIT_OK, "regression": EXIT_FAIL, "inconclusive": EXIT_INCONCLUSIVE}
 
-HELP = f"""Did CANDIDATE train worse than BASELINE? Exit 0 no regression, 1 regression, 2 bad input, 3 inconclusive.
+HELP = """Did CANDIDATE train worse than BASELINE? Exit 0 no regression, 1 regression, 2 bad input, 3 inconclusive.
 
 BASELINE and CANDIDATE are each one run (a run directory or an exported
 .parquet), a folder of runs, or a quoted glob ("runs/base_s*"): several runs of
@@ -53,14 +51,6 @@ Examples:
 """
 
 
-def _write(path: str, text: str, option: str) -> None:
-    try:
-        p = Path(path)
-        p.write_text(text, encoding="utf-8")
-    except OSError as e:
-        raise DiffauditError(f"{option} {path}: cannot write ({e.strerror or e})") from None
-
-
 @main.command(help=HELP, short_help="Gate on a regression: compare CANDIDATE run(s) with BASELINE run(s).")
 @click.argument("baseline", type=str)
 @click.argument("candidate", type=str)
@@ -99,11 +89,11 @@ def compare(baseline, candidate, tolerance, alpha, window, min_windows, rules, m
     v = gate.compare(base, cand, tolerance=tol, alpha=lvl, window=win, rules=parsed, correction=correction,
                      min_windows=min_windows, max_lag=lag, force=force)
     if junit:
-        _write(junit, gate.verdict_to_junit(v), "--junit")
+        write_output(junit, gate.verdict_to_junit(v), "--junit XML")
     if markdown:
-        _write(markdown, gate.verdict_to_markdown(v, everything=verbose), "--markdown")
+        write_output(markdown, gate.verdict_to_markdown(v, everything=verbose), "--markdown summary")
     if html:
-        _write(html, gate.verdict_to_html(v), "--html")
+        write_output(html, gate.verdict_to_html(v), "--html page")
     click.echo(gate.verdict_to_json(v) if as_json else gate.verdict_to_text(v, everything=verbose), nl=False)
     code = EXIT_BY_STATUS[v.status]
     if v.status == "inconclusive" and on_inconclusive:

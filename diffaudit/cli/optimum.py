@@ -16,7 +16,7 @@ import numpy as np
 from diffaudit import __version__
 from diffaudit import optimum as opt
 from diffaudit import runformat as rf
-from diffaudit.cli import main
+from diffaudit.cli import main, write_output
 from diffaudit.datafile import load_samples
 from diffaudit.errors import DataError, DiffauditError
 from diffaudit.load import load_run
@@ -289,9 +289,4 @@ def _emit_json(json_out, doc) -> None:
         sys.stdout.write(text)
         sys.stdout.flush()
         return
-    try:
-        p = Path(json_out)
-        p.parent.mkdir(parents=True, exist_ok=True)
-        p.write_text(text, encoding="utf-8")
-    except OSError as e:
-        raise DiffauditError(f"{json_out}: cannot write the JSON result ({e.strerror or e})") from None
+    write_output(json_out, text, "JSON result")

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import json
 import sys
-from pathlib import Path
 
 import click
 
 from diffaudit.analysis import analysis_to_dict, analyze
-from diffaudit.cli import EXIT_FAIL, main
+from diffaudit.cli import EXIT_FAIL, main, write_output
 from diffaudit.cli.summary import STRICT
 from diffaudit.errors import DiffauditError
 from diffaudit.findings import SEVERITIES, at_or_above
@@ -21,15 +20,6 @@ _VERDICT = {
     "warnings": "warnings: training works but something costs quality",
     "failing": "failing: training is broken",
 }
-
-
-def _write_text(path: str, text: str, what: str) -> None:
-    try:
-        p = Path(path)
-        p.parent.mkdir(parents=True, exist_ok=True)
-        p.write_text(text, encoding="utf-8")
-    except OSError as e:
-        raise DiffauditError(f"{path}: cannot write the {what} ({e.strerror or e})") from None
 
 
 def _render_html(run, analysis) -> str:
@@ -94,9 +84,9 @@ def report(run, html, json_out, fail_on, late_fraction, strict):
             sys.stdout.write(text)
             sys.stdout.flush()
         else:
-            _write_text(json_out, text, "JSON report")
+            write_output(json_out, text, "JSON report")
     if html:
-        _write_text(html, _render_html(r, a), "HTML report")
+        write_output(html, _render_html(r, a), "HTML report")
         click.echo(f"wrote {html}", err=to_stdout)
     if fail_on and at_or_above(a.findings, fail_on):
         raise click.exceptions.Exit(EXIT_FAIL)
