@@ -610,16 +610,10 @@ def _bin_trends(grid: _Grid, trend_rows, th: Thresholds) -> dict[str, np.ndarray
         for k, v in (("slope", tr.slope), ("slope_lo", tr.lo), ("slope_hi", tr.hi), ("rel_change", tr.rel_slope),
                      ("rel_lo", tr.rel_lo), ("rel_hi", tr.rel_hi), ("p_value", tr.p_value), ("tost_p", eq.p_value)):
             out[k][b] = v
-        # The relative change is read off a Theil-Sen fit of log(loss): a straight line through a
-        # decaying loss extrapolates to "-135%", while exp(slope * length) - 1 stays above -100%.
-        # Kendall's test is rank-based, so p and q are the same on either scale.
-        m = mean[:, b]
-        ok = np.isfinite(m) & (n[:, b] > 0)
-        if ok.any() and np.all(m[ok] > 0):
-            try:
-                lt = stats.trend(np.log(m[ok]), x[ok], weights=n[ok, b], per_steps=max(span, 1.0))
-            except DiffauditError:
-                continue
+        # The relative change is read off the Theil-Sen fit of log(loss) on the same batches: a
+        # straight line through a decaying loss extrapolates to "-135%", exp(slope * length) - 1 cannot.
+        lt = stats.log_scale(tr)
+        if lt is not None:
             out["rel_change"][b], out["rel_lo"][b], out["rel_hi"][b] = np.expm1(np.array([lt.slope, lt.lo, lt.hi]) * span)
     out["q_value"] = stats.adjust_pvalues(out["p_value"], "by")
     out["tost_q"] = stats.adjust_pvalues(out["tost_p"], "by")

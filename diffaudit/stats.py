@@ -83,6 +83,7 @@ a constant series has z = 0 everywhere and any departure from it is a spike.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from functools import lru_cache
@@ -587,6 +588,19 @@ def _trend_from_batches(bm: BatchMeans, confidence: float, per_steps: float) -> 
         level=level, per_steps=per_steps, rel_slope=slope * scale, rel_lo=lo * scale,
         rel_hi=hi * scale, batches=bm,
     )
+
+
+def log_scale(tr: Trend) -> Trend | None:
+    """The same batches' trend on log(batch means), so slopes are relative rates; None if a mean is <= 0.
+
+    exp(slope * length) - 1 is then the relative change over ``length`` steps, which stays above
+    -100% where a straight line through a decaying loss would not. The batches (and so their
+    independence) are those of ``tr``; Kendall's test is rank-based, so p is unchanged.
+    """
+    bm = tr.batches
+    if bm is None or not np.all(bm.means > 0):
+        return None
+    return _trend_from_batches(dataclasses.replace(bm, means=np.log(bm.means)), tr.confidence, tr.per_steps)
 
 
 def equivalence(
