@@ -571,8 +571,9 @@ def _late_se(grid: _Grid, late, ln, lvar) -> np.ndarray:
             n = grid.n[idx]
             m = np.where(n > 0, grid.mean[idx], np.nan)
             k = (n > 0).sum(axis=0)
-            se_win = np.nanstd(m, axis=0, ddof=1) / np.sqrt(k)
-            se_win = np.where(k >= 3, se_win, np.nan)
+            se_win = np.full(m.shape[1], np.nan)
+            ok = k >= 3  # bins with fewer late windows get no window-based error (and numpy no warning)
+            se_win[ok] = np.nanstd(m[:, ok], axis=0, ddof=1) / np.sqrt(k[ok])
             return np.fmax(se_iid, se_win)
     return se_iid
 

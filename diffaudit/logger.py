@@ -53,6 +53,8 @@ _NCOL = 7
 # the fixed per-step scalars; any other keyword scalar becomes an extra column
 _FIXED_SCALARS = ("grad_norm", "clip_threshold", "lr", "loss_scale")
 _SPLITS = ("train", "eval")
+# names a user scalar may not take: they are the logger's own columns
+_RESERVED = frozenset(rf.STEPS_SCHEMA.names) - {"grad_norm", "clip_threshold", "lr", "loss_scale"} | {"n_ranks", "split"}
 
 
 # ----------------------------------------------------------------------------
@@ -210,7 +212,6 @@ class RunLogger:
         self._closed = False
         self.errors: list[str] = []  # writer failures (also warned once)
         self._queue: queue.Queue = queue.Queue()
-        self._free = queue.SimpleQueue()  # host buffer sets the writer has released
         self._writer = threading.Thread(target=self._write_loop, name=f"diffaudit-writer-{self.rank}", daemon=True)
         self._writer.start()
         _live_loggers.add(self)
@@ -235,6 +236,8 @@ class RunLogger:
             raise RuntimeError("RunLogger.log() called after close()")
         if split not in _SPLITS:
             raise DataError(f"split must be 'train' or 'eval', got {split!r}")
+        if scalars:
+            self._check_scalars(split, scalars)
         step = int(step)
         x = losses.detach() if isinstance(losses, torch.Tensor) else torch.as_tensor(losses)
         t = timesteps.detach() if isinstance(timesteps, torch.Tensor) else torch.as_tensor(timesteps)
@@ -254,14 +257,36 @@ class RunLogger:
         new_step = split == "train" and not (self._steps and self._steps[-1] == step)
         if new_win and wins:
             self._reduce(split)  # the buffered samples belong to the window that just ended
-        if (new_win and len(wins) >= self._acc[split].shape[0]) or (new_step and len(self._steps) >= self.flush_every):
+        # Flushes happen only where a new training step begins, so a step (all its micro-batches)
+        # always lands in one part. A full eval table grows instead (no sync), unless no training
+        # step is open.
+        table_full = new_win and len(wins) >= self._acc[split].shape[0]
+        if new_step and (len(self._steps) >= self.flush_every or table_full):
             self.flush()
+        elif table_full:
+            if split == "eval" and self._steps:
+                self._grow_eval()
+            else:
+                self.flush()
         self._window_slot(split, key, step)
         slot = self._train_slot(step) if split == "train" else 0
         self._append(split, x.reshape(-1), t.reshape(-1), slot, None if wt is None else wt.reshape(-1))
         if split == "train":
             for name, value in scalars.items():
                 self._set_scalar(slot, name, value)
+
+    def _check_scalars(self, split: str, scalars: dict) -> None:
+        if scalars and split != "train":
+            raise DataError(f"scalars ({', '.join(sorted(scalars))}) can only be logged with split='train'")
+        bad = sorted(set(scalars) & _RESERVED)
+        if bad:
+            raise DataError(f"scalar name(s) {', '.join(bad)} are reserved for the logger's own columns; use another name")
+
+    def _grow_eval(self) -> None:
+        """Double the eval window table (device only, no sync) rather than flush in the middle of a step."""
+        for table, fill in ((self._acc, 0.0), (self._min, math.inf), (self._max, -math.inf)):
+            t = table["eval"]
+            table["eval"] = torch.cat([t, torch.full_like(t, fill)])
 
     def _append(self, split: str, x, t, slot: int, wt) -> None:
         buf = self._buf[split]
@@ -270,8 +295,9 @@ class RunLogger:
             self._reduce(split)
             if n > buf.cap:  # one call larger than the whole buffer: reduce it directly
                 s = torch.full((n,), slot, dtype=torch.int64, device=self._device)
-                wd = None if wt is None else wt.to(self._device)
-                self._reduce_samples(split, x.to(self._device), t.to(self._device), s, wd)
+                nb_ = dict(device=self._device, non_blocking=True)
+                wd = None if wt is None else wt.to(**nb_)
+                self._reduce_samples(split, x.to(**nb_), t.to(**nb_), s, wd)
                 return
         lo, hi = buf.n, buf.n + n
         buf.x[lo:hi].copy_(x, non_blocking=True)
@@ -349,7 +375,7 @@ class RunLogger:
         self._last_probe_step = step
         params = [p for p in model.parameters() if p.requires_grad]
         t = timesteps if isinstance(timesteps, torch.Tensor) else torch.as_tensor(timesteps)
-        b = self._bin_of(t.detach().reshape(-1).to(self._device))
+        b = self._bin_of(t.detach().reshape(-1).to(self._device, non_blocking=True))
         K, nb = self.probe_bins, self.process.num_bins
         pb = (b * K).div(nb, rounding_mode="floor")
         flat = losses.reshape(-1).float()
@@ -361,8 +387,8 @@ class RunLogger:
             sq = [g.detach().float().pow(2).sum() for g in grads if g is not None]
             if sq:
                 norms[k] = torch.stack(sq).sum().sqrt()
-        if len(self._probe_steps) >= self._probe_cap:
-            self.flush()
+        if len(self._probe_steps) >= self._probe.shape[0]:
+            self._probe = torch.cat([self._probe, torch.zeros_like(self._probe)])  # grows, never flushes mid-step
         i = len(self._probe_steps)
         self._probe_steps.append(step)
         self._probe[i, :, 0].copy_(counts, non_blocking=True)
@@ -446,8 +472,7 @@ class RunLogger:
                      "eval": _SampleBuffer(self._buffer_size, self._t_dtype(), dev)}
         self._dev_scalars: dict[str, torch.Tensor] = {}
         self._has_weights = False
-        self._probe_cap = 16
-        self._probe = torch.zeros(self._probe_cap, self.probe_bins, 2, dtype=torch.float32, device=dev)
+        self._probe = torch.zeros(16, self.probe_bins, 2, dtype=torch.float32, device=dev)
 
     # ------------------------------------------------------------------------
     # Flush (once every flush_every steps) and the writer thread
@@ -520,7 +545,7 @@ class RunLogger:
         self._queue.put(batch)
 
     def close(self) -> None:
-        """Flush what is left, wait for the writer to finish, and release the device buffers."""
+        """Flush what is left, wait for the writer to finish, and drop the device buffers."""
         if self._closed:
             return
         try:
@@ -530,6 +555,9 @@ class RunLogger:
             self._queue.put(None)
             self._writer.join()
             _live_loggers.discard(self)
+            if self._device is not None:
+                self._acc = self._min = self._max = self._buf = self._ring = self._probe = None
+                self._dev_scalars, self._device = {}, None
         if self.errors:
             warnings.warn(f"diffaudit: {len(self.errors)} part(s) could not be written: {self.errors[0]}", stacklevel=2)
 

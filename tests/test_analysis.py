@@ -427,6 +427,26 @@ def test_undersampled_bins(tmp_path):
     assert cov[18] == pytest.approx(0.05 * NB / (18 + 0.1), rel=0.3)
 
 
+def test_undersampled_is_not_judged_on_tiny_runs_and_is_info_for_designed_samplers(tmp_path):
+    torch = pytest.importorskip("torch")
+    import diffaudit
+    from diffaudit.logger import RunLogger
+
+    g = torch.Generator().manual_seed(0)
+    # EDM's log-normal sampler (P_mean -1.2, P_std 1.2) leaves the end bins thin by design
+    with RunLogger(tmp_path / "edm", process="edm", sigma_data=0.5, num_bins=20, flush_every=500) as lg:
+        for step in range(1500):
+            sigma = torch.exp(torch.randn(64, generator=g) * 1.2 - 1.2)
+            lg.log(step, timesteps=sigma, losses=0.3 + 0.01 * torch.rand(64, generator=g))
+    f = analyze(diffaudit.load_run(tmp_path / "edm")).by_id("bins.undersampled")
+    assert f is not None and f.severity == "info" and 0 in f.bins
+    # five steps of batch 16 over 100 bins: a thin bin there is chance, not a finding
+    with RunLogger(tmp_path / "tiny", process="flow", num_bins=100) as lg:
+        for step in range(5):
+            lg.log(step, timesteps=torch.rand(16, generator=g), losses=torch.rand(16, generator=g))
+    assert analyze(diffaudit.load_run(tmp_path / "tiny")).by_id("bins.undersampled") is None
+
+
 def test_eval_divergence_in_low_noise_bins(tmp_path):
     """Eval loss in bins 0-2 rises to 2x train over the run: eval.divergence names those bins."""
     base = healthy_level(LS)

@@ -1,6 +1,7 @@
 """Bad input: one line naming the file and the problem, exit code 2, never a traceback, no data lost."""
 
 import json
+import os
 import shutil
 
 import numpy as np
@@ -135,3 +136,36 @@ def test_export_round_trip(good_run, tmp_path):
     assert a.bins.equals(b.bins.select(a.bins.columns))
     np.testing.assert_array_equal(a.process.alpha_bar, b.process.alpha_bar)
     assert _cli("summary", out).exit_code == 0
+
+
+def test_middle_part_missing_a_column_is_reported_not_read_as_nulls(good_run, tmp_path):
+    import pyarrow.parquet as pq
+
+    run = _copy(good_run, tmp_path)
+    parts = sorted((run / "parts").glob("steps-*.parquet"))
+    middle = parts[len(parts) // 2]
+    pq.write_table(pq.read_table(middle).drop(["loss"]), middle)
+    res = _cli("summary", run)
+    assert res.exit_code == 0 and f"{middle}: damaged part skipped: not a steps part (missing column(s) loss)" in res.output
+    assert diffaudit.load_run(run).steps["loss"].null_count() == 0
+    _one_line_error(_cli("summary", run, "--strict"), str(middle), "missing column(s) loss")
+
+
+def test_a_step_split_by_a_mid_step_flush_is_merged_and_reported(tmp_path, linear_alpha_bar):
+    with RunLogger(tmp_path / "r", alphas_cumprod=linear_alpha_bar, num_bins=4) as lg:
+        lg.log(0, timesteps=torch.tensor([1, 2]), losses=torch.tensor([1.0, 1.0]))
+        lg.log(1, timesteps=torch.tensor([1, 2]), losses=torch.tensor([1.0, 1.0]))
+        lg.flush()  # the user flushes between two micro-batches of step 1
+        lg.log(1, timesteps=torch.tensor([1, 2]), losses=torch.tensor([4.0, 4.0]), grad_norm=0.5)
+    run = diffaudit.load_run(tmp_path / "r")
+    s = run.steps
+    assert s["step"].to_list() == [0, 1] and s["count"].to_list() == [2, 4]
+    assert s["loss"].to_list() == [1.0, 2.5] and s["grad_norm"].to_list() == [None, 0.5]
+    assert any("written in two or more parts" in p.message for p in run.problems)
+
+
+@pytest.mark.parametrize("target,needle", [("/proc/nope/x.parquet", "cannot write the export"),
+                                           ("/dev/null", "exists and is not a regular file")])
+def test_export_to_an_unwritable_or_special_path(good_run, target, needle):
+    _one_line_error(_cli("export", good_run, "-o", target), target, needle)
+    assert not os.path.isfile("/dev/null")  # the device node is still a device node

@@ -116,3 +116,30 @@ def test_two_ranks_merge_exactly(tmp_path):
     # per-step loss is the sample-weighted mean over both ranks
     per_step = x.reshape(2, 120, 48).transpose(1, 0, 2).reshape(120, -1).mean(1)
     np.testing.assert_allclose(s["loss"].to_numpy(), per_step, rtol=1e-6)
+
+
+def test_resume_on_fewer_ranks_supersedes_the_abandoned_ranks(tmp_path):
+    import json
+
+    from diffaudit.logger import RunLogger
+    from diffaudit.noise import named_betas, schedule_from_betas
+    import torch
+
+    a = schedule_from_betas(named_betas("linear"))[0]
+    run_dir = tmp_path / "run"
+    for rank in (0, 1):  # a two-rank launch that ran to step 999
+        with RunLogger(run_dir, alphas_cumprod=a, num_bins=4, flush_every=100, rank=rank, world_size=2) as lg:
+            for step in range(1000):
+                lg.log(step, timesteps=torch.tensor([5]), losses=torch.tensor([1.0]))
+    with RunLogger(run_dir, alphas_cumprod=a, num_bins=4, flush_every=100, rank=0, world_size=1) as lg:
+        for step in range(500, 800):  # restarted later from the step-500 checkpoint, on one rank
+            lg.log(step, timesteps=torch.tensor([5]), losses=torch.tensor([2.0]))
+    marker = run_dir / "segments" / "r00000-s0002.json"
+    m = json.loads(marker.read_text())
+    m["created"] += 3600  # the restart came an hour later (the test cannot wait RESTART_GAP_S)
+    marker.write_text(json.dumps(m))
+    run = diffaudit.load_run(run_dir)
+    s = run.steps
+    assert s["step"].to_list() == list(range(800))  # rank 1's abandoned steps 500..999 are gone
+    assert s.filter(pl.col("step") >= 500)["loss"].unique().to_list() == [2.0]
+    assert s.filter(pl.col("step") < 500)["n_ranks"].unique().to_list() == [2]

@@ -257,3 +257,40 @@ def test_bad_arguments_raise_one_line_errors(tmp_path, linear_alpha_bar):
     with RunLogger(tmp_path / "c", alphas_cumprod=linear_alpha_bar, num_bins=10) as lg:
         with pytest.raises(DiffauditError, match="timesteps has 3 elements but losses has 2"):
             lg.log(0, timesteps=torch.tensor([1, 2, 3]), losses=torch.tensor([1.0, 2.0]))
+
+
+def test_a_step_never_splits_across_parts(tmp_path, linear_alpha_bar):
+    # gradient accumulation with a probe on the second micro-batch and evals in between: the probe
+    # table (16) and the eval table (8) fill mid-step many times; each step must stay one row
+    torch.manual_seed(0)
+    model = torch.nn.Linear(4, 1)
+    with RunLogger(tmp_path / "r", alphas_cumprod=linear_alpha_bar, num_bins=10, flush_every=1000,
+                   window=10, probe_every=5, probe_bins=2) as lg:
+        for step in range(100):
+            for micro in range(2):
+                t = torch.randint(0, 1000, (8,))
+                per = (model(torch.randn(8, 4)).squeeze(1)) ** 2
+                if micro == 1:
+                    lg.probe_gradients(model, t, per, step)
+                lg.log(step, timesteps=t, losses=per.detach(), grad_norm=torch.tensor(1.0) if micro else None)
+                lg.log(step * 10 + micro, timesteps=t, losses=torch.ones(8), split="eval")
+    run = diffaudit.load_run(tmp_path / "r")
+    s = run.steps
+    assert s["step"].to_list() == list(range(100))
+    assert s["count"].unique().to_list() == [16] and s["grad_norm"].null_count() == 0
+    assert run.probes["step"].n_unique() == 20
+    ev = run.eval_bins
+    assert ev["step_lo"].n_unique() == 200 and ev["count"].sum() == 1600
+
+
+def test_reserved_scalar_names_and_eval_scalars_are_refused(tmp_path, linear_alpha_bar):
+    from diffaudit.errors import DataError
+
+    with RunLogger(tmp_path / "r", alphas_cumprod=linear_alpha_bar, num_bins=10) as lg:
+        for name in ("loss", "count", "rank", "segment", "time", "n_ranks"):
+            with pytest.raises(DataError, match="reserved"):
+                lg.log(0, timesteps=torch.tensor([1]), losses=torch.tensor([1.0]), **{name: 1.0})
+        with pytest.raises(DataError, match="only be logged with split='train'"):
+            lg.log(0, timesteps=torch.tensor([1]), losses=torch.tensor([1.0]), split="eval", eval_metric=0.5)
+        lg.log(0, timesteps=torch.tensor([1]), losses=torch.tensor([1.0]), ema_loss=0.9)  # any other name is fine
+    assert diffaudit.load_run(tmp_path / "r").steps["ema_loss"].to_list() == [0.9]

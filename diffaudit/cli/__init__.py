@@ -6,6 +6,7 @@ Exit codes (documented in ``diffaudit --help`` and the README):
   2  bad input or usage (missing or corrupt run, wrong option), one line on stderr
   3  ``compare``: inconclusive (too little overlap or data)
   4  internal error (a bug in diffaudit: please report it); DIFFAUDIT_DEBUG=1 shows the traceback
+  130 interrupted (Ctrl-C)
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ EXIT_OK, EXIT_FAIL, EXIT_USAGE, EXIT_INCONCLUSIVE, EXIT_INTERNAL = 0, 1, 2, 3, 4
 
 EPILOG = """\b
 Exit codes: 0 ok / no regression, 1 regression or --fail-on finding,
-2 bad input or usage, 3 inconclusive, 4 internal error.
+2 bad input or usage, 3 inconclusive, 4 internal error, 130 interrupted.
 """
 
 
