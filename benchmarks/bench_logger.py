@@ -211,16 +211,21 @@ def host_time_in_loop(device, batch, ch, blocks, amp, steps, workdir):
 
 
 def sync_check(device, batch, ch, blocks, amp, workdir):
-    """Run 250 logged steps (two window reductions, no flush) with sync debug mode 'error'."""
+    """Run 250 logged steps (two window reductions, 13 eval passes, no flush) with sync debug mode 'error'."""
     step = make_step(device, batch, ch, blocks, amp)
     step(0, "none")
     torch.cuda.synchronize()
     logger = RunLogger(os.path.join(workdir, "sync"), alphas_cumprod=ALPHA_BAR, num_bins=100, flush_every=1000)
     probe_model = None
+    t_eval = torch.randint(0, T, (256,), device=device)
+    x_eval = torch.rand(256, device=device)
     torch.cuda.set_sync_debug_mode("error")
     try:
         for i in range(250):
             step(i, "diffaudit", logger)
+            if i % 20 == 0:  # 13 eval passes: the 8-slot eval table grows on the device mid-run
+                for _ in range(3):
+                    logger.log(i, timesteps=t_eval, losses=x_eval, split="eval")
         err = None
     except RuntimeError as e:
         err = str(e).splitlines()[0]
@@ -345,7 +350,7 @@ def main():
 
         if device.type == "cuda":
             err = sync_check(device, batch, ch, blocks, amp, work)
-            print("sync debug mode 'error' over 250 logged steps (2 window reductions, no flush): "
+            print("sync debug mode 'error' over 250 logged steps (2 window reductions, 13 eval passes, no flush): "
                   + ("no host-device synchronization" if err is None else f"RAISED: {err}"))
         hp = half_precision(device, work)
         print(f"fp16 autocast + GradScaler, overflow forced at step 7: {hp}")
