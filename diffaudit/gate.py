@@ -502,6 +502,11 @@ def compare(
     }
     notes: list[str] = []
     _check_compatible(base, cand, force, notes)
+    both = sorted({r.path.resolve() for r in base} & {r.path.resolve() for r in cand})
+    if both and not (len(base) == len(cand) == 1):
+        # one run on both sides (a glob that caught the candidate, say) drags the two sides together
+        notes.append(f"{len(both)} run(s) are on both sides ({', '.join(p.name for p in both[:3])}): "
+                     "the sides are not independent, so a regression is harder to see")
     sides = (_side("baseline", base), _side("candidate", cand))
     single = len(base) == 1 and len(cand) == 1
     noise = "within-run" if single else "seeds"

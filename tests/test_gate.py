@@ -441,3 +441,10 @@ def test_cli_on_real_runs_with_every_output(tmp_path):
     assert int(root.find("testsuite").get("failures")) >= 10
     assert "**REGRESSION**" in (tmp_path / "s.md").read_text()
     assert (tmp_path / "c.html").stat().st_size < 2_000_000
+
+
+@needs_corpus
+def test_a_run_on_both_sides_is_noted():
+    runs = [load_run(CORPUS / f"healthy_s{i:02d}") for i in range(3)]
+    v = gate.compare(runs, runs[2:], findings_of=lambda r: [])
+    assert any("on both sides" in n for n in v.notes)
