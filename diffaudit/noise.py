@@ -91,6 +91,18 @@ def log_snr(alpha_bar: np.ndarray, one_minus: np.ndarray) -> np.ndarray:
         return np.log(alpha_bar) - np.log(one_minus)
 
 
+def target_coefficients(prediction: str, alpha, sigma) -> tuple[np.ndarray, np.ndarray]:
+    """(c_x, c_eps) of the target y = c_x x0 + c_eps eps at (alpha, sigma): the rows of DESIGN.md's table."""
+    a, s = np.asarray(alpha, dtype=np.float64), np.asarray(sigma, dtype=np.float64)
+    if prediction == "epsilon":
+        return np.zeros_like(a), np.ones_like(a)
+    if prediction in ("sample", "edm"):
+        return np.ones_like(a), np.zeros_like(a)
+    if prediction == "v_prediction":
+        return -s, a
+    return -np.ones_like(a), np.ones_like(a)  # flow: velocity eps - x0
+
+
 # ----------------------------------------------------------------------------
 # The process
 
@@ -237,15 +249,7 @@ class Process:
 
     def target_coefficients(self, t) -> tuple[np.ndarray, np.ndarray]:
         """(c_x, c_eps) of the prediction target y = c_x x0 + c_eps eps at timesteps t (DESIGN.md table)."""
-        a, s = self.alpha_sigma(t)
-        p = self.prediction
-        if p == "epsilon":
-            return np.zeros_like(a), np.ones_like(a)
-        if p in ("sample", "edm"):
-            return np.ones_like(a), np.zeros_like(a)
-        if p == "v_prediction":
-            return -s, a
-        return -np.ones_like(a), np.ones_like(a)  # flow: velocity eps - x0
+        return target_coefficients(self.prediction, *self.alpha_sigma(t))
 
     def loss_weight(self, t) -> np.ndarray:
         """Weight applied to the unweighted x0/eps error in the recorded loss: lambda(sigma) for edm, else 1."""

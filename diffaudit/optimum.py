@@ -110,6 +110,7 @@ from typing import Callable
 import numpy as np
 
 from diffaudit.errors import DataError, DiffauditError, ScheduleError
+from diffaudit.noise import target_coefficients
 
 PREDICTIONS = ("epsilon", "sample", "v_prediction", "flow", "edm")
 ESTIMATORS = ("exact", "stratified", "cdol", "dol")
@@ -225,17 +226,6 @@ def _check_noise(alpha, sigma) -> tuple[np.ndarray, np.ndarray]:
     return a, s
 
 
-def _coefficients(prediction: str, a: np.ndarray, s: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(c_x, c_eps) of the target at (alpha, sigma): the rows of DESIGN.md's table."""
-    if prediction == "epsilon":
-        return np.zeros_like(a), np.ones_like(a)
-    if prediction in ("sample", "edm"):
-        return np.ones_like(a), np.zeros_like(a)
-    if prediction == "v_prediction":
-        return -s, a
-    return -np.ones_like(a), np.ones_like(a)  # flow velocity eps - x0
-
-
 # ----------------------------------------------------------------------------
 # Gaussian data: closed form
 
@@ -260,7 +250,7 @@ def gaussian_optimal_loss(
     a, s = _check_noise(alpha, sigma)
     shape = a.shape
     a, s = a.reshape(-1, 1), s.reshape(-1, 1)
-    cx, ce = _coefficients(prediction, a, s)
+    cx, ce = target_coefficients(prediction, a, s)
     out = np.zeros(a.shape[0])
     block = max(1, (8 << 20) // max(1, a.shape[0]))  # bound the (noise levels x variances) temporaries
     for j in range(0, values.size, block):
