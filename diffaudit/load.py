@@ -34,6 +34,9 @@ from diffaudit.noise import Process
 
 EXPORT_META_KEY = b"diffaudit.run"
 EXPORT_SCHEDULE_KEY = b"diffaudit.schedule"
+EXPORT_CLOSES_KEY = b"diffaudit.closes"
+CLOSES_SCHEMA = {"rank": pl.Int32, "segment": pl.Int32, "status": pl.String, "closed": pl.Float64,
+                 "last_step": pl.Int64, "total_steps": pl.Int64, "error": pl.String}
 _REQUIRED_META = ("format_version", "process", "num_bins")
 
 
@@ -64,6 +67,11 @@ class Run:
     problems: list[Problem] = field(default_factory=list)
     superseded_rows: int = 0  # rows of earlier segments replaced by a resumed segment
     steps_by_rank: pl.DataFrame | None = None
+    # one row per close marker (rank, segment, status, closed, last_step, total_steps, error): which
+    # logger segments ended on purpose; a segment without a row was killed or is still running
+    closes: pl.DataFrame = field(default_factory=lambda: pl.DataFrame(schema=CLOSES_SCHEMA))
+    # newest segment marker's planned total steps per rank (a resume may extend the plan)
+    segment_plans: dict = field(default_factory=dict)
 
     @property
     def name(self) -> str:
@@ -80,11 +88,17 @@ class Run:
 
     @property
     def eval_bins(self) -> pl.DataFrame:
+        """Held-out data evaluated with the live weights."""
         return self.bins.filter(pl.col("split") == "eval")
 
     @property
+    def ema_bins(self) -> pl.DataFrame:
+        """The EMA weights evaluated (on held-out data)."""
+        return self.bins.filter(pl.col("split") == "ema")
+
+    @property
     def extra_scalars(self) -> list[str]:
-        fixed = set(rf.STEPS_SCHEMA.names) | {"n_ranks"}
+        fixed = set(rf.STEPS_SCHEMA.names) | set(rf.STEPS_OPTIONAL.names) | {"n_ranks"}
         return [c for c in self.steps.columns if c not in fixed]
 
 
@@ -107,6 +121,7 @@ def load_run(path, *, strict: bool = False, allow_empty: bool = False) -> Run:
     files = _list_parts(p, problems)
     tables = {kind: _read_kind(kind, fs, problems, strict) for kind, fs in files.items()}
     run = _assemble(p, meta, process, schedule, tables, problems)
+    run.closes, run.segment_plans = _close_markers(p)
     if not allow_empty and run.steps.height == 0 and run.bins.height == 0 and run.probes.height == 0:
         detail = f" ({len(problems)} damaged part(s) skipped)" if problems else ""
         raise RunFormatError(f"{p}: the run has no logged steps yet{detail}")
@@ -364,6 +379,45 @@ def _segment_markers(p: Path) -> dict:
     return out
 
 
+def _close_markers(p: Path) -> tuple[pl.DataFrame, dict]:
+    """Close markers (segments/close-*.json) as a frame, and each rank's newest planned total_steps."""
+    rows, plans = [], {}
+    d = p / rf.SEGMENTS_DIR
+    if not d.is_dir():
+        return pl.DataFrame(schema=CLOSES_SCHEMA), plans
+    newest: dict = {}
+    for f in sorted(d.iterdir()):
+        m = rf.CLOSE_RE.match(f.name)
+        sm = rf.SEGMENT_RE.match(f.name)
+        if not (m or sm):
+            continue
+        try:
+            obj = json.loads(f.read_text()) if f.is_file() and f.stat().st_size < 1 << 20 else None
+        except (OSError, ValueError, RecursionError):
+            obj = None
+        if not isinstance(obj, dict):
+            continue
+        rank, seg = int((m or sm)["rank"]), int((m or sm)["segment"])
+        if sm:
+            ts = obj.get("total_steps")
+            if isinstance(ts, int) and not isinstance(ts, bool) and ts > 0 and seg >= newest.get(rank, -1):
+                newest[rank], plans[rank] = seg, ts
+            continue
+        status = obj.get("status")
+        if status not in rf.CLOSE_STATUSES:
+            continue
+
+        def num(k, typ):
+            v = obj.get(k)
+            return v if isinstance(v, typ) and not isinstance(v, bool) else None
+
+        err = obj.get("error")
+        rows.append({"rank": rank, "segment": seg, "status": status, "closed": num("closed", (int, float)),
+                     "last_step": num("last_step", int), "total_steps": num("total_steps", int),
+                     "error": err[:500] if isinstance(err, str) else None})
+    return pl.DataFrame(rows, schema=CLOSES_SCHEMA), plans
+
+
 def _segment_starts(steps: pl.DataFrame, bins: pl.DataFrame, created: dict | None = None) -> pl.DataFrame:
     """Per (rank, segment): the first step it logged, and the cutoff where later segments take over.
 
@@ -398,7 +452,8 @@ def _collapse_split_steps(steps: pl.DataFrame, path, problems: list[Problem]) ->
     problems.append(Problem(str(path), f"{dup.select(keys).n_unique()} step(s) were written in two or more parts "
                                        f"(a flush in the middle of a step); their rows were merged"))
     w = pl.col("count").cast(pl.Float64)
-    first = [c for c in steps.columns if c not in keys + ["loss", "count", "nonfinite", "time", "clipped"]]
+    summed = [c for c in ("bad_t",) if c in steps.columns]
+    first = [c for c in steps.columns if c not in keys + ["loss", "count", "nonfinite", "time", "clipped", *summed]]
     return (
         steps.group_by(keys, maintain_order=True)
         .agg(
@@ -407,6 +462,7 @@ def _collapse_split_steps(steps: pl.DataFrame, path, problems: list[Problem]) ->
             pl.col("nonfinite").sum().cast(pl.Int32),
             pl.col("time").min(),
             pl.col("clipped").drop_nulls().first(),
+            *[pl.col(c).sum() for c in summed],
             *[pl.col(c).drop_nulls().first() for c in first],
         )
         .select(steps.columns)
@@ -437,7 +493,11 @@ def _merge_step_ranks(steps: pl.DataFrame) -> pl.DataFrame:
         return steps.with_columns(pl.lit(0, pl.Int32).alias("n_ranks")).drop("rank")
     if steps["rank"].n_unique() == 1:
         return _sorted(steps, ["step"]).drop("rank").with_columns(pl.lit(1, pl.Int32).alias("n_ranks"))
-    others = [c for c in steps.columns if c not in ("step", "rank", "loss", "count", "nonfinite", "wloss", "clipped")]
+    summed = [c for c in ("bad_t",) if c in steps.columns]
+    lows = [c for c in ("t_min",) if c in steps.columns]
+    highs = [c for c in ("t_max",) if c in steps.columns]
+    others = [c for c in steps.columns if c not in ("step", "rank", "loss", "count", "nonfinite", "wloss", "clipped",
+                                                     *summed, *lows, *highs)]
     w = pl.col("count").cast(pl.Float64)
     return (
         steps.sort("step", "rank")
@@ -448,6 +508,9 @@ def _merge_step_ranks(steps: pl.DataFrame) -> pl.DataFrame:
             pl.col("nonfinite").sum().cast(pl.Int32),
             pl.col("wloss").mean(),
             pl.col("clipped").any().alias("clipped"),
+            *[pl.col(c).sum() for c in summed],
+            *[pl.col(c).min() for c in lows],
+            *[pl.col(c).max() for c in highs],
             *[pl.col(c).first() for c in others],
             pl.len().cast(pl.Int32).alias("n_ranks"),
         )
@@ -512,6 +575,8 @@ def export_run(run: Run, out) -> Path:
         raise RunFormatError(f"{run.path}: nothing to export, the run has no rows")
     table = pl.concat(pieces, how="diagonal_relaxed").to_arrow()
     md = {EXPORT_META_KEY: json.dumps(run.meta, default=str).encode()}
+    if run.closes.height:
+        md[EXPORT_CLOSES_KEY] = json.dumps({"closes": run.closes.to_dicts(), "plans": run.segment_plans}).encode()
     if run.schedule is not None:
         md[EXPORT_SCHEDULE_KEY] = json.dumps(
             {c: run.schedule[c].to_list() for c in ("alpha_bar", "one_minus_alpha_bar")}
@@ -571,4 +636,12 @@ def _load_export(p: Path) -> Run:
         sub = data.filter(pl.col("table") == kind)
         keep = [c for c in sub.columns if c != "table" and (c in rf.SCHEMAS[kind].names or sub[c].null_count() < sub.height)]
         tables[kind] = sub.select(keep) if sub.height else None
-    return _assemble(p, meta, process, schedule, tables, [], resolved=True)
+    run = _assemble(p, meta, process, schedule, tables, [], resolved=True)
+    if EXPORT_CLOSES_KEY in md:
+        try:
+            c = json.loads(md[EXPORT_CLOSES_KEY])
+            run.closes = pl.DataFrame(c["closes"], schema=CLOSES_SCHEMA)
+            run.segment_plans = {int(k): int(v) for k, v in c.get("plans", {}).items()}
+        except Exception as e:  # the data are fine; only the lifecycle is unknown
+            run.problems.append(Problem(str(p), f"close markers in the export's metadata are unreadable ({_short(e)})"))
+    return run

@@ -27,10 +27,12 @@ from __future__ import annotations
 
 import atexit
 import hashlib
+import json
 import math
 import os
 import platform
 import queue
+import re
 import threading
 import time
 import warnings
@@ -47,14 +49,26 @@ from diffaudit import runformat as rf
 from diffaudit.errors import DataError, RunFormatError, ScheduleError
 from diffaudit.noise import DEFAULT_PREDICTION, Process, schedule_from_betas
 
-# columns of the per-(window, bin) accumulator
-_C_COUNT, _C_S1, _C_S2, _C_NONFINITE, _C_RAW, _C_W, _C_WX = range(7)
-_NCOL = 7
+# columns of the per-(window, bin) accumulator; _C_BADT counts samples whose timestep cannot
+# belong to the process (excluded from every other column)
+_C_COUNT, _C_S1, _C_S2, _C_NONFINITE, _C_RAW, _C_W, _C_WX, _C_BADT = range(8)
+_NCOL = 8
 # the fixed per-step scalars; any other keyword scalar becomes an extra column
 _FIXED_SCALARS = ("grad_norm", "clip_threshold", "lr", "loss_scale")
-_SPLITS = ("train", "eval")
-# names a user scalar may not take: they are the logger's own columns
-_RESERVED = frozenset(rf.STEPS_SCHEMA.names) - {"grad_norm", "clip_threshold", "lr", "loss_scale"} | {"n_ranks", "split"}
+_SPLITS = rf.SPLITS
+# names a user scalar may not take: the logger's own columns, and every column name the loader
+# or the single-file export uses (a scalar called "bin" could not be told from the bins table)
+_RESERVED = (
+    frozenset(rf.STEPS_SCHEMA.names)
+    | frozenset(rf.STEPS_OPTIONAL.names)
+    | frozenset(rf.BINS_SCHEMA.names)
+    | frozenset(rf.PROBES_SCHEMA.names)
+    | frozenset(rf.OPTIMUM_SCHEMA.names)
+    | {"n_ranks", "split", "table"}
+) - set(_FIXED_SCALARS)
+_SCALAR_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_.]{0,63}$")
+# how far outside [sigma_min, sigma_max] an EDM sigma may lie before it is not a noise level of this run
+_EDM_SLACK = 10.0
 
 
 # ----------------------------------------------------------------------------
@@ -126,11 +140,23 @@ class RunLogger:
         probe_every: int = 1200,  # probe_gradients() acts on steps divisible by this (0 = never)
         probe_bins: int = 10,  # coarse bins the gradient probe splits the batch into
         buffer_size: int = 65536,  # per-sample device buffer (samples); reduced when full or at a window end
+        total_steps: int | None = None,  # planned optimizer steps: lets a reader say how far along the run is
+        check_timesteps: str = "raise",  # "raise": refuse impossible timesteps given as CPU tensors at once; "count": only count them
         config: dict | None = None,  # free-form run configuration stored in run.json
         rank: int | None = None,  # default: torch.distributed rank, else 0
         world_size: int | None = None,
     ):
         self.path = Path(path)
+        if not isinstance(num_bins, (int, np.integer)) or isinstance(num_bins, bool) or not 1 <= num_bins <= rf.MAX_BINS:
+            raise DataError(f"num_bins must be an integer from 1 to {rf.MAX_BINS}, got {num_bins!r}")
+        if total_steps is not None and (isinstance(total_steps, bool) or not isinstance(total_steps, (int, np.integer))
+                                        or total_steps < 1):
+            raise DataError(f"total_steps must be a positive integer (the planned optimizer steps), got {total_steps!r}")
+        if check_timesteps not in ("raise", "count"):
+            raise DataError(f"check_timesteps must be 'raise' or 'count', got {check_timesteps!r}")
+        for name, v in (("data_var", data_var),):
+            if v is not None and not (isinstance(v, (int, float, np.floating, np.integer)) and math.isfinite(v) and v > 0):
+                raise DataError(f"{name} must be a positive finite number (trace(Cov)/d of the training data), got {v!r}")
         if process is None:
             process = "vp" if (alphas_cumprod is not None or betas is not None) else None
         if process is None:
@@ -168,8 +194,12 @@ class RunLogger:
         self._buffer_size = max(1, int(buffer_size))
         if data_spectrum is not None:
             data_spectrum = [float(v) for v in _to_numpy(data_spectrum).ravel()]
+            if not data_spectrum or not all(math.isfinite(v) and v >= 0 for v in data_spectrum):
+                raise DataError("data_spectrum must be a non-empty list of finite covariance eigenvalues >= 0")
             if data_dim is None:
                 data_dim = len(data_spectrum)
+        self.total_steps = None if total_steps is None else int(total_steps)
+        self.check_timesteps = check_timesteps
         self.rank, self.world_size = _dist_rank(rank, world_size)
 
         meta = {
@@ -193,10 +223,17 @@ class RunLogger:
             "probe_every": self.probe_every,
             "probe_bins": self.probe_bins,
             "world_size": self.world_size,
+            "total_steps": self.total_steps,
             "config": config or {},
         }
+        try:
+            json.dumps(meta, allow_nan=False, default=str)
+        except (TypeError, ValueError, RecursionError) as e:
+            raise DataError(f"config cannot be stored in run.json as JSON ({type(e).__name__}: {e})") from None
         self.meta = _create_or_join_run(self.path, meta, self.process)
-        self.segment = _new_segment(self.path, self.rank)
+        self.segment = _new_segment(self.path, self.rank, self.total_steps)
+        self._last_step: int | None = None  # last training step logged (host int, for the close marker)
+        self._warned_backwards = False
 
         # device state, allocated on the first log() when the device is known
         self._device = None
@@ -235,7 +272,8 @@ class RunLogger:
         if self._closed:
             raise RuntimeError("RunLogger.log() called after close()")
         if split not in _SPLITS:
-            raise DataError(f"split must be 'train' or 'eval', got {split!r}")
+            raise DataError(f"split must be one of {', '.join(_SPLITS)} ('eval': held-out data with the live "
+                            f"weights; 'ema': the EMA weights), got {split!r}")
         if scalars:
             self._check_scalars(split, scalars)
         step = int(step)
@@ -243,6 +281,15 @@ class RunLogger:
         t = timesteps.detach() if isinstance(timesteps, torch.Tensor) else torch.as_tensor(timesteps)
         if t.numel() != x.numel():
             raise DataError(f"timesteps has {t.numel()} elements but losses has {x.numel()}")
+        if self.check_timesteps == "raise" and t.device.type == "cpu":
+            self._refuse_bad_timesteps(t)  # on the host already: no sync to check, so fail at the first step
+        if split == "train":
+            if self._last_step is not None and step < self._last_step and not self._warned_backwards:
+                self._warned_backwards = True
+                warnings.warn(f"diffaudit: the training step went backwards ({self._last_step} -> {step}); log a "
+                              f"global step that only increases (an epoch-local counter merges different steps)",
+                              stacklevel=2)
+            self._last_step = step if self._last_step is None else max(step, self._last_step)
         if self._device is None:
             self._allocate(x.device)
         wt = None
@@ -264,8 +311,8 @@ class RunLogger:
         if new_step and (len(self._steps) >= self.flush_every or table_full):
             self.flush()
         elif table_full:
-            if split == "eval" and self._steps:
-                self._grow_eval()
+            if split != "train" and self._steps:
+                self._grow_eval(split)
             else:
                 self.flush()
         self._window_slot(split, key, step)
@@ -281,12 +328,40 @@ class RunLogger:
         bad = sorted(set(scalars) & _RESERVED)
         if bad:
             raise DataError(f"scalar name(s) {', '.join(bad)} are reserved for the logger's own columns; use another name")
+        odd = sorted(n for n in scalars if not _SCALAR_NAME.match(n))
+        if odd:
+            raise DataError(f"scalar name(s) {', '.join(map(repr, odd))}: use a letter, then letters, digits, '_' or '.' "
+                            f"(at most 64)")
 
-    def _grow_eval(self) -> None:
-        """Double the eval window table (device only, no sync) rather than flush in the middle of a step."""
+    def _bad_timesteps(self, t: torch.Tensor) -> torch.Tensor:
+        """Boolean mask of timesteps that cannot belong to this run's process (device op, no sync)."""
+        p = self.process
+        tf = t.to(torch.float64)
+        if p.kind == "vp":
+            ok = (tf >= 0) & (tf < p.num_timesteps) & (tf == torch.floor(tf))
+        elif p.kind == "flow":
+            ok = (tf >= 0) & (tf <= 1)
+        else:
+            ok = (tf >= p.sigma_min / _EDM_SLACK) & (tf <= p.sigma_max * _EDM_SLACK)
+        return ~ok  # NaN fails every comparison, so it is bad too
+
+    def _refuse_bad_timesteps(self, t: torch.Tensor) -> None:
+        bad = self._bad_timesteps(t.reshape(-1))
+        n_bad = int(bad.sum())
+        if not n_bad:
+            return
+        p = self.process
+        tf = t.reshape(-1).to(torch.float64)
+        lo, hi = float(tf.min()), float(tf.max())
+        raise DataError(f"timesteps: {n_bad} of {tf.numel()} value(s) cannot belong to this {p.kind} process "
+                        f"({_valid_range_words(p)}; got {lo:.6g} to {hi:.6g}): {_timestep_cause(p, lo, hi)} "
+                        f"(check_timesteps='count' logs them as excluded instead of raising)")
+
+    def _grow_eval(self, split: str) -> None:
+        """Double an evaluation split's window table (device only, no sync) rather than flush in the middle of a step."""
         for table, fill in ((self._acc, 0.0), (self._min, math.inf), (self._max, -math.inf)):
-            t = table["eval"]
-            table["eval"] = torch.cat([t, torch.full_like(t, fill)])
+            t = table[split]
+            table[split] = torch.cat([t, torch.full_like(t, fill)])
 
     def _append(self, split: str, x, t, slot: int, wt) -> None:
         buf = self._buf[split]
@@ -325,7 +400,9 @@ class RunLogger:
         w = len(self._windows[split]) - 1
         b = self._bin_of(t)
         x = x.to(torch.float64)
-        fin = torch.isfinite(x)
+        bad = self._bad_timesteps(t)
+        finite = torch.isfinite(x)
+        fin = finite & ~bad  # a sample at an impossible timestep is counted in bad_t and nowhere else
         finf = fin.to(torch.float64)
         xf = torch.where(fin, x, 0.0)
         if not self._shift_set:
@@ -340,7 +417,8 @@ class RunLogger:
         else:
             wcols = [torch.zeros_like(xf)] * 2
         # layout (column, bin): reductions along the last dim
-        src = torch.stack([finf, d, d * d, 1.0 - finf, xf, *wcols], dim=0)
+        nonfin = (~finite & ~bad).to(torch.float64)
+        src = torch.stack([finf, d, d * d, nonfin, xf, *wcols, bad.to(torch.float64)], dim=0)
         lo_x = torch.where(fin, x, math.inf)
         hi_x = torch.where(fin, x, -math.inf)
         acc, amin, amax = self._acc[split][w], self._min[split][w], self._max[split][w]
@@ -356,6 +434,10 @@ class RunLogger:
                 self._ring.add_(torch.stack([torch.bincount(s, weights=src[c], minlength=F_) for c in range(src.shape[0])]))
         amin.scatter_reduce_(0, b, lo_x, "amin")
         amax.scatter_reduce_(0, b, hi_x, "amax")
+        if split == "train":
+            tf = t.to(torch.float64)
+            self._tmin.scatter_reduce_(0, s, tf, "amin")
+            self._tmax.scatter_reduce_(0, s, tf, "amax")
 
     def probe_gradients(self, model, timesteps, losses, step: int, *, every: int | None = None):
         """Every ``probe_every`` steps: the gradient norm of each coarse noise bin's mean loss.
@@ -438,7 +520,8 @@ class RunLogger:
             col[slot] = float(value)
 
     def _t_dtype(self):
-        return torch.int64 if self.process.kind == "vp" else torch.float64
+        # float64 for every process: a fractional vp timestep must stay visible to the timestep check
+        return torch.float64
 
     def _bin_of(self, t: torch.Tensor) -> torch.Tensor:
         p, nb = self.process, self.process.num_bins
@@ -460,16 +543,17 @@ class RunLogger:
         n_win = self.flush_every // self.window + 2
         n_eval = 8
         f64 = dict(dtype=torch.float64, device=dev)
-        self._acc = {"train": torch.zeros(n_win, _NCOL, nb, **f64), "eval": torch.zeros(n_eval, _NCOL, nb, **f64)}
+        self._acc = {s: torch.zeros(n_win if s == "train" else n_eval, _NCOL, nb, **f64) for s in _SPLITS}
         self._min = {s: torch.full((a.shape[0], nb), math.inf, **f64) for s, a in self._acc.items()}
         self._max = {s: torch.full((a.shape[0], nb), -math.inf, **f64) for s, a in self._acc.items()}
         self._shift = torch.zeros(nb, **f64)
         self._shift_set = False
         self._ring = torch.zeros(_NCOL, self.flush_every, **f64)
+        self._tmin = torch.full((self.flush_every,), math.inf, **f64)
+        self._tmax = torch.full((self.flush_every,), -math.inf, **f64)
         # how window reductions are done (both exact, both tested on CPU): bincount on CPU, index_add_ elsewhere
         self._reduction = "bincount" if dev.type == "cpu" else "index_add"
-        self._buf = {"train": _SampleBuffer(self._buffer_size, self._t_dtype(), dev),
-                     "eval": _SampleBuffer(self._buffer_size, self._t_dtype(), dev)}
+        self._buf = {s: _SampleBuffer(self._buffer_size, self._t_dtype(), dev) for s in _SPLITS}
         self._dev_scalars: dict[str, torch.Tensor] = {}
         self._has_weights = False
         self._probe = torch.zeros(16, self.probe_bins, 2, dtype=torch.float32, device=dev)
@@ -495,7 +579,8 @@ class RunLogger:
             dst.copy_(src, non_blocking=cuda)
             return dst
 
-        tensors = {"ring": host(self._ring[:, :n]), "shift": host(self._shift)}
+        tensors = {"ring": host(self._ring[:, :n]), "shift": host(self._shift),
+                   "tmin": host(self._tmin[:n]), "tmax": host(self._tmax[:n])}
         for s in _SPLITS:
             if n_w[s]:
                 tensors[f"acc_{s}"] = host(self._acc[s][: n_w[s]])
@@ -520,6 +605,8 @@ class RunLogger:
             self._min[s].fill_(math.inf)
             self._max[s].fill_(-math.inf)
         self._ring.zero_()
+        self._tmin.fill_(math.inf)
+        self._tmax.fill_(-math.inf)
         for col in self._dev_scalars.values():
             col.fill_(math.nan)
 
@@ -544,8 +631,14 @@ class RunLogger:
         self._probe_steps = []
         self._queue.put(batch)
 
-    def close(self) -> None:
-        """Flush what is left, wait for the writer to finish, and drop the device buffers."""
+    def close(self, *, error: BaseException | None = None) -> None:
+        """Flush what is left, wait for the writer, record the close, and drop the device buffers.
+
+        The close marker (``segments/close-r<rank>-s<segment>.json``) is what tells a reader that
+        this segment ended on purpose: ``finished``, or ``failed`` when ``error`` is given (the
+        ``with`` block passes the exception that left it). A run without one was killed or is
+        still running.
+        """
         if self._closed:
             return
         try:
@@ -557,15 +650,33 @@ class RunLogger:
             _live_loggers.discard(self)
             if self._device is not None:
                 self._acc = self._min = self._max = self._buf = self._ring = self._probe = None
+                self._tmin = self._tmax = None
                 self._dev_scalars, self._device = {}, None
+            self._write_close_marker(error)
         if self.errors:
             warnings.warn(f"diffaudit: {len(self.errors)} part(s) could not be written: {self.errors[0]}", stacklevel=2)
+
+    def _write_close_marker(self, error: BaseException | None) -> None:
+        marker = {
+            "rank": self.rank,
+            "segment": self.segment,
+            "status": "failed" if error is not None else "finished",
+            "closed": time.time(),
+            "last_step": self._last_step,
+            "total_steps": self.total_steps,
+            "error": None if error is None else f"{type(error).__name__}: {error}"[:500],
+            "write_errors": len(self.errors),
+        }
+        try:
+            rf.write_json_exclusive(marker, self.path / rf.SEGMENTS_DIR / rf.close_marker_name(self.rank, self.segment))
+        except OSError as e:  # closing must not raise over a marker; the run then reads as never closed
+            self.errors.append(f"close marker: {e}")
 
     def __enter__(self) -> "RunLogger":
         return self
 
-    def __exit__(self, *exc) -> None:
-        self.close()
+    def __exit__(self, exc_type, exc, tb) -> None:
+        self.close(error=exc)
 
     def _write_loop(self) -> None:
         while True:
@@ -600,6 +711,7 @@ class RunLogger:
 
     def _steps_table(self, batch: _Batch) -> pa.Table:
         ring = batch.tensors["ring"].numpy().T  # (slot, column)
+        tmin, tmax = batch.tensors["tmin"].numpy(), batch.tensors["tmax"].numpy()
         n = len(batch.steps)
         count = ring[:, _C_COUNT]
         with np.errstate(invalid="ignore", divide="ignore"):
@@ -642,6 +754,9 @@ class RunLogger:
             "lr": column("lr", pa.float64())[2],
             "loss_scale": column("loss_scale", pa.float32())[2],
             "wloss": _f32(wloss),
+            "bad_t": pa.array(ring[:, _C_BADT].astype(np.int32)),
+            "t_min": _nullable(np.where(np.isfinite(tmin), tmin, np.nan), pa.float64()),
+            "t_max": _nullable(np.where(np.isfinite(tmax), tmax, np.nan), pa.float64()),
         }
         for name in sorted(vals):
             cols[name] = column(name, pa.float64())[2]
@@ -705,6 +820,29 @@ class RunLogger:
 
 # ----------------------------------------------------------------------------
 # Helpers
+
+
+def _valid_range_words(p: Process) -> str:
+    if p.kind == "vp":
+        return f"integers 0 to {p.num_timesteps - 1}"
+    if p.kind == "flow":
+        return "t in [0, 1]"
+    return f"sigma in [{p.sigma_min / _EDM_SLACK:g}, {p.sigma_max * _EDM_SLACK:g}]"
+
+
+def _timestep_cause(p: Process, lo: float, hi: float) -> str:
+    """The likeliest reason timesteps fall outside the process, in words."""
+    if p.kind == "flow" and hi > 1 and hi <= 1000.0 and lo >= 0:
+        return "they look scaled by 1000 (pass t in [0, 1], not t*1000)"
+    if p.kind == "vp" and 0 <= lo and hi < 1:
+        return f"they look like fractions of the schedule (pass integer t, i.e. t*{p.num_timesteps})"
+    if p.kind == "vp" and hi >= p.num_timesteps:
+        return f"t reaches {hi:g} >= T = {p.num_timesteps} (an off-by-one, or another schedule's length)"
+    if p.kind == "vp":
+        return "fractional or negative timesteps (pass the integer t the scheduler used)"
+    if p.kind == "edm" and lo <= 0:
+        return "sigma must be positive (pass sigma, not log sigma or t)"
+    return "pass the noise level the process uses"
 
 
 def _to_numpy(x) -> np.ndarray:
@@ -780,13 +918,14 @@ def _create_or_join_run(path: Path, meta: dict, process: Process) -> dict:
     return existing
 
 
-def _new_segment(path: Path, rank: int) -> int:
+def _new_segment(path: Path, rank: int, total_steps: int | None = None) -> int:
     """Claim the next segment id of this rank by creating its marker file exclusively."""
     seg_dir = path / rf.SEGMENTS_DIR
     while True:
         taken = [int(m["segment"]) for f in os.listdir(seg_dir) if (m := rf.SEGMENT_RE.match(f)) and int(m["rank"]) == rank]
         seg = max(taken, default=0) + 1
-        marker = {"rank": rank, "segment": seg, "created": time.time(), "pid": os.getpid(), "host": platform.node()}
+        marker = {"rank": rank, "segment": seg, "created": time.time(), "pid": os.getpid(), "host": platform.node(),
+                  "total_steps": total_steps}
         if rf.write_json_exclusive(marker, seg_dir / rf.segment_marker_name(rank, seg)):
             return seg
 

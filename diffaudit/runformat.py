@@ -5,6 +5,10 @@ A run is a directory that is only ever added to:
     run.json                       written once, atomically (os.link of a fsynced temp file)
     schedule.parquet               vp processes: t, alpha_bar, one_minus_alpha_bar, log_snr
     segments/r00000-s0001.json     one marker per logger start and rank
+    segments/close-r00000-s0001.json
+                                   written by a clean close (or a close after an exception) of
+                                   that logger; a segment without one never closed: killed,
+                                   crashed, or still running
     parts/<kind>-r<rank>-s<segment>-<seq>.parquet
                                    immutable parts, written to ``.<name>.tmp`` then os.replace'd
 
@@ -35,6 +39,22 @@ TMP_SUFFIX = ".tmp"
 PART_KINDS = ("steps", "bins", "probes", "optimum")
 PART_RE = re.compile(r"^(?P<kind>[a-z]+)-r(?P<rank>\d{5})-s(?P<segment>\d{4})-(?P<seq>\d{6})\.parquet$")
 SEGMENT_RE = re.compile(r"^r(?P<rank>\d{5})-s(?P<segment>\d{4})\.json$")
+CLOSE_RE = re.compile(r"^close-r(?P<rank>\d{5})-s(?P<segment>\d{4})\.json$")
+CLOSE_STATUSES = ("finished", "failed")  # failed: the logger's `with` block exited with an exception
+
+# What a bins row's `split` says: which weights were evaluated on which data. Overfitting is read
+# from "eval" against "train" (same weights, other data); EMA from "ema" against "eval" (same data,
+# other weights). Never "ema" against "train": an EMA gap is lag, not overfitting.
+SPLITS = ("train", "eval", "ema")
+SPLIT_WORDS = {
+    "train": "training batches, live weights",
+    "eval": "held-out data, live weights",
+    "ema": "EMA weights (held-out data)",
+}
+
+# More noise-level bins than this is a mistake (a flow run with t*1000 bins, say), not a resolution:
+# the logger and the loader refuse it rather than allocate or draw them.
+MAX_BINS = 4096
 PARQUET_COMPRESSION = "zstd"
 
 # ----------------------------------------------------------------------------
@@ -59,9 +79,18 @@ STEPS_SCHEMA = pa.schema(
     ]
 )
 
+# Optional logger columns of steps parts (absent in runs of older loggers): timestep checks.
+STEPS_OPTIONAL = pa.schema(
+    [
+        ("bad_t", pa.int32()),  # samples whose timestep cannot belong to the process (excluded from every statistic)
+        ("t_min", pa.float64()),  # smallest and largest raw timestep logged in the step (train split)
+        ("t_max", pa.float64()),
+    ]
+)
+
 BINS_SCHEMA = pa.schema(
     [
-        ("split", pa.string()),  # "train" or "eval"
+        ("split", pa.string()),  # one of SPLITS
         ("rank", pa.int32()),
         ("segment", pa.int32()),
         ("step_lo", pa.int64()),  # first and last step that contributed to this window
@@ -115,6 +144,10 @@ def segment_marker_name(rank: int, segment: int) -> str:
     return f"r{rank:05d}-s{segment:04d}.json"
 
 
+def close_marker_name(rank: int, segment: int) -> str:
+    return f"close-r{rank:05d}-s{segment:04d}.json"
+
+
 def new_run_id() -> str:
     return uuid.uuid4().hex[:16]
 
@@ -153,10 +186,11 @@ def write_table_atomic(table: pa.Table, path: Path, metadata: dict | None = None
 def write_json_exclusive(obj: dict, path: Path) -> bool:
     """Create ``path`` atomically with this JSON unless it exists; return True if this call created it."""
     path = Path(path)
+    # serialise first: an object JSON cannot hold fails here, before any file exists
+    text = json.dumps(obj, indent=1, sort_keys=True, default=str, allow_nan=False) + "\n"
     tmp = path.with_name("." + path.name + f".{os.getpid()}.{uuid.uuid4().hex[:6]}" + TMP_SUFFIX)
     with open(tmp, "w") as f:
-        json.dump(obj, f, indent=1, sort_keys=True, default=str)
-        f.write("\n")
+        f.write(text)
         f.flush()
         os.fsync(f.fileno())
     try:
