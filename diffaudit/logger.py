@@ -139,6 +139,7 @@ class RunLogger:
         data_dim: int | None = None,  # elements per sample, lets `diffaudit optimum` check its data
         probe_every: int = 1200,  # probe_gradients() acts on steps divisible by this (0 = never)
         probe_bins: int = 10,  # coarse bins the gradient probe splits the batch into
+        time_probe_every: int = 250,  # probe_time() acts on steps divisible by this (0 = never); ~0.15% of training
         buffer_size: int = 65536,  # per-sample device buffer (samples); reduced when full or at a window end
         total_steps: int | None = None,  # planned optimizer steps: lets a reader say how far along the run is
         check_timesteps: str = "raise",  # "raise": refuse impossible timesteps given as CPU tensors at once; "count": only count them
@@ -190,6 +191,7 @@ class RunLogger:
         self.window = int(window)
         self.flush_every = int(flush_every)
         self.probe_every = int(probe_every)
+        self.time_probe_every = int(time_probe_every)
         self.probe_bins = max(1, min(int(probe_bins), self.process.num_bins))
         self._buffer_size = max(1, int(buffer_size))
         if data_spectrum is not None:
@@ -222,6 +224,7 @@ class RunLogger:
             "flush_every": self.flush_every,
             "probe_every": self.probe_every,
             "probe_bins": self.probe_bins,
+            "time_probe_every": self.time_probe_every,
             "world_size": self.world_size,
             "total_steps": self.total_steps,
             "config": config or {},
@@ -476,6 +479,46 @@ class RunLogger:
         self._probe[i, :, 0].copy_(counts, non_blocking=True)
         self._probe[i, :, 1].copy_(norms, non_blocking=True)
         return norms
+
+    def probe_time(self, step: int, loss_fn, *, timesteps, losses, every: int | None = None):
+        """Every ``time_probe_every`` steps: does the loss depend on the noise level the network is told?
+
+        ``loss_fn(t_far)`` must return the per-sample losses of this step's samples (same x_t, same
+        target) with the network conditioned on ``t_far`` instead of the true timesteps, e.g.
+        ``lambda tf: ((model(x_t, tf) - target) ** 2).flatten(1).mean(1)``; the logger never needs
+        the model's signature. ``t_far`` puts every sample half the noise range away from its true
+        level (vp: (t + T/2) mod T; flow: (t + 0.5) mod 1; edm: log sigma shifted half its range).
+        It runs under ``torch.no_grad()`` (one forward pass, about a third of a training step) and
+        logs both losses binned by the *true* noise level, as the splits ``probe_t`` and
+        ``probe_true``. A network that ignores t gives exactly the same loss; one that uses it, a
+        much larger one wherever L* varies with t. Returns the far-t losses, or None off probe steps.
+        """
+        every = self.time_probe_every if every is None else int(every)
+        step = int(step)
+        if every <= 0 or step % every != 0:
+            return None
+        t = timesteps.detach() if isinstance(timesteps, torch.Tensor) else torch.as_tensor(timesteps)
+        x = losses.detach() if isinstance(losses, torch.Tensor) else torch.as_tensor(losses)
+        with torch.no_grad():
+            far = loss_fn(self._far_timesteps(t))
+        far = far.detach() if isinstance(far, torch.Tensor) else torch.as_tensor(far)
+        if far.numel() != x.numel():
+            raise DataError(f"probe_time: loss_fn returned {far.numel()} losses for {x.numel()} samples")
+        self.log(step, timesteps=t, losses=far.reshape(-1), split="probe_t")
+        self.log(step, timesteps=t, losses=x.reshape(-1), split="probe_true")
+        return far
+
+    def _far_timesteps(self, t: torch.Tensor) -> torch.Tensor:
+        """Each timestep moved half the process's noise range away (cyclically), in t's dtype and device."""
+        p = self.process
+        if p.kind == "vp":
+            T = p.num_timesteps
+            return torch.remainder(t.to(torch.int64) + T // 2, T).to(t.dtype)
+        if p.kind == "flow":
+            return torch.remainder(t.to(torch.float64) + 0.5, 1.0).to(t.dtype)
+        lo, hi = math.log(p.sigma_min), math.log(p.sigma_max)
+        u = (torch.log(t.to(torch.float64).clamp_min(1e-300)) - lo) / (hi - lo)
+        return torch.exp(lo + torch.remainder(u + 0.5, 1.0) * (hi - lo)).to(t.dtype)
 
     # ------------------------------------------------------------------------
     # Slots

@@ -45,11 +45,16 @@ CLOSE_STATUSES = ("finished", "failed")  # failed: the logger's `with` block exi
 # What a bins row's `split` says: which weights were evaluated on which data. Overfitting is read
 # from "eval" against "train" (same weights, other data); EMA from "ema" against "eval" (same data,
 # other weights). Never "ema" against "train": an EMA gap is lag, not overfitting.
-SPLITS = ("train", "eval", "ema")
+# "probe_t" and "probe_true" are the time-sensitivity probe's pair (RunLogger.probe_time): the same
+# training samples' loss with the noise level the network is told shifted half the range away, and
+# with the true one, both binned by the true noise level.
+SPLITS = ("train", "eval", "ema", "probe_t", "probe_true")
 SPLIT_WORDS = {
     "train": "training batches, live weights",
     "eval": "held-out data, live weights",
     "ema": "EMA weights (held-out data)",
+    "probe_t": "training samples, the network told a far-away noise level",
+    "probe_true": "the same samples, the network told the true noise level",
 }
 
 # More noise-level bins than this is a mistake (a flow run with t*1000 bins, say), not a resolution:

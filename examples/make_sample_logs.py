@@ -38,6 +38,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from diffaudit.datastats import data_statistics
 from diffaudit.logger import RunLogger
 
 REPO = Path(__file__).resolve().parents[1]
@@ -292,9 +293,9 @@ def train(spec: RunSpec, run_dir: Path, *, stop_at: int | None = None, kill_at: 
     torch.set_flush_denormal(True)  # a diverged net produces denormals that are 100x slower on CPU
     torch.manual_seed(spec.seed)
     train_x, held = load_data(spec.train_subset)
-    cov = torch.cov(train_x.T.double(), correction=0)
-    data_var = float(cov.diagonal().mean())  # mean per-pixel variance
-    spectrum = torch.linalg.eigvalsh(cov).clamp_min(0.0)  # covariance eigenvalues: a tighter Gaussian L* bound
+    # data_var = trace(Cov)/d (each pixel's variance about its own mean, averaged) and the covariance
+    # eigenvalues (a tighter Gaussian L* bound), computed the one documented way
+    data_stats = data_statistics(train_x)
     diff = Diffusion(spec)
     model = Denoiser(use_time=spec.use_time)
     opt = torch.optim.AdamW(model.parameters(), lr=spec.lr, weight_decay=WEIGHT_DECAY, fused=True)
@@ -319,7 +320,7 @@ def train(spec: RunSpec, run_dir: Path, *, stop_at: int | None = None, kill_at: 
     t0 = time.perf_counter()
     with RunLogger(run_dir, alphas_cumprod=diff.alphas_cumprod, betas=diff.betas, prediction="epsilon",
                    num_bins=NUM_BINS, flush_every=FLUSH_EVERY, probe_every=spec.probe_every,
-                   data_var=data_var, data_spectrum=spectrum, data_dim=train_x.shape[1], config=config) as logger:
+                   total_steps=spec.steps, **data_stats, config=config) as logger:
         for step in range(start, end):
             if checkpoint is not None and not resume and step == CHECKPOINT_AT:
                 torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "step": step}, checkpoint)

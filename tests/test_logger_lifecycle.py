@@ -1,6 +1,7 @@
 """The logger's lifecycle, evaluation kinds and timestep checks: what a reader needs to read a run honestly."""
 
 import json
+import math
 import os
 import signal
 import subprocess
@@ -195,3 +196,57 @@ def test_data_var_is_the_mean_per_element_variance_not_the_pooled_one():
     assert st["data_var"] == pytest.approx(data_var(x), rel=1e-12)
     with pytest.raises(DataError, match="NaN"):
         data_statistics(np.array([[1.0, np.nan], [0.0, 1.0]]))
+
+
+# ----------------------------------------------------------------------------
+# The time-sensitivity probe
+
+
+@pytest.mark.parametrize("kind", ["vp", "flow", "edm"])
+def test_time_probe_pairs_the_far_t_loss_with_the_true_one(tmp_path, linear_alpha_bar, kind):
+    kw = {"vp": {"alphas_cumprod": linear_alpha_bar}, "flow": {"process": "flow"},
+          "edm": {"process": "edm", "sigma_data": 0.5}}[kind]
+    seen = []
+
+    def uses_t(tf):  # a "network" whose loss is the conditioning noise level itself: it depends on t
+        seen.append(tf.clone())
+        return tf.to(torch.float64) + 1.0
+
+    def ignores_t(tf):
+        return torch.full(tf.shape, 2.0, dtype=torch.float64)
+
+    with RunLogger(tmp_path / "r", num_bins=4, time_probe_every=10, **kw) as lg:
+        g = torch.Generator().manual_seed(0)
+        for s in range(25):
+            if kind == "vp":
+                t = torch.randint(0, 1000, (16,), generator=g)
+            elif kind == "flow":
+                t = torch.rand(16, generator=g, dtype=torch.float64)
+            else:
+                t = torch.exp(torch.randn(16, generator=g, dtype=torch.float64) - 1.2)
+            lg.log(s, timesteps=t, losses=torch.full((16,), 2.0))
+            out = lg.probe_time(s, uses_t if s < 15 else ignores_t, timesteps=t, losses=torch.full((16,), 2.0))
+            assert (out is None) == (s % 10 != 0)
+            if kind == "vp" and s == 0:
+                assert torch.equal(seen[0], (t + 500) % 1000) and seen[0].dtype == t.dtype
+            if kind == "flow" and s == 0:
+                assert torch.allclose(seen[0], torch.remainder(t + 0.5, 1.0))
+    run = diffaudit.load_run(tmp_path / "r")
+    pt = run.bins.filter(run.bins["split"] == "probe_t")
+    pr = run.bins.filter(run.bins["split"] == "probe_true")
+    assert sorted(pt["step_lo"].unique().to_list()) == [0, 10, 20]
+    assert pt["count"].sum() == pr["count"].sum() == 48
+    np.testing.assert_allclose(pr["mean"].to_numpy(), 2.0, rtol=1e-12)
+    np.testing.assert_allclose(pt.filter(pt["step_lo"] == 20)["mean"].to_numpy(), 2.0, rtol=1e-12)  # ignores t: ratio 1
+    assert pt.filter(pt["step_lo"] == 0)["mean"].n_unique() > 1  # the far t reached the loss
+    if kind == "edm":
+        sig = seen[0].log()
+        lo, hi = math.log(0.002), math.log(80.0)
+        assert ((sig >= lo - 1e-9) & (sig <= hi + 1e-9)).all()
+
+
+def test_time_probe_checks_what_loss_fn_returns(tmp_path, linear_alpha_bar):
+    with RunLogger(tmp_path / "r", alphas_cumprod=linear_alpha_bar, num_bins=4) as lg:
+        t = torch.randint(0, 1000, (8,))
+        with pytest.raises(DataError, match="returned 3 losses for 8 samples"):
+            lg.probe_time(0, lambda tf: torch.ones(3), timesteps=t, losses=torch.ones(8))
