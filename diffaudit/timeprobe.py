@@ -10,8 +10,9 @@ logs both losses binned by the true level (splits ``probe_true`` and
 ``probe_t``).
 
 What is read: per bin, the ratio R_b = mean(loss, far t) / mean(loss, true t)
-over the probes of the judged stretch (the later half of the probes, at least
-one). The same samples, noise and targets enter both means, so sampling noise
+over the probes of the judged stretch (the later half of the probes after the
+first, at least one: the first probe sees an untrained network, which barely uses
+t whatever its architecture). The same samples, noise and targets enter both means, so sampling noise
 cancels: a network that ignores t computes exactly the same outputs and R_b is 1
 to rounding; one that uses t is hurt by a wrong noise level wherever the best
 denoiser depends on it, which for a diffusion model is almost everywhere (R_b of
@@ -67,7 +68,12 @@ def time_probe(bins: pl.DataFrame, *, late_share: float = 0.5) -> TimeProbe:
                    & set(pb.filter(pl.col("split") == "probe_true")["step_lo"].to_list()))
     if not steps:
         return TimeProbe(False)
-    keep = steps[int(len(steps) * (1 - late_share)):] or steps[-1:]
+    # the first probe sees the network before (almost) any training: an untrained network barely
+    # uses t whatever its architecture, so that probe says nothing about the architecture
+    trained = steps[1:]
+    if not trained:
+        return TimeProbe(True, (), len(steps))
+    keep = trained[int(len(trained) * (1 - late_share)):] or trained[-1:]
     late = pb.filter(pl.col("step_lo").is_in(keep))
     per = (
         late.group_by("split", "bin")
