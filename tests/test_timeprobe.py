@@ -11,10 +11,16 @@ import diffaudit
 from diffaudit.timeprobe import IGNORED_MARGIN, time_probe
 
 FAMILIES = Path(__file__).resolve().parents[1] / "sample_logs" / "families"
+CORPUS = FAMILIES.parent / "corpus"  # the digits MLP family
 LABELS = json.loads((FAMILIES / "labels.json").read_text())["families"] if (FAMILIES / "labels.json").exists() else {}
 
 
 def _runs(kind_or_name):
+    if kind_or_name == "no_time":
+        yield pytest.param("..", "corpus/no_time", id="digits_mlp/no_time")
+    if kind_or_name == "healthy":
+        for d in sorted(CORPUS.glob("healthy_s*")):
+            yield pytest.param("..", f"corpus/{d.name}", id=f"digits_mlp/{d.name}")
     for fam, entry in sorted(LABELS.items()):
         for name, lab in sorted(entry["runs"].items()):
             if (FAMILIES / fam / name).is_dir() and (lab["kind"] == kind_or_name or name == kind_or_name):
