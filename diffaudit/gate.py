@@ -1006,7 +1006,8 @@ def single_run_stats(a: np.ndarray, b: np.ndarray, x: np.ndarray, sel: np.ndarra
                      "autocorrelation times long): the error bars assume AR(1) block noise with phi = "
                      f"{phi:.2f}, " + (f"estimated from all bins over the last {K - first} matched blocks" if ar is not None else
                      "assumed (too few blocks to estimate it)") + ", and use "
-                     f"its effective degrees of freedom (about {np.nanmedian(df_w):.1f}, not {len(sel) - 1})")
+                     f"its effective degrees of freedom (" + (f"about {np.nanmedian(df_w):.1f}, " if np.isfinite(df_w).any()
+                                                            else "") + f"not {len(sel) - 1})")
     groups = []
     for name, members in _groups(tested, falling):
         zg = np.nanmean(np.where(members[:, None], z[:, sel], np.nan), axis=0)
