@@ -139,32 +139,49 @@ def load_digits(corpus: Path, role: str) -> Family | None:
     return fam
 
 
-def load_families(root: Path, calibration: set[str]) -> list[Family]:
+def _load(p: Path):
+    """A run, or None (with a line saying why) when it cannot be loaded, e.g. still being written."""
+    try:
+        return load_run(p)
+    except DiffauditError as e:
+        print(f"  skipped {p}: {e}")
+        return None
+
+
+def load_families(root: Path, calibration: set[str], only: set[str] | None = None) -> list[Family]:
     out = []
     labels_path = root / "labels.json"
     if labels_path.is_file():
         labels = json.loads(labels_path.read_text())["families"]
         for fname, fl in sorted(labels.items()):
+            if only and fname not in only:
+                continue
             fam = Family(fname, fl.get("role", "heldout"))
             for rname, lab in sorted(fl.get("runs", {}).items()):
                 p = root / fname / rname
                 if not (p / "run.json").is_file():
                     continue
+                run = _load(p)
+                if run is None:
+                    continue
                 if lab.get("kind") == "healthy":
-                    fam.healthy.append(load_run(p))
+                    fam.healthy.append(run)
                 else:
-                    fam.others[rname] = (load_run(p), lab)
+                    fam.others[rname] = (run, lab)
             out.append(fam)
         return out
     if not root.is_dir():
         return out
-    for d in sorted(p for p in root.iterdir() if p.is_dir()):
+    for d in sorted(p for p in root.iterdir() if p.is_dir() and (not only or p.name in only)):
         fam = Family(d.name, "calibration" if d.name in calibration else "heldout")
         for r in sorted(p for p in d.iterdir() if (p / "run.json").is_file()):
+            run = _load(r)
+            if run is None:
+                continue
             if r.name.startswith("healthy"):
-                fam.healthy.append(load_run(r))
+                fam.healthy.append(run)
             else:
-                fam.others[r.name] = (load_run(r), {"gate": "regression", "change": r.name, "kind": "defect"})
+                fam.others[r.name] = (run, {"gate": "regression", "change": r.name, "kind": "defect"})
         out.append(fam)
     return out
 
@@ -196,15 +213,18 @@ def baseline_groups(fam: Family, m: int, per: int, rng, exclude=None) -> list[li
     return [[pool[i] for i in combos[j]] for j in sorted(pick)]
 
 
-def fpr_seeds(fam: Family, cmp, m: int, per: int, rng) -> tuple[int, int, int]:
+def fpr_seeds(fam: Family, cmp, m: int, per: int, rng) -> tuple[int, int, int, dict]:
     k = n = inc = 0
+    by: dict[str, int] = {}
     for c in fam.healthy:
         for g in baseline_groups(fam, m, per, rng, exclude=c):
             v = cmp(g, c)
             n += 1
             k += v.status == "regression"
             inc += v.status == "inconclusive"
-    return k, n, inc
+            for m_ in {c.metric for c in v.regressions}:
+                by[m_] = by.get(m_, 0) + 1
+    return k, n, inc, by
 
 
 def power(fam: Family, cmp, m: int, per: int, rng) -> list[tuple]:
@@ -238,8 +258,8 @@ def power(fam: Family, cmp, m: int, per: int, rng) -> list[tuple]:
 
 
 def fit_allowance(families: list[Family], cmp) -> gate.Allowance:
-    zero = gate.Allowance(0.0, 0.0, 0.0)
-    rows_b, rows_m, speed = [], [], []
+    zero = gate.Allowance()
+    rows_b, rows_m, speed, clip = [], [], [], []
     for fam in families:
         ch, se, ratio, gch, gse = [], [], [], [], []
         for a, b in itertools.permutations(fam.healthy, 2):
@@ -284,6 +304,13 @@ def fit_allowance(families: list[Family], cmp) -> gate.Allowance:
                     logs.append(math.log(sc0.details["baseline_runs"][0]))
         if len(logs) >= 3:
             speed.append((fam.name, float(np.std(logs, ddof=1)), len(logs)))
+        rates = []
+        for run in fam.healthy:
+            st = run.steps
+            if st.height and "clipped" in st.columns and st["clipped"].drop_nulls().len():
+                rates.append(float(st["clipped"].drop_nulls().cast(pl.Float64).mean()))
+        if len(rates) >= 3:
+            clip.append((fam.name, float(np.std(rates, ddof=1)), len(rates)))
     print("\nFIT (calibration families, every ordered healthy pair, allowance off)")
     print("  per-bin seed variance not explained by within-run noise (sd per run, %), and Lbar / L_bin:")
     for fam_name in sorted({r[0] for r in rows_b}):
@@ -310,9 +337,11 @@ def fit_allowance(families: list[Family], cmp) -> gate.Allowance:
           + ", ".join(f"{n} {100 * math.sqrt(max(x, 0)):.2f}%" for n, x in rows_m))
     print("  log(steps to reach the loss level), sd over seeds: "
           + ", ".join(f"{n} {100 * s:.1f}% ({k} seeds)" for n, s, k in speed))
-    al = gate.Allowance(b, mean_sd, speed_sd, f)
+    clip_sd = max((s[1] for s in clip), default=0.0)
+    print("  clip rate over all steps, sd over seeds: " + ", ".join(f"{n} {s:.4f} ({k} seeds)" for n, s, k in clip))
+    al = gate.Allowance(b, mean_sd, speed_sd, f, clip_sd)
     print(f"  => SEED_BIN_SD = {b:.4f}, SEED_FLOOR_SD = {f:.5f}, SEED_MEAN_SD = {mean_sd:.4f}, "
-          f"SEED_SPEED_SD = {speed_sd:.4f}")
+          f"SEED_SPEED_SD = {speed_sd:.4f}, SEED_CLIP_SD = {clip_sd:.4f}")
     return al
 
 
@@ -337,12 +366,14 @@ def main(argv=None) -> int:
     calib = set(filter(None, args.calibration.split(",")))
     t0 = time.perf_counter()
     fams = []
-    d = load_digits(args.corpus, "calibration" if "digits_mlp" in calib else "heldout")
+    d = None
+    if not args.only or "digits_mlp" in args.only.split(","):
+        d = load_digits(args.corpus, "calibration" if "digits_mlp" in calib else "heldout")
     if d is not None:
         fams.append(d)
-    fams += [f for f in load_families(args.families, calib) if f.name != "digits_mlp" or d is None]
-    if args.only:
-        keep = set(args.only.split(","))
+    keep = set(filter(None, args.only.split(",")))
+    fams += [f for f in load_families(args.families, calib, keep) if f.name != "digits_mlp" or d is None]
+    if keep:
         fams = [f for f in fams if f.name in keep]
     find = Findings()
 
@@ -374,9 +405,9 @@ def main(argv=None) -> int:
             k, n, by = fpr_pairs(fam, cmp)
             print(f"  FPR one run per side, all ordered healthy pairs: {rate(k, n)}" + (f"; by {by}" if by else ""))
         mm = min(m, len(fam.healthy) - 1)
-        ks, ns, inc = fpr_seeds(fam, cmp, mm, per, rng)
+        ks, ns, inc, bys = fpr_seeds(fam, cmp, mm, per, rng)
         print(f"  FPR {mm} baseline seeds vs one healthy candidate: {rate(ks, ns)}"
-              + (f" ({inc} inconclusive)" if inc else ""))
+              + (f" ({inc} inconclusive)" if inc else "") + (f"; by {bys}" if bys else ""))
         rows = power(fam, cmp, mm, per, rng)
         if rows:
             print(f"  {'run':<16} {'expected':<10} {'1 run/side':>16} {f'vs {mm} seeds':>12}  by / change")
