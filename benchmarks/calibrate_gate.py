@@ -457,6 +457,17 @@ def injected(fam: Family, cmp, rng, trials: int) -> None:
             exact += named_bins(v) == set(bins.tolist())
         print(f"INJECTED x{factor:g} in {ninj} of {nb} bins of another seed, one run per side: flagged {rate(flag, n)}; "
               f"exactly those bins {rate(exact, n)}")
+    for factor in (1.05, 1.10):
+        exact = flag = n = 0
+        for _ in range(4 * trials):
+            idx = rng.permutation(len(healthy))
+            bins = rng.choice(nb, ninj, replace=False)
+            v = cmp([healthy[i] for i in idx[:5]], inject(healthy[idx[5]], bins, factor))
+            n += 1
+            flag += v.status == "regression"
+            exact += named_bins(v) == set(bins.tolist())
+        print(f"INJECTED x{factor:g} in {ninj} of {nb} bins of one candidate against 5 baseline seeds: "
+              f"flagged {rate(flag, n)}; exactly those bins {rate(exact, n)}")
 
 
 if __name__ == "__main__":
