@@ -307,8 +307,11 @@ def fit_allowance(families: list[Family], cmp) -> gate.Allowance:
         rates = []
         for run in fam.healthy:
             st = run.steps
-            if st.height and "clipped" in st.columns and st["clipped"].drop_nulls().len():
-                rates.append(float(st["clipped"].drop_nulls().cast(pl.Float64).mean()))
+            c = st["clipped"].drop_nulls() if st.height and "clipped" in st.columns else None
+            if c is not None and c.len():
+                n = c.len()  # log-odds of the rate, kept finite (half a step at either end)
+                r = min(max(float(c.cast(pl.Float64).mean()), 0.5 / n), 1 - 0.5 / n)
+                rates.append(math.log(r / (1 - r)))
         if len(rates) >= 3:
             clip.append((fam.name, float(np.std(rates, ddof=1)), len(rates)))
     print("\nFIT (calibration families, every ordered healthy pair, allowance off)")
@@ -338,7 +341,7 @@ def fit_allowance(families: list[Family], cmp) -> gate.Allowance:
     print("  log(steps to reach the loss level), sd over seeds: "
           + ", ".join(f"{n} {100 * s:.1f}% ({k} seeds)" for n, s, k in speed))
     clip_sd = max((s[1] for s in clip), default=0.0)
-    print("  clip rate over all steps, sd over seeds: " + ", ".join(f"{n} {s:.4f} ({k} seeds)" for n, s, k in clip))
+    print("  log-odds of the clip rate over all steps, sd over seeds: " + ", ".join(f"{n} {s:.4f} ({k} seeds)" for n, s, k in clip))
     al = gate.Allowance(b, mean_sd, speed_sd, f, clip_sd)
     print(f"  => SEED_BIN_SD = {b:.4f}, SEED_FLOOR_SD = {f:.5f}, SEED_MEAN_SD = {mean_sd:.4f}, "
           f"SEED_SPEED_SD = {speed_sd:.4f}, SEED_CLIP_SD = {clip_sd:.4f}")
@@ -356,7 +359,8 @@ def main(argv=None) -> int:
                     help="families used to set the defaults when a folder has no labels.json")
     ap.add_argument("--only", default="", help="comma-separated family names to measure (default all)")
     ap.add_argument("--baseline-seeds", type=int, default=5, help="seeds in a baseline group (prediction interval)")
-    ap.add_argument("--groups", type=int, default=5, help="random baseline groups per healthy candidate / defect")
+    ap.add_argument("--groups", type=int, default=21,
+                    help="baseline groups per healthy candidate / defect (all of them when there are fewer: 21 = C(7, 5))")
     ap.add_argument("--quick", action="store_true", help="fewer baseline groups, no all-pairs sweep on digits")
     ap.add_argument("--fit", action="store_true", help="learn the seed allowance on the calibration families")
     ap.add_argument("--inject", action="store_true", help="injected per-bin rises on the digits corpus")
@@ -413,7 +417,7 @@ def main(argv=None) -> int:
             print(f"  {'run':<16} {'expected':<10} {'1 run/side':>16} {f'vs {mm} seeds':>12}  by / change")
         for name, lab, k1, n1, refused, inc1, kg, ng, by1 in rows:
             tag = f"{k1}/{n1}" + (f" ({refused} refused)" if refused else "") + (f" ({inc1} inc.)" if inc1 else "")
-            print(f"  {name:<16} {lab.get('gate', '?'):<10} {tag:>16} {f'{kg}/{ng}':>12}  "
+            print(f"  {name:<16} {str(lab.get('gate')):<10} {tag:>16} {f'{kg}/{ng}':>12}  "
                   + ", ".join(f"{key} {val}" for key, val in sorted(by1.items(), key=lambda kv: -kv[1]))
                   + f"  [{str(lab.get('change', ''))[:50]}]")
         summary.append((fam, k, n, ks, ns, rows))

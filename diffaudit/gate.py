@@ -165,7 +165,7 @@ SEED_BIN_SD = 0.0266  # b: of a bin's late loss (patches_conv 2.66%, digits_mlp 
 SEED_FLOOR_SD = 0.0028  # f: of the run's mean loss over bins, in every bin (patches_conv 0.28%, digits_mlp 0.05%)
 SEED_MEAN_SD = 0.0374  # of the mean over a group of bins (patches_conv 3.74%, digits_mlp 0.45%)
 SEED_SPEED_SD = 0.055  # of log(steps to reach the loss level) (digits_mlp 5.5%, patches_conv 3.5%)
-SEED_CLIP_SD = 0.033  # of the clip rate, absolute (patches_conv 0.033: one seed clips 11.5%, the rest ~2.6%)
+SEED_CLIP_SD = 0.63  # of the log-odds of the clip rate (patches_conv 0.63, digits_mlp 0.46; as sds of the rate 0.033 and 0.0013)
 CURVE_POINTS = 400  # block means per side kept in the verdict for plots
 MAX_REASONS = 8  # regressions explained one per line under the terminal table
 CLIP_POINTS = 10_000  # per-step clip indicators are averaged into at most this many windows before testing
@@ -881,7 +881,7 @@ class Allowance:
     mean: float = 0.0  # of the late loss averaged over a group of bins
     speed: float = 0.0  # of log(steps to reach the loss level)
     floor: float = 0.0  # of a bin's late loss, relative to the run's mean loss over bins (small-loss bins)
-    clip: float = 0.0  # of the clip rate (absolute): added with one run per side, a floor under the seeds' spread
+    clip: float = 0.0  # of the clip rate's log-odds: added with one run per side, a floor under the seeds' spread
 
     def bin_sd(self, level: np.ndarray, mean_level: float) -> np.ndarray:
         """Relative allowance (sd per run) of each bin: sqrt(bin^2 + (floor * mean_level / level)^2)."""
@@ -891,7 +891,7 @@ class Allowance:
     def words(self) -> str:
         return (f"sd per run {_pct(self.bin)} of a bin's loss plus {_pct(self.floor)} of the run's mean loss over "
                 f"bins, {_pct(self.mean)} for a mean over bins, {_pct(self.speed)} for the steps to reach the loss level, "
-                f"{self.clip:.3g} for the clip rate")
+                f"{self.clip:.2g} for the log-odds of the clip rate")
 
 
 DEFAULT_ALLOWANCE = Allowance(SEED_BIN_SD, SEED_MEAN_SD, SEED_SPEED_SD, SEED_FLOOR_SD, SEED_CLIP_SD)
@@ -1407,16 +1407,18 @@ def _clip_check(base, cand, rule, lo, hi, alpha, single, allowance: Allowance) -
     except InconclusiveError as e:
         return Check("clip_rate", name, "inconclusive", str(e), rule=str(rule), baseline=va, candidate=vb)
     scale = abs(va) if rule.relative and va != 0 else 1.0
-    # the seed-to-seed spread of the clip rate (an absolute sd per run): added to the within-run error with one
-    # run per side; with seeds, a floor under the measured spread (a seed that clips 4x as often is healthy too)
+    # the seed-to-seed spread of the clip rate, an sd of its log-odds per run (seeds of one model clip 0.2-0.5% or
+    # 30-57% of steps: the spread scales with p (1 - p)), as an sd of the rate at the two sides' mean rate: added to
+    # the within-run error with one run per side; with seeds, a floor under the measured spread
     se, df = c.se, c.df
     if allowance.clip > 0:
+        pm = min(max(0.5 * (va + vb), 0.0), 1.0)
+        sd = allowance.clip * pm * (1 - pm)
         if single:
-            v, d = _satterthwaite(np.array([se * se]), np.array([df]), 2 * allowance.clip**2)
+            v, d = _satterthwaite(np.array([se * se]), np.array([df]), 2 * sd**2)
             se, df = math.sqrt(float(v[0])), float(d[0])
         else:
-            floor = allowance.clip * math.sqrt(1 / R0 + 1 / (len(rates) - R0))
-            se = max(se, floor)
+            se = max(se, sd * math.sqrt(1 / R0 + 1 / (len(rates) - R0)))
     # tested against the limit (in the rule's unit), not against no change
     p = _p_above(c.diff, se, df, (rule.limit if rule.limit is not None else math.inf) * scale)
     tq = _tq(alpha, df) if se > 0 else 0.0
