@@ -154,8 +154,8 @@ def load_families(root: Path, calibration: set[str], only: set[str] | None = Non
     if labels_path.is_file():
         labels = json.loads(labels_path.read_text())["families"]
         for fname, fl in sorted(labels.items()):
-            if only and fname not in only:
-                continue
+            if (only and fname not in only) or fl.get("role") not in ("calibration", "heldout"):
+                continue  # families made for other questions (e.g. "units") are not the gate's
             fam = Family(fname, fl.get("role", "heldout"))
             for rname, lab in sorted(fl.get("runs", {}).items()):
                 p = root / fname / rname

@@ -545,11 +545,15 @@ def compare(
     elif len(cand) == 1:
         notes.append(f"one candidate run against {len(base)} baseline seeds: the candidate is tested against a "
                      f"prediction interval from the baseline seeds' spread (sd x sqrt(1 + 1/{len(base)}), t with "
-                     f"{len(base) - 1} df), so seed-to-seed variation of this model is seen directly"
+                     f"{len(base) - 1} df), so seed-to-seed variation of this model is seen directly; what it "
+                     "cannot see is a seed distribution with heavier tails than a few baseline seeds show"
                      + ("; with fewer than 5 baseline seeds the intervals are wide" if len(base) < 5 else ""))
     elif len(base) == 1:
         notes.append(f"one baseline run against {len(cand)} candidate seeds: the candidates' seed-to-seed spread "
                      "stands for the baseline's; several baseline seeds and one candidate is the recommended setup")
+    else:
+        notes.append(f"{len(base)} baseline and {len(cand)} candidate seeds: the noise is the seed-to-seed spread "
+                     "measured on both sides (Welch's t over seed means)")
     common = dict(baseline=sides[0], candidate=sides[1], noise_model=noise, settings=settings,
                   process=base[0].process, curves=_curves(base, cand))
 
