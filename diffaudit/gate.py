@@ -186,9 +186,10 @@ _GROUP_METRIC = "loss_mean"  # aggregates of bins: mean relative change over a g
 STATUSES = ("pass", "regression", "inconclusive", "off")
 
 __all__ = [
-    "ALPHA", "CORRECTION", "MAX_LAG", "MIN_WINDOWS", "TOLERANCE", "WINDOW",
-    "Check", "Rule", "RunCurve", "Side", "Verdict", "Window",
-    "compare", "load_side", "parse_alpha", "parse_rule", "parse_tolerance", "parse_window", "resolve_side",
+    "ALPHA", "CORRECTION", "DEFAULT_ALLOWANCE", "LAG_SHARE", "MAX_LAG", "MIN_WINDOWS", "SEED_BIN_SD", "SEED_CLIP_SD",
+    "SEED_FLOOR_SD", "SEED_MEAN_SD", "SEED_SPEED_SD", "TOLERANCE", "WINDOW",
+    "Allowance", "Check", "Rule", "RunCurve", "Side", "Verdict", "Window",
+    "compare", "decide", "seed_stats", "single_run_stats", "load_side", "parse_alpha", "parse_rule", "parse_tolerance", "parse_window", "resolve_side",
     "verdict_to_dict", "verdict_to_html", "verdict_to_json", "verdict_to_junit", "verdict_to_markdown",
     "verdict_to_text",
 ]
