@@ -13,6 +13,10 @@ What is compared
   bin over the *late window* of the matched steps, candidate against baseline,
   with its excess over L* alongside (Gaussian bound from run.json, or the
   empirical L* of ``diffaudit optimum`` when both sides have it).
+* **Late loss averaged over bins** (two aggregate checks): the mean relative
+  change over all bins and over the *still-falling* bins (those whose late
+  loss still moves with training at least as much as the median bin's). A
+  change spread thinly over many bins is seen here when no single bin shows it.
 * **Convergence speed**: steps until the smoothed per-step loss first reaches
   the baseline's late level plus ``SPEED_LEVEL`` (10%) of its initial drop.
 * **Clip rate** over the matched steps; **non-finite losses** over the matched
@@ -20,12 +24,16 @@ What is compared
   not in the baseline.
 
 Each check has a rule (:class:`Rule`, parsed from ``loss:2%``-style strings): a
-limit on the change, relative (``2%``) or absolute (``+0.05``). A check
-regresses only if its change exceeds the limit *and*, where there is a noise
-model, the increase is significant.
+limit on the change, relative (``2%``) or absolute (``+0.05``). Where there is a
+noise model, a check regresses only if its change is *significantly larger than
+the limit*: the one-sided test is of "change <= limit" (p of (change - limit) /
+se), adjusted across bins, so a bin regresses when the lower end of its
+corrected one-sided interval lies above the tolerance. (Testing "change <= 0"
+and then asking the point estimate to exceed the limit flags a true change that
+sits at the limit half the time.)
 
-The noise model, and why the gate is calibrated
------------------------------------------------
+The noise model
+---------------
 
 *Matching.* Only steps every run logged count (the overlap), and the per-bin
 statistics are regrouped into *blocks* whose boundaries are window starts
@@ -33,71 +41,76 @@ shared by every run, so both sides average exactly the same stretch of
 training (windows of different sizes nest into the coarser grid; merging is
 exact because the logger's statistics are sufficient). The late window is
 widened to ``min_windows`` blocks when it holds fewer (a short CI run has 3
-blocks in its last 20%): an error bar on 2 degrees of freedom needs a t quantile
-of 14 to survive the correction across bins, so nothing could ever regress.
+blocks in its last 20%).
 
-*Several seeds per side.* The question is "is the candidate worse than another
-seed of the baseline would be?", so the seed-to-seed spread is the noise: per
-bin, each run is reduced to its late mean and the sides are compared with
-Welch's t over seeds (:func:`diffaudit.stats.compare_seed_means`; with one
-run on one side, the other side's spread stands for both). Before that, each
-run's own progress lag against the baseline's mean curve (the fit of point 2
-below, bounded by +-``max_lag``) is removed from its per-bin levels: on the
-corpus this shrinks the seed spread of the still-falling high-noise bins from
-2-3% to about 1%, which is what lets five seeds per side name a 3% rise
-confined to 2 of 20 bins. The p-values stay valid: the adjusted levels are
-still one independent number per seed.
+*Progress lag.* Two seeds differ mostly in how far along training they are.
+Each bin's elasticity e_b = -d log L_b / d(step / S), S the matched span (an
+OLS slope over the baseline's late blocks, >= 0), says how much a lag of one
+unit of S moves its level; the lag delta is the e-weighted median of rel_b / e_b
+over the bins that still move, bounded by ``max_lag`` (2% of the steps: 97.5%
+of healthy digits pairs need less), and each bin is judged after removing
+delta * e_b. A lag can also hide a regression: when all still-falling bins rise
+together, a lag explains them. So it may explain at most ``LAG_SHARE`` (half) of
+the still-falling bins' mean change *and* half of the tolerance; the rest
+counts, and a note says when the levels asked for more.
 
-*One run per side.* Only within-run variability is observable, and two healthy
-seeds differ by more than that: measured on the sample corpus (8x8 digits, 1,500
-steps), the late per-bin losses of two seeds differ by 0.6-1% (sd) in the bins
-that have settled and by 2-3% in the high-noise bins that are still falling
-10-15% per 100 steps at the end. Almost all of the latter is one number per
-run: how far along training it is. Fitting a common progress lag to the
-per-bin differences leaves 0.6-1.1% in every bin. So the single-run test has
-three parts:
+*One run per side* (``diffaudit compare run_a run_b``, the CI use). Two parts:
 
-1. *Paired by block.* d_j = candidate - baseline in block j: the schedule's
-   common trend (warm-up, decay) cancels, and the standard error of mean(d)
-   comes from batch means of the d_j (:func:`diffaudit.stats.batch_means`:
-   honest under autocorrelation; with few blocks each block is a batch and the
-   t quantile pays for the few degrees of freedom).
-2. *A common progress lag is absorbed, up to* ``max_lag`` (2% of the matched
-   steps). Each bin's elasticity e_b = -d log L_b / d(step / S), S the matched
-   span (an OLS slope over the baseline's late blocks, >= 0), says how much a
-   lag of one unit of S would move its level; the lag
-   delta is the e-weighted median of rel_b / e_b over the bins (robust: a
-   change confined to a few bins does not move it), clipped to [0, max_lag],
-   and the bin's change is judged after removing delta * e_b. A slower
-   candidate is the speed check's business; a level change that no lag
-   explains stays. At a plateau e_b = 0 and nothing is absorbed.
-3. *The tolerance absorbs the rest of the seed-to-seed spread*: a bin regresses
-   only if its (lag-adjusted) relative increase exceeds ``tolerance`` (2%) and
-   is significant after correction across bins. The benchmark
-   ``benchmarks/calibrate_gate.py`` measures the resulting false-positive rate
-   on disjoint pairs of real healthy seeds; that figure, not an assumption, is
-   the calibration. At the defaults, on the corpus's 40 healthy seeds: 0 of
-   20 disjoint pairs flagged, 22 of all 1,560 ordered pairs (1.4%); 0 of 200
-   random five-against-five seed splits. The limit of this mode, measured by
-   the same benchmark: a 3% rise confined to 2 of 20 bins of *another* seed is
-   within the seed-to-seed spread and is named exactly in only 3 of 40 trials
-   (it is named in 40 of 40 against the same run's records, and in 95% of
-   trials with five seeds per side).
+1. *Within-run variability*, seen: d_j = (candidate - baseline) / baseline
+   level in block j, paired so the schedule's common trend cancels. Its mean's
+   error comes from batch means (:func:`diffaudit.stats.batch_means`) where they
+   are ``reliable`` (batches several autocorrelation times long). A late window
+   of 8 blocks never is: there the blocks follow an AR(1) model whose
+   coefficient is estimated once from all bins over all matched blocks
+   (:func:`diffaudit.stats.pooled_ar1`, bias-corrected), the error is inflated
+   exactly for it and the t quantile uses its effective degrees of freedom (2.8,
+   not 7, for 8 blocks at phi = 0.9); a bin with fewer than
+   ``MIN_EFFECTIVE_DF`` is untested (inconclusive, exit 3 when no bin is left).
+   The aggregates use the bin-averaged series, so correlation between bins is
+   in their error.
+2. *Seed-to-seed variation*, not seen: a seed can be a little better or worse at
+   some noise levels, and one run per side cannot measure it. A seed allowance
+   (:class:`Allowance`, sd per run) is added to each error: for a bin,
+   sqrt(``SEED_BIN_SD``^2 + (``SEED_FLOOR_SD`` * mean loss over bins / bin
+   loss)^2), so bins of tiny loss (the high-noise bins of epsilon prediction)
+   get a larger relative allowance; ``SEED_MEAN_SD`` for an aggregate;
+   ``SEED_SPEED_SD`` for log(steps to reach the level). They are learned by
+   ``benchmarks/calibrate_gate.py --fit`` on every ordered healthy pair of the
+   *calibration* families (an upper envelope over 90% of bins of the variance
+   within-run noise does not explain; the constants' comments give the figures)
+   and checked on held-out families. The notes printed with a single-run verdict
+   say both parts, and that the allowance comes from other models. The price:
+   one run per side catches only changes well outside that allowance (at the
+   defaults about 14% in a bin near the mean loss, more in bins of tiny loss,
+   and about 14% for a mean over a group of bins); smaller regressions need
+   baseline seeds.
 
-*Many bins.* One-sided p-values (the gate only cares about increases) are
-adjusted across bins with Holm by default. The gate's false alarm is a
-family-wise event ("some bin regressed") and Holm controls exactly that,
-under any dependence between bins; Benjamini-Yekutieli also controls it under
-the complete null but its first threshold is alpha / (m H_m) instead of
-alpha / m (3.6x smaller at m = 20), which costs power in the case the gate
-must catch: a regression confined to a few bins. ``correction="by"`` is
-available for runs with hundreds of bins and broad regressions.
+*Several seeds.* The seed-to-seed spread is then the noise, measured: per bin,
+each run is reduced to its late level relative to the baseline's mean, less its
+own progress lag, and the sides are compared with Welch's t over seeds
+(:func:`diffaudit.stats.compare_seed_means`). *Several baseline seeds against one
+candidate* (the recommended CI setup: baseline seeds run once per main commit,
+one candidate per PR) is a prediction interval: the candidate against the
+baseline seeds' mean with sd * sqrt(1 + 1/n) and t on n - 1 degrees of freedom,
+so the candidate's own seed effect is allowed for by what the baseline's seeds
+actually do; no allowance is added.
 
-*The other checks* each test at ``alpha`` (speed: over seeds only; with one
-run per side it has no noise model and its limit alone decides, set wide
-enough for seed-to-seed jitter of the crossing step, about 7% sd on the
-corpus). Non-finite losses and findings are events, not estimates: any
-increase beyond the limit counts.
+*Many bins.* One-sided p-values are adjusted across bins with Holm by default
+(the false alarm is a family-wise event; ``correction="by"`` is available). The
+bins and the two aggregates split alpha (``GROUP_ALPHA_SHARE``, half each;
+Bonferroni between the two families, Holm within).
+
+*The other checks* each test at ``alpha`` against their limit: speed over
+seeds on log(steps), and with one run per side against ``SEED_SPEED_SD`` (a
+single pair's speed decides alone only when the change is far outside the
+seed-to-seed spread: at the defaults about +42% against the 25% limit); clip
+rate with batch means over steps. Non-finite losses and findings are events,
+not estimates: any increase beyond the limit counts.
+
+Measured by ``benchmarks/calibrate_gate.py`` (2-core CPU) and stated in the
+README: the false-positive rate over all ordered healthy pairs and of several
+baseline seeds against one candidate, and the power on labelled defects, per
+family, for calibration and held-out families apart.
 
 Missing data are handled in one place per check and reported, never dropped
 silently: a bin that a run did not sample in the window, a window with too
@@ -124,7 +137,7 @@ from scipy import stats as sps
 
 from diffaudit import stats
 from diffaudit.findings import format_ranges
-from diffaudit.errors import DiffauditError, InconclusiveError, MismatchError, RunFormatError
+from diffaudit.errors import DataError, DiffauditError, InconclusiveError, MismatchError, RunFormatError
 from diffaudit.load import Run, load_run
 
 # ----------------------------------------------------------------------------
@@ -140,6 +153,20 @@ CORRECTION = "holm"  # p-value adjustment across bins: "holm" or "by"
 SPEED_LEVEL = 0.10  # convergence: steps to reach the baseline's late level + this share of its drop
 SPEED_BLOCKS = 100  # the per-step loss is smoothed in this many blocks over the matched steps
 ELASTICITY_MIN = 0.05  # bins whose level moves less than this per unit lag do not inform the lag fit
+LAG_SHARE = 0.5  # the lag may explain at most this share of the still-falling bins' mean change
+GROUP_ALPHA_SHARE = 0.5  # share of alpha spent on the aggregates (mean over all bins, over the still-falling bins)
+MIN_EFFECTIVE_DF = 2.0  # a bin's error bar needs at least this many effective degrees of freedom, else untested
+AR1_FALLBACK_PHI = stats.AR1_PHI_MAX  # too few blocks to estimate the block correlation: assume the worst
+# Seed-to-seed allowance (sd per run), learned by ``benchmarks/calibrate_gate.py --fit`` from every ordered pair
+# of healthy seeds of the calibration families, digits_mlp (40 seeds, sample_logs/corpus) and patches_conv (8 seeds,
+# sample_logs/families), compared with the allowance off: per bin, the variance of the lag-adjusted change that
+# within-run variability does not explain, as an upper envelope (90% of the bins) of b^2 + (f * mean loss / bin
+# loss)^2; for the rest, the same excess for the aggregates and the sd over seeds. The larger family decides.
+SEED_BIN_SD = 0.0266  # b: of a bin's late loss (patches_conv 2.66%, digits_mlp 0.38%)
+SEED_FLOOR_SD = 0.0028  # f: of the run's mean loss over bins, in every bin (patches_conv 0.28%, digits_mlp 0.05%)
+SEED_MEAN_SD = 0.0374  # of the mean over a group of bins (patches_conv 3.74%, digits_mlp 0.45%)
+SEED_SPEED_SD = 0.055  # of log(steps to reach the loss level) (digits_mlp 5.5%, patches_conv 3.5%)
+SEED_CLIP_SD = 0.63  # of the log-odds of the clip rate (patches_conv 0.63, digits_mlp 0.46; as sds of the rate 0.033 and 0.0013)
 CURVE_POINTS = 400  # block means per side kept in the verdict for plots
 MAX_REASONS = 8  # regressions explained one per line under the terminal table
 CLIP_POINTS = 10_000  # per-step clip indicators are averaged into at most this many windows before testing
@@ -156,12 +183,14 @@ _METRIC_WORDS = {
     "findings": "findings new in the candidate",
 }
 SEVERITIES = ("info", "warn", "fail")
+_GROUP_METRIC = "loss_mean"  # aggregates of bins: mean relative change over a group, under the loss rule
 STATUSES = ("pass", "regression", "inconclusive", "off")
 
 __all__ = [
-    "ALPHA", "CORRECTION", "MAX_LAG", "MIN_WINDOWS", "TOLERANCE", "WINDOW",
-    "Check", "Rule", "RunCurve", "Side", "Verdict", "Window",
-    "compare", "load_side", "parse_alpha", "parse_rule", "parse_tolerance", "parse_window", "resolve_side",
+    "ALPHA", "CORRECTION", "DEFAULT_ALLOWANCE", "LAG_SHARE", "MAX_LAG", "MIN_WINDOWS", "SEED_BIN_SD", "SEED_CLIP_SD",
+    "SEED_FLOOR_SD", "SEED_MEAN_SD", "SEED_SPEED_SD", "TOLERANCE", "WINDOW",
+    "Allowance", "Check", "Rule", "RunCurve", "Side", "Verdict", "Window",
+    "compare", "decide", "seed_stats", "single_run_stats", "load_side", "parse_alpha", "parse_rule", "parse_tolerance", "parse_window", "resolve_side",
     "verdict_to_dict", "verdict_to_html", "verdict_to_json", "verdict_to_junit", "verdict_to_markdown",
     "verdict_to_text",
 ]
@@ -478,6 +507,7 @@ def compare(
     max_lag: float = MAX_LAG,  # progress lag absorbed per run (share of the matched steps); 0: none
     force: bool = False,  # compare runs whose schedule, prediction or bins differ
     findings_of: Callable[[Run], Sequence] | None = None,  # run -> findings; default diffaudit.analysis
+    allowance: Allowance | None = None,  # one run per side: seed-to-seed allowance (default: the calibrated one)
 ) -> Verdict:
     """Compare candidate runs against baseline runs; return the :class:`Verdict`.
 
@@ -495,10 +525,12 @@ def compare(
     max_lag = parse_tolerance(max_lag, option="--max-lag")
     win = parse_window(window)
     rules_ = _rule_set(tol, rules)
+    allowance = DEFAULT_ALLOWANCE if allowance is None else allowance
     settings = {
         "tolerance": tol, "alpha": float(alpha), "window": str(win), "correction": correction,
         "min_windows": int(min_windows), "max_lag": max_lag, "force": bool(force),
         "rules": [str(rules_[m]) for m in METRICS],
+        "allowance": asdict(allowance),
     }
     notes: list[str] = []
     _check_compatible(base, cand, force, notes)
@@ -511,12 +543,19 @@ def compare(
     single = len(base) == 1 and len(cand) == 1
     noise = "within-run" if single else "seeds"
     if single:
-        notes.append("one run per side: the noise model is within-run variability only (the seed-to-seed spread "
-                     "is unknown); the tolerance and a progress lag of up to "
-                     f"{_pct(max_lag)} of the steps absorb it. Give several seeds per side for a seed-level test.")
-    elif len(base) == 1 or len(cand) == 1:
-        many = "baseline" if len(base) > 1 else "candidate"
-        notes.append(f"one run on one side: the {many}'s seed-to-seed spread stands for both sides")
+        notes.append(_single_run_note(allowance, max_lag))
+    elif len(cand) == 1:
+        notes.append(f"one candidate run against {len(base)} baseline seeds: the candidate is tested against a "
+                     f"prediction interval from the baseline seeds' spread (sd x sqrt(1 + 1/{len(base)}), t with "
+                     f"{len(base) - 1} df), so seed-to-seed variation of this model is seen directly; what it "
+                     "cannot see is a seed distribution with heavier tails than a few baseline seeds show"
+                     + ("; with fewer than 5 baseline seeds the intervals are wide" if len(base) < 5 else ""))
+    elif len(base) == 1:
+        notes.append(f"one baseline run against {len(cand)} candidate seeds: the candidates' seed-to-seed spread "
+                     "stands for the baseline's; several baseline seeds and one candidate is the recommended setup")
+    else:
+        notes.append(f"{len(base)} baseline and {len(cand)} candidate seeds: the noise is the seed-to-seed spread "
+                     "measured on both sides (Welch's t over seed means)")
     common = dict(baseline=sides[0], candidate=sides[1], noise_model=noise, settings=settings,
                   process=base[0].process, curves=_curves(base, cand))
 
@@ -543,10 +582,17 @@ def compare(
     else:
         window = (int(grid.start[sel[0]]), int(min(grid.end[sel[-1]], hi)))
         nblocks = len(sel)
-        bin_checks, lag = _loss_checks(grid, sel, base, cand, rules_, alpha, correction, max_lag, lstar, single, lo, hi)
+        bin_checks, st = _loss_checks(grid, sel, base, cand, rules_, alpha, correction, max_lag, lstar, single, lo, hi,
+                                      allowance)
         checks += bin_checks
-    checks.append(_speed_check(base, cand, rules_["steps"], lo, hi, window, alpha, single))
-    checks.append(_clip_check(base, cand, rules_["clip_rate"], lo, hi, alpha, single))
+        notes += st.notes
+        lag = st.lag
+        if single and max_lag > 0 and st.lag_fit > max_lag:
+            notes.append(f"the still-falling bins' levels ask for a progress lag of {_pct(st.lag_fit)} of the steps, more "
+                         f"than the {_pct(max_lag)} seeds differ by; {_pct(st.lag)} was removed (a lag may explain at "
+                         f"most {_pct(LAG_SHARE)} of their mean change and of the tolerance), the rest counts as a change")
+    checks.append(_speed_check(base, cand, rules_["steps"], lo, hi, window, alpha, single, allowance))
+    checks.append(_clip_check(base, cand, rules_["clip_rate"], lo, hi, alpha, single, allowance))
     checks.append(_nonfinite_check(base, cand, rules_["nonfinite"], lo, hi))
     checks += _findings_checks(base, cand, rules_["findings"], findings_of, notes)
     if lag and lag > 0:
@@ -557,6 +603,18 @@ def compare(
     status, summary = _overall(checks, sides, nblocks)
     return Verdict(status, summary, checks=tuple(checks), notes=tuple(notes), matched=overlap, window=window,
                    window_blocks=nblocks, lag=lag, lstar_kind=lstar_kind, **common)
+
+
+def _single_run_note(al: Allowance, max_lag: float) -> str:
+    seen = ("within-run variability (block to block, with an error bar that widens for correlated blocks) and a "
+            f"progress lag of up to {_pct(max_lag)} of the steps")
+    if al.bin > 0 or al.mean > 0 or al.speed > 0:
+        return (f"one run per side: the noise model sees {seen}; what it cannot see, how seeds of this model differ, "
+                f"is covered by a seed-to-seed allowance learned on other models' healthy seed pairs ({al.words()}), "
+                "which may be too small or too large for this one. Give several baseline seeds for a prediction "
+                "interval that measures it")
+    return (f"one run per side: the noise model sees {seen} only; the seed-to-seed spread is unknown and no "
+            "allowance for it is made. Give several baseline seeds for a prediction interval that measures it")
 
 
 def _as_runs(x, role: str) -> list[Run]:
@@ -817,95 +875,353 @@ def _tq(alpha: float, df: float) -> float:
     return float(sps.norm.isf(alpha / 2) if not math.isfinite(df) else sps.t.isf(alpha / 2, df))
 
 
-def _loss_checks(grid, sel, base, cand, rules, alpha, correction, max_lag, lstar, single, lo, hi):
-    """One check per bin (and per bin for excess, when its rule is on); returns (checks, lag)."""
-    process = base[0].process
-    nb = process.num_bins
-    R0 = len(base)
-    cnt = grid.count[:, :, sel]
-    mu = grid.mean[:, :, sel]
-    x = 0.5 * (grid.start[sel] + np.maximum(grid.end[sel], grid.start[sel])).astype(np.float64)
-    span = float(hi - lo + 1)
-    rule, xrule = rules["loss"], rules["excess"]
-    diff = np.full(nb, np.nan)
-    se = np.full(nb, np.nan)
+@dataclass(frozen=True)
+class Allowance:
+    """Seed-to-seed variation that one run per side cannot see, as relative standard deviations per run.
+
+    The defaults are learned from healthy seed pairs of the calibration families (see ``SEED_BIN_SD``);
+    ``Allowance(0, 0, 0)`` turns the allowance off (within-run variability only).
+    """
+
+    bin: float = 0.0  # of a noise bin's late loss
+    mean: float = 0.0  # of the late loss averaged over a group of bins
+    speed: float = 0.0  # of log(steps to reach the loss level)
+    floor: float = 0.0  # of a bin's late loss, relative to the run's mean loss over bins (small-loss bins)
+    clip: float = 0.0  # of the clip rate's log-odds: added with one run per side, a floor under the seeds' spread
+
+    def bin_sd(self, level: np.ndarray, mean_level: float) -> np.ndarray:
+        """Relative allowance (sd per run) of each bin: sqrt(bin^2 + (floor * mean_level / level)^2)."""
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return np.sqrt(self.bin**2 + (self.floor * mean_level / level) ** 2)
+
+    def words(self) -> str:
+        return (f"sd per run {_pct(self.bin)} of a bin's loss plus {_pct(self.floor)} of the run's mean loss over "
+                f"bins, {_pct(self.mean)} for a mean over bins, {_pct(self.speed)} for the steps to reach the loss level, "
+                f"{self.clip:.2g} for the log-odds of the clip rate")
+
+
+DEFAULT_ALLOWANCE = Allowance(SEED_BIN_SD, SEED_MEAN_SD, SEED_SPEED_SD, SEED_FLOOR_SD, SEED_CLIP_SD)
+
+
+@dataclass(frozen=True, eq=False)
+class _BinStats:
+    """Per-bin statistics of the late window, relative to the baseline's level, before any decision."""
+
+    level_a: np.ndarray  # (B,) baseline late level (mean over seeds)
+    level_b: np.ndarray
+    raw: np.ndarray  # (B,) relative change before the lag
+    change: np.ndarray  # (B,) relative change after removing the lag
+    var: np.ndarray  # (B,) variance of `change` (relative^2): within-run or over seeds, plus any allowance
+    df: np.ndarray  # (B,) degrees of freedom of `var`
+    elastic: np.ndarray  # (B,)
+    lag: float  # progress lag removed (share of the matched steps)
+    lag_fit: float  # the lag the levels asked for, before the bounds
+    why: list  # reason a bin is untested ("" when tested)
+    groups: list  # aggregates: (name, bins, change, var, df)
+    notes: list  # what the noise model rested on
+
+
+def _satterthwaite(v_est: np.ndarray, df_est: np.ndarray, v_known: float) -> tuple[np.ndarray, np.ndarray]:
+    """Variance and df of an estimated variance (with df) plus a known one (infinite df)."""
+    tot = v_est + v_known
+    with np.errstate(invalid="ignore", divide="ignore"):
+        df = np.where(v_est > 0, tot * tot / (v_est * v_est / df_est), np.inf)
+    return tot, df
+
+
+def _falling_group(elastic: np.ndarray, tested: np.ndarray) -> np.ndarray:
+    """The still-falling bins: tested, moving (elasticity above ELASTICITY_MIN) and at or above the median elasticity."""
+    ok = tested & (elastic > ELASTICITY_MIN)
+    if ok.sum() < 2:
+        return np.zeros_like(ok)
+    return ok & (elastic >= np.median(elastic[tested]))
+
+
+def _cap_lag(lag: float, raw: np.ndarray, elastic: np.ndarray, falling: np.ndarray, tolerance: float) -> float:
+    """Bound the lag: in the still-falling bins it may explain at most LAG_SHARE of their mean change, and at most
+    LAG_SHARE of the tolerance, so a rise of those bins together is never explained away (same sign as the change)."""
+    if lag == 0 or falling.sum() < 2:
+        return lag
+    r, e = float(np.mean(raw[falling])), float(np.mean(elastic[falling]))
+    if e <= 0 or r * lag <= 0:
+        return 0.0
+    return math.copysign(min(abs(lag), LAG_SHARE * min(abs(r), tolerance) / e), lag)
+
+
+def _window_error(z: np.ndarray, x: np.ndarray, phi: float | None) -> tuple[float, float, float, bool]:
+    """(mean, se, df, by batch means) of a window series: batch means where they are reliable, else AR(1) with phi."""
+    ok = np.isfinite(z)
+    z, x = z[ok], x[ok]
+    n = z.size
+    bm = stats.batch_means(z, x, min_batches=min(stats.MIN_BATCHES, n))
+    if bm.reliable:
+        return bm.mean, bm.se, float(bm.df), True
+    mean, se, df = stats.ar1_mean_error(z, phi)
+    return mean, se, df, False
+
+
+def single_run_stats(a: np.ndarray, b: np.ndarray, x: np.ndarray, sel: np.ndarray, span: float, *,
+                     max_lag: float = MAX_LAG, allowance: Allowance | None = None,
+                     tolerance: float = TOLERANCE) -> _BinStats:
+    """One run per side: per-bin late change, its honest error and the aggregates, from block means.
+
+    ``a``, ``b``: (bins, blocks) block means of the baseline and the candidate over every matched block;
+    ``x``: block positions (steps); ``sel``: the late window's block indices; ``span``: matched steps.
+    """
+    al = DEFAULT_ALLOWANCE if allowance is None else allowance
+    nb, K = a.shape
+    both = np.isfinite(a) & np.isfinite(b)
+    wa, wb, wboth, xw = a[:, sel], b[:, sel], both[:, sel], x[sel]
+    with np.errstate(invalid="ignore", divide="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        level_a = np.array([np.mean(wa[k, wboth[k]]) if wboth[k].any() else np.nan for k in range(nb)])
+        level_b = np.array([np.mean(wb[k, wboth[k]]) if wboth[k].any() else np.nan for k in range(nb)])
+        z = np.where(both, (b - a) / level_a[:, None], np.nan)  # relative paired differences, every matched block
+    notes = []
+    # one AR(1) coefficient for every bin's block noise, over all matched blocks (the window alone is too short)
+    rows = z[level_a > 0]
+    cols = np.isfinite(rows).mean(axis=0) >= 0.5 if rows.size else np.zeros(K, bool)
+    # the last stretch of consecutive blocks most bins sampled; rows with a gap there are left out
+    first = K - int(np.argmin(cols[::-1])) if not cols.all() else 0
+    try:
+        ar = stats.pooled_ar1(rows[:, first:])
+        phi = ar.phi
+    except InconclusiveError:
+        ar, phi = None, AR1_FALLBACK_PHI
+    why = [""] * nb
+    raw = np.full(nb, np.nan)
+    var_w = np.full(nb, np.nan)
+    df_w = np.full(nb, np.nan)
+    used_ar1 = 0
+    for k in range(nb):
+        nk = int(wboth[k].sum())
+        if nk < MIN_TEST_BLOCKS:
+            why[k] = (f"{nk} matched block(s) with samples in the window, {MIN_TEST_BLOCKS} needed"
+                      if nk else "not sampled in the late window")
+            continue
+        if not level_a[k] > 0:
+            why[k] = f"baseline late loss {level_a[k]:.4g} is not positive: a relative change is undefined"
+            continue
+        try:
+            m, se, df, by_bm = _window_error(z[k, sel], xw, phi)
+        except (InconclusiveError, DataError) as e:
+            why[k] = str(e)
+            continue
+        used_ar1 += not by_bm
+        if df < MIN_EFFECTIVE_DF:
+            why[k] = (f"about {df + 1:.1f} independent blocks in the window (block noise AR(1) phi = {phi:.2f}): "
+                      "too few for an error bar")
+            continue
+        raw[k], var_w[k], df_w[k] = m, se * se, df
+    tested = np.isfinite(raw)
+    elastic = _elasticity(a[:, sel], xw, span)
+    lag_fit = _fit_lag(raw, elastic, -math.inf, math.inf)
+    falling = _falling_group(elastic, tested)
+    lag = _cap_lag(_fit_lag(raw, elastic, 0.0, max_lag), raw, elastic, falling, tolerance)
+    change = raw - lag * elastic
+    mean_level = float(np.mean(level_a[tested])) if tested.any() else math.nan
+    allow = al.bin_sd(level_a, mean_level)  # relative sd per run, per bin
+    var, df = _satterthwaite(var_w, df_w, 2 * allow**2)
+    if used_ar1:
+        notes.append(f"the late window holds {len(sel)} blocks, too few for batch means (batches several "
+                     "autocorrelation times long): the error bars assume AR(1) block noise with phi = "
+                     f"{phi:.2f}, " + (f"estimated from all bins over the last {K - first} matched blocks" if ar is not None else
+                     "assumed (too few blocks to estimate it)") + ", and use "
+                     f"its effective degrees of freedom (" + (f"about {np.nanmedian(df_w):.1f}, " if np.isfinite(df_w).any()
+                                                            else "") + f"not {len(sel) - 1})")
+    groups = []
+    for name, members in _groups(tested, falling):
+        zg = np.nanmean(np.where(members[:, None], z[:, sel], np.nan), axis=0)
+        try:
+            _, se, dfg, _ = _window_error(zg, xw, phi)
+        except (InconclusiveError, DataError):
+            continue
+        known = 2 * (al.mean**2 + float(np.sum((allow[members] ** 2 - al.bin**2))) / members.sum() ** 2)
+        v, d = _satterthwaite(np.array([se * se]), np.array([dfg]), known)
+        groups.append((name, members, float(np.mean(change[members])), float(v[0]), float(d[0])))
+    return _BinStats(level_a, level_b, raw, change, var, df, elastic, lag, lag_fit, why, groups, notes)
+
+
+def _groups(tested: np.ndarray, falling: np.ndarray) -> list[tuple[str, np.ndarray]]:
+    out = []
+    if tested.sum() >= 2:
+        out.append(("mean over all bins", tested.copy()))
+    if falling.sum() >= 2 and falling.sum() < tested.sum():
+        out.append(("mean over the still-falling bins", falling.copy()))
+    return out
+
+
+def seed_stats(late: np.ndarray, pooled_blocks: np.ndarray, x: np.ndarray, span: float, R0: int, *,
+               max_lag: float = MAX_LAG, tolerance: float = TOLERANCE) -> _BinStats:
+    """Several runs on a side: each run's late level per bin (after its own progress lag), compared over seeds.
+
+    ``late``: (runs, bins) late level of every run, baseline runs first (R0 of them); ``pooled_blocks``: the
+    baseline's mean block curve per bin over the window (for the elasticities). With one candidate and several
+    baseline seeds this is a prediction interval: sd * sqrt(1 + 1/n), t with n - 1 df.
+    """
+    R, nb = late.shape
+    with np.errstate(invalid="ignore", divide="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        pooled = np.nanmean(late[:R0], axis=0)
+        rel = late / pooled[None, :] - 1.0
+    elastic = _elasticity(pooled_blocks, x, span)
+    tested0 = np.isfinite(pooled) & (pooled > 0)
+    falling = _falling_group(elastic, tested0)
+    lags = np.array([_cap_lag(_fit_lag(rel[r], elastic, -max_lag, max_lag), rel[r], elastic, falling, tolerance)
+                     for r in range(R)])
+    adjusted = rel - lags[:, None] * elastic[None, :]  # each run's own progress lag removed
+    why = [""] * nb
+    raw = np.full(nb, np.nan)
+    change = np.full(nb, np.nan)
+    var = np.full(nb, np.nan)
     df = np.full(nb, np.nan)
     level_a = np.full(nb, np.nan)
     level_b = np.full(nb, np.nan)
-    why = [""] * nb
-    lag, elastic = 0.0, np.zeros(nb)
+    for k in range(nb):
+        ma, mb = adjusted[:R0, k], adjusted[R0:, k]
+        if not tested0[k]:
+            why[k] = "no baseline run sampled it in the late window" if not np.isfinite(pooled[k]) else \
+                f"baseline late loss {pooled[k]:.4g} is not positive: a relative change is undefined"
+            continue
+        try:
+            c = stats.compare_seed_means(ma, mb)
+        except InconclusiveError:
+            why[k] = (f"sampled in the late window by {int(np.isfinite(ma).sum())} baseline and "
+                      f"{int(np.isfinite(mb).sum())} candidate run(s)")
+            continue
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            level_a[k], level_b[k] = float(np.nanmean(late[:R0, k])), float(np.nanmean(late[R0:, k]))
+            raw[k] = float(np.nanmean(rel[R0:, k]) - np.nanmean(rel[:R0, k]))
+        change[k], var[k], df[k] = c.diff, c.se**2, c.df
+    tested = np.isfinite(change)
+    groups = []
+    for name, members in _groups(tested, falling & tested):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            per_run = np.nanmean(np.where(members[None, :], adjusted, np.nan), axis=1)
+        try:
+            c = stats.compare_seed_means(per_run[:R0], per_run[R0:])
+        except InconclusiveError:
+            continue
+        groups.append((name, members, c.diff, c.se**2, c.df))
+    lag = float(np.mean(lags[R0:]) - np.mean(lags[:R0]))
+    return _BinStats(level_a, level_b, raw, change, var, df, elastic, lag, lag, why, groups, [])
 
+
+def _p_above(change: float, se: float, df: float, limit: float) -> float:
+    """One-sided p for "the change exceeds the limit": small when it clearly does (a test against the limit, not 0)."""
+    return _one_sided(change - limit, se, df)
+
+
+def _adjust(p_bins: np.ndarray, p_groups: np.ndarray, correction: str) -> tuple[np.ndarray, np.ndarray]:
+    """Adjusted p-values: the bins and the aggregates split alpha (GROUP_ALPHA_SHARE to the aggregates, Bonferroni
+    between the two families) and are adjusted within each family (``correction`` for bins, Holm for aggregates)."""
+    if p_groups.size == 0:
+        return stats.adjust_pvalues(p_bins, correction), p_groups
+    qb = np.minimum(stats.adjust_pvalues(p_bins, correction) / (1 - GROUP_ALPHA_SHARE), 1.0)
+    qg = np.minimum(stats.adjust_pvalues(p_groups, "holm") / GROUP_ALPHA_SHARE, 1.0)
+    return qb, qg
+
+
+def decide(st: _BinStats, *, tolerance: float = TOLERANCE, alpha: float = ALPHA,
+           correction: str = CORRECTION) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(p, q) of every bin and (p, q) of every aggregate for "the relative change exceeds ``tolerance``".
+
+    A bin (or aggregate) regresses when its change exceeds the tolerance and q <= alpha: the lower end of its
+    one-sided interval, after the correction, lies above the tolerance.
+    """
+    se = np.sqrt(st.var)
+    p = np.array([_p_above(st.change[k], se[k], st.df[k], tolerance) if np.isfinite(st.change[k]) else np.nan
+                  for k in range(st.change.size)])
+    pg = np.array([_p_above(g[2], math.sqrt(g[3]), g[4], tolerance) for g in st.groups])
+    q, qg = _adjust(p, pg, correction)
+    return p, q, pg, qg
+
+
+def _loss_checks(grid, sel, base, cand, rules, alpha, correction, max_lag, lstar, single, lo, hi, allowance):
+    """One check per bin (and per bin for excess, when its rule is on) plus the aggregates; returns (checks, lag, notes)."""
+    process = base[0].process
+    nb = process.num_bins
+    R0 = len(base)
+    x_all = 0.5 * (grid.start + np.maximum(grid.end, grid.start)).astype(np.float64)
+    span = float(hi - lo + 1)
+    rule, xrule = rules["loss"], rules["excess"]
     if single:
-        a, b = mu[0], mu[1]
-        both = np.isfinite(a) & np.isfinite(b)
-        for k in range(nb):
-            nk = int(both[k].sum())
-            if nk < MIN_TEST_BLOCKS:
-                why[k] = (f"{nk} matched block(s) with samples in the window, {MIN_TEST_BLOCKS} needed"
-                          if nk else "not sampled in the late window")
-                continue
-            d = b[k, both[k]] - a[k, both[k]]
-            try:
-                bm = stats.batch_means(d, x[both[k]], min_batches=min(stats.MIN_BATCHES, nk))
-            except InconclusiveError as e:
-                why[k] = str(e)
-                continue
-            diff[k], se[k], df[k] = bm.mean, bm.se, bm.df
-            level_a[k] = float(np.mean(a[k, both[k]]))
-            level_b[k] = float(np.mean(b[k, both[k]]))
-        elastic = _elasticity(a, x, span)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            rel = diff / level_a
-        lag = _fit_lag(rel, elastic, 0.0, max_lag)
-        shift = lag * elastic * level_a  # the part of each bin's difference the lag explains
+        lim = rule.limit if rule.relative and rule.limit is not None else TOLERANCE
+        st = single_run_stats(grid.mean[0], grid.mean[1], x_all, sel, span, max_lag=max_lag, allowance=allowance,
+                              tolerance=lim)
     else:
+        cnt = grid.count[:, :, sel]
+        mu = grid.mean[:, :, sel]
         n_late = cnt.sum(axis=2)
         with np.errstate(invalid="ignore", divide="ignore"), warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)  # a bin no baseline run sampled: NaN, reported below
             late = np.where(n_late > 0, np.nansum(cnt * np.nan_to_num(mu), axis=2) / n_late, np.nan)  # (R, B)
             pooled_blocks = np.nanmean(np.where(np.isfinite(mu[:R0]), mu[:R0], np.nan), axis=0)
-            pooled = np.nanmean(late[:R0], axis=0)
-        elastic = _elasticity(pooled_blocks, x, span)
-        lags = np.array([_fit_lag(late[r] / pooled - 1.0, elastic, -max_lag, max_lag) for r in range(len(late))])
-        # every run's own progress lag (against the baseline's mean curve) is removed before the seeds are compared
-        adjusted = late - lags[:, None] * elastic[None, :] * pooled[None, :]
-        shift = np.zeros(nb)
-        for k in range(nb):
-            ma, mb = adjusted[:R0, k], adjusted[R0:, k]
-            try:
-                c = stats.compare_seed_means(ma, mb, confidence=1 - alpha)
-            except InconclusiveError:
-                why[k] = (f"sampled in the late window by {int(np.isfinite(ma).sum())} baseline and "
-                          f"{int(np.isfinite(mb).sum())} candidate run(s)")
-                continue
-            level_a[k], level_b[k] = float(np.nanmean(late[:R0, k])), float(np.nanmean(late[R0:, k]))
-            diff[k], se[k], df[k] = level_b[k] - level_a[k], c.se, c.df
-            shift[k] = diff[k] - c.diff
-        lag = float(np.mean(lags[R0:]) - np.mean(lags[:R0]))
-
-    adj = diff - shift
-    p = np.array([_one_sided(adj[k], se[k], df[k]) if np.isfinite(adj[k]) else np.nan for k in range(nb)])
-    q = stats.adjust_pvalues(p, correction)
+        lim = rule.limit if rule.relative and rule.limit is not None else TOLERANCE
+        st = seed_stats(late, pooled_blocks, x_all[sel], span, R0, max_lag=max_lag, tolerance=lim)
+    se = np.sqrt(st.var)
+    lim = rule.limit if rule.limit is not None else math.inf
+    # the loss rule is judged on the relative change; an absolute rule (loss:+0.01) on change * level
+    if rule.relative:
+        p, q, pg, qg = decide(st, tolerance=lim, alpha=alpha, correction=correction)
+    else:
+        p = np.array([_p_above(st.change[k] * st.level_a[k], se[k] * st.level_a[k], st.df[k], lim)
+                      if np.isfinite(st.change[k]) else np.nan for k in range(nb)])
+        pg = np.array([])  # an absolute limit has no meaning for a mean of relative changes
+        q, qg = _adjust(p, pg, correction)
     checks = []
+    xs = []
     for k in range(nb):
         words = _bin_words(process, k)
-        if not np.isfinite(adj[k]):
-            checks.append(Check("loss", f"loss bin {k}", "inconclusive", why[k] or "no data", rule=str(rule),
+        if not np.isfinite(st.change[k]):
+            checks.append(Check("loss", f"loss bin {k}", "inconclusive", st.why[k] or "no data", rule=str(rule),
                                 bin=k, noise_levels=words, limit=rule.limit, relative=rule.relative))
             continue
-        tq = _tq(alpha, df[k]) if se[k] > 0 else 0.0
-        details = {"difference": float(diff[k]), "se": float(se[k]), "df": float(df[k]),
-                   "lag_adjustment": float(shift[k]), "elasticity": float(elastic[k])}
+        la = st.level_a[k]
+        tq = _tq(alpha, st.df[k]) if se[k] > 0 else 0.0
+        adj, diff, se_abs = st.change[k] * la, st.raw[k] * la, se[k] * la
+        details = {"difference": float(diff), "se": float(se_abs), "df": float(st.df[k]),
+                   "lag_adjustment": float(diff - adj), "elasticity": float(st.elastic[k])}
         ex_a = ex_b = None
         if lstar is not None and np.isfinite(lstar[k]):
-            ex_a, ex_b = float(level_a[k] - lstar[k]), float(level_b[k] - lstar[k])
+            ex_a, ex_b = float(la - lstar[k]), float(st.level_b[k] - lstar[k])
             details.update(lstar=float(lstar[k]), excess_baseline=ex_a, excess_candidate=ex_b)
-        checks.append(_level_check("loss", rule, k, words, level_a[k], level_b[k], adj[k], diff[k], se[k], tq,
-                                   p[k], q[k], alpha, details, scale=level_a[k]))
+        checks.append(_level_check("loss", rule, k, words, la, st.level_b[k], adj, diff, se_abs, tq,
+                                   p[k], q[k], alpha, details, scale=la))
         if not xrule.off and ex_a is not None:
-            checks.append(_level_check("excess", xrule, k, words, ex_a, ex_b, adj[k], diff[k], se[k], tq,
-                                       p[k], q[k], alpha, details, scale=ex_a))
-    return checks, lag
+            xl = xrule.limit if xrule.limit is not None else math.inf
+            px = (_p_above(adj / ex_a, se_abs / ex_a, st.df[k], xl) if ex_a > 0 else math.nan) if xrule.relative \
+                else _p_above(adj, se_abs, st.df[k], xl)
+            xs.append((k, words, ex_a, ex_b, adj, diff, se_abs, tq, px, details))
+    if xs:
+        qx = stats.adjust_pvalues(np.array([v[8] for v in xs]), correction)
+        for (k, words, ex_a, ex_b, adj, diff, se_abs, tq, px, details), qv in zip(xs, qx):
+            checks.append(_level_check("excess", xrule, k, words, ex_a, ex_b, adj, diff, se_abs, tq,
+                                       px, qv, alpha, details, scale=ex_a))
+    for (name, members, ch, v, d), pv, qv in zip(st.groups, pg, qg):
+        checks.append(_group_check(rule, name, members, ch, math.sqrt(v), d, pv, qv, alpha, st.level_a, st.level_b))
+    return checks, st
+
+
+def _group_check(rule, name, members, ch, se, df, p, q, alpha, level_a, level_b) -> Check:
+    """An aggregate of bins: the mean relative change (after the lag) over a group, tested against the tolerance."""
+    tq = _tq(alpha, df) if se > 0 else 0.0
+    bins = np.flatnonzero(members)
+    over = rule.exceeded(ch)
+    sig = q <= alpha
+    said = f"{_signed(ch, True)} averaged over {bins.size} bins ({format_ranges(bins.tolist())})"
+    if over and sig:
+        status, reason = "regression", f"{said} > {rule.limit_text()}, significantly (q = {_p(q)})"
+    elif over:
+        status, reason = "pass", f"{said} > {rule.limit_text()} but not significantly (q = {_p(q)} > {alpha:g})"
+    else:
+        status, reason = "pass", f"{said}, within {rule.limit_text()}"
+    return Check("loss_mean", f"loss, {name}", status, reason, rule=str(rule),
+                 baseline=float(np.nanmean(level_a[members])), candidate=float(np.nanmean(level_b[members])),
+                 change=float(ch), relative=True, lo=float(ch - tq * se), hi=float(ch + tq * se), p=float(p),
+                 q=float(q), limit=rule.limit, details={"bins": bins.tolist(), "se": float(se), "df": float(df)})
 
 
 def _level_check(metric, rule, k, words, va, vb, adj, diff, se, tq, p, q, alpha, details, *, scale) -> Check:
@@ -921,14 +1237,15 @@ def _level_check(metric, rule, k, words, va, vb, adj, diff, se, tq, p, q, alpha,
         raw, ch, c_lo, c_hi = diff, adj, adj - tq * se, adj + tq * se
     # the change reported, its interval and p are all of the judged quantity: after the progress lag
     details = {**details, "change_raw": float(raw)}
+    # decided against the limit, not against 0: significant means "above the limit", after the correction
     over = rule.exceeded(ch)
-    sig = q <= alpha
+    sig = over and q <= alpha
     lagged = details.get("lag_adjustment", 0.0) != 0.0
     said = f"{_signed(ch, rule.relative)}" + (f" after the progress lag (raw {_signed(raw, rule.relative)})" if lagged else "")
-    if over and sig:
-        status, reason = "regression", f"{said} > {rule.limit_text()}, significant (q = {_p(q)})"
+    if sig:
+        status, reason = "regression", f"{said} > {rule.limit_text()}, significantly above it (q = {_p(q)})"
     elif over:
-        status, reason = "pass", f"{said} > {rule.limit_text()} but not significant (q = {_p(q)} > {alpha:g})"
+        status, reason = "pass", f"{said} > {rule.limit_text()} but not significantly above it (q = {_p(q)} > {alpha:g})"
     else:
         status, reason = "pass", f"{said}, within {rule.limit_text()}"
     return Check(metric, name, status, reason, rule=str(rule), baseline=float(va), candidate=float(vb),
@@ -975,7 +1292,7 @@ def _crossing(curve: np.ndarray, level: float, size: int) -> float:
     return (j + 0.5) * size + frac * (i - j) * size
 
 
-def _speed_check(base, cand, rule, lo, hi, window, alpha, single) -> Check:
+def _speed_check(base, cand, rule, lo, hi, window, alpha, single, allowance: Allowance) -> Check:
     name = "steps to reach the loss level"
     if rule.off:
         return Check("steps", name, "off", "rule off", rule=str(rule))
@@ -1023,31 +1340,50 @@ def _speed_check(base, cand, rule, lo, hi, window, alpha, single) -> Check:
     vb = float(np.mean(cb))
     ch = rule.change(va, vb)
     lo_ = hi_ = p = None
+    # judged on log(steps), against the limit: the crossing step of a seed varies multiplicatively
+    if not (np.all(ca > 0) and np.all(cb > 0)):
+        return Check("steps", name, "inconclusive", "a run reaches the level in its first block", rule=str(rule),
+                     baseline=va, candidate=vb, details=details)
+    la, lb = np.log(ca), np.log(cb)
+    if rule.relative:
+        lim = math.log1p(rule.limit)
+        to_change = math.expm1
+    else:  # an absolute limit in steps, on the log scale at the baseline's mean
+        lim = math.log1p(rule.limit / va)
+        to_change = lambda v: va * math.expm1(v)  # noqa: E731
     if single:
-        sig, sig_words = True, "one run per side: the limit alone decides"
+        if allowance.speed > 0:
+            sd = math.sqrt(2.0) * allowance.speed
+            p = float(sps.norm.sf((float(lb[0] - la[0]) - lim) / sd))
+            zq = float(sps.norm.isf(alpha / 2))
+            d = float(lb[0] - la[0])
+            lo_, hi_ = to_change(d - zq * sd), to_change(d + zq * sd)
+            sig, sig_words = p <= alpha, (f"one run per side: p = {_p(p)} against the seed-to-seed spread of the "
+                                          f"crossing step ({_pct(allowance.speed)} per run, learned on healthy seeds)")
+        else:
+            sig, sig_words = True, "one run per side, no seed allowance: the limit alone decides"
     else:
         try:
-            c = stats.compare_seed_means(ca, cb, confidence=1 - alpha)
+            c = stats.compare_seed_means(la, lb, confidence=1 - alpha)
         except InconclusiveError as e:
             return Check("steps", name, "inconclusive", str(e), rule=str(rule), baseline=va, candidate=vb, details=details)
-        p = _one_sided(c.diff, c.se, c.df)
+        p = _p_above(c.diff, c.se, c.df, lim)
         tq = _tq(alpha, c.df) if c.se > 0 else 0.0
-        scale = va if rule.relative else 1.0
-        lo_, hi_ = (c.diff - tq * c.se) / scale, (c.diff + tq * c.se) / scale
-        sig, sig_words = p <= alpha, f"p = {_p(p)}"
+        lo_, hi_ = to_change(c.diff - tq * c.se), to_change(c.diff + tq * c.se)
+        sig, sig_words = p <= alpha, f"p = {_p(p)} over seeds"
     over = rule.exceeded(ch)
     said = f"{va:,.0f} -> {vb:,.0f} steps ({_signed(ch, rule.relative)})"
     if over and sig:
-        status, reason = "regression", f"{said} > {rule.limit_text()}; {sig_words}"
+        status, reason = "regression", f"{said} > {rule.limit_text()}, significantly above it; {sig_words}"
     elif over:
-        status, reason = "pass", f"{said} > {rule.limit_text()} but not significant ({sig_words})"
+        status, reason = "pass", f"{said} > {rule.limit_text()} but not significantly above it ({sig_words})"
     else:
         status, reason = "pass", f"{said}, within {rule.limit_text()}"
     return Check("steps", name, status, reason, rule=str(rule), baseline=va, candidate=vb, change=ch,
                  relative=rule.relative, lo=lo_, hi=hi_, p=p, limit=rule.limit, details=details)
 
 
-def _clip_check(base, cand, rule, lo, hi, alpha, single) -> Check:
+def _clip_check(base, cand, rule, lo, hi, alpha, single, allowance: Allowance) -> Check:
     name = "clip rate"
     if rule.off:
         return Check("clip_rate", name, "off", "rule off", rule=str(rule))
@@ -1076,16 +1412,29 @@ def _clip_check(base, cand, rule, lo, hi, alpha, single) -> Check:
             c = stats.compare_seed_means(rates[:R0], rates[R0:], confidence=1 - alpha)
     except InconclusiveError as e:
         return Check("clip_rate", name, "inconclusive", str(e), rule=str(rule), baseline=va, candidate=vb)
-    p = _one_sided(c.diff, c.se, c.df)
-    tq = _tq(alpha, c.df) if c.se > 0 else 0.0
     scale = abs(va) if rule.relative and va != 0 else 1.0
-    lo_, hi_ = (c.diff - tq * c.se) / scale, (c.diff + tq * c.se) / scale
+    # the seed-to-seed spread of the clip rate, an sd of its log-odds per run (seeds of one model clip 0.2-0.5% or
+    # 30-57% of steps: the spread scales with p (1 - p)), as an sd of the rate at the two sides' mean rate: added to
+    # the within-run error with one run per side; with seeds, a floor under the measured spread
+    se, df = c.se, c.df
+    if allowance.clip > 0:
+        pm = min(max(0.5 * (va + vb), 0.0), 1.0)
+        sd = allowance.clip * pm * (1 - pm)
+        if single:
+            v, d = _satterthwaite(np.array([se * se]), np.array([df]), 2 * sd**2)
+            se, df = math.sqrt(float(v[0])), float(d[0])
+        else:
+            se = max(se, sd * math.sqrt(1 / R0 + 1 / (len(rates) - R0)))
+    # tested against the limit (in the rule's unit), not against no change
+    p = _p_above(c.diff, se, df, (rule.limit if rule.limit is not None else math.inf) * scale)
+    tq = _tq(alpha, df) if se > 0 else 0.0
+    lo_, hi_ = (c.diff - tq * se) / scale, (c.diff + tq * se) / scale
     over = rule.exceeded(ch)
     said = f"{_pct(va)} -> {_pct(vb)} of steps clipped ({_signed(ch, rule.relative)})"
     if over and p <= alpha:
-        status, reason = "regression", f"{said} > {rule.limit_text()}, p = {_p(p)}"
+        status, reason = "regression", f"{said} > {rule.limit_text()}, significantly above it (p = {_p(p)})"
     elif over:
-        status, reason = "pass", f"{said} > {rule.limit_text()} but not significant (p = {_p(p)})"
+        status, reason = "pass", f"{said} > {rule.limit_text()} but not significantly above it (p = {_p(p)})"
     else:
         status, reason = "pass", f"{said}, within {rule.limit_text()}"
     return Check("clip_rate", name, status, reason, rule=str(rule), baseline=va, candidate=vb, change=ch,
@@ -1208,7 +1557,7 @@ def _overall(checks: list[Check], sides: tuple[Side, Side], nblocks: int) -> tup
     if not tested:
         why = next((c.reason for c in bins if c.reason), "no noise bin could be compared")
         return "inconclusive", f"inconclusive: no noise bin could be compared ({why})"
-    other = [c.name for c in checks if c.metric not in ("loss", "excess") and c.status == "pass"]
+    other = [c.name for c in checks if c.metric not in ("loss", "excess", _GROUP_METRIC) and c.status == "pass"]
     return "pass", (f"pass: no regression in {len(tested)} noise bins"
                     + (f", {', '.join(dict.fromkeys(other))}" if other else ""))
 

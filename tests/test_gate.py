@@ -362,7 +362,10 @@ def test_healthy_seed_pairs_pass(corpus, findings):
     for i in range(0, 10, 2):
         v = gate.compare(corpus(healthy(i)), corpus(healthy(i + 1)), findings_of=findings)
         assert v.status == "pass", (i, v.summary)
-        assert v.noise_model == "within-run" and any("within-run variability only" in n for n in v.notes)
+        assert v.noise_model == "within-run"
+        # the notes say what the noise model saw and what it could not (issue 9)
+        note = next(n for n in v.notes if n.startswith("one run per side"))
+        assert "sees within-run variability" in note and "cannot see" in note and "allowance" in note
 
 
 @needs_corpus
@@ -411,21 +414,39 @@ def test_a_real_run_against_itself_passes_exit_0():
 
 @needs_corpus
 def test_injected_rise_in_two_bins_is_flagged_and_named(corpus, findings):
-    """3% more loss in 10% of the bins of a real run's records: flagged, and exactly those bins named."""
+    """40% more loss in 10% of the bins of a real run's records: flagged, and exactly those bins named.
+
+    (Issue 9 changed this from 3%: with one run per side the gate cannot know both sides are one run, so a
+    change must clear the tolerance plus the seed allowance: about 15% in a bin near the mean loss, 30% in a bin
+    with a tenth of it, at the defaults.)"""
     a = corpus(healthy(5))
     for bins in ({4, 15}, {0, 11}):
-        v = gate.compare(a, inject(a, bins), findings_of=findings)
+        v = gate.compare(a, inject(a, bins, 1.40), findings_of=findings)
         assert v.status == "regression"
         assert {c.bin for c in v.regressions if c.metric == "loss"} == bins, v.summary
         for c in v.regressions:
-            assert c.change == pytest.approx(0.03, rel=1e-6) and 0 < c.lo < 0.03 < c.hi
+            assert c.change == pytest.approx(0.40, rel=1e-6) and c.lo < 0.40 < c.hi
+
+
+@needs_corpus
+def test_a_change_at_the_tolerance_is_not_a_regression(corpus, findings):
+    """+2% in two bins of a run's own records: the old test against 0 flagged it (its error bar is tiny); the
+    tolerance test does not, since the change is not significantly above the 2% limit."""
+    a = corpus(healthy(5))
+    v = gate.compare(a, inject(a, {0, 4}, 1.02), findings_of=findings, allowance=gate.Allowance())
+    assert v.status == "pass", v.summary
+    c = next(c for c in v.by_metric("loss") if c.bin == 4)
+    assert c.change == pytest.approx(0.02) and c.lo > 0.015 and c.p == pytest.approx(0.5, abs=1e-6)
+    v = gate.compare(a, inject(a, {0, 4}, 1.03), findings_of=findings, allowance=gate.Allowance())
+    assert {c.bin for c in v.regressions} == {0, 4}, v.summary
 
 
 @needs_corpus
 def test_injected_rise_with_seeds_names_the_bins(corpus, findings):
+    # 6% (3% before issue 9: now it must be significantly above the 2% tolerance, not above 0)
     bins = {2, 9}
     base = [corpus(healthy(i)) for i in range(20, 25)]
-    cand = [inject(corpus(healthy(i)), bins) for i in range(25, 30)]
+    cand = [inject(corpus(healthy(i)), bins, 1.06) for i in range(25, 30)]
     v = gate.compare(base, cand, findings_of=findings)
     assert v.status == "regression"
     assert {c.bin for c in v.regressions} == bins, v.summary
@@ -448,3 +469,48 @@ def test_a_run_on_both_sides_is_noted():
     runs = [load_run(CORPUS / f"healthy_s{i:02d}") for i in range(3)]
     v = gate.compare(runs, runs[2:], findings_of=lambda r: [])
     assert any("on both sides" in n for n in v.notes)
+
+
+@needs_corpus
+def test_several_baseline_seeds_against_one_candidate_use_a_prediction_interval(corpus, findings):
+    base = [corpus(healthy(i)) for i in range(30, 38)]
+    v = gate.compare(base, corpus(healthy(38)), findings_of=findings)
+    assert v.status == "pass", v.summary
+    assert any("prediction interval" in n and "sqrt(1 + 1/8)" in n for n in v.notes)
+    c = next(c for c in v.by_metric("loss") if c.bin == 2)
+    assert c.details["df"] == 7  # t with n - 1 df
+    v = gate.compare(base, inject(corpus(healthy(38)), {2, 9}, 1.10), findings_of=findings)
+    assert {c.bin for c in v.regressions if c.metric == "loss"} == {2, 9}, v.summary
+
+
+def _slowed(run, factor):
+    """The run with its per-step loss stretched in time: it reaches every level ``factor`` times later."""
+    s = run.steps.sort("step")
+    step = s["step"].to_numpy().astype(np.float64)
+    loss = np.interp(step / factor, step, s["loss"].cast(pl.Float64).to_numpy())
+    return replace(run, steps=s.with_columns(pl.Series("loss", loss).cast(pl.Float32)),
+                   path=run.path.with_name(run.path.name + f"-slow{factor:g}"))
+
+
+@needs_corpus
+def test_speed_alone_needs_a_change_far_outside_the_seed_spread(corpus, findings):
+    a, b = corpus(healthy(6)), corpus(healthy(7))
+    v = gate.compare(a, _slowed(b, 1.45), findings_of=findings)
+    sp = v.by_metric("steps")[0]
+    assert sp.change > gate.parse_rule(gate.DEFAULT_RULES[0]).limit  # above the 25% limit ...
+    assert sp.status == "pass" and "not significantly above it" in sp.reason  # ... but within seed-to-seed spread
+    v = gate.compare(a, _slowed(b, 2.0), findings_of=findings)
+    sp = v.by_metric("steps")[0]
+    assert sp.status == "regression" and sp.p < 0.05, sp.reason
+
+
+def test_effective_df_and_untested_bins_when_blocks_are_few():
+    infl, df = gate.stats.ar1_mean_factors(8, 0.0)
+    assert infl == pytest.approx(1.0) and df == pytest.approx(7.0)
+    rng = np.random.default_rng(0)
+    K = 6
+    a = np.exp(rng.standard_normal((20, K)) * 0.01) * (1 + np.linspace(0.3, 0, K))[None, :]
+    drift = np.cumsum(rng.standard_normal((20, K)), axis=1) * 0.02  # a random walk: phi near 1
+    st = gate.single_run_stats(a, a * (1 + drift), np.arange(K) * 100.0 + 50, np.arange(K - 3, K), 600.0)
+    untested = [w for w in st.why if w]
+    assert untested and all("independent blocks" in w for w in untested)

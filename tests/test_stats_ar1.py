@@ -1,0 +1,57 @@
+"""The AR(1) error of a short mean (diffaudit.stats): exact inflation, effective df, pooled estimate of phi."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from scipy import stats as sps
+
+from diffaudit import stats
+from diffaudit.errors import InconclusiveError
+
+
+def ar1(rng, rows, n, phi):
+    e = rng.standard_normal((rows, n + 50))
+    z = np.empty_like(e)
+    z[:, 0] = e[:, 0]
+    for j in range(1, n + 50):
+        z[:, j] = phi * z[:, j - 1] + np.sqrt(1 - phi**2) * e[:, j]
+    return z[:, 50:]
+
+
+def test_white_noise_is_the_iid_case():
+    infl, df = stats.ar1_mean_factors(8, 0.0)
+    assert infl == pytest.approx(1.0) and df == pytest.approx(7.0)
+
+
+def test_inflation_matches_the_variance_of_simulated_means():
+    rng = np.random.default_rng(0)
+    z = ar1(rng, 20000, 8, 0.9)
+    infl, _ = stats.ar1_mean_factors(8, 0.9)
+    naive = np.mean(z.var(axis=1, ddof=1)) / 8
+    assert np.var(z.mean(axis=1)) / naive == pytest.approx(infl, rel=0.05)
+
+
+@pytest.mark.parametrize("phi", [0.0, 0.5, 0.9])
+def test_interval_with_the_true_phi_covers(phi):
+    rng = np.random.default_rng(1)
+    z = ar1(rng, 4000, 8, phi)
+    hits = 0
+    for row in z:
+        m, se, df = stats.ar1_mean_error(row, phi)
+        hits += abs(m) <= sps.t.isf(0.025, df) * se
+    assert 0.92 <= hits / len(z) <= 0.985
+
+
+@pytest.mark.parametrize("phi", [0.0, 0.5, 0.9])
+def test_pooled_estimate_is_median_unbiased(phi):
+    rng = np.random.default_rng(2)
+    est = [stats.pooled_ar1(ar1(rng, 20, 30, phi)).phi for _ in range(60)]
+    assert np.median(est) == pytest.approx(phi, abs=0.06)
+
+
+def test_pooled_estimate_needs_values():
+    with pytest.raises(InconclusiveError):
+        stats.pooled_ar1(np.zeros((3, 4)))
+    with pytest.raises(InconclusiveError):
+        stats.pooled_ar1(np.full((3, 10), np.nan))  # rows with a gap are left out
