@@ -242,18 +242,20 @@ class Diffusion:
             ab16 = abar.to(torch.float16)
             self.sqrt_ab16, self.sqrt_1mab16 = ab16.sqrt(), (1 - ab16).sqrt()
 
-    def per_sample_loss(self, model, x0, t, eps, t_noise=None) -> torch.Tensor:
+    def per_sample_loss(self, model, x0, t, eps, t_noise=None, t_cond=None) -> torch.Tensor:
         """Mean over pixels of (eps_hat - eps)^2, one value per sample, with graph.
 
         ``t_noise``: noise the sample at these timesteps instead of ``t`` (the t_mismatch defect).
+        ``t_cond``: tell the network these timesteps instead of ``t`` (the time-sensitivity probe).
         """
         tn = t if t_noise is None else t_noise
+        tc = t if t_cond is None else t_cond
         x_t = self.sqrt_ab[tn, None] * x0 + self.sqrt_1mab[tn, None] * eps
         if not self.fp16:
-            eps_hat = model(x_t, t)
+            eps_hat = model(x_t, tc)
         else:
             # x0-parameterised net; the eps conversion runs in half precision
-            x0_hat = model(x_t, t).half()
+            x0_hat = model(x_t, tc).half()
             eps_hat = ((x_t.half() - self.sqrt_ab16[t, None] * x0_hat) / self.sqrt_1mab16[t, None]).float()
         return ((eps_hat - eps) ** 2).mean(1)
 
@@ -331,8 +333,11 @@ def train(spec: RunSpec, run_dir: Path, *, stop_at: int | None = None, kill_at: 
             t = torch.randint(T, (BATCH,), generator=gen)
             eps = torch.randn(BATCH, train_x.shape[1], generator=gen)
             t_noise = torch.randint(T, (BATCH,), generator=gen) if spec.t_mismatch else None
-            per_sample = diff.per_sample_loss(model, train_x[idx], t, eps, t_noise)
+            x0 = train_x[idx]
+            per_sample = diff.per_sample_loss(model, x0, t, eps, t_noise)
             logger.probe_gradients(model, t, per_sample, step)
+            logger.probe_time(step, lambda tf: diff.per_sample_loss(model, x0, t, eps, t_noise, t_cond=tf),
+                              timesteps=t, losses=per_sample.detach())
             opt.zero_grad(set_to_none=True)
             per_sample.mean().backward()
             gn = torch.nn.utils.clip_grad_norm_(model.parameters(), spec.clip)
