@@ -508,6 +508,7 @@ def compare(
     force: bool = False,  # compare runs whose schedule, prediction or bins differ
     findings_of: Callable[[Run], Sequence] | None = None,  # run -> findings; default diffaudit.analysis
     allowance: Allowance | None = None,  # one run per side: seed-to-seed allowance (default: the calibrated one)
+    unit: str = "loss",  # "loss": as logged; "lstar": each run's loss / its own Gaussian L* (targets may differ)
 ) -> Verdict:
     """Compare candidate runs against baseline runs; return the :class:`Verdict`.
 
@@ -515,9 +516,19 @@ def compare(
     configuration), or anything :func:`load_side` accepts. Raises MismatchError
     when the sides' noise processes differ (unless ``force``) and DiffauditError
     for bad settings; too little data gives a verdict with status "inconclusive".
+
+    ``unit="lstar"`` compares runs whose prediction targets differ (epsilon against
+    v-prediction, say) on one scale, each run's per-bin loss divided by its own
+    Gaussian L* (:mod:`diffaudit.units`); the schedule and bins must still match, and
+    the runs need their data statistics (MismatchError otherwise).
     """
     base = _as_runs(baseline, "baseline")
     cand = _as_runs(candidate, "candidate")
+    if unit not in ("loss", "lstar"):
+        raise DiffauditError(f"--unit {unit!r}: expected loss or lstar")
+    unit_notes: list[str] = []
+    if unit == "lstar":
+        base, cand, unit_notes, findings_of = _in_lstar_units(base, cand, findings_of)
     tol = parse_tolerance(tolerance)
     alpha = parse_alpha(alpha)
     if correction not in ("holm", "by"):
@@ -532,8 +543,10 @@ def compare(
         "rules": [str(rules_[m]) for m in METRICS],
         "allowance": asdict(allowance),
     }
-    notes: list[str] = []
-    _check_compatible(base, cand, force, notes)
+    settings["unit"] = unit
+    notes: list[str] = list(unit_notes)
+    if unit == "loss":
+        _check_compatible(base, cand, force, notes)
     both = sorted({r.path.resolve() for r in base} & {r.path.resolve() for r in cand})
     if both and not (len(base) == len(cand) == 1):
         # one run on both sides (a glob that caught the candidate, say) drags the two sides together
@@ -591,7 +604,11 @@ def compare(
             notes.append(f"the still-falling bins' levels ask for a progress lag of {_pct(st.lag_fit)} of the steps, more "
                          f"than the {_pct(max_lag)} seeds differ by; {_pct(st.lag)} was removed (a lag may explain at "
                          f"most {_pct(LAG_SHARE)} of their mean change and of the tolerance), the rest counts as a change")
-    checks.append(_speed_check(base, cand, rules_["steps"], lo, hi, window, alpha, single, allowance))
+    if unit == "lstar":
+        checks.append(Check("steps", "steps to reach the loss level", "off",
+                            "not compared in L* units: the per-step loss mixes noise levels", rule=str(rules_["steps"])))
+    else:
+        checks.append(_speed_check(base, cand, rules_["steps"], lo, hi, window, alpha, single, allowance))
     checks.append(_clip_check(base, cand, rules_["clip_rate"], lo, hi, alpha, single, allowance))
     checks.append(_nonfinite_check(base, cand, rules_["nonfinite"], lo, hi))
     checks += _findings_checks(base, cand, rules_["findings"], findings_of, notes)
@@ -664,6 +681,34 @@ def _difference(a, b) -> str | None:
         return (f"noise schedule (alpha_bar differs at {n} of {a.alpha_bar.size} timesteps; "
                 f"terminal alpha_bar {a.alpha_bar[-1]:.3g} vs {b.alpha_bar[-1]:.3g})")
     return "noise-bin edges"
+
+
+def _in_lstar_units(base: list[Run], cand: list[Run], findings_of):
+    """Both sides in L* units, with the notes that say what that assumes; findings still read the runs as logged."""
+    from diffaudit.units import conversion_notes, in_lstar_units
+
+    ref = base[0].process
+    for r in base[1:] + cand:
+        p = r.process
+        same = p.kind == ref.kind and p.num_bins == ref.num_bins and (
+            p.kind != "vp" or (p.alpha_bar.shape == ref.alpha_bar.shape
+                               and bool(np.allclose(p.alpha_bar, ref.alpha_bar, rtol=1e-6, atol=1e-9))))
+        if not same:
+            raise MismatchError(f"{base[0].name} and {r.name}: L* units put different prediction targets on one scale, "
+                                f"but the runs must share the process, schedule and bins "
+                                f"({_process_words(ref)} vs {_process_words(p)})")
+    original, conv = {}, []
+    out = []
+    for side in (base, cand):
+        converted = []
+        for r in side:
+            c, info = in_lstar_units(r)
+            original[id(c)] = r
+            conv.append(info)
+            converted.append(c)
+        out.append(converted)
+    inner = findings_of or _default_findings
+    return out[0], out[1], conversion_notes(conv), (lambda run: inner(original.get(id(run), run)))
 
 
 def _check_compatible(base: list[Run], cand: list[Run], force: bool, notes: list[str]) -> None:

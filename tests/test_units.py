@@ -39,11 +39,14 @@ def _log_same_denoiser(tmp_path, linear_alpha_bar):
     return runs
 
 
-def _per_bin(run):
+def _per_bin(run, late=False):
     from diffaudit.load import merge_moments
     import polars as pl
 
-    m = merge_moments(run.train_bins.with_columns(pl.lit(0).alias("k")), ["k", "bin"]).sort("bin")
+    tb = run.train_bins
+    if late:  # the last 20% of the steps
+        tb = tb.filter(pl.col("step_lo") >= 0.8 * (tb["step_hi"].max() + 1))
+    m = merge_moments(tb.with_columns(pl.lit(0).alias("k")), ["k", "bin"]).sort("bin")
     return m["mean"].to_numpy()
 
 
@@ -70,3 +73,38 @@ def test_needs_the_data_statistics(tmp_path, linear_alpha_bar):
         lg.log(0, timesteps=torch.tensor([1, 500]), losses=torch.tensor([1.0, 0.5]))
     with pytest.raises(MismatchError, match="needs the data statistics"):
         in_lstar_units(diffaudit.load_run(tmp_path / "r"))
+
+
+# ----------------------------------------------------------------------------
+# Real runs: the digits MLP trained with epsilon and with v-prediction (sample_logs/families/digits_mlp_units)
+
+UNITS = __import__("pathlib").Path(__file__).resolve().parents[1] / "sample_logs" / "families" / "digits_mlp_units"
+
+
+def _load(*names):
+    return [diffaudit.load_run(UNITS / n) for n in names]
+
+
+def test_real_eps_and_v_runs_differ_by_orders_of_magnitude_raw_but_not_in_lstar_units():
+    eps, v = _load("eps_s00", "v_s00")
+    raw_e, raw_v = _per_bin(eps, late=True), _per_bin(v, late=True)
+    assert np.max(raw_v / raw_e) > 20  # high noise: the eps loss goes to 0, the v loss does not
+    ue, uv = _per_bin(in_lstar_units(eps)[0], late=True), _per_bin(in_lstar_units(v)[0], late=True)
+    np.testing.assert_allclose(ue[:8], uv[:8], rtol=0.08)  # low and middle noise: the two models are alike
+    assert np.all(ue[15:] > 5 * uv[15:])  # the eps model's implied x0 is far worse at the noisiest levels
+
+
+def test_gate_in_lstar_units_on_real_runs():
+    from diffaudit.gate import compare
+
+    eps, v, v_narrow = _load("eps_s00", "v_s00", "v_narrow4")
+    with pytest.raises(MismatchError, match="prediction epsilon vs v_prediction"):
+        compare([eps], [v])
+    assert compare([eps], [v], unit="lstar").status == "pass"  # v is nowhere worse than eps
+    back = compare([v], [eps], unit="lstar")  # eps is worse where its loss / L* explodes: the noisiest bins
+    assert back.status == "regression"
+    named = {c.bin for c in back.checks if c.regressed and c.bin is not None}
+    assert named and min(named) >= 8 and {17, 18, 19} <= named
+    assert compare(_load("v_s00", "v_s01", "v_s02"), [v_narrow], unit="lstar").status == "regression"
+    assert any("L* units" in n for n in back.notes)
+    assert next(c for c in back.checks if c.metric == "steps").status == "off"
