@@ -68,6 +68,12 @@ MAX_POINTS = 2000  # rows of the downsampled per-step series (for plots)
 MAX_TIME_ROWS = 200  # time rows of the per-bin heatmap series
 MAX_SPIKE_EVENTS = 50  # spike events kept (largest first)
 MAX_TREND_WINDOWS = 1000  # longer trend stretches are merged (exactly) into this many windows first
+# spikes: the threshold follows the tail of the run's own robust z (see spike_threshold)
+SPIKE_TAIL_LO = 0.05  # the power-law tail is fitted between the 95% ...
+SPIKE_TAIL_HI = 0.005  # ... and the 99.5% quantile of the robust z
+SPIKE_FALSE_EVENTS = 0.25  # the fitted tail may exceed the threshold this many times per run
+SPIKE_FALSE_SINGLE = 0.02  # ... and the threshold for one lone spike to count (`spike_big_ratio`) this often
+SPIKE_MAX_THRESHOLD = 1000.0  # a bound on the extrapolation (a tail index near 0 would ask for infinity)
 _UNIT_ROUNDOFF = {"float64": 1.1e-16, "float32": 6.0e-8, "float16": 4.9e-4, "bfloat16": 3.9e-3}
 
 
@@ -164,6 +170,10 @@ class SpikeSummary:
     max_ratio_median: float | None
     max_grad_ratio: float | None  # largest grad norm / its running median at a loss spike
     max_grad_ratio_step: int | None
+    threshold: float = stats.SPIKE_THRESHOLD  # robust z a spike had to pass on this run (calibrated to its tail)
+    tail_index: float | None = None  # power-law index of the run's own upper tail of robust z (Gaussian: ~5)
+    single_threshold: float = stats.SPIKE_THRESHOLD  # robust z one lone spike needs to count on its own
+    max_ratio_z: float | None = None  # robust z of the spike with the largest ratio
 
 
 @dataclass(frozen=True)
@@ -290,12 +300,12 @@ BIN_COLUMNS = {
     "mid_mean": "mean loss in the middle phase",
     "late_mean": "mean loss in the late phase",
     "late_std": "per-sample standard deviation in the late phase",
-    "late_se": "standard error of late_mean (the larger of iid and between-window)",
+    "late_se": "standard error of late_mean, honest under autocorrelation (the largest of iid, long-run and batch-means)",
     "lstar_gauss": "Gaussian L* (best linear denoiser; an upper bound on the irreducible loss)",
     "lstar_emp": "empirical L* from `diffaudit optimum` (the memorization floor)",
     "lstar_emp_se": "its Monte Carlo standard error",
     "excess": "late_mean - lstar_gauss",
-    "excess_z": "excess / its standard error",
+    "excess_z": "excess / late_se as a normal z (Student t on the series' effective sample size, tail-matched)",
     "excess_share": "count_share * max(excess, 0) / late_total: impact on the run's loss",
     "excess_emp": "late_mean - lstar_emp",
     "loss_share": "count_share * late_mean / late_total",
@@ -540,7 +550,7 @@ def _bin_table(run: Run, grid: _Grid, sel: dict, lg, le, le_se, th: Thresholds):
         lvar = np.where(ln > 1, lm2 / (ln - 1), np.nan)
     cols["late_mean"] = lm
     cols["late_std"] = np.sqrt(lvar)
-    cols["late_se"] = _late_se(grid, sel["late"], ln, lvar)
+    cols["late_se"], late_df = _late_se(grid, sel["late"], ln, lvar)
     # the sampler's weight of each bin, late (its own objective); bins never sampled late weigh 0
     weights = ln / ln.sum() if ln.sum() > 0 else np.full(nb, 1.0 / nb)
     has = np.isfinite(lm) & (weights > 0)
@@ -552,7 +562,7 @@ def _bin_table(run: Run, grid: _Grid, sel: dict, lg, le, le_se, th: Thresholds):
     with np.errstate(invalid="ignore", divide="ignore"):
         ex = lm - lg
         cols["excess"] = ex
-        cols["excess_z"] = ex / cols["late_se"]
+        cols["excess_z"] = _normal_equivalent(ex / cols["late_se"], late_df)
         cols["excess_share"] = weights * np.maximum(ex, 0.0) / late_total if late_total else nan.copy()
         cols["excess_emp"] = lm - le
         cols["loss_share"] = weights * lm / late_total if late_total else nan.copy()
@@ -562,20 +572,67 @@ def _bin_table(run: Run, grid: _Grid, sel: dict, lg, le, le_se, th: Thresholds):
     return _frame(cols), late_total, weights
 
 
-def _late_se(grid: _Grid, late, ln, lvar) -> np.ndarray:
-    """Standard error of the late mean per bin: iid from the pooled variance, or from window means if larger."""
+def _detrended_var(y: np.ndarray) -> float:
+    """Variance of y about a quadratic in its index (the loss curve's bend is signal, not noise)."""
+    n = y.size
+    t = np.linspace(-1.0, 1.0, n)
+    basis = np.vander(t, min(3, n - 1))
+    r = y - basis @ np.linalg.lstsq(basis, y, rcond=None)[0]
+    return float(r @ r) / max(n - basis.shape[1], 1)
+
+
+def _late_se(grid: _Grid, late, ln, lvar) -> tuple[np.ndarray, np.ndarray]:
+    """Standard error of the late mean per bin, honest under autocorrelation, and its degrees of freedom.
+
+    Consecutive windows share the optimizer's trajectory, so the late window means
+    are autocorrelated and their spread over sqrt(k) is far too small (with AR(1)
+    window noise, phi = 0.9, a loss exactly at a reference reads z >= 3 a quarter
+    of the time). The error is the largest of: the iid error of the pooled samples;
+    the long-run variance of the bin's whole window series (variance about a
+    quadratic in time, times its conservative integrated autocorrelation time
+    :func:`stats.integrated_autocorr_time`) over the k late windows; and, with
+    >= ``stats.MIN_BATCHES`` late windows, the batch-means error of the late
+    windows themselves (:func:`stats.batch_means`); with fewer, their plain spread.
+    The degrees of freedom are the whole series' effective sample size less one.
+    """
+    nb = grid.n.shape[1]
     with np.errstate(invalid="ignore", divide="ignore"):
-        se_iid = np.sqrt(lvar / ln)
-        idx = np.flatnonzero(late)
-        if idx.size >= 3:
-            n = grid.n[idx]
-            m = np.where(n > 0, grid.mean[idx], np.nan)
-            k = (n > 0).sum(axis=0)
-            se_win = np.full(m.shape[1], np.nan)
-            ok = k >= 3  # bins with fewer late windows get no window-based error (and numpy no warning)
-            se_win[ok] = np.nanstd(m[:, ok], axis=0, ddof=1) / np.sqrt(k[ok])
-            return np.fmax(se_iid, se_win)
-    return se_iid
+        se = np.sqrt(lvar / ln)
+    df = np.full(nb, np.inf)
+    for b in range(nb):
+        have = grid.n[:, b] > 0
+        y_all = grid.mean[have, b]
+        y_all = y_all[np.isfinite(y_all)]
+        m = late & have & np.isfinite(grid.mean[:, b])
+        k = int(m.sum())
+        if k < 2 or y_all.size < 4:
+            continue
+        y, w = grid.mean[m, b], grid.n[m, b]
+        tau = stats.integrated_autocorr_time(y_all, conservative=True)
+        cand = [se[b], math.sqrt(_detrended_var(y_all) * tau / k)]
+        if k >= stats.MIN_BATCHES:
+            try:
+                cand.append(stats.batch_means(y, weights=w).se)
+            except DiffauditError:
+                pass
+        else:
+            cand.append(float(np.std(y, ddof=1)) / math.sqrt(k))
+        se[b] = np.nanmax(cand)
+        df[b] = max(y_all.size / tau - 1.0, 1.0)
+    return se, df
+
+
+def _normal_equivalent(t: np.ndarray, df: np.ndarray) -> np.ndarray:
+    """The normal z with the same one-sided tail probability as Student's t with `df` degrees of freedom."""
+    from scipy import stats as sps
+
+    t = np.asarray(t, np.float64)
+    out = np.full(t.shape, np.nan)
+    ok = np.isfinite(t)
+    tt, dd = t[ok], np.where(np.isfinite(df[ok]), df[ok], 1e9)
+    # through the tail on the far side, so large |t| keep their precision
+    out[ok] = np.where(tt >= 0, sps.norm.isf(sps.t.sf(tt, dd)), -sps.norm.isf(sps.t.cdf(tt, dd)))
+    return out
 
 
 def _trend_windows(grid: _Grid, trend_rows) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
@@ -774,6 +831,36 @@ def _local_median(v: np.ndarray, i: int, half: int) -> float:
     return float(np.median(v[max(0, i - half): i + half + 1]))
 
 
+def spike_threshold(z: np.ndarray, n: int | None = None, *, false_events: float | None = None
+                    ) -> tuple[float, float | None]:
+    """The robust z a spike must pass on this run, and the tail index it was read from.
+
+    Small per-rank batches make the per-step loss heavy-tailed (a batch that drew a
+    few hard samples), and on Student-t(3) noise a fixed z > 8 on a MAD scale finds
+    ~15 "spikes" per 10,000 healthy steps. So the threshold follows the run's own
+    noise: a power law ``P(Z > z) ~ z^-a`` is fitted to the upper tail of the robust
+    z between its 95% and 99.5% quantiles (a few real spikes, under 0.5% of the
+    steps, do not move those quantiles), and the threshold is the z that the fitted
+    tail exceeds ``SPIKE_FALSE_EVENTS`` times in the whole run, never below the
+    fixed ``stats.SPIKE_THRESHOLD``. A Gaussian tail (a ~ 5) keeps the fixed 8; a
+    t(3) tail over 10,000 steps asks for ~35. ``false_events`` overrides
+    ``SPIKE_FALSE_EVENTS`` (a lone spike is held to ``SPIKE_FALSE_SINGLE``).
+    """
+    z = np.asarray(z, np.float64)
+    z = z[np.isfinite(z)]
+    n = int(n or z.size)
+    base = stats.SPIKE_THRESHOLD
+    if z.size < 200:
+        return base, None
+    q_lo, q_hi = np.quantile(z, [1 - SPIKE_TAIL_LO, 1 - SPIKE_TAIL_HI])
+    if not (q_lo > 0 and q_hi > q_lo):
+        return base, None
+    a = math.log(SPIKE_TAIL_LO / SPIKE_TAIL_HI) / math.log(q_hi / q_lo)
+    p = (SPIKE_FALSE_EVENTS if false_events is None else false_events) / max(n, 1)
+    thr = q_hi * (SPIKE_TAIL_HI / p) ** (1.0 / a) if p < SPIKE_TAIL_HI else q_hi
+    return float(max(base, min(thr, SPIKE_MAX_THRESHOLD))), float(a)
+
+
 def _spikes(steps: pl.DataFrame) -> SpikeSummary:
     n = steps.height
     empty = SpikeSummary(n, 0, None, (), None, None, None, None, None, None)
@@ -786,26 +873,36 @@ def _spikes(steps: pl.DataFrame) -> SpikeSummary:
         return replace(empty, events_per_10k=0.0)
     with np.errstate(divide="ignore", invalid="ignore"):
         ll = np.where(pos_ok, np.log(loss), np.nan)
-    sp = stats.detect_spikes(ll)
+    every = stats.detect_spikes(ll, threshold=-math.inf)  # the robust z of every finite step
+    thr, tail = spike_threshold(every.z, every.z.size)
+    lone, _ = spike_threshold(every.z, every.z.size, false_events=SPIKE_FALSE_SINGLE)
+    # candidates at the fixed threshold: the largest excursions (a blow-up is one, on any noise) ...
+    cand = stats.detect_spikes(ll)
     fin_pos = np.flatnonzero(np.isfinite(ll))
     v = loss[fin_pos]
-    half = sp.window // 2
-    events = []
-    for pk in sp.event_peak:
+    half = every.window // 2
+    found = []
+    for pk in cand.event_peak:
         k = int(np.searchsorted(fin_pos, pk))
         med = _local_median(v, k, half)
-        z = float(sp.z[np.searchsorted(sp.indices, pk)])
-        events.append({"step": int(step[pk]), "loss": float(loss[pk]), "median": med,
-                       "ratio": float(loss[pk] / med) if med > 0 else math.inf, "z": z})
-    events.sort(key=lambda e: -e["ratio"])
-    top = events[0] if events else None
+        z = float(cand.z[np.searchsorted(cand.indices, pk)])
+        found.append({"step": int(step[pk]), "loss": float(loss[pk]), "median": med,
+                      "ratio": float(loss[pk] / med) if med > 0 else math.inf, "z": z, "_pos": int(pk)})
+    found.sort(key=lambda e: -e["ratio"])
+    top = found[0] if found else None
+    # ... and the spike events proper: peaks beyond what the run's own noise makes
+    events = [e for e in found if e["z"] > thr]
+    peaks = np.array([e["_pos"] for e in events], np.intp)
+    at = np.unique(np.append(peaks, [top["_pos"]] if top else []).astype(np.intp))  # where the grad norm is read
+    for e in found:
+        e.pop("_pos")
     # the grad norm at those spikes, against its own running median
     g = steps["grad_norm"].cast(pl.Float64).fill_null(np.nan).to_numpy()
     gmax = gstep = None
     gpos = np.flatnonzero(np.isfinite(g) & (g > 0))
     if gpos.size >= 10:
         gv = g[gpos]
-        for pk in sp.event_peak:
+        for pk in at:
             k = int(np.searchsorted(gpos, pk))
             if k >= gpos.size or gpos[k] != pk:
                 continue
@@ -814,10 +911,11 @@ def _spikes(steps: pl.DataFrame) -> SpikeSummary:
             if gmax is None or r > gmax:
                 gmax, gstep = r, int(step[pk])
     span = float(step.max() - step.min() + 1)
+    n_events = int(peaks.size)
     return SpikeSummary(
         n_steps=n,
-        n_events=sp.n_events,
-        events_per_10k=sp.n_events * 1e4 / span,
+        n_events=n_events,
+        events_per_10k=n_events * 1e4 / span,
         events=tuple(events[:MAX_SPIKE_EVENTS]),
         max_ratio=top["ratio"] if top else None,
         max_ratio_step=top["step"] if top else None,
@@ -825,6 +923,10 @@ def _spikes(steps: pl.DataFrame) -> SpikeSummary:
         max_ratio_median=top["median"] if top else None,
         max_grad_ratio=gmax,
         max_grad_ratio_step=gstep,
+        threshold=thr,
+        tail_index=tail,
+        single_threshold=lone,
+        max_ratio_z=top["z"] if top else None,
     )
 
 

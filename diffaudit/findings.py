@@ -328,7 +328,10 @@ def _spikes(a: "Analysis", th: Thresholds) -> Finding | None:
     S = a.spikes
     several = S.n_events >= th.spike_min_events
     many = several and (S.events_per_10k or 0) >= th.spike_per_10k
-    huge = S.max_ratio is not None and S.max_ratio >= th.spike_big_ratio
+    # one spike counts on its own only beyond what the run's own tail makes once in ~50 runs,
+    # or when it is a blow-up (>= `blowup_ratio`), which no noise explains
+    huge = (S.max_ratio is not None and S.max_ratio >= th.spike_big_ratio
+            and (S.max_ratio_z is None or S.max_ratio_z >= S.single_threshold or S.max_ratio >= th.blowup_ratio))
     if not (several or huge):
         return None
     top = ", ".join(f"step {e['step']} ({_g(e['ratio'])}x)" for e in S.events[:3])
