@@ -55,6 +55,7 @@ import polars as pl
 from diffaudit import __version__, stats
 from diffaudit.errors import DiffauditError
 from diffaudit.findings import Finding, Thresholds, evaluate, verdict as _verdict
+from diffaudit.lifecycle import Lifecycle, lifecycle as _lifecycle
 from diffaudit.load import Run
 
 # ----------------------------------------------------------------------------
@@ -232,10 +233,57 @@ class EvalSummary:
     late_from_step: int | None
     gap_share: float | None  # late (eval - train), sampler-weighted, / train
     gap_z: float | None
-    eval_rise: float | None  # late eval level / best eval level - 1
-    best_step: int | None
+    eval_rise: float | None  # late eval level / the best level over as many consecutive evaluations - 1 (>= 0)
+    best_step: int | None  # last step of that best stretch (= the last eval step when the late one is the best)
     gap_growth: float | None  # late gap share - gap share of the eval window nearest mid-training
     worst_bins: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True)
+class EmaSummary:
+    """EMA weights against the live weights, both on held-out data, at the same steps.
+
+    Never read as overfitting: an EMA average of past weights lags the live model
+    while the loss falls, so its held-out loss sits above the live weights' for a
+    reason that has nothing to do with the training set.
+    """
+
+    n_windows: int  # EMA evaluation windows ("ema" split)
+    common_windows: int  # of them, steps where the live weights were evaluated too ("eval" split)
+    only_ema: bool  # EMA evaluated but no held-out evaluation of the live weights
+    late_from_step: int | None
+    gap: float | None  # late (ema - eval) / eval, sampler-weighted: > 0 the EMA lags, < 0 it helps
+    gap_z: float | None
+    first_gap: float | None  # the same at the first common window
+    ema_vs_train: float | None  # late (ema - train) / train: lag and generalization mixed, for context only
+
+
+@dataclass(frozen=True)
+class TimestepSummary:
+    """Samples whose timestep cannot belong to the process (the logger's ``bad_t`` count per step)."""
+
+    available: bool  # the steps carry the logger's bad_t column (loggers before it: False)
+    bad_samples: int
+    share: float | None  # of all training samples logged
+    bad_steps: int  # steps with at least one
+    first_step: int | None
+    t_min: float | None  # smallest and largest raw timestep the logger saw (train)
+    t_max: float | None
+    valid: str | None  # the valid range, in words
+    cause: str | None  # the likely cause, in words
+
+
+@dataclass(frozen=True)
+class GradFlowSummary:
+    """Steps on which no gradient flowed: pre-clip grad norm 0 (or below a tiny floor) with a finite loss."""
+
+    steps: int  # steps with a logged, finite grad norm and a finite loss
+    dead_steps: int  # of them, grad norm <= floor
+    share: float | None
+    late_share: float | None  # the same over the late phase
+    first_step: int | None
+    median: float | None  # median grad norm over those steps
+    floor: float
 
 
 @dataclass(frozen=True)
@@ -280,6 +328,11 @@ class Analysis:
     findings: tuple[Finding, ...] = ()
     verdict: str = "healthy"  # "healthy", "warnings" or "failing"
     settings: dict = field(default_factory=dict)
+    ema: EmaSummary | None = None
+    timesteps: TimestepSummary | None = None
+    grad_flow: GradFlowSummary | None = None
+    lifecycle: Lifecycle | None = None
+    early: str | None = None  # why convergence-dependent findings are provisional (None: judged as final)
 
     def by_id(self, finding_id: str) -> Finding | None:
         """The finding with this id, or None."""
@@ -342,6 +395,7 @@ def analyze(
     thresholds: Thresholds | None = None,  # every rule's threshold
     max_points: int = MAX_POINTS,  # rows of the downsampled per-step series
     max_time_rows: int = MAX_TIME_ROWS,  # time rows of the per-bin heatmap series
+    now: float | None = None,  # when the run is read (unix time; default now): in progress or ended
 ) -> Analysis:
     """Analyse a loaded run: per-bin table, step-series summaries, schedule, probes, eval, findings, verdict."""
     for name, v in (("late_fraction", late_fraction), ("phase_fraction", phase_fraction),
@@ -382,7 +436,12 @@ def analyze(
         probes=probes,
         eval=ev,
         settings=settings,
+        ema=_ema(run, grid, weights, late_fraction),
+        timesteps=_timesteps(run, steps),
+        grad_flow=_grad_flow(steps, late_fraction, th),
     )
+    lc = _lifecycle(run, now=now)
+    analysis = replace(analysis, lifecycle=lc, early=_early(lc, loss, th))
     found = evaluate(analysis, th)
     return replace(analysis, findings=found, verdict=_verdict(found))
 
@@ -1168,9 +1227,18 @@ def _eval(run: Run, grid: _Grid, weights, late_fraction) -> tuple[pl.DataFrame, 
         t_lvl = (ww * np.where(have, grid.mean[ti], 0.0)).sum(axis=1) / wsum
         g_win = (e_lvl - t_lvl) / t_lvl
     good = np.isfinite(e_lvl) & np.isfinite(g_win)
-    best = int(np.flatnonzero(good)[np.argmin(e_lvl[good])]) if good.any() else None
-    E_late = float(np.sum(w * np.where(ok, em, 0.0)))
-    eval_rise = E_late / e_lvl[best] - 1.0 if best is not None and e_lvl[best] > 0 else None
+    # "above its best": the late level against the best stretch of as many consecutive evaluations,
+    # like against like (a late average over one lucky point would call a loss that fell at every
+    # evaluation "15% above its best" at its own newest step)
+    eval_rise = best = None
+    gi = np.flatnonzero(good)
+    if gi.size:
+        k = int(min(max(int(np.sum(late & good)), 1), gi.size))
+        blocks = np.convolve(e_lvl[gi], np.ones(k) / k, mode="valid")
+        j = int(np.argmin(blocks))
+        best = int(gi[j + k - 1])
+        if blocks[j] > 0:
+            eval_rise = max(float(blocks[-1] / blocks[j] - 1.0), 0.0)
     gap_share = gap / T if T > 0 else None
     # growth since mid-training: early eval windows compare an end-of-window model with a window mean
     # that lags it while the loss falls fast, so the gap there is biased low
@@ -1191,6 +1259,153 @@ def _eval(run: Run, grid: _Grid, weights, late_fraction) -> tuple[pl.DataFrame, 
         best_step=int(es[best]) if best is not None else None, gap_growth=_num(gap_growth),
         worst_bins=tuple(worst),
     ), cols
+
+
+def _ema(run: Run, grid: _Grid, weights, late_fraction) -> EmaSummary:
+    """EMA against live weights on held-out data at the same steps (and, for context only, against train)."""
+    nb = run.process.num_bins
+    mg = _Grid.from_bins(run.ema_bins, nb)
+    eg = _Grid.from_bins(run.eval_bins, nb)
+    if mg.W == 0:
+        return EmaSummary(0, 0, False, None, None, None, None, None)
+    common = np.intersect1d(mg.step_hi, eg.step_hi) if eg.W else np.zeros(0, np.int64)
+    ema_vs_train = None
+    if grid.W:
+        ti = _match_train(grid, mg.step_hi)
+        lvl_m, lvl_t = _levels(mg.n, mg.mean, grid.n[ti], grid.mean[ti], weights)
+        ok = np.isfinite(lvl_m) & np.isfinite(lvl_t) & (lvl_t > 0)
+        if ok.any():
+            ema_vs_train = float(lvl_m[ok][-1] / lvl_t[ok][-1] - 1.0)
+    if not common.size:
+        return EmaSummary(mg.W, 0, eg.W == 0, None, None, None, None, _num(ema_vs_train))
+    im = np.searchsorted(mg.step_hi, common)
+    ie = np.searchsorted(eg.step_hi, common)
+    s0 = float(grid.step_lo.min()) if grid.W else float(common.min())
+    s1 = float(grid.step_hi.max()) if grid.W else float(common.max())
+    late = common >= s1 - late_fraction * max(s1 - s0, 1.0)
+    late[-1] = True
+    mn, mm, mm2 = _Grid.merge(mg, im[late])
+    en, emu, em2 = _Grid.merge(eg, ie[late])
+    ok = (mn > 1) & (en > 1) & np.isfinite(mm) & np.isfinite(emu)
+    w = np.where(ok, weights, 0.0)
+    gap = gap_z = None
+    if w.sum() > 0:
+        w = w / w.sum()
+        with np.errstate(invalid="ignore", divide="ignore"):
+            var = np.where(ok, mm2 / (mn - 1) / mn + em2 / (en - 1) / en, 0.0)
+        E = float(np.sum(w * np.where(ok, emu, 0.0)))
+        d = float(np.sum(w * np.where(ok, mm - emu, 0.0)))
+        se = math.sqrt(float(np.sum(w * w * var)))
+        gap = d / E if E > 0 else None
+        gap_z = d / se if se > 0 else None
+    lm, le = _levels(mg.n[im], mg.mean[im], eg.n[ie], eg.mean[ie], weights)
+    fin = np.flatnonzero(np.isfinite(lm) & np.isfinite(le) & (le > 0))
+    first = float(lm[fin[0]] / le[fin[0]] - 1.0) if fin.size else None
+    return EmaSummary(mg.W, int(common.size), False, int(common[late].min()), _num(gap), _num(gap_z),
+                      _num(first), _num(ema_vs_train))
+
+
+def _levels(na, ma, nb_, mb, weights) -> tuple[np.ndarray, np.ndarray]:
+    """Per row: sampler-weighted levels of two (rows, bins) mean tables over the bins both hold."""
+    have = (na > 0) & (nb_ > 0) & np.isfinite(ma) & np.isfinite(mb)
+    w = np.where(have, weights[None, :], 0.0)
+    ws = w.sum(axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        a = (w * np.where(have, ma, 0.0)).sum(axis=1) / ws
+        b = (w * np.where(have, mb, 0.0)).sum(axis=1) / ws
+    return np.where(ws > 0, a, np.nan), np.where(ws > 0, b, np.nan)
+
+
+def timestep_cause(process, lo: float | None, hi: float | None) -> tuple[str, str]:
+    """(the valid range, the likeliest reason timesteps fall outside it), in words."""
+    p = process
+    if p.kind == "vp":
+        valid = f"integers 0 to {p.num_timesteps - 1}"
+    elif p.kind == "flow":
+        valid = "t in [0, 1]"
+    else:
+        valid = f"sigma in [{p.sigma_min / 10:g}, {p.sigma_max * 10:g}]"
+    if lo is None or hi is None or not (math.isfinite(lo) and math.isfinite(hi)):
+        return valid, "non-finite timesteps (NaN or inf reached the sampler)"
+    if p.kind == "flow" and 1 < hi <= 1000.0 and lo >= 0:
+        return valid, "they look scaled by 1000 (pass t in [0, 1], not t*1000)"
+    if p.kind == "vp" and 0 <= lo and hi < 1:
+        return valid, f"they look like fractions of the schedule (pass the integer t, i.e. t*{p.num_timesteps})"
+    if p.kind == "vp" and hi >= p.num_timesteps:
+        return valid, f"t reaches {hi:g} >= T = {p.num_timesteps} (an off-by-one, or another schedule's length)"
+    if p.kind == "vp":
+        return valid, "fractional or negative timesteps (pass the integer t the scheduler used)"
+    if p.kind == "edm" and lo <= 0:
+        return valid, "sigma must be positive (pass sigma, not log sigma or t)"
+    if p.kind == "edm":
+        return valid, f"sigma spans {lo:g} to {hi:g}: another noise range than the run's (check sigma_min/sigma_max)"
+    return valid, "flow t outside [0, 1] (negative, or another parametrisation)"
+
+
+def _timesteps(run: Run, steps: pl.DataFrame) -> TimestepSummary:
+    if steps.height == 0 or "bad_t" not in steps.columns:
+        return TimestepSummary(False, 0, None, 0, None, None, None, None, None)
+    bad = steps["bad_t"].fill_null(0).cast(pl.Int64).to_numpy()
+    cnt = steps["count"].fill_null(0).cast(pl.Int64).to_numpy()
+    nf = steps["nonfinite"].fill_null(0).cast(pl.Int64).to_numpy()
+    total = int(bad.sum() + cnt.sum() + nf.sum())
+    lo = float(steps["t_min"].cast(pl.Float64).min()) if "t_min" in steps.columns and steps["t_min"].drop_nulls().len() else None
+    hi = float(steps["t_max"].cast(pl.Float64).max()) if "t_max" in steps.columns and steps["t_max"].drop_nulls().len() else None
+    nb = int(bad.sum())
+    idx = np.flatnonzero(bad > 0)
+    valid, cause = timestep_cause(run.process, lo, hi)
+    return TimestepSummary(
+        available=True, bad_samples=nb, share=nb / total if total else None, bad_steps=int(idx.size),
+        first_step=int(steps["step"][int(idx[0])]) if idx.size else None, t_min=_num(lo), t_max=_num(hi),
+        valid=valid, cause=cause if nb else None,
+    )
+
+
+def _grad_flow(steps: pl.DataFrame, late_fraction: float, th: Thresholds) -> GradFlowSummary:
+    floor = th.dead_grad_floor
+    none = GradFlowSummary(0, 0, None, None, None, None, floor)
+    if steps.height == 0 or "grad_norm" not in steps.columns:
+        return none
+    g = steps["grad_norm"].cast(pl.Float64).fill_null(np.nan).to_numpy()
+    loss = steps["loss"].cast(pl.Float64).fill_null(np.nan).to_numpy()
+    ok = np.isfinite(g) & np.isfinite(loss) & (steps["count"].fill_null(0).to_numpy() > 0)
+    if not ok.any():
+        return none
+    step = steps["step"].to_numpy()
+    dead = ok & (np.abs(g) <= floor)
+    s0, s1 = float(step.min()), float(step.max())
+    late = ok & (step >= s1 - late_fraction * max(s1 - s0, 1.0))
+    d = np.flatnonzero(dead)
+    return GradFlowSummary(
+        steps=int(ok.sum()), dead_steps=int(d.size), share=float(d.size / ok.sum()),
+        late_share=float(dead[late].sum() / late.sum()) if late.any() else None,
+        first_step=int(step[d[0]]) if d.size else None, median=float(np.median(g[ok])), floor=floor,
+    )
+
+
+def _early(lc: Lifecycle | None, loss: LossSummary, th: Thresholds) -> str | None:
+    """Why findings that need a converged loss are provisional on this reading; None: judge them as final.
+
+    A run that has not finished is early while it is short of ``early_progress`` of
+    its planned steps; without a plan, while the trend stretch has too few windows
+    to tell whether the loss still falls, or (for a logger that records closes) while
+    the loss is still clearly falling. A finished run is judged as it stands.
+    """
+    if lc is None or lc.state == "finished":
+        return None
+    where = {"in_progress": "in progress", "ended": "ended without a close", "failed": "failed",
+             "unknown": "not known to have finished"}[lc.state]
+    if lc.planned_steps and lc.progress is not None:
+        if lc.progress < th.early_progress:
+            return (f"the run is {where} at step {lc.last_step:,} of {lc.planned_steps:,} planned "
+                    f"({100 * lc.progress:.0f}%)")
+        return None
+    if loss.trend_rel is None:
+        return f"the run is {where} and has too few windows yet to tell whether its loss still falls"
+    if lc.recorded and loss.trend_hi is not None and loss.trend_hi < -th.stagnation_margin:
+        return (f"the run is {where}, no planned length was given, and its loss still falls "
+                f"({100 * loss.trend_rel:.0f}% over steps {loss.trend_from:,}-{loss.trend_to:,})")
+    return None
 
 
 # ----------------------------------------------------------------------------
@@ -1269,7 +1484,12 @@ def analysis_to_dict(a: Analysis) -> dict:
       evidence: {name: number | list | dict}, bins: [int]}``; ids are stable (findings.FINDINGS_TABLE)
     * ``bins``: one object per noise bin with the columns of :data:`BIN_COLUMNS`
     * ``phases``, ``loss``, ``profile``, ``spikes``, ``clip``, ``nonfinite``, ``schedule``,
-      ``probes`` (with its per-probe-bin rows under ``bins``), ``eval``: the summaries the rules read
+      ``probes`` (with its per-probe-bin rows under ``bins``), ``eval`` (held-out data, live weights),
+      ``ema`` (EMA weights against live, held-out data), ``timesteps``, ``grad_flow``: the summaries the rules read
+    * ``lifecycle``: ``{state, words, last_step, planned_steps, progress, since_write, ...}``; ``state`` is
+      ``finished``, ``failed``, ``in_progress``, ``ended`` (no close, no write for long) or ``unknown``
+    * ``provisional``: null, or why findings that need a converged loss are provisional (``info``) on this
+      reading; those findings carry ``"provisional": true`` and ``evidence.final_severity``
     * ``settings``: the phase fractions and every threshold used
     """
     from diffaudit.findings import _jsonable
@@ -1294,11 +1514,16 @@ def analysis_to_dict(a: Analysis) -> dict:
         "probes": {**dc(a.probes, skip=("table",)),
                    "bins": [_jsonable(r) for r in a.probes.table.iter_rows(named=True)]},
         "eval": dc(a.eval),
+        "ema": dc(a.ema) if a.ema is not None else None,
+        "timesteps": dc(a.timesteps) if a.timesteps is not None else None,
+        "grad_flow": dc(a.grad_flow) if a.grad_flow is not None else None,
+        "lifecycle": _jsonable(a.lifecycle.as_dict()) if a.lifecycle is not None else None,
+        "provisional": a.early,
         "settings": _jsonable(a.settings),
     }
 
 
 __all__ = [
-    "BIN_COLUMNS", "Analysis", "ClipSummary", "EvalSummary", "LossSummary", "NonfiniteSummary", "Phases",
+    "BIN_COLUMNS", "Analysis", "ClipSummary", "EmaSummary", "EvalSummary", "GradFlowSummary", "TimestepSummary", "LossSummary", "NonfiniteSummary", "Phases",
     "ProbeSummary", "ProfileSummary", "RunInfo", "ScheduleInfo", "SpikeSummary", "analysis_to_dict", "analyze",
 ]

@@ -255,9 +255,10 @@ def test_gaussian_reference_and_excess_share(tmp_path):
 
 
 def test_analysis_is_deterministic(tmp_path):
+    """Same run, same reading time: the same bytes (the reading time only moves "last write N s ago")."""
     r = run_of(tmp_path, seed=5, eval_every=200, probe_every=500)
-    one = json.dumps(analysis_to_dict(analyze(r)), sort_keys=True)
-    two = json.dumps(analysis_to_dict(analyze(diffaudit.load_run(r.path))), sort_keys=True)
+    one = json.dumps(analysis_to_dict(analyze(r, now=1e9)), sort_keys=True)
+    two = json.dumps(analysis_to_dict(analyze(diffaudit.load_run(r.path), now=1e9)), sort_keys=True)
     assert one == two
 
 
@@ -584,7 +585,8 @@ def test_cli_report_text_json_and_fail_on(tmp_path):
     assert {"diffaudit_version", "run", "verdict", "findings", "bins"} <= set(d)
     assert d["verdict"] == "warnings"
     f = next(f for f in d["findings"] if f["id"] == "clip.rate_high")
-    assert set(f) == {"id", "severity", "title", "message", "recommendation", "evidence", "bins"}
+    assert set(f) == {"id", "severity", "title", "message", "recommendation", "evidence", "bins", "provisional"}
+    assert f["provisional"] is False
     assert len(d["bins"]) == NB and set(d["bins"][0]) == set(BIN_COLUMNS)
     assert "NaN" not in out.read_text()
     res = _cli("report", path, "--json", "-")
