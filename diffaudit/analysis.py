@@ -631,13 +631,12 @@ def _bin_table(run: Run, grid: _Grid, sel: dict, lg, le, le_se, th: Thresholds):
     return _frame(cols), late_total, weights
 
 
-def _detrended_var(y: np.ndarray) -> float:
-    """Variance of y about a quadratic in its index (the loss curve's bend is signal, not noise)."""
-    n = y.size
-    t = np.linspace(-1.0, 1.0, n)
-    basis = np.vander(t, min(3, n - 1))
-    r = y - basis @ np.linalg.lstsq(basis, y, rcond=None)[0]
-    return float(r @ r) / max(n - basis.shape[1], 1)
+def _curve_residuals(y: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """y less a cubic in log(step): the loss curve's fall (fast, then slow) is signal, not noise."""
+    lx = np.log1p(np.maximum(x - x.min(), 0.0) + (x.max() - x.min()) / max(x.size, 1))
+    t = (lx - lx.mean()) / max(float(np.ptp(lx)), 1e-12)
+    basis = np.vander(t, min(4, y.size - 1))
+    return y - basis @ np.linalg.lstsq(basis, y, rcond=None)[0]
 
 
 def _late_se(grid: _Grid, late, ln, lvar) -> tuple[np.ndarray, np.ndarray]:
@@ -652,23 +651,26 @@ def _late_se(grid: _Grid, late, ln, lvar) -> tuple[np.ndarray, np.ndarray]:
     :func:`stats.integrated_autocorr_time`) over the k late windows; and, with
     >= ``stats.MIN_BATCHES`` late windows, the batch-means error of the late
     windows themselves (:func:`stats.batch_means`); with fewer, their plain spread.
-    The degrees of freedom are the whole series' effective sample size less one.
+    The long-run variance is read on the residuals of the whole series about a
+    cubic in log(step), which follows a loss curve's fast-then-slow fall, so the
+    fall itself is not taken for noise.
+    The degrees of freedom are the series' effective sample size less one.
     """
     nb = grid.n.shape[1]
     with np.errstate(invalid="ignore", divide="ignore"):
         se = np.sqrt(lvar / ln)
     df = np.full(nb, np.inf)
     for b in range(nb):
-        have = grid.n[:, b] > 0
-        y_all = grid.mean[have, b]
-        y_all = y_all[np.isfinite(y_all)]
-        m = late & have & np.isfinite(grid.mean[:, b])
+        have = (grid.n[:, b] > 0) & np.isfinite(grid.mean[:, b])
+        m = late & have
         k = int(m.sum())
-        if k < 2 or y_all.size < 4:
+        if k < 2 or have.sum() < 6:
             continue
+        r = _curve_residuals(grid.mean[have, b], grid.x[have])
         y, w = grid.mean[m, b], grid.n[m, b]
-        tau = stats.integrated_autocorr_time(y_all, conservative=True)
-        cand = [se[b], math.sqrt(_detrended_var(y_all) * tau / k)]
+        tau = stats.integrated_autocorr_time(r, conservative=True)
+        lrv = float(r @ r) / max(r.size - 4, 1) * tau
+        cand = [se[b], math.sqrt(lrv / k)]
         if k >= stats.MIN_BATCHES:
             try:
                 cand.append(stats.batch_means(y, weights=w).se)
@@ -677,7 +679,7 @@ def _late_se(grid: _Grid, late, ln, lvar) -> tuple[np.ndarray, np.ndarray]:
         else:
             cand.append(float(np.std(y, ddof=1)) / math.sqrt(k))
         se[b] = np.nanmax(cand)
-        df[b] = max(y_all.size / tau - 1.0, 1.0)
+        df[b] = max(r.size / tau - 1.0, 1.0)
     return se, df
 
 
