@@ -256,7 +256,7 @@ def weighting_advice(a: "Analysis", bins, direction: str) -> str:
     w = min_snr_weight(a.run.prediction, snr)
     moves = None
     if w is not None and bins.size and np.isfinite(w).any():
-        rel = float(np.nanmean(w[bins]) / np.nanmedian(w))
+        rel = float(np.nanmean(w[bins]) / np.nanmean(w))  # against the average level: weights are relative
         moves = "up" if rel > 1.05 else ("down" if rel < 0.95 else "none")
     base = ("sample these timesteps more often or raise their loss weight directly" if direction == "up"
             else "lower their loss weight or sample these timesteps less often")
@@ -312,9 +312,13 @@ _MODEL_FROM_BINS = ("bin.above_gaussian_bound", "bins.spread_large", "time_condi
 _BLAME_WITHOUT_GRADIENT = ("loss.stagnant_above_optimum", "time_conditioning.broken", "bin.above_gaussian_bound",
                            "bins.spread_large", "loss.increasing", "loss.spikes", "loss.converged",
                            "grad.imbalance", "clip.rate_high", "clip.rate_rising")
-#: findings whose evidence needs a converged loss: provisional (`info`) while the run is early
+#: findings whose evidence needs a run past its early phase: provisional (`info`) while the run is early.
+#: Distance to L*, spread across bins, stagnation, the loss profile and the eval gap need a converged
+#: loss; the clip rate and the per-level gradient norms of the first steps (large gradients under
+#: warm-up) are not the ones the run settles at
 CONVERGENCE_FINDINGS = ("bin.above_gaussian_bound", "bins.spread_large", "loss.stagnant_above_optimum",
-                        "loss.converged", "memorization", "eval.divergence", "time_conditioning.broken")
+                        "loss.converged", "memorization", "eval.divergence", "time_conditioning.broken",
+                        "clip.rate_high", "clip.rate_rising", "grad.imbalance")
 
 
 @rule(

@@ -62,7 +62,7 @@ def read_at(run_dir, step: int, dest) -> Path:
         if t.num_rows:
             started.add((int(m["rank"]), int(m["segment"])))
             pq.write_table(t, dst / rf.PARTS_DIR / f.name)
-    for f in (src / rf.SEGMENTS_DIR).iterdir():
+    for f in (src / rf.SEGMENTS_DIR).iterdir() if (src / rf.SEGMENTS_DIR).is_dir() else ():
         m = rf.SEGMENT_RE.match(f.name)
         if m and (int(m["rank"]), int(m["segment"])) in started:
             shutil.copy2(f, dst / rf.SEGMENTS_DIR / f.name)

@@ -63,6 +63,11 @@ class Sim:
     from_betas: bool = True
     data_var: float | None = DATA_VAR
     optimum: np.ndarray | None = None  # empirical L* per bin
+    ema_every: int = 0  # EMA weights evaluated on held-out data (split "ema") every this many steps
+    ema_level: object = None  # callable(step, bin) -> EMA eval mean (default: the train level)
+    total_steps: int | None = None  # the plan in run.json (then the run reads as written by a lifecycle logger)
+    close: str | None = None  # "finished" / "failed": write a close marker for segment 1
+    grad_zero: object = None  # callable(step) -> bool array: steps whose pre-clip grad norm is exactly 0
 
 
 def lstar(betas=None, data_var=DATA_VAR, nb=NB) -> np.ndarray:
@@ -99,6 +104,8 @@ def write_run(path: Path, sim: Sim) -> Path:
         "data_var": sim.data_var, "data_spectrum": None, "window": sim.window, "flush_every": 1000,
         "probe_every": sim.probe_every, "probe_bins": 10, "config": {},
     }
+    if sim.total_steps is not None or sim.close is not None:
+        meta["total_steps"] = sim.total_steps
     (path / rf.RUN_JSON).write_text(json.dumps(meta))
     with np.errstate(divide="ignore"):
         lsnr = np.log(ab) - np.log(om)
@@ -126,6 +133,21 @@ def write_run(path: Path, sim: Sim) -> Path:
         eb = proc.bin_of(et)
         ex = ev_level(estep.astype(np.float64), eb) * rng.gamma(sim.shape, 1.0 / sim.shape, size=estep.size)
         _write_split(path, "eval", ex, estep, eb, None, S, tag=1)
+    if sim.ema_every:
+        m_level = sim.ema_level or level
+        ms = np.arange(sim.ema_every - 1, S, sim.ema_every)
+        mstep = np.repeat(ms, 400)
+        mb = proc.bin_of(rng.integers(0, T, size=mstep.size))
+        mx = m_level(mstep.astype(np.float64), mb) * rng.gamma(sim.shape, 1.0 / sim.shape, size=mstep.size)
+        _write_split(path, "ema", mx, mstep, mb, None, S, tag=2)
+    if sim.close is not None:
+        seg = path / rf.SEGMENTS_DIR
+        seg.mkdir(exist_ok=True)
+        (seg / rf.segment_marker_name(0, 1)).write_text(json.dumps({"rank": 0, "segment": 1, "created": 0.0,
+                                                                      "total_steps": sim.total_steps}))
+        (seg / rf.close_marker_name(0, 1)).write_text(json.dumps({
+            "rank": 0, "segment": 1, "status": sim.close, "closed": float(S), "last_step": S - 1,
+            "total_steps": sim.total_steps, "error": "RuntimeError: boom" if sim.close == "failed" else None}))
     if sim.probe_every:
         ps = np.arange(0, S, sim.probe_every)
         pb = np.tile(np.arange(10), ps.size)
@@ -187,6 +209,8 @@ def _write_steps(path, rng, sim: Sim, x, step, S):
     loss = np.bincount(step[fin], x[fin], S) / np.maximum(cnt, 1)
     bad = np.bincount(step[~fin], minlength=S)
     g = sim.grad_norm * np.exp(0.2 * rng.standard_normal(S))
+    if sim.grad_zero is not None:
+        g = np.where(sim.grad_zero(np.arange(S)), 0.0, g)
     if sim.clip_prob is not None:
         clipped = rng.random(S) < sim.clip_prob(np.arange(S))
         g = np.where(clipped, sim.clip * 1.5, sim.clip * 0.5)
