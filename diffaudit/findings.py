@@ -450,9 +450,11 @@ def _increasing(a: "Analysis", th: Thresholds) -> Finding | None:
 
 @rule(
     "loss.spikes", "Loss spikes", "info / warn",
-    "spike events (runs of steps whose log loss lies > 8 robust sd, rolling MAD over 101 steps, above the "
-    "rolling median): `warn` for at least `spike_min_events` (3) and `spike_per_10k` (2) per 10,000 steps, or "
-    "one that reaches `spike_big_ratio` (10x) the running median; `info` for 3 or more at a lower rate",
+    "spike events (runs of steps whose log loss lies above the rolling median by more robust sd, rolling MAD over "
+    "101 steps, than the run's own noise tail explains: at least 8, more on heavy-tailed step noise, the z a "
+    "power-law fit of the run's tail exceeds 0.25 times per run): `warn` for at least `spike_min_events` (3) and "
+    "`spike_per_10k` (2) per 10,000 steps, or one that reaches `spike_big_ratio` (10x) the running median beyond "
+    "what that tail makes once in 50 runs (or >= 100x, a blow-up); `info` for 3 or more at a lower rate",
 )
 def _spikes(a: "Analysis", th: Thresholds) -> Finding | None:
     S = a.spikes
@@ -648,7 +650,8 @@ def _converged(a: "Analysis", th: Thresholds) -> Finding | None:
 
 @rule(
     "bin.above_gaussian_bound", "Worse than the best linear denoiser", "info / warn / fail",
-    "bins whose late loss exceeds the Gaussian L* (the best linear denoiser's loss) by > 3 standard errors; "
+    "bins whose late loss exceeds the Gaussian L* (the best linear denoiser's loss) by > 3 standard errors "
+    "(autocorrelation-honest: long-run variance and batch means, as a normal z on the series' effective size); "
     "severity by impact: the excess as a share of the run's loss, `info` below `bound_warn` (10%), `warn` from "
     "10%, `fail` from 30%",
 )
@@ -782,9 +785,10 @@ def _undersampled(a: "Analysis", th: Thresholds) -> Finding | None:
 
 @rule(
     "eval.divergence", "Eval loss diverging from train loss", "warn / fail",
-    "late eval loss above train loss at the same noise levels by >= `eval_gap_warn` (10%) of the train loss "
-    "(> 3 standard errors), and growing (eval rose >= `eval_rise` (5%) above its best, or the gap grew >= 5 "
-    "points since mid-training) unless the gap is already >= 20%; `fail` >= 50%",
+    "late held-out loss of the live weights (split 'eval', never 'ema') above the train loss at the same noise "
+    "levels by >= `eval_gap_warn` (10%) of the train loss (> 3 standard errors), and growing (the late eval level "
+    "rose >= `eval_rise` (5%) above its best stretch of as many evaluations, or the gap grew >= 5 points since "
+    "mid-training) unless the gap is already >= 20%; `fail` >= 50%",
 )
 def _eval_divergence(a: "Analysis", th: Thresholds) -> Finding | None:
     E = a.eval

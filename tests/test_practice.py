@@ -387,3 +387,15 @@ def test_an_injected_spike_train_still_warns(df):
         s = _spikes(_loss_series(rng, 10_000, df, spikes=[(k, 20.0) for k in at]))
         assert _warns(s)
         assert {e["step"] for e in s.events} >= set(at[:-1]) or len({e["step"] for e in s.events} & set(at)) >= 7
+
+
+def test_readme_lists_every_finding_and_the_new_sections():
+    from pathlib import Path
+
+    from diffaudit.findings import FINDINGS_TABLE
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    assert FINDINGS_TABLE in readme  # the table is the rules' own text, so a new id cannot go undocumented
+    for needle in ("`timesteps.invalid`", "`grad.dead`", "`eval.ema`", "| `ema` | EMA weights", "| `ended` |",
+                   "data_statistics(", "trace(Cov)/d"):
+        assert needle in readme, needle
