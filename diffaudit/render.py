@@ -620,7 +620,8 @@ def loss_figure(run, a) -> FigureView:
     if eb.height:
         cap += " Dots: held-out loss (all noise levels pooled) at each evaluation."
     if events:
-        cap += " Open circles: spikes the analysis detected (robust z > 8 against a rolling median)."
+        cap += (f" Open circles: spikes the analysis detected (robust z > {fmt_num(a.spikes.threshold, 3)} against a "
+                "rolling median: at least 8, more where the run's own step noise is heavy-tailed).")
     return FigureView("loss-curve", "Loss over training", img, cap)
 
 
