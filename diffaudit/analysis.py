@@ -651,9 +651,10 @@ def _late_se(grid: _Grid, late, ln, lvar) -> tuple[np.ndarray, np.ndarray]:
     :func:`stats.integrated_autocorr_time`) over the k late windows; and, with
     >= ``stats.MIN_BATCHES`` late windows, the batch-means error of the late
     windows themselves (:func:`stats.batch_means`); with fewer, their plain spread.
-    The long-run variance is read on the residuals of the whole series about a
-    cubic in log(step), which follows a loss curve's fast-then-slow fall, so the
-    fall itself is not taken for noise.
+    The long-run variance is read on the residuals of the whole series of log
+    window means about a cubic in log(step), which follows a loss curve's
+    fast-then-slow fall by factors, so the fall itself is not taken for noise
+    (and scaled back by the late level).
     The degrees of freedom are the series' effective sample size less one.
     """
     nb = grid.n.shape[1]
@@ -666,10 +667,16 @@ def _late_se(grid: _Grid, late, ln, lvar) -> tuple[np.ndarray, np.ndarray]:
         k = int(m.sum())
         if k < 2 or have.sum() < 6:
             continue
-        r = _curve_residuals(grid.mean[have, b], grid.x[have])
+        y_all = grid.mean[have, b]
         y, w = grid.mean[m, b], grid.n[m, b]
+        if np.all(y_all > 0):  # a loss falls by factors: its curve and its noise are read in log space
+            r = _curve_residuals(np.log(y_all), grid.x[have])
+            scale = float(np.average(y, weights=w)) ** 2
+        else:
+            r = _curve_residuals(y_all, grid.x[have])
+            scale = 1.0
         tau = stats.integrated_autocorr_time(r, conservative=True)
-        lrv = float(r @ r) / max(r.size - 4, 1) * tau
+        lrv = scale * float(r @ r) / max(r.size - 4, 1) * tau
         cand = [se[b], math.sqrt(lrv / k)]
         if k >= stats.MIN_BATCHES:
             try:
