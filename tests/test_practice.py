@@ -399,3 +399,31 @@ def test_readme_lists_every_finding_and_the_new_sections():
     for needle in ("`timesteps.invalid`", "`grad.dead`", "`eval.ema`", "| `ema` | EMA weights", "| `ended` |",
                    "data_statistics(", "trace(Cov)/d"):
         assert needle in readme, needle
+
+
+def _stub_run(segments, closes, *, plans=None, total_steps=100, last_time=1000.0):
+    from diffaudit.load import CLOSES_SCHEMA
+
+    rows = [{"rank": r, "segment": s, "status": st, "closed": 0.0, "last_step": 9, "total_steps": total_steps,
+             "error": "ValueError: x" if st == "failed" else None} for r, s, st in closes]
+    return SimpleNamespace(
+        meta={"total_steps": total_steps, "flush_every": 10},
+        steps=pl.DataFrame({"step": np.arange(10), "time": last_time - 9 + np.arange(10, dtype=np.float64)}),
+        segments=pl.DataFrame({"rank": [r for r, _ in segments], "segment": [s for _, s in segments]}),
+        closes=pl.DataFrame(rows, schema=CLOSES_SCHEMA), segment_plans=plans or {},
+    )
+
+
+def test_lifecycle_needs_every_ranks_newest_segment_closed():
+    both = _stub_run([(0, 1), (1, 1)], [(0, 1, "finished"), (1, 1, "finished")])
+    assert lifecycle(both, now=1e4).state == "finished"
+    one = _stub_run([(0, 1), (1, 1)], [(0, 1, "finished")])
+    lc = lifecycle(one, now=1000.0 + 60)
+    assert lc.state == "in_progress" and lc.open_segments == ("r1 s1",)
+    assert lifecycle(one, now=1e6).state == "ended"
+    # a failed segment that was resumed is history: the newest segment decides
+    resumed = _stub_run([(0, 1), (0, 2)], [(0, 1, "failed")], plans={0: 300})
+    lc = lifecycle(resumed, now=1000.0 + 60)
+    assert lc.state == "in_progress" and lc.planned_steps == 300  # the resumed segment's plan wins
+    failed = _stub_run([(0, 1), (1, 1)], [(0, 1, "failed"), (1, 1, "finished")])
+    assert lifecycle(failed, now=1e4).state == "failed" and lifecycle(failed, now=1e4).error == "ValueError: x"
