@@ -284,6 +284,9 @@ class GradFlowSummary:
     first_step: int | None
     median: float | None  # median grad norm over those steps
     floor: float
+    lr_steps: int = 0  # steps with a logged learning rate
+    lr_zero_steps: int = 0  # of them, learning rate exactly 0 (the weights cannot move)
+    lr_zero_first: int | None = None
 
 
 @dataclass(frozen=True)
@@ -1385,10 +1388,14 @@ def _grad_flow(steps: pl.DataFrame, late_fraction: float, th: Thresholds) -> Gra
     s0, s1 = float(step.min()), float(step.max())
     late = ok & (step >= s1 - late_fraction * max(s1 - s0, 1.0))
     d = np.flatnonzero(dead)
+    lr = steps["lr"].cast(pl.Float64).fill_null(np.nan).to_numpy() if "lr" in steps.columns else np.full(step.size, np.nan)
+    has_lr = np.isfinite(lr)
+    z = np.flatnonzero(has_lr & (lr == 0))
     return GradFlowSummary(
         steps=int(ok.sum()), dead_steps=int(d.size), share=float(d.size / ok.sum()),
         late_share=float(dead[late].sum() / late.sum()) if late.any() else None,
         first_step=int(step[d[0]]) if d.size else None, median=float(np.median(g[ok])), floor=floor,
+        lr_steps=int(has_lr.sum()), lr_zero_steps=int(z.size), lr_zero_first=int(step[z[0]]) if z.size else None,
     )
 
 

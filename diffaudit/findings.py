@@ -368,6 +368,25 @@ def _grad_dead(a: "Analysis", th: Thresholds) -> Finding | None:
     )
 
 
+@rule(
+    "optim.lr_zero", "Learning rate is 0", "fail",
+    "the logged learning rate is exactly 0 on at least half of the steps that log one (a warm-up that starts at 0, "
+    "or a decay that ends there, touches a step or two): the optimizer cannot move the weights",
+)
+def _lr_zero(a: "Analysis", th: Thresholds) -> Finding | None:
+    G = a.grad_flow
+    if G is None or G.lr_steps < 10 or G.lr_zero_steps < 0.5 * G.lr_steps:
+        return None
+    return _finding(
+        _R["optim.lr_zero"], "fail",
+        f"the learning rate is 0 on {G.lr_zero_steps:,} of the {G.lr_steps:,} steps that log it, first at step "
+        f"{G.lr_zero_first}: the weights do not move",
+        "check the optimizer's lr and the scheduler (a LambdaLR factor of 0, a warm-up that never ends, a decay that "
+        "starts at its end), and that the lr logged is the one the optimizer uses",
+        {"lr_zero_steps": G.lr_zero_steps, "lr_steps": G.lr_steps, "first_step": G.lr_zero_first},
+    )
+
+
 # -- loss over steps ---------------------------------------------------------
 
 

@@ -68,6 +68,7 @@ class Sim:
     total_steps: int | None = None  # the plan in run.json (then the run reads as written by a lifecycle logger)
     close: str | None = None  # "finished" / "failed": write a close marker for segment 1
     grad_zero: object = None  # callable(step) -> bool array: steps whose pre-clip grad norm is exactly 0
+    lr: float = 1e-3  # the logged learning rate of every step
 
 
 def lstar(betas=None, data_var=DATA_VAR, nb=NB) -> np.ndarray:
@@ -221,7 +222,7 @@ def _write_steps(path, rng, sim: Sim, x, step, S):
         "loss": pa.array(loss.astype(np.float32)), "count": pa.array(cnt.astype(np.int32)),
         "nonfinite": pa.array(bad.astype(np.int32)), "grad_norm": pa.array(g.astype(np.float32)),
         "clip_threshold": pa.array(thr.astype(np.float32), mask=np.isnan(thr)),
-        "clipped": pa.array(g > thr, mask=np.isnan(thr)), "lr": pa.array(np.full(S, 1e-3)),
+        "clipped": pa.array(g > thr, mask=np.isnan(thr)), "lr": pa.array(np.full(S, float(sim.lr))),
         "loss_scale": pa.nulls(S, pa.float32()), "wloss": pa.nulls(S, pa.float32()),
     })
     rf.write_table_atomic(tbl, path / rf.PARTS_DIR / rf.part_name("steps", 0, 1, 0))

@@ -427,3 +427,12 @@ def test_lifecycle_needs_every_ranks_newest_segment_closed():
     assert lc.state == "in_progress" and lc.planned_steps == 300  # the resumed segment's plan wins
     failed = _stub_run([(0, 1), (1, 1)], [(0, 1, "failed"), (1, 1, "finished")])
     assert lifecycle(failed, now=1e4).state == "failed" and lifecycle(failed, now=1e4).error == "ValueError: x"
+
+
+def test_learning_rate_zero_is_named(tmp_path):
+    """lr = 0 on every step (a frozen model): optim.lr_zero fails, whatever L* says (with a loose bound the
+    frozen loss can sit near it); a healthy lr says nothing."""
+    a = analyze(diffaudit.load_run(write_run(tmp_path / "r", Sim(seed=16, lr=0.0, level=lambda s, b: 1.0 + 0 * s))))
+    f = a.by_id("optim.lr_zero")
+    assert f.severity == "fail" and f.evidence["lr_zero_steps"] == 2000 and f.evidence["first_step"] == 0
+    assert "optim.lr_zero" not in ids(analyze(diffaudit.load_run(write_run(tmp_path / "h", Sim(seed=16)))))
