@@ -649,16 +649,15 @@ def _late_se(grid: _Grid, late, ln, lvar) -> tuple[np.ndarray, np.ndarray]:
     are autocorrelated and their spread over sqrt(k) is far too small (with AR(1)
     window noise, phi = 0.9, a loss exactly at a reference reads z >= 3 a quarter
     of the time). The error is the largest of: the iid error of the pooled samples;
-    the long-run variance of the bin's whole window series (variance about a
-    quadratic in time, times its conservative integrated autocorrelation time
-    :func:`stats.integrated_autocorr_time`) over the k late windows; and, with
-    >= ``stats.MIN_BATCHES`` late windows, the batch-means error of the late
-    windows themselves (:func:`stats.batch_means`); with fewer, their plain spread.
-    The long-run variance is read on the residuals of the whole series of log
-    window means about a cubic in log(step), which follows a loss curve's
-    fast-then-slow fall by factors, so the fall itself is not taken for noise
-    (and scaled back by the late level).
-    The degrees of freedom are the series' effective sample size less one.
+    the batch-means error of the late windows (:func:`stats.batch_means`; with
+    fewer than ``stats.MIN_BATCHES`` late windows, their plain spread); and, with
+    >= 6 windows, the long-run variance of the bin's whole window series over the
+    k late windows: the variance of its residuals times their conservative
+    integrated autocorrelation time (:func:`stats.integrated_autocorr_time`). The
+    residuals are those of the log window means about a cubic in log(step), which
+    follows a loss curve's fast-then-slow fall by factors, so the fall itself is
+    not taken for noise (scaled back by the late level). The degrees of freedom
+    are the series' effective sample size less one (k - 1 without a series).
     """
     nb = grid.n.shape[1]
     with np.errstate(invalid="ignore", divide="ignore"):
@@ -668,19 +667,10 @@ def _late_se(grid: _Grid, late, ln, lvar) -> tuple[np.ndarray, np.ndarray]:
         have = (grid.n[:, b] > 0) & np.isfinite(grid.mean[:, b])
         m = late & have
         k = int(m.sum())
-        if k < 2 or have.sum() < 6:
+        if k < 2:
             continue
-        y_all = grid.mean[have, b]
         y, w = grid.mean[m, b], grid.n[m, b]
-        if np.all(y_all > 0):  # a loss falls by factors: its curve and its noise are read in log space
-            r = _curve_residuals(np.log(y_all), grid.x[have])
-            scale = float(np.average(y, weights=w)) ** 2
-        else:
-            r = _curve_residuals(y_all, grid.x[have])
-            scale = 1.0
-        tau = stats.integrated_autocorr_time(r, conservative=True)
-        lrv = scale * float(r @ r) / max(r.size - 4, 1) * tau
-        cand = [se[b], math.sqrt(lrv / k)]
+        cand = [se[b]]
         if k >= stats.MIN_BATCHES:
             try:
                 cand.append(stats.batch_means(y, weights=w).se)
@@ -688,8 +678,19 @@ def _late_se(grid: _Grid, late, ln, lvar) -> tuple[np.ndarray, np.ndarray]:
                 pass
         else:
             cand.append(float(np.std(y, ddof=1)) / math.sqrt(k))
+        df[b] = k - 1.0
+        if have.sum() >= 6:
+            y_all = grid.mean[have, b]
+            if np.all(y_all > 0):  # a loss falls by factors: its curve and its noise are read in log space
+                r = _curve_residuals(np.log(y_all), grid.x[have])
+                scale = float(np.average(y, weights=w)) ** 2
+            else:
+                r = _curve_residuals(y_all, grid.x[have])
+                scale = 1.0
+            tau = stats.integrated_autocorr_time(r, conservative=True)
+            cand.append(math.sqrt(scale * float(r @ r) / max(r.size - 4, 1) * tau / k))
+            df[b] = max(r.size / tau - 1.0, 1.0)
         se[b] = np.nanmax(cand)
-        df[b] = max(r.size / tau - 1.0, 1.0)
     return se, df
 
 
