@@ -1410,17 +1410,17 @@ def _early(lc: Lifecycle | None, loss: LossSummary, th: Thresholds) -> str | Non
     """
     if lc is None or lc.state == "finished":
         return None
-    where = {"in_progress": "in progress", "ended": "ended without a close", "failed": "failed",
-             "unknown": "not known to have finished"}[lc.state]
+    where = {"in_progress": "is in progress", "ended": "ended without a close", "failed": "failed",
+             "unknown": "is not known to have finished"}[lc.state]
     if lc.planned_steps and lc.progress is not None:
         if lc.progress < th.early_progress:
-            return (f"the run is {where} at step {lc.last_step:,} of {lc.planned_steps:,} planned "
+            return (f"the run {where} at step {lc.last_step:,} of {lc.planned_steps:,} planned "
                     f"({100 * lc.progress:.0f}%)")
         return None
     if loss.trend_rel is None:
-        return f"the run is {where} and has too few windows yet to tell whether its loss still falls"
+        return f"the run {where} with too few windows yet to tell whether its loss still falls"
     if lc.recorded and loss.trend_hi is not None and loss.trend_hi < -th.stagnation_margin:
-        return (f"the run is {where}, no planned length was given, and its loss still falls "
+        return (f"the run {where} without a planned length, and its loss still falls "
                 f"({100 * loss.trend_rel:.0f}% over steps {loss.trend_from:,}-{loss.trend_to:,})")
     return None
 

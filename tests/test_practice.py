@@ -186,7 +186,7 @@ def test_report_json_and_html_state_the_lifecycle(tmp_path):
     assert "step 499 of planned 2,000 (25%)" in res.output
     d = json.loads(out.read_text())
     assert d["lifecycle"]["state"] == "ended" and d["lifecycle"]["planned_steps"] == 2000
-    assert d["provisional"].startswith("the run is ended without a close at step 499")
+    assert d["provisional"] == "the run ended without a close at step 499 of 2,000 planned (25%)"
     prov = [f for f in d["findings"] if f["provisional"]]
     assert prov and all(f["severity"] == "info" and "final_severity" in f["evidence"] for f in prov)
     page = html.read_text()
