@@ -56,6 +56,11 @@ from diffaudit import __version__, stats
 from diffaudit.errors import DiffauditError
 from diffaudit.findings import Finding, Thresholds, evaluate, verdict as _verdict
 from diffaudit.lifecycle import Lifecycle, lifecycle as _lifecycle
+
+try:  # the time-sensitivity probe's reader (runs logged with RunLogger.probe_time)
+    from diffaudit.timeprobe import time_probe as _time_probe
+except ImportError:  # a build without it: the probe is not read
+    _time_probe = None
 from diffaudit.load import Run
 
 # ----------------------------------------------------------------------------
@@ -336,6 +341,7 @@ class Analysis:
     grad_flow: GradFlowSummary | None = None
     lifecycle: Lifecycle | None = None
     early: str | None = None  # why convergence-dependent findings are provisional (None: judged as final)
+    time_probe: object | None = None  # diffaudit.timeprobe.TimeProbe: does the network use the noise level?
 
     def by_id(self, finding_id: str) -> Finding | None:
         """The finding with this id, or None."""
@@ -442,6 +448,7 @@ def analyze(
         ema=_ema(run, grid, weights, late_fraction),
         timesteps=_timesteps(run, steps),
         grad_flow=_grad_flow(steps, late_fraction, th),
+        time_probe=_time_probe(run.bins) if _time_probe is not None else None,
     )
     lc = _lifecycle(run, now=now)
     analysis = replace(analysis, lifecycle=lc, early=_early(lc, loss, th))
@@ -1406,7 +1413,8 @@ def _early(lc: Lifecycle | None, loss: LossSummary, th: Thresholds) -> str | Non
     A run that has not finished is early while it is short of ``early_progress`` of
     its planned steps; without a plan, while the trend stretch has too few windows
     to tell whether the loss still falls, or (for a logger that records closes) while
-    the loss is still clearly falling. A finished run is judged as it stands.
+    the loss still falls significantly (the 95% interval of its change over the trend
+    stretch lies below 0). A finished run is judged as it stands.
     """
     if lc is None or lc.state == "finished":
         return None
@@ -1419,7 +1427,7 @@ def _early(lc: Lifecycle | None, loss: LossSummary, th: Thresholds) -> str | Non
         return None
     if loss.trend_rel is None:
         return f"the run {where} with too few windows yet to tell whether its loss still falls"
-    if lc.recorded and loss.trend_hi is not None and loss.trend_hi < -th.stagnation_margin:
+    if lc.recorded and loss.trend_hi is not None and loss.trend_hi < 0:
         return (f"the run {where} without a planned length, and its loss still falls "
                 f"({100 * loss.trend_rel:.0f}% over steps {loss.trend_from:,}-{loss.trend_to:,})")
     return None
@@ -1535,6 +1543,8 @@ def analysis_to_dict(a: Analysis) -> dict:
         "timesteps": dc(a.timesteps) if a.timesteps is not None else None,
         "grad_flow": dc(a.grad_flow) if a.grad_flow is not None else None,
         "lifecycle": _jsonable(a.lifecycle.as_dict()) if a.lifecycle is not None else None,
+        "time_probe": ({**dc(a.time_probe), "ignores_t": a.time_probe.ignores_t}
+                       if a.time_probe is not None and a.time_probe.probed else None),
         "provisional": a.early,
         "settings": _jsonable(a.settings),
     }

@@ -722,6 +722,29 @@ def _time_conditioning(a: "Analysis", th: Thresholds) -> Finding | None:
 
 
 @rule(
+    "time_conditioning.unused", "Network ignores the noise level", "fail",
+    "from the time-sensitivity probe (`RunLogger.probe_time`; the later half of the probes, the untrained first "
+    "one excluded): the loss with the network told a noise level half the range away is within 1% of the loss "
+    "with the true one in >= 90% of the probed bins",
+)
+def _time_unused(a: "Analysis", th: Thresholds) -> Finding | None:
+    P = getattr(a, "time_probe", None)
+    if P is None or not P.ignores_t:
+        return None
+    steps = f"probe steps {P.steps[0]}-{P.steps[-1]}" if len(P.steps) > 1 else f"probe step {P.steps[0]}"
+    return _finding(
+        _R["time_conditioning.unused"], "fail",
+        f"told a noise level half the range away, the network's loss changes by less than 1% in "
+        f"{_pct(P.ignored_share)} of the {len(P.bins)} probed bins (median ratio {_g(P.median_ratio, 4)}; {steps}): "
+        "the network does not use the noise level it is given",
+        "check that the timestep reaches the network: the embedding computed and added (not dropped, zeroed, "
+        "detached or overwritten), the right argument passed, its scale not vanishing",
+        {"ignored_share": P.ignored_share, "median_ratio": P.median_ratio, "probed_bins": len(P.bins),
+         "probe_steps": list(P.steps)},
+    )
+
+
+@rule(
     "bins.spread_large", "Noise levels trained unevenly", "warn",
     "bins that closed < `spread_lag` (50%) of their early gap to L* while the median bin closed >= 80%, their "
     "remaining gap >= `spread_share` (5%) of the run's loss",

@@ -38,8 +38,11 @@ def planned_steps(run_dir) -> int:
     return last + 1
 
 
-def read_at(run_dir, step: int, dest) -> Path:
-    """Copy of ``run_dir`` at ``dest`` holding what a reader saw when training had logged step ``step``."""
+def read_at(run_dir, step: int, dest, *, plan: bool = True) -> Path:
+    """Copy of ``run_dir`` at ``dest`` holding what a reader saw when training had logged step ``step``.
+
+    ``plan=False``: as if the logger had been given no ``total_steps`` (run.json and segment markers say null).
+    """
     src, dst = Path(run_dir), Path(dest)
     if dst.exists():
         shutil.rmtree(dst)
@@ -66,6 +69,12 @@ def read_at(run_dir, step: int, dest) -> Path:
         m = rf.SEGMENT_RE.match(f.name)
         if m and (int(m["rank"]), int(m["segment"])) in started:
             shutil.copy2(f, dst / rf.SEGMENTS_DIR / f.name)
+    if not plan:
+        for f in [dst / "run.json", *(dst / rf.SEGMENTS_DIR).glob("r*.json")]:
+            obj = json.loads(f.read_text())
+            if "total_steps" in obj:
+                obj["total_steps"] = None
+                f.write_text(json.dumps(obj))
     return dst
 
 

@@ -65,9 +65,9 @@ def scratch(tmp_path_factory):
     return tmp_path_factory.mktemp("midrun")
 
 
-def _read(src: Path, fraction: float, scratch: Path):
+def _read(src: Path, fraction: float, scratch: Path, plan: bool = True):
     step = dict(read_points(src, (fraction,)))[fraction]
-    dst = read_at(src, step, scratch / f"{src.parent.name}-{src.name}-{int(1000 * fraction)}")
+    dst = read_at(src, step, scratch / f"{src.parent.name}-{src.name}-{int(1000 * fraction)}-{plan}", plan=plan)
     return analyze(diffaudit.load_run(dst), now=NOW)
 
 
@@ -96,6 +96,16 @@ needs_families = pytest.mark.skipif(not FAMILY_LABELS, reason=f"no labelled fami
 def test_family_healthy_run_raises_no_warning_at_any_read_point(family, run, fraction, scratch):
     a = _read(FAMILIES / family / run, fraction, scratch)
     assert not at_or_above(a.findings, "warn"), f"{family}/{run} at {fraction:.0%}\n{_show(a)}"
+
+
+@needs_families
+@pytest.mark.parametrize("fraction", (0.25, 0.5, 0.75))
+@pytest.mark.parametrize("family,run", _family_runs("healthy"))
+def test_family_healthy_run_without_a_plan_raises_no_warning(family, run, fraction, scratch):
+    """The same runs as if the logger had no total_steps: early while the loss still falls significantly."""
+    a = _read(FAMILIES / family / run, fraction, scratch, plan=False)
+    assert a.lifecycle.planned_steps is None
+    assert not at_or_above(a.findings, "warn"), f"{family}/{run} at {fraction:.0%}, no plan\n{_show(a)}"
 
 
 @lru_cache(maxsize=None)

@@ -436,3 +436,25 @@ def test_learning_rate_zero_is_named(tmp_path):
     f = a.by_id("optim.lr_zero")
     assert f.severity == "fail" and f.evidence["lr_zero_steps"] == 2000 and f.evidence["first_step"] == 0
     assert "optim.lr_zero" not in ids(analyze(diffaudit.load_run(write_run(tmp_path / "h", Sim(seed=16)))))
+
+
+@pytest.mark.parametrize("ratio,fires", [(1.0, True), (1.4, False)])
+def test_time_probe_that_does_not_move_is_named(tmp_path, ratio, fires):
+    """Probe pairs whose far-t loss equals the true-t loss: time_conditioning.unused (fail); 40% apart: nothing."""
+    pytest.importorskip("diffaudit.timeprobe")
+    from test_analysis import _write_split
+
+    path = write_run(tmp_path / "r", Sim(seed=17))
+    rng = np.random.default_rng(0)
+    ps = np.arange(0, 2000, 250)
+    step = np.repeat(ps, 256)
+    b = rng.integers(0, NB, size=step.size)
+    x = rng.gamma(4.0, 0.25, size=step.size)
+    _write_split(path, "probe_true", x, step, b, None, 2000, tag=3)
+    _write_split(path, "probe_t", x * ratio, step, b, None, 2000, tag=4)
+    a = analyze(diffaudit.load_run(path))
+    f = a.by_id("time_conditioning.unused")
+    assert (f is not None) == fires, _show(a)
+    if fires:
+        assert f.severity == "fail" and f.evidence["ignored_share"] == 1.0 and f.evidence["probed_bins"] == NB
+        assert 0 not in f.evidence["probe_steps"]  # the untrained first probe is never judged
