@@ -55,6 +55,12 @@ import polars as pl
 from diffaudit import __version__, stats
 from diffaudit.errors import DiffauditError
 from diffaudit.findings import Finding, Thresholds, evaluate, verdict as _verdict
+from diffaudit.lifecycle import Lifecycle, lifecycle as _lifecycle
+
+try:  # the time-sensitivity probe's reader (runs logged with RunLogger.probe_time)
+    from diffaudit.timeprobe import time_probe as _time_probe
+except ImportError:  # a build without it: the probe is not read
+    _time_probe = None
 from diffaudit.load import Run
 
 # ----------------------------------------------------------------------------
@@ -68,6 +74,12 @@ MAX_POINTS = 2000  # rows of the downsampled per-step series (for plots)
 MAX_TIME_ROWS = 200  # time rows of the per-bin heatmap series
 MAX_SPIKE_EVENTS = 50  # spike events kept (largest first)
 MAX_TREND_WINDOWS = 1000  # longer trend stretches are merged (exactly) into this many windows first
+# spikes: the threshold follows the tail of the run's own robust z (see spike_threshold)
+SPIKE_TAIL_LO = 0.05  # the power-law tail is fitted between the 95% ...
+SPIKE_TAIL_HI = 0.005  # ... and the 99.5% quantile of the robust z
+SPIKE_FALSE_EVENTS = 0.25  # the fitted tail may exceed the threshold this many times per run
+SPIKE_FALSE_SINGLE = 0.02  # ... and the threshold for one lone spike to count (`spike_big_ratio`) this often
+SPIKE_MAX_THRESHOLD = 1000.0  # a bound on the extrapolation (a tail index near 0 would ask for infinity)
 _UNIT_ROUNDOFF = {"float64": 1.1e-16, "float32": 6.0e-8, "float16": 4.9e-4, "bfloat16": 3.9e-3}
 
 
@@ -164,6 +176,10 @@ class SpikeSummary:
     max_ratio_median: float | None
     max_grad_ratio: float | None  # largest grad norm / its running median at a loss spike
     max_grad_ratio_step: int | None
+    threshold: float = stats.SPIKE_THRESHOLD  # robust z a spike had to pass on this run (calibrated to its tail)
+    tail_index: float | None = None  # power-law index of the run's own upper tail of robust z (Gaussian: ~5)
+    single_threshold: float = stats.SPIKE_THRESHOLD  # robust z one lone spike needs to count on its own
+    max_ratio_z: float | None = None  # robust z of the spike with the largest ratio
 
 
 @dataclass(frozen=True)
@@ -222,10 +238,60 @@ class EvalSummary:
     late_from_step: int | None
     gap_share: float | None  # late (eval - train), sampler-weighted, / train
     gap_z: float | None
-    eval_rise: float | None  # late eval level / best eval level - 1
-    best_step: int | None
+    eval_rise: float | None  # late eval level / the best level over as many consecutive evaluations - 1 (>= 0)
+    best_step: int | None  # last step of that best stretch (= the last eval step when the late one is the best)
     gap_growth: float | None  # late gap share - gap share of the eval window nearest mid-training
     worst_bins: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True)
+class EmaSummary:
+    """EMA weights against the live weights, both on held-out data, at the same steps.
+
+    Never read as overfitting: an EMA average of past weights lags the live model
+    while the loss falls, so its held-out loss sits above the live weights' for a
+    reason that has nothing to do with the training set.
+    """
+
+    n_windows: int  # EMA evaluation windows ("ema" split)
+    common_windows: int  # of them, steps where the live weights were evaluated too ("eval" split)
+    only_ema: bool  # EMA evaluated but no held-out evaluation of the live weights
+    late_from_step: int | None
+    gap: float | None  # late (ema - eval) / eval, sampler-weighted: > 0 the EMA lags, < 0 it helps
+    gap_z: float | None
+    first_gap: float | None  # the same at the first common window
+    ema_vs_train: float | None  # late (ema - train) / train: lag and generalization mixed, for context only
+
+
+@dataclass(frozen=True)
+class TimestepSummary:
+    """Samples whose timestep cannot belong to the process (the logger's ``bad_t`` count per step)."""
+
+    available: bool  # the steps carry the logger's bad_t column (loggers before it: False)
+    bad_samples: int
+    share: float | None  # of all training samples logged
+    bad_steps: int  # steps with at least one
+    first_step: int | None
+    t_min: float | None  # smallest and largest raw timestep the logger saw (train)
+    t_max: float | None
+    valid: str | None  # the valid range, in words
+    cause: str | None  # the likely cause, in words
+
+
+@dataclass(frozen=True)
+class GradFlowSummary:
+    """Steps on which no gradient flowed: pre-clip grad norm 0 (or below a tiny floor) with a finite loss."""
+
+    steps: int  # steps with a logged, finite grad norm and a finite loss
+    dead_steps: int  # of them, grad norm <= floor
+    share: float | None
+    late_share: float | None  # the same over the late phase
+    first_step: int | None
+    median: float | None  # median grad norm over those steps
+    floor: float
+    lr_steps: int = 0  # steps with a logged learning rate
+    lr_zero_steps: int = 0  # of them, learning rate exactly 0 (the weights cannot move)
+    lr_zero_first: int | None = None
 
 
 @dataclass(frozen=True)
@@ -270,6 +336,12 @@ class Analysis:
     findings: tuple[Finding, ...] = ()
     verdict: str = "healthy"  # "healthy", "warnings" or "failing"
     settings: dict = field(default_factory=dict)
+    ema: EmaSummary | None = None
+    timesteps: TimestepSummary | None = None
+    grad_flow: GradFlowSummary | None = None
+    lifecycle: Lifecycle | None = None
+    early: str | None = None  # why convergence-dependent findings are provisional (None: judged as final)
+    time_probe: object | None = None  # diffaudit.timeprobe.TimeProbe: does the network use the noise level?
 
     def by_id(self, finding_id: str) -> Finding | None:
         """The finding with this id, or None."""
@@ -290,12 +362,12 @@ BIN_COLUMNS = {
     "mid_mean": "mean loss in the middle phase",
     "late_mean": "mean loss in the late phase",
     "late_std": "per-sample standard deviation in the late phase",
-    "late_se": "standard error of late_mean (the larger of iid and between-window)",
+    "late_se": "standard error of late_mean, honest under autocorrelation (the largest of iid, long-run and batch-means)",
     "lstar_gauss": "Gaussian L* (best linear denoiser; an upper bound on the irreducible loss)",
     "lstar_emp": "empirical L* from `diffaudit optimum` (the memorization floor)",
     "lstar_emp_se": "its Monte Carlo standard error",
     "excess": "late_mean - lstar_gauss",
-    "excess_z": "excess / its standard error",
+    "excess_z": "excess / late_se as a normal z (Student t on the series' effective sample size, tail-matched)",
     "excess_share": "count_share * max(excess, 0) / late_total: impact on the run's loss",
     "excess_emp": "late_mean - lstar_emp",
     "loss_share": "count_share * late_mean / late_total",
@@ -332,6 +404,7 @@ def analyze(
     thresholds: Thresholds | None = None,  # every rule's threshold
     max_points: int = MAX_POINTS,  # rows of the downsampled per-step series
     max_time_rows: int = MAX_TIME_ROWS,  # time rows of the per-bin heatmap series
+    now: float | None = None,  # when the run is read (unix time; default now): in progress or ended
 ) -> Analysis:
     """Analyse a loaded run: per-bin table, step-series summaries, schedule, probes, eval, findings, verdict."""
     for name, v in (("late_fraction", late_fraction), ("phase_fraction", phase_fraction),
@@ -372,7 +445,13 @@ def analyze(
         probes=probes,
         eval=ev,
         settings=settings,
+        ema=_ema(run, grid, weights, late_fraction),
+        timesteps=_timesteps(run, steps),
+        grad_flow=_grad_flow(steps, late_fraction, th),
+        time_probe=_time_probe(run.bins) if _time_probe is not None else None,
     )
+    lc = _lifecycle(run, now=now)
+    analysis = replace(analysis, lifecycle=lc, early=_early(lc, loss, th))
     found = evaluate(analysis, th)
     return replace(analysis, findings=found, verdict=_verdict(found))
 
@@ -540,7 +619,7 @@ def _bin_table(run: Run, grid: _Grid, sel: dict, lg, le, le_se, th: Thresholds):
         lvar = np.where(ln > 1, lm2 / (ln - 1), np.nan)
     cols["late_mean"] = lm
     cols["late_std"] = np.sqrt(lvar)
-    cols["late_se"] = _late_se(grid, sel["late"], ln, lvar)
+    cols["late_se"], late_df = _late_se(grid, sel["late"], ln, lvar)
     # the sampler's weight of each bin, late (its own objective); bins never sampled late weigh 0
     weights = ln / ln.sum() if ln.sum() > 0 else np.full(nb, 1.0 / nb)
     has = np.isfinite(lm) & (weights > 0)
@@ -552,7 +631,7 @@ def _bin_table(run: Run, grid: _Grid, sel: dict, lg, le, le_se, th: Thresholds):
     with np.errstate(invalid="ignore", divide="ignore"):
         ex = lm - lg
         cols["excess"] = ex
-        cols["excess_z"] = ex / cols["late_se"]
+        cols["excess_z"] = _normal_equivalent(ex / cols["late_se"], late_df)
         cols["excess_share"] = weights * np.maximum(ex, 0.0) / late_total if late_total else nan.copy()
         cols["excess_emp"] = lm - le
         cols["loss_share"] = weights * lm / late_total if late_total else nan.copy()
@@ -562,20 +641,77 @@ def _bin_table(run: Run, grid: _Grid, sel: dict, lg, le, le_se, th: Thresholds):
     return _frame(cols), late_total, weights
 
 
-def _late_se(grid: _Grid, late, ln, lvar) -> np.ndarray:
-    """Standard error of the late mean per bin: iid from the pooled variance, or from window means if larger."""
+def _curve_residuals(y: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """y less a cubic in log(step): the loss curve's fall (fast, then slow) is signal, not noise."""
+    lx = np.log1p(np.maximum(x - x.min(), 0.0) + (x.max() - x.min()) / max(x.size, 1))
+    t = (lx - lx.mean()) / max(float(np.ptp(lx)), 1e-12)
+    basis = np.vander(t, min(4, y.size - 1))
+    return y - basis @ np.linalg.lstsq(basis, y, rcond=None)[0]
+
+
+def _late_se(grid: _Grid, late, ln, lvar) -> tuple[np.ndarray, np.ndarray]:
+    """Standard error of the late mean per bin, honest under autocorrelation, and its degrees of freedom.
+
+    Consecutive windows share the optimizer's trajectory, so the late window means
+    are autocorrelated and their spread over sqrt(k) is far too small (with AR(1)
+    window noise, phi = 0.9, a loss exactly at a reference reads z >= 3 a quarter
+    of the time). The error is the largest of: the iid error of the pooled samples;
+    the batch-means error of the late windows (:func:`stats.batch_means`; with
+    fewer than ``stats.MIN_BATCHES`` late windows, their plain spread); and, with
+    >= 6 windows, the long-run variance of the bin's whole window series over the
+    k late windows: the variance of its residuals times their conservative
+    integrated autocorrelation time (:func:`stats.integrated_autocorr_time`). The
+    residuals are those of the log window means about a cubic in log(step), which
+    follows a loss curve's fast-then-slow fall by factors, so the fall itself is
+    not taken for noise (scaled back by the late level). The degrees of freedom
+    are the series' effective sample size less one (k - 1 without a series).
+    """
+    nb = grid.n.shape[1]
     with np.errstate(invalid="ignore", divide="ignore"):
-        se_iid = np.sqrt(lvar / ln)
-        idx = np.flatnonzero(late)
-        if idx.size >= 3:
-            n = grid.n[idx]
-            m = np.where(n > 0, grid.mean[idx], np.nan)
-            k = (n > 0).sum(axis=0)
-            se_win = np.full(m.shape[1], np.nan)
-            ok = k >= 3  # bins with fewer late windows get no window-based error (and numpy no warning)
-            se_win[ok] = np.nanstd(m[:, ok], axis=0, ddof=1) / np.sqrt(k[ok])
-            return np.fmax(se_iid, se_win)
-    return se_iid
+        se = np.sqrt(lvar / ln)
+    df = np.full(nb, np.inf)
+    for b in range(nb):
+        have = (grid.n[:, b] > 0) & np.isfinite(grid.mean[:, b])
+        m = late & have
+        k = int(m.sum())
+        if k < 2:
+            continue
+        y, w = grid.mean[m, b], grid.n[m, b]
+        cand = [se[b]]
+        if k >= stats.MIN_BATCHES:
+            try:
+                cand.append(stats.batch_means(y, weights=w).se)
+            except DiffauditError:
+                pass
+        else:
+            cand.append(float(np.std(y, ddof=1)) / math.sqrt(k))
+        df[b] = k - 1.0
+        if have.sum() >= 6:
+            y_all = grid.mean[have, b]
+            if np.all(y_all > 0):  # a loss falls by factors: its curve and its noise are read in log space
+                r = _curve_residuals(np.log(y_all), grid.x[have])
+                scale = float(np.average(y, weights=w)) ** 2
+            else:
+                r = _curve_residuals(y_all, grid.x[have])
+                scale = 1.0
+            tau = stats.integrated_autocorr_time(r, conservative=True)
+            cand.append(math.sqrt(scale * float(r @ r) / max(r.size - 4, 1) * tau / k))
+            df[b] = max(r.size / tau - 1.0, 1.0)
+        se[b] = np.nanmax(cand)
+    return se, df
+
+
+def _normal_equivalent(t: np.ndarray, df: np.ndarray) -> np.ndarray:
+    """The normal z with the same one-sided tail probability as Student's t with `df` degrees of freedom."""
+    from scipy import stats as sps
+
+    t = np.asarray(t, np.float64)
+    out = np.full(t.shape, np.nan)
+    ok = np.isfinite(t)
+    tt, dd = t[ok], np.where(np.isfinite(df[ok]), df[ok], 1e9)
+    # through the tail on the far side, so large |t| keep their precision
+    out[ok] = np.where(tt >= 0, sps.norm.isf(sps.t.sf(tt, dd)), -sps.norm.isf(sps.t.cdf(tt, dd)))
+    return out
 
 
 def _trend_windows(grid: _Grid, trend_rows) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
@@ -774,6 +910,36 @@ def _local_median(v: np.ndarray, i: int, half: int) -> float:
     return float(np.median(v[max(0, i - half): i + half + 1]))
 
 
+def spike_threshold(z: np.ndarray, n: int | None = None, *, false_events: float | None = None
+                    ) -> tuple[float, float | None]:
+    """The robust z a spike must pass on this run, and the tail index it was read from.
+
+    Small per-rank batches make the per-step loss heavy-tailed (a batch that drew a
+    few hard samples), and on Student-t(3) noise a fixed z > 8 on a MAD scale finds
+    ~15 "spikes" per 10,000 healthy steps. So the threshold follows the run's own
+    noise: a power law ``P(Z > z) ~ z^-a`` is fitted to the upper tail of the robust
+    z between its 95% and 99.5% quantiles (a few real spikes, under 0.5% of the
+    steps, do not move those quantiles), and the threshold is the z that the fitted
+    tail exceeds ``SPIKE_FALSE_EVENTS`` times in the whole run, never below the
+    fixed ``stats.SPIKE_THRESHOLD``. A Gaussian tail (a ~ 5) keeps the fixed 8; a
+    t(3) tail over 10,000 steps asks for ~35. ``false_events`` overrides
+    ``SPIKE_FALSE_EVENTS`` (a lone spike is held to ``SPIKE_FALSE_SINGLE``).
+    """
+    z = np.asarray(z, np.float64)
+    z = z[np.isfinite(z)]
+    n = int(n or z.size)
+    base = stats.SPIKE_THRESHOLD
+    if z.size < 200:
+        return base, None
+    q_lo, q_hi = np.quantile(z, [1 - SPIKE_TAIL_LO, 1 - SPIKE_TAIL_HI])
+    if not (q_lo > 0 and q_hi > q_lo):
+        return base, None
+    a = math.log(SPIKE_TAIL_LO / SPIKE_TAIL_HI) / math.log(q_hi / q_lo)
+    p = (SPIKE_FALSE_EVENTS if false_events is None else false_events) / max(n, 1)
+    thr = q_hi * (SPIKE_TAIL_HI / p) ** (1.0 / a) if p < SPIKE_TAIL_HI else q_hi
+    return float(max(base, min(thr, SPIKE_MAX_THRESHOLD))), float(a)
+
+
 def _spikes(steps: pl.DataFrame) -> SpikeSummary:
     n = steps.height
     empty = SpikeSummary(n, 0, None, (), None, None, None, None, None, None)
@@ -786,26 +952,36 @@ def _spikes(steps: pl.DataFrame) -> SpikeSummary:
         return replace(empty, events_per_10k=0.0)
     with np.errstate(divide="ignore", invalid="ignore"):
         ll = np.where(pos_ok, np.log(loss), np.nan)
-    sp = stats.detect_spikes(ll)
+    every = stats.detect_spikes(ll, threshold=-math.inf)  # the robust z of every finite step
+    thr, tail = spike_threshold(every.z, every.z.size)
+    lone, _ = spike_threshold(every.z, every.z.size, false_events=SPIKE_FALSE_SINGLE)
+    # candidates at the fixed threshold: the largest excursions (a blow-up is one, on any noise) ...
+    cand = stats.detect_spikes(ll)
     fin_pos = np.flatnonzero(np.isfinite(ll))
     v = loss[fin_pos]
-    half = sp.window // 2
-    events = []
-    for pk in sp.event_peak:
+    half = every.window // 2
+    found = []
+    for pk in cand.event_peak:
         k = int(np.searchsorted(fin_pos, pk))
         med = _local_median(v, k, half)
-        z = float(sp.z[np.searchsorted(sp.indices, pk)])
-        events.append({"step": int(step[pk]), "loss": float(loss[pk]), "median": med,
-                       "ratio": float(loss[pk] / med) if med > 0 else math.inf, "z": z})
-    events.sort(key=lambda e: -e["ratio"])
-    top = events[0] if events else None
+        z = float(cand.z[np.searchsorted(cand.indices, pk)])
+        found.append({"step": int(step[pk]), "loss": float(loss[pk]), "median": med,
+                      "ratio": float(loss[pk] / med) if med > 0 else math.inf, "z": z, "_pos": int(pk)})
+    found.sort(key=lambda e: -e["ratio"])
+    top = found[0] if found else None
+    # ... and the spike events proper: peaks beyond what the run's own noise makes
+    events = [e for e in found if e["z"] > thr]
+    peaks = np.array([e["_pos"] for e in events], np.intp)
+    at = np.unique(np.append(peaks, [top["_pos"]] if top else []).astype(np.intp))  # where the grad norm is read
+    for e in found:
+        e.pop("_pos")
     # the grad norm at those spikes, against its own running median
     g = steps["grad_norm"].cast(pl.Float64).fill_null(np.nan).to_numpy()
     gmax = gstep = None
     gpos = np.flatnonzero(np.isfinite(g) & (g > 0))
     if gpos.size >= 10:
         gv = g[gpos]
-        for pk in sp.event_peak:
+        for pk in at:
             k = int(np.searchsorted(gpos, pk))
             if k >= gpos.size or gpos[k] != pk:
                 continue
@@ -814,10 +990,11 @@ def _spikes(steps: pl.DataFrame) -> SpikeSummary:
             if gmax is None or r > gmax:
                 gmax, gstep = r, int(step[pk])
     span = float(step.max() - step.min() + 1)
+    n_events = int(peaks.size)
     return SpikeSummary(
         n_steps=n,
-        n_events=sp.n_events,
-        events_per_10k=sp.n_events * 1e4 / span,
+        n_events=n_events,
+        events_per_10k=n_events * 1e4 / span,
         events=tuple(events[:MAX_SPIKE_EVENTS]),
         max_ratio=top["ratio"] if top else None,
         max_ratio_step=top["step"] if top else None,
@@ -825,6 +1002,10 @@ def _spikes(steps: pl.DataFrame) -> SpikeSummary:
         max_ratio_median=top["median"] if top else None,
         max_grad_ratio=gmax,
         max_grad_ratio_step=gstep,
+        threshold=thr,
+        tail_index=tail,
+        single_threshold=lone,
+        max_ratio_z=top["z"] if top else None,
     )
 
 
@@ -1066,9 +1247,18 @@ def _eval(run: Run, grid: _Grid, weights, late_fraction) -> tuple[pl.DataFrame, 
         t_lvl = (ww * np.where(have, grid.mean[ti], 0.0)).sum(axis=1) / wsum
         g_win = (e_lvl - t_lvl) / t_lvl
     good = np.isfinite(e_lvl) & np.isfinite(g_win)
-    best = int(np.flatnonzero(good)[np.argmin(e_lvl[good])]) if good.any() else None
-    E_late = float(np.sum(w * np.where(ok, em, 0.0)))
-    eval_rise = E_late / e_lvl[best] - 1.0 if best is not None and e_lvl[best] > 0 else None
+    # "above its best": the late level against the best stretch of as many consecutive evaluations,
+    # like against like (a late average over one lucky point would call a loss that fell at every
+    # evaluation "15% above its best" at its own newest step)
+    eval_rise = best = None
+    gi = np.flatnonzero(good)
+    if gi.size:
+        k = int(min(max(int(np.sum(late & good)), 1), gi.size))
+        blocks = np.convolve(e_lvl[gi], np.ones(k) / k, mode="valid")
+        j = int(np.argmin(blocks))
+        best = int(gi[j + k - 1])
+        if blocks[j] > 0:
+            eval_rise = max(float(blocks[-1] / blocks[j] - 1.0), 0.0)
     gap_share = gap / T if T > 0 else None
     # growth since mid-training: early eval windows compare an end-of-window model with a window mean
     # that lags it while the loss falls fast, so the gap there is biased low
@@ -1089,6 +1279,158 @@ def _eval(run: Run, grid: _Grid, weights, late_fraction) -> tuple[pl.DataFrame, 
         best_step=int(es[best]) if best is not None else None, gap_growth=_num(gap_growth),
         worst_bins=tuple(worst),
     ), cols
+
+
+def _ema(run: Run, grid: _Grid, weights, late_fraction) -> EmaSummary:
+    """EMA against live weights on held-out data at the same steps (and, for context only, against train)."""
+    nb = run.process.num_bins
+    mg = _Grid.from_bins(run.ema_bins, nb)
+    eg = _Grid.from_bins(run.eval_bins, nb)
+    if mg.W == 0:
+        return EmaSummary(0, 0, False, None, None, None, None, None)
+    common = np.intersect1d(mg.step_hi, eg.step_hi) if eg.W else np.zeros(0, np.int64)
+    ema_vs_train = None
+    if grid.W:
+        ti = _match_train(grid, mg.step_hi)
+        lvl_m, lvl_t = _levels(mg.n, mg.mean, grid.n[ti], grid.mean[ti], weights)
+        ok = np.isfinite(lvl_m) & np.isfinite(lvl_t) & (lvl_t > 0)
+        if ok.any():
+            ema_vs_train = float(lvl_m[ok][-1] / lvl_t[ok][-1] - 1.0)
+    if not common.size:
+        return EmaSummary(mg.W, 0, eg.W == 0, None, None, None, None, _num(ema_vs_train))
+    im = np.searchsorted(mg.step_hi, common)
+    ie = np.searchsorted(eg.step_hi, common)
+    s0 = float(grid.step_lo.min()) if grid.W else float(common.min())
+    s1 = float(grid.step_hi.max()) if grid.W else float(common.max())
+    late = common >= s1 - late_fraction * max(s1 - s0, 1.0)
+    late[-1] = True
+    mn, mm, mm2 = _Grid.merge(mg, im[late])
+    en, emu, em2 = _Grid.merge(eg, ie[late])
+    ok = (mn > 1) & (en > 1) & np.isfinite(mm) & np.isfinite(emu)
+    w = np.where(ok, weights, 0.0)
+    gap = gap_z = None
+    if w.sum() > 0:
+        w = w / w.sum()
+        with np.errstate(invalid="ignore", divide="ignore"):
+            var = np.where(ok, mm2 / (mn - 1) / mn + em2 / (en - 1) / en, 0.0)
+        E = float(np.sum(w * np.where(ok, emu, 0.0)))
+        d = float(np.sum(w * np.where(ok, mm - emu, 0.0)))
+        se = math.sqrt(float(np.sum(w * w * var)))
+        gap = d / E if E > 0 else None
+        gap_z = d / se if se > 0 else None
+    lm, le = _levels(mg.n[im], mg.mean[im], eg.n[ie], eg.mean[ie], weights)
+    fin = np.flatnonzero(np.isfinite(lm) & np.isfinite(le) & (le > 0))
+    first = float(lm[fin[0]] / le[fin[0]] - 1.0) if fin.size else None
+    return EmaSummary(mg.W, int(common.size), False, int(common[late].min()), _num(gap), _num(gap_z),
+                      _num(first), _num(ema_vs_train))
+
+
+def _levels(na, ma, nb_, mb, weights) -> tuple[np.ndarray, np.ndarray]:
+    """Per row: sampler-weighted levels of two (rows, bins) mean tables over the bins both hold."""
+    have = (na > 0) & (nb_ > 0) & np.isfinite(ma) & np.isfinite(mb)
+    w = np.where(have, weights[None, :], 0.0)
+    ws = w.sum(axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        a = (w * np.where(have, ma, 0.0)).sum(axis=1) / ws
+        b = (w * np.where(have, mb, 0.0)).sum(axis=1) / ws
+    return np.where(ws > 0, a, np.nan), np.where(ws > 0, b, np.nan)
+
+
+def timestep_cause(process, lo: float | None, hi: float | None) -> tuple[str, str]:
+    """(the valid range, the likeliest reason timesteps fall outside it), in words."""
+    p = process
+    if p.kind == "vp":
+        valid = f"integers 0 to {p.num_timesteps - 1}"
+    elif p.kind == "flow":
+        valid = "t in [0, 1]"
+    else:
+        valid = f"sigma in [{p.sigma_min / 10:g}, {p.sigma_max * 10:g}]"
+    if lo is None or hi is None or not (math.isfinite(lo) and math.isfinite(hi)):
+        return valid, "non-finite timesteps (NaN or inf reached the sampler)"
+    if p.kind == "flow" and 1 < hi <= 1000.0 and lo >= 0:
+        return valid, "they look scaled by 1000 (pass t in [0, 1], not t*1000)"
+    if p.kind == "vp" and 0 <= lo and hi < 1:
+        return valid, f"they look like fractions of the schedule (pass the integer t, i.e. t*{p.num_timesteps})"
+    if p.kind == "vp" and hi >= p.num_timesteps:
+        return valid, f"t reaches {hi:g} >= T = {p.num_timesteps} (an off-by-one, or another schedule's length)"
+    if p.kind == "vp":
+        return valid, "fractional or negative timesteps (pass the integer t the scheduler used)"
+    if p.kind == "edm" and lo <= 0:
+        return valid, "sigma must be positive (pass sigma, not log sigma or t)"
+    if p.kind == "edm":
+        return valid, f"sigma spans {lo:g} to {hi:g}: another noise range than the run's (check sigma_min/sigma_max)"
+    return valid, "flow t outside [0, 1] (negative, or another parametrisation)"
+
+
+def _timesteps(run: Run, steps: pl.DataFrame) -> TimestepSummary:
+    if steps.height == 0 or "bad_t" not in steps.columns:
+        return TimestepSummary(False, 0, None, 0, None, None, None, None, None)
+    bad = steps["bad_t"].fill_null(0).cast(pl.Int64).to_numpy()
+    cnt = steps["count"].fill_null(0).cast(pl.Int64).to_numpy()
+    nf = steps["nonfinite"].fill_null(0).cast(pl.Int64).to_numpy()
+    total = int(bad.sum() + cnt.sum() + nf.sum())
+    lo = float(steps["t_min"].cast(pl.Float64).min()) if "t_min" in steps.columns and steps["t_min"].drop_nulls().len() else None
+    hi = float(steps["t_max"].cast(pl.Float64).max()) if "t_max" in steps.columns and steps["t_max"].drop_nulls().len() else None
+    nb = int(bad.sum())
+    idx = np.flatnonzero(bad > 0)
+    valid, cause = timestep_cause(run.process, lo, hi)
+    return TimestepSummary(
+        available=True, bad_samples=nb, share=nb / total if total else None, bad_steps=int(idx.size),
+        first_step=int(steps["step"][int(idx[0])]) if idx.size else None, t_min=_num(lo), t_max=_num(hi),
+        valid=valid, cause=cause if nb else None,
+    )
+
+
+def _grad_flow(steps: pl.DataFrame, late_fraction: float, th: Thresholds) -> GradFlowSummary:
+    floor = th.dead_grad_floor
+    none = GradFlowSummary(0, 0, None, None, None, None, floor)
+    if steps.height == 0 or "grad_norm" not in steps.columns:
+        return none
+    g = steps["grad_norm"].cast(pl.Float64).fill_null(np.nan).to_numpy()
+    loss = steps["loss"].cast(pl.Float64).fill_null(np.nan).to_numpy()
+    ok = np.isfinite(g) & np.isfinite(loss) & (steps["count"].fill_null(0).to_numpy() > 0)
+    if not ok.any():
+        return none
+    step = steps["step"].to_numpy()
+    dead = ok & (np.abs(g) <= floor)
+    s0, s1 = float(step.min()), float(step.max())
+    late = ok & (step >= s1 - late_fraction * max(s1 - s0, 1.0))
+    d = np.flatnonzero(dead)
+    lr = steps["lr"].cast(pl.Float64).fill_null(np.nan).to_numpy() if "lr" in steps.columns else np.full(step.size, np.nan)
+    has_lr = np.isfinite(lr)
+    z = np.flatnonzero(has_lr & (lr == 0))
+    return GradFlowSummary(
+        steps=int(ok.sum()), dead_steps=int(d.size), share=float(d.size / ok.sum()),
+        late_share=float(dead[late].sum() / late.sum()) if late.any() else None,
+        first_step=int(step[d[0]]) if d.size else None, median=float(np.median(g[ok])), floor=floor,
+        lr_steps=int(has_lr.sum()), lr_zero_steps=int(z.size), lr_zero_first=int(step[z[0]]) if z.size else None,
+    )
+
+
+def _early(lc: Lifecycle | None, loss: LossSummary, th: Thresholds) -> str | None:
+    """Why findings that need a converged loss are provisional on this reading; None: judge them as final.
+
+    A run that has not finished is early while it is short of ``early_progress`` of
+    its planned steps; without a plan, while the trend stretch has too few windows
+    to tell whether the loss still falls, or (for a logger that records closes) while
+    the loss still falls significantly (the 95% interval of its change over the trend
+    stretch lies below 0). A finished run is judged as it stands.
+    """
+    if lc is None or lc.state == "finished":
+        return None
+    where = {"in_progress": "is in progress", "ended": "ended without a close", "failed": "failed",
+             "unknown": "is not known to have finished"}[lc.state]
+    if lc.planned_steps and lc.progress is not None:
+        if lc.progress < th.early_progress:
+            return (f"the run {where} at step {lc.last_step:,} of {lc.planned_steps:,} planned "
+                    f"({100 * lc.progress:.0f}%)")
+        return None
+    if loss.trend_rel is None:
+        return f"the run {where} with too few windows yet to tell whether its loss still falls"
+    if lc.recorded and loss.trend_hi is not None and loss.trend_hi < 0:
+        return (f"the run {where} without a planned length, and its loss still falls "
+                f"({100 * loss.trend_rel:.0f}% over steps {loss.trend_from:,}-{loss.trend_to:,})")
+    return None
 
 
 # ----------------------------------------------------------------------------
@@ -1167,7 +1509,12 @@ def analysis_to_dict(a: Analysis) -> dict:
       evidence: {name: number | list | dict}, bins: [int]}``; ids are stable (findings.FINDINGS_TABLE)
     * ``bins``: one object per noise bin with the columns of :data:`BIN_COLUMNS`
     * ``phases``, ``loss``, ``profile``, ``spikes``, ``clip``, ``nonfinite``, ``schedule``,
-      ``probes`` (with its per-probe-bin rows under ``bins``), ``eval``: the summaries the rules read
+      ``probes`` (with its per-probe-bin rows under ``bins``), ``eval`` (held-out data, live weights),
+      ``ema`` (EMA weights against live, held-out data), ``timesteps``, ``grad_flow``: the summaries the rules read
+    * ``lifecycle``: ``{state, words, last_step, planned_steps, progress, since_write, ...}``; ``state`` is
+      ``finished``, ``failed``, ``in_progress``, ``ended`` (no close, no write for long) or ``unknown``
+    * ``provisional``: null, or why findings that need a converged loss are provisional (``info``) on this
+      reading; those findings carry ``"provisional": true`` and ``evidence.final_severity``
     * ``settings``: the phase fractions and every threshold used
     """
     from diffaudit.findings import _jsonable
@@ -1192,11 +1539,18 @@ def analysis_to_dict(a: Analysis) -> dict:
         "probes": {**dc(a.probes, skip=("table",)),
                    "bins": [_jsonable(r) for r in a.probes.table.iter_rows(named=True)]},
         "eval": dc(a.eval),
+        "ema": dc(a.ema) if a.ema is not None else None,
+        "timesteps": dc(a.timesteps) if a.timesteps is not None else None,
+        "grad_flow": dc(a.grad_flow) if a.grad_flow is not None else None,
+        "lifecycle": _jsonable(a.lifecycle.as_dict()) if a.lifecycle is not None else None,
+        "time_probe": ({**dc(a.time_probe), "ignores_t": a.time_probe.ignores_t}
+                       if a.time_probe is not None and a.time_probe.probed else None),
+        "provisional": a.early,
         "settings": _jsonable(a.settings),
     }
 
 
 __all__ = [
-    "BIN_COLUMNS", "Analysis", "ClipSummary", "EvalSummary", "LossSummary", "NonfiniteSummary", "Phases",
+    "BIN_COLUMNS", "Analysis", "ClipSummary", "EmaSummary", "EvalSummary", "GradFlowSummary", "TimestepSummary", "LossSummary", "NonfiniteSummary", "Phases",
     "ProbeSummary", "ProfileSummary", "RunInfo", "ScheduleInfo", "SpikeSummary", "analysis_to_dict", "analyze",
 ]

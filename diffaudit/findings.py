@@ -21,7 +21,7 @@ markdown table the README copies (id, severity, what fires it, threshold).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from typing import TYPE_CHECKING, Callable
 
 import numpy as np
@@ -44,6 +44,7 @@ class Finding:
     recommendation: str  # one line: what to try
     evidence: dict = field(default_factory=dict)  # the numbers, JSON-ready (float, int, str, lists)
     bins: tuple[int, ...] = ()  # noise bins concerned, if any
+    provisional: bool = False  # the run is early: the evidence needs a converged loss, so at most `info`
 
     @property
     def rank(self) -> int:
@@ -58,6 +59,7 @@ class Finding:
             "recommendation": self.recommendation,
             "evidence": _jsonable(self.evidence),
             "bins": [int(b) for b in self.bins],
+            "provisional": bool(self.provisional),
         }
 
 
@@ -119,6 +121,14 @@ class Thresholds:
     precision_info: float = 1e-4  # relative error of 1 - alpha_bar at t = 0 from storing alpha_bar
     precision_warn: float = 1e-2
     precision_fail: float = 0.5
+    # run lifecycle: findings that need a converged loss are provisional while the run is early
+    early_progress: float = 0.8  # an unfinished run short of this share of its planned steps is early
+    # grad.dead
+    dead_grad_floor: float = 1e-12  # a pre-clip grad norm at or below this is no gradient at all
+    dead_warn: float = 0.01  # share of steps (finite loss) without gradient: `warn`
+    dead_fail: float = 0.5  # ... `fail`: most updates do nothing
+    # eval.ema
+    ema_z: float = 3.0  # EMA vs live difference stated as lag or help only beyond this many standard errors
 
 
 # ----------------------------------------------------------------------------
@@ -198,12 +208,64 @@ def _jsonable(v):
     return v
 
 
+def _fine(a: "Analysis", lo: int, hi: int) -> tuple[int, int]:
+    """Fine bins [lo, hi) clipped to the table (probe bins are given in fine-bin indices)."""
+    nb = a.bins.height
+    return max(int(lo), 0), max(min(int(hi), nb), max(int(lo), 0))
+
+
 def _col(a: "Analysis", name: str) -> np.ndarray:
     return a.bins[name].to_numpy().astype(np.float64) if name in a.bins.columns else np.full(a.bins.height, np.nan)
 
 
 def _finding(rule: "Rule", severity: str, message: str, recommendation: str, evidence: dict, bins=()) -> Finding:
     return Finding(rule.id, severity, rule.title, message, recommendation, evidence, tuple(int(b) for b in bins))
+
+
+MIN_SNR_GAMMA = 5.0  # the usual min-SNR-gamma (Hang et al. 2023)
+
+
+def min_snr_weight(prediction: str, snr) -> np.ndarray | None:
+    """Min-SNR-5 loss weight in the prediction's own units (None where it is not defined: flow, EDM).
+
+    epsilon: min(snr, 5) / snr (lowers low-noise levels, keeps high-noise ones);
+    v_prediction: min(snr, 5) / (snr + 1); sample (x0): min(snr, 5) (lowers high-noise levels).
+    """
+    snr = np.asarray(snr, np.float64)
+    m = np.minimum(snr, MIN_SNR_GAMMA)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        if prediction == "epsilon":
+            return m / snr
+        if prediction == "v_prediction":
+            return m / (snr + 1.0)
+        if prediction == "sample":
+            return m
+    return None
+
+
+def weighting_advice(a: "Analysis", bins, direction: str) -> str:
+    """How to move training signal toward (``"up"``) or away from (``"down"``) these bins, checked
+    against the run's prediction type: min-SNR is named only where it moves them that way."""
+    bins = np.asarray(sorted(int(b) for b in bins), np.int64)
+    if a.run.process != "vp":
+        sampler = "log-normal" if a.run.process == "edm" else "logit-normal"
+        return (f"{'sample these noise levels more often' if direction == 'up' else 'sample them less often'} "
+                f"(the {sampler} timestep sampler's location and scale) or "
+                f"{'raise' if direction == 'up' else 'lower'} their loss weight directly")
+    snr = np.exp(_col(a, "log_snr"))
+    w = min_snr_weight(a.run.prediction, snr)
+    moves = None
+    if w is not None and bins.size and np.isfinite(w).any():
+        rel = float(np.nanmean(w[bins]) / np.nanmean(w))  # against the average level: weights are relative
+        moves = "up" if rel > 1.05 else ("down" if rel < 0.95 else "none")
+    base = ("sample these timesteps more often or raise their loss weight directly" if direction == "up"
+            else "lower their loss weight or sample these timesteps less often")
+    if moves == direction:
+        return base + " (e.g. min-SNR loss weighting, which does that for this prediction type)"
+    if moves is not None and moves != "none":
+        return base + (f" (not min-SNR: for {a.run.prediction} prediction it "
+                       f"{'lowers' if moves == 'down' else 'raises'} these noise levels' weight)")
+    return base
 
 
 # ----------------------------------------------------------------------------
@@ -236,6 +298,93 @@ def rule(id: str, title: str, severities: str, fires: str):
         return r
 
     return deco
+
+
+# -- what the logs themselves show is broken upstream of the model -----------------
+
+#: findings that read the model from the per-bin losses: when the timesteps were wrong, the bins
+#: hold other noise levels than they say (or none), so these would blame a model for its input
+_MODEL_FROM_BINS = ("bin.above_gaussian_bound", "bins.spread_large", "time_conditioning.broken",
+                    "bins.undersampled", "loss.stagnant_above_optimum", "loss.converged", "memorization",
+                    "grad.imbalance", "eval.divergence")
+#: findings whose advice is about the learning rate, clipping or the network, none of which matters
+#: while no gradient reaches the weights
+_BLAME_WITHOUT_GRADIENT = ("loss.stagnant_above_optimum", "time_conditioning.broken", "bin.above_gaussian_bound",
+                           "bins.spread_large", "loss.increasing", "loss.spikes", "loss.converged",
+                           "grad.imbalance", "clip.rate_high", "clip.rate_rising")
+#: findings whose evidence needs a run past its early phase: provisional (`info`) while the run is early.
+#: Distance to L*, spread across bins, stagnation, the loss profile and the eval gap need a converged
+#: loss; the clip rate and the per-level gradient norms of the first steps (large gradients under
+#: warm-up) are not the ones the run settles at
+CONVERGENCE_FINDINGS = ("bin.above_gaussian_bound", "bins.spread_large", "loss.stagnant_above_optimum",
+                        "loss.converged", "memorization", "eval.divergence", "time_conditioning.broken",
+                        "clip.rate_high", "clip.rate_rising", "grad.imbalance")
+
+
+@rule(
+    "timesteps.invalid", "Timesteps outside the process", "fail",
+    "the logger counted training samples whose timestep cannot belong to the process (vp: non-integer or "
+    "outside [0, T); flow: outside [0, 1]; edm: not positive or beyond 10x [sigma_min, sigma_max]); they are "
+    "excluded from every statistic, and the findings that read the model from the bins are withheld",
+)
+def _timesteps_invalid(a: "Analysis", th: Thresholds) -> Finding | None:
+    T = a.timesteps
+    if T is None or not T.available or T.bad_samples <= 0:
+        return None
+    return _finding(
+        _R["timesteps.invalid"], "fail",
+        f"{T.bad_samples:,} training samples ({_pct(T.share)}) on {T.bad_steps:,} steps, first at step "
+        f"{T.first_step}, have timesteps that cannot belong to this {a.run.process} process (expected "
+        f"{T.valid}; logged {_g(T.t_min)} to {_g(T.t_max)}): {T.cause}",
+        "pass the logger (and the network) the timesteps the noise was drawn at, in the process's own units; "
+        "until then the per-noise-level findings are not judged, since the bins do not hold what they say",
+        {"bad_samples": T.bad_samples, "share": T.share, "bad_steps": T.bad_steps, "first_step": T.first_step,
+         "t_min": T.t_min, "t_max": T.t_max, "cause": T.cause, "withheld": list(_MODEL_FROM_BINS)},
+    )
+
+
+@rule(
+    "grad.dead", "No gradient flows", "warn / fail",
+    "the pre-clip grad norm is 0 (<= `dead_grad_floor`, 1e-12) on >= `dead_warn` (1%) of the steps whose loss "
+    "is finite (`fail` >= `dead_fail`, 50%): a loss clamp, a detach or frozen parameters; the learning-rate, "
+    "clipping and time-embedding findings are withheld while it fires",
+)
+def _grad_dead(a: "Analysis", th: Thresholds) -> Finding | None:
+    G = a.grad_flow
+    if G is None or not G.steps or G.share is None or G.share < th.dead_warn:
+        return None
+    sev = "fail" if G.share >= th.dead_fail else "warn"
+    return _finding(
+        _R["grad.dead"], sev,
+        f"the pre-clip gradient norm is 0 on {G.dead_steps:,} of {G.steps:,} steps ({_pct(G.share)}; "
+        f"{_pct(G.late_share)} late), first at step {G.first_step}, while the loss is finite "
+        f"(median grad norm {_g(G.median)}): no gradient reaches the weights on those steps",
+        "find what cuts the graph: a clamp or threshold on the loss (per-sample loss clipping zeroes the "
+        "gradient of every sample above it), a .detach() or torch.no_grad() around the model, parameters with "
+        "requires_grad=False, or a grad norm read after zero_grad()",
+        {"dead_steps": G.dead_steps, "steps": G.steps, "share": G.share, "late_share": G.late_share,
+         "first_step": G.first_step, "median": G.median, "floor": G.floor,
+         "withheld": list(_BLAME_WITHOUT_GRADIENT)},
+    )
+
+
+@rule(
+    "optim.lr_zero", "Learning rate is 0", "fail",
+    "the logged learning rate is exactly 0 on at least half of the steps that log one (a warm-up that starts at 0, "
+    "or a decay that ends there, touches a step or two): the optimizer cannot move the weights",
+)
+def _lr_zero(a: "Analysis", th: Thresholds) -> Finding | None:
+    G = a.grad_flow
+    if G is None or G.lr_steps < 10 or G.lr_zero_steps < 0.5 * G.lr_steps:
+        return None
+    return _finding(
+        _R["optim.lr_zero"], "fail",
+        f"the learning rate is 0 on {G.lr_zero_steps:,} of the {G.lr_steps:,} steps that log it, first at step "
+        f"{G.lr_zero_first}: the weights do not move",
+        "check the optimizer's lr and the scheduler (a LambdaLR factor of 0, a warm-up that never ends, a decay that "
+        "starts at its end), and that the lr logged is the one the optimizer uses",
+        {"lr_zero_steps": G.lr_zero_steps, "lr_steps": G.lr_steps, "first_step": G.lr_zero_first},
+    )
 
 
 # -- loss over steps ---------------------------------------------------------
@@ -320,15 +469,20 @@ def _increasing(a: "Analysis", th: Thresholds) -> Finding | None:
 
 @rule(
     "loss.spikes", "Loss spikes", "info / warn",
-    "spike events (runs of steps whose log loss lies > 8 robust sd, rolling MAD over 101 steps, above the "
-    "rolling median): `warn` for at least `spike_min_events` (3) and `spike_per_10k` (2) per 10,000 steps, or "
-    "one that reaches `spike_big_ratio` (10x) the running median; `info` for 3 or more at a lower rate",
+    "spike events (runs of steps whose log loss lies above the rolling median by more robust sd, rolling MAD over "
+    "101 steps, than the run's own noise tail explains: at least 8, more on heavy-tailed step noise, the z a "
+    "power-law fit of the run's tail exceeds 0.25 times per run): `warn` for at least `spike_min_events` (3) and "
+    "`spike_per_10k` (2) per 10,000 steps, or one that reaches `spike_big_ratio` (10x) the running median beyond "
+    "what that tail makes once in 50 runs (or >= 100x, a blow-up); `info` for 3 or more at a lower rate",
 )
 def _spikes(a: "Analysis", th: Thresholds) -> Finding | None:
     S = a.spikes
     several = S.n_events >= th.spike_min_events
     many = several and (S.events_per_10k or 0) >= th.spike_per_10k
-    huge = S.max_ratio is not None and S.max_ratio >= th.spike_big_ratio
+    # one spike counts on its own only beyond what the run's own tail makes once in ~50 runs,
+    # or when it is a blow-up (>= `blowup_ratio`), which no noise explains
+    huge = (S.max_ratio is not None and S.max_ratio >= th.spike_big_ratio
+            and (S.max_ratio_z is None or S.max_ratio_z >= S.single_threshold or S.max_ratio >= th.blowup_ratio))
     if not (several or huge):
         return None
     top = ", ".join(f"step {e['step']} ({_g(e['ratio'])}x)" for e in S.events[:3])
@@ -515,7 +669,8 @@ def _converged(a: "Analysis", th: Thresholds) -> Finding | None:
 
 @rule(
     "bin.above_gaussian_bound", "Worse than the best linear denoiser", "info / warn / fail",
-    "bins whose late loss exceeds the Gaussian L* (the best linear denoiser's loss) by > 3 standard errors; "
+    "bins whose late loss exceeds the Gaussian L* (the best linear denoiser's loss) by > 3 standard errors "
+    "(autocorrelation-honest: long-run variance and batch means, as a normal z on the series' effective size); "
     "severity by impact: the excess as a share of the run's loss, `info` below `bound_warn` (10%), `warn` from "
     "10%, `fail` from 30%",
 )
@@ -537,7 +692,7 @@ def _above_bound(a: "Analysis", th: Thresholds) -> Finding | None:
         f"{_where(a, above)} are above the Gaussian bound; that excess is {_pct(share)} of the run's loss "
         f"(largest in bin {worst}: {_g(late[worst])} vs bound {_g(g[worst])})",
         "a linear denoiser would do better there: check the network's handling of these noise levels "
-        "(skip connections, output scaling, time embedding) or give them more weight",
+        "(skip connections, output scaling, time embedding), or " + weighting_advice(a, above, "up"),
         {"excess_share": share, "worst_bin": int(worst), "late": {int(b): float(late[b]) for b in above},
          "bound": {int(b): float(g[b]) for b in above}},
         above,
@@ -567,6 +722,29 @@ def _time_conditioning(a: "Analysis", th: Thresholds) -> Finding | None:
 
 
 @rule(
+    "time_conditioning.unused", "Network ignores the noise level", "fail",
+    "from the time-sensitivity probe (`RunLogger.probe_time`; the later half of the probes, the untrained first "
+    "one excluded): the loss with the network told a noise level half the range away is within 1% of the loss "
+    "with the true one in >= 90% of the probed bins",
+)
+def _time_unused(a: "Analysis", th: Thresholds) -> Finding | None:
+    P = getattr(a, "time_probe", None)
+    if P is None or not P.ignores_t:
+        return None
+    steps = f"probe steps {P.steps[0]}-{P.steps[-1]}" if len(P.steps) > 1 else f"probe step {P.steps[0]}"
+    return _finding(
+        _R["time_conditioning.unused"], "fail",
+        f"told a noise level half the range away, the network's loss changes by less than 1% in "
+        f"{_pct(P.ignored_share)} of the {len(P.bins)} probed bins (median ratio {_g(P.median_ratio, 4)}; {steps}): "
+        "the network does not use the noise level it is given",
+        "check that the timestep reaches the network: the embedding computed and added (not dropped, zeroed, "
+        "detached or overwritten), the right argument passed, its scale not vanishing",
+        {"ignored_share": P.ignored_share, "median_ratio": P.median_ratio, "probed_bins": len(P.bins),
+         "probe_steps": list(P.steps)},
+    )
+
+
+@rule(
     "bins.spread_large", "Noise levels trained unevenly", "warn",
     "bins that closed < `spread_lag` (50%) of their early gap to L* while the median bin closed >= 80%, their "
     "remaining gap >= `spread_share` (5%) of the run's loss",
@@ -588,8 +766,7 @@ def _spread(a: "Analysis", th: Thresholds) -> Finding | None:
         _R["bins.spread_large"], "warn",
         f"{_where(a, lag)} closed only {_pct(float(np.min(closed[lag])))}-{_pct(float(np.max(closed[lag])))} of "
         f"their gap to L* (median bin {_pct(med)}); their remaining gap is {_pct(share)} of the run's loss",
-        "these noise levels get too little of the training signal: weight them up (loss weighting, e.g. min-SNR, "
-        "or the timestep sampler)",
+        "these noise levels get too little of the training signal: " + weighting_advice(a, lag, "up"),
         {"median_closed": med, "closed": {int(b): float(closed[b]) for b in lag}, "gap_share": share},
         lag,
     )
@@ -609,8 +786,8 @@ def _grad_imbalance(a: "Analysis", th: Thresholds) -> Finding | None:
         _R["grad.imbalance"], "warn",
         f"gradient of bins {lo}-{hi - 1} has norm {_g(P.max_norm)}, {_g(P.max_over_median)}x the median over noise "
         f"levels ({_g(P.median_norm)}; {P.n_steps} probe steps)",
-        "these noise levels dominate the update: down-weight them (loss weighting, v-prediction) or clip per "
-        "noise level",
+        "these noise levels dominate the update: " + weighting_advice(a, range(*_fine(a, lo, hi)), "down")
+        + ("" if a.run.prediction != "epsilon" else ", or predict v instead of epsilon"),
         {"max_over_median": P.max_over_median, "max_norm": P.max_norm, "median_norm": P.median_norm,
          "n_probes": P.n_steps},
         range(lo, hi),
@@ -650,9 +827,10 @@ def _undersampled(a: "Analysis", th: Thresholds) -> Finding | None:
 
 @rule(
     "eval.divergence", "Eval loss diverging from train loss", "warn / fail",
-    "late eval loss above train loss at the same noise levels by >= `eval_gap_warn` (10%) of the train loss "
-    "(> 3 standard errors), and growing (eval rose >= `eval_rise` (5%) above its best, or the gap grew >= 5 "
-    "points since mid-training) unless the gap is already >= 20%; `fail` >= 50%",
+    "late held-out loss of the live weights (split 'eval', never 'ema') above the train loss at the same noise "
+    "levels by >= `eval_gap_warn` (10%) of the train loss (> 3 standard errors), and growing (the late eval level "
+    "rose >= `eval_rise` (5%) above its best stretch of as many evaluations, or the gap grew >= 5 points since "
+    "mid-training) unless the gap is already >= 20%; `fail` >= 50%",
 )
 def _eval_divergence(a: "Analysis", th: Thresholds) -> Finding | None:
     E = a.eval
@@ -665,16 +843,62 @@ def _eval_divergence(a: "Analysis", th: Thresholds) -> Finding | None:
         return None
     sev = "fail" if E.gap_share >= th.eval_gap_fail else "warn"
     mid = E.gap_share - E.gap_growth if E.gap_growth is not None else None
+    if E.eval_rise is not None and E.eval_rise > 0:
+        best = (f"eval loss is now {_pct(E.eval_rise)} above its best stretch of as many evaluations "
+                f"(ending at step {E.best_step})")
+    else:
+        best = "eval loss is at its best so far"
+    # an "eval" split written before the "ema" one existed may hold EMA weights: then part of the gap is lag
+    ema_note = "" if (a.ema is not None and a.ema.n_windows) else (
+        " (if this 'eval' split evaluates EMA weights, part of the gap is EMA lag: log those as split='ema' "
+        "and the live weights as split='eval')")
     return _finding(
         _R["eval.divergence"], sev,
-        f"late eval loss is {_rel(E.gap_share)} the train loss at the same noise levels (z={_g(E.gap_z, 2)}), "
-        f"most in {_where(a, E.worst_bins)}; at mid-training it was {_rel(mid)}, and eval loss is now "
-        f"{_pct(E.eval_rise)} above its best (step {E.best_step})",
+        f"late held-out loss of the live weights is {_rel(E.gap_share)} the train loss at the same noise levels "
+        f"(z={_g(E.gap_z, 2)}), most in {_where(a, E.worst_bins)}; at mid-training it was {_rel(mid)}, and {best}",
         "the model is fitting its training set, not the distribution: more data or augmentation, regularisation, "
-        "or stop at the eval minimum",
+        "or stop at the eval minimum" + ema_note,
         {"gap_share": E.gap_share, "gap_z": E.gap_z, "eval_rise": E.eval_rise, "gap_growth": E.gap_growth,
          "best_step": E.best_step},
         E.worst_bins,
+    )
+
+
+@rule(
+    "eval.ema", "EMA weights against live weights", "info",
+    "EMA weights were evaluated (split 'ema'): their late held-out loss against the live weights' at the same "
+    "steps (split 'eval'), stated as lag or help beyond `ema_z` (3) standard errors; never read as overfitting. "
+    "With 'ema' and no 'eval', says that overfitting cannot be read",
+)
+def _eval_ema(a: "Analysis", th: Thresholds) -> Finding | None:
+    M = a.ema
+    if M is None or M.n_windows == 0:
+        return None
+    if M.only_ema or M.common_windows == 0 or M.gap is None:
+        return _finding(
+            _R["eval.ema"], "info",
+            f"{M.n_windows} EMA evaluation windows and no held-out evaluation of the live weights at the same steps: "
+            "overfitting cannot be read from EMA weights (an EMA lags the live model, so its gap to the train loss "
+            "mixes lag with generalization" + (f"; late EMA vs train {_rel(M.ema_vs_train)}" if M.ema_vs_train is not None and M.ema_vs_train > 0 else "") + ")",
+            "to read overfitting, also evaluate the live weights on held-out data (split='eval') at the same steps",
+            {"ema_windows": M.n_windows, "common_windows": M.common_windows, "ema_vs_train": M.ema_vs_train},
+        )
+    z = M.gap_z or 0.0
+    if abs(z) < th.ema_z:
+        how = "no different from the live weights' within its error"
+    elif M.gap > 0:
+        how = f"{_pct(M.gap)} above the live weights': the EMA lags the model (its average reaches back too far for this run)"
+    else:
+        how = f"{_pct(-M.gap)} below the live weights': the EMA helps"
+    first = f" (first common evaluation: {_pct(M.first_gap)})" if M.first_gap is not None else ""
+    return _finding(
+        _R["eval.ema"], "info",
+        f"late held-out loss of the EMA weights is {how}, at the same {M.common_windows} evaluation steps "
+        f"(z={_g(M.gap_z, 2)}){first}",
+        "lag is not overfitting; if the EMA is to be the released model and still lags at the end, lower the "
+        "decay (or start it later) so it averages over fewer steps",
+        {"gap": M.gap, "gap_z": M.gap_z, "first_gap": M.first_gap, "common_windows": M.common_windows,
+         "ema_vs_train": M.ema_vs_train},
     )
 
 
@@ -776,13 +1000,44 @@ _R = {r.id: r for r in RULES}
 
 
 def evaluate(analysis: "Analysis", thresholds: Thresholds | None = None) -> tuple[Finding, ...]:
-    """Run every rule; return the findings most severe first (then in rule order)."""
+    """Run every rule; return the findings most severe first (then in rule order).
+
+    Two passes follow the rules. A cause found upstream of the model withholds the
+    findings it would otherwise be mistaken for: ``timesteps.invalid`` the ones read
+    from the bins, ``grad.dead`` (at `warn` or `fail`) the learning-rate, clipping
+    and time-embedding ones (a blow-up, ``loss.exploding``, stays, pointing at it).
+    Then, while the run is early (``analysis.early``), each finding of
+    :data:`CONVERGENCE_FINDINGS` is made ``info``, marked provisional, and keeps the
+    severity it would have had in ``evidence["final_severity"]``.
+    """
     th = thresholds or Thresholds()
-    out = []
+    found = {}
     for i, r in enumerate(RULES):
         f = r(analysis, th)
         if f is not None:
-            out.append((-f.rank, i, f))
+            found[r.id] = (i, f)
+    withheld = set()
+    if "timesteps.invalid" in found:
+        withheld |= set(_MODEL_FROM_BINS)
+    if "grad.dead" in found:
+        withheld |= set(_BLAME_WITHOUT_GRADIENT)
+        if "loss.exploding" in found:
+            i, f = found["loss.exploding"]
+            found["loss.exploding"] = (i, replace(f, recommendation="no gradient flows on many steps (grad.dead): "
+                                                   "fix that first; " + f.recommendation))
+    for k in withheld:
+        found.pop(k, None)
+    early = getattr(analysis, "early", None)
+    if early:
+        for k in CONVERGENCE_FINDINGS:
+            if k in found:
+                i, f = found[k]
+                found[k] = (i, replace(
+                    f, severity="info", provisional=True,
+                    message=f"provisional, {early}: {f.message}",
+                    evidence={**f.evidence, "final_severity": f.severity},
+                ))
+    out = [(-f.rank, i, f) for i, f in found.values()]
     return tuple(f for _, _, f in sorted(out, key=lambda x: (x[0], x[1])))
 
 
@@ -814,6 +1069,6 @@ FINDINGS_TABLE = findings_table()
 THRESHOLD_NAMES = tuple(f.name for f in fields(Thresholds))
 
 __all__ = [
-    "FINDINGS_TABLE", "RULES", "SEVERITIES", "Finding", "Rule", "Thresholds", "at_or_above", "evaluate",
-    "findings_table", "verdict",
+    "CONVERGENCE_FINDINGS", "FINDINGS_TABLE", "RULES", "SEVERITIES", "Finding", "Rule", "Thresholds", "at_or_above",
+    "evaluate", "findings_table", "min_snr_weight", "verdict", "weighting_advice",
 ]

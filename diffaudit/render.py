@@ -230,6 +230,7 @@ class FindingView:
     recommendation: str
     evidence: list[Item]
     bins: str  # the noise levels it concerns, in words; "" for the whole run
+    provisional: bool = False  # the run is early: stated at `info`, judged again when it has converged
 
 
 @dataclass(frozen=True)
@@ -275,6 +276,9 @@ class ReportPage:
     probe_note: str
     metadata: Metadata
     sections: list[Section]
+    lifecycle: str = ""  # finished / failed / in progress / ended without a close, with its evidence
+    lifecycle_state: str = ""
+    provisional: str = ""  # why convergence-dependent findings are provisional on this reading ("" if not)
 
 
 SECTIONS = (
@@ -332,7 +336,7 @@ def build_report(run, analysis) -> ReportPage:
         title=f"diffaudit report: {run.name}",
         run_name=run.name,
         run_path=str(run.path),
-        verdict=verdict_view(a.verdict, counts),
+        verdict=verdict_view(a.verdict, counts, provisional=bool(getattr(a, "early", None))),
         headline=headline(a),
         finding_counts=counts,
         findings=findings,
@@ -343,6 +347,9 @@ def build_report(run, analysis) -> ReportPage:
         probe_note=probe_note(a),
         metadata=metadata_view(run, a),
         sections=list(SECTIONS),
+        lifecycle=_sentence(a.lifecycle.words) if getattr(a, "lifecycle", None) is not None else "",
+        lifecycle_state=a.lifecycle.state if getattr(a, "lifecycle", None) is not None else "",
+        provisional=_sentence(a.early) if getattr(a, "early", None) else "",
     )
 
 
@@ -373,11 +380,14 @@ _LEVEL_ALIASES = {
 }
 
 
-def verdict_view(verdict: str, counts: dict[str, int]) -> Verdict:
+def verdict_view(verdict: str, counts: dict[str, int], *, provisional: bool = False) -> Verdict:
     """The banner at the top, from the analysis's verdict ("healthy", "warnings", "failing")."""
     worst = next((s for s in ("fail", "warn") if counts.get(s)), "ok")
     level = _LEVEL_ALIASES.get(str(verdict).lower(), worst)
     label, text = _VERDICT_WORDS[level]
+    if provisional:
+        label += " so far"
+        text += " The run is early: findings that need a converged loss are provisional."
     if level == "ok" and counts.get("info"):
         text += f" {counts['info']} note{'s' if counts['info'] > 1 else ''} for information below."
     return Verdict(level, label, text)
@@ -394,6 +404,7 @@ def finding_views(findings: Iterable, process) -> list[FindingView]:
             recommendation=_sentence(f.recommendation),
             evidence=[_evidence_item(k, v) for k, v in (f.evidence or {}).items()],
             bins=describe_bins(f.bins, process),
+            provisional=bool(getattr(f, "provisional", False)),
         )
         for f in findings
     ]
@@ -609,7 +620,8 @@ def loss_figure(run, a) -> FigureView:
     if eb.height:
         cap += " Dots: held-out loss (all noise levels pooled) at each evaluation."
     if events:
-        cap += " Open circles: spikes the analysis detected (robust z > 8 against a rolling median)."
+        cap += (f" Open circles: spikes the analysis detected (robust z > {fmt_num(a.spikes.threshold, 3)} against a "
+                "rolling median: at least 8, more where the run's own step noise is heavy-tailed).")
     return FigureView("loss-curve", "Loss over training", img, cap)
 
 

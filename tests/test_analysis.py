@@ -63,6 +63,12 @@ class Sim:
     from_betas: bool = True
     data_var: float | None = DATA_VAR
     optimum: np.ndarray | None = None  # empirical L* per bin
+    ema_every: int = 0  # EMA weights evaluated on held-out data (split "ema") every this many steps
+    ema_level: object = None  # callable(step, bin) -> EMA eval mean (default: the train level)
+    total_steps: int | None = None  # the plan in run.json (then the run reads as written by a lifecycle logger)
+    close: str | None = None  # "finished" / "failed": write a close marker for segment 1
+    grad_zero: object = None  # callable(step) -> bool array: steps whose pre-clip grad norm is exactly 0
+    lr: float = 1e-3  # the logged learning rate of every step
 
 
 def lstar(betas=None, data_var=DATA_VAR, nb=NB) -> np.ndarray:
@@ -99,6 +105,8 @@ def write_run(path: Path, sim: Sim) -> Path:
         "data_var": sim.data_var, "data_spectrum": None, "window": sim.window, "flush_every": 1000,
         "probe_every": sim.probe_every, "probe_bins": 10, "config": {},
     }
+    if sim.total_steps is not None or sim.close is not None:
+        meta["total_steps"] = sim.total_steps
     (path / rf.RUN_JSON).write_text(json.dumps(meta))
     with np.errstate(divide="ignore"):
         lsnr = np.log(ab) - np.log(om)
@@ -126,6 +134,21 @@ def write_run(path: Path, sim: Sim) -> Path:
         eb = proc.bin_of(et)
         ex = ev_level(estep.astype(np.float64), eb) * rng.gamma(sim.shape, 1.0 / sim.shape, size=estep.size)
         _write_split(path, "eval", ex, estep, eb, None, S, tag=1)
+    if sim.ema_every:
+        m_level = sim.ema_level or level
+        ms = np.arange(sim.ema_every - 1, S, sim.ema_every)
+        mstep = np.repeat(ms, 400)
+        mb = proc.bin_of(rng.integers(0, T, size=mstep.size))
+        mx = m_level(mstep.astype(np.float64), mb) * rng.gamma(sim.shape, 1.0 / sim.shape, size=mstep.size)
+        _write_split(path, "ema", mx, mstep, mb, None, S, tag=2)
+    if sim.close is not None:
+        seg = path / rf.SEGMENTS_DIR
+        seg.mkdir(exist_ok=True)
+        (seg / rf.segment_marker_name(0, 1)).write_text(json.dumps({"rank": 0, "segment": 1, "created": 0.0,
+                                                                      "total_steps": sim.total_steps}))
+        (seg / rf.close_marker_name(0, 1)).write_text(json.dumps({
+            "rank": 0, "segment": 1, "status": sim.close, "closed": float(S), "last_step": S - 1,
+            "total_steps": sim.total_steps, "error": "RuntimeError: boom" if sim.close == "failed" else None}))
     if sim.probe_every:
         ps = np.arange(0, S, sim.probe_every)
         pb = np.tile(np.arange(10), ps.size)
@@ -187,6 +210,8 @@ def _write_steps(path, rng, sim: Sim, x, step, S):
     loss = np.bincount(step[fin], x[fin], S) / np.maximum(cnt, 1)
     bad = np.bincount(step[~fin], minlength=S)
     g = sim.grad_norm * np.exp(0.2 * rng.standard_normal(S))
+    if sim.grad_zero is not None:
+        g = np.where(sim.grad_zero(np.arange(S)), 0.0, g)
     if sim.clip_prob is not None:
         clipped = rng.random(S) < sim.clip_prob(np.arange(S))
         g = np.where(clipped, sim.clip * 1.5, sim.clip * 0.5)
@@ -197,7 +222,7 @@ def _write_steps(path, rng, sim: Sim, x, step, S):
         "loss": pa.array(loss.astype(np.float32)), "count": pa.array(cnt.astype(np.int32)),
         "nonfinite": pa.array(bad.astype(np.int32)), "grad_norm": pa.array(g.astype(np.float32)),
         "clip_threshold": pa.array(thr.astype(np.float32), mask=np.isnan(thr)),
-        "clipped": pa.array(g > thr, mask=np.isnan(thr)), "lr": pa.array(np.full(S, 1e-3)),
+        "clipped": pa.array(g > thr, mask=np.isnan(thr)), "lr": pa.array(np.full(S, float(sim.lr))),
         "loss_scale": pa.nulls(S, pa.float32()), "wloss": pa.nulls(S, pa.float32()),
     })
     rf.write_table_atomic(tbl, path / rf.PARTS_DIR / rf.part_name("steps", 0, 1, 0))
@@ -255,9 +280,10 @@ def test_gaussian_reference_and_excess_share(tmp_path):
 
 
 def test_analysis_is_deterministic(tmp_path):
+    """Same run, same reading time: the same bytes (the reading time only moves "last write N s ago")."""
     r = run_of(tmp_path, seed=5, eval_every=200, probe_every=500)
-    one = json.dumps(analysis_to_dict(analyze(r)), sort_keys=True)
-    two = json.dumps(analysis_to_dict(analyze(diffaudit.load_run(r.path))), sort_keys=True)
+    one = json.dumps(analysis_to_dict(analyze(r, now=1e9)), sort_keys=True)
+    two = json.dumps(analysis_to_dict(analyze(diffaudit.load_run(r.path), now=1e9)), sort_keys=True)
     assert one == two
 
 
@@ -573,7 +599,9 @@ def test_cli_report_text_json_and_fail_on(tmp_path):
     res = _cli("report", path)
     assert res.exit_code == 0, res.output
     lines = res.output.splitlines()
-    assert lines[1].startswith("verdict: warnings")
+    # a synthetic run written without close markers or plan: its state is unknown, said before the verdict
+    assert lines[1].startswith("state: unknown: this run's logger recorded no close or plan")
+    assert lines[2].startswith("verdict: warnings")
     i = next(k for k, ln in enumerate(lines) if ln.startswith("[WARN] clip.rate_high: "))
     assert lines[i + 1].startswith("  -> ")
     assert _cli("report", path, "--fail-on", "warn").exit_code == 1
@@ -584,7 +612,8 @@ def test_cli_report_text_json_and_fail_on(tmp_path):
     assert {"diffaudit_version", "run", "verdict", "findings", "bins"} <= set(d)
     assert d["verdict"] == "warnings"
     f = next(f for f in d["findings"] if f["id"] == "clip.rate_high")
-    assert set(f) == {"id", "severity", "title", "message", "recommendation", "evidence", "bins"}
+    assert set(f) == {"id", "severity", "title", "message", "recommendation", "evidence", "bins", "provisional"}
+    assert f["provisional"] is False
     assert len(d["bins"]) == NB and set(d["bins"][0]) == set(BIN_COLUMNS)
     assert "NaN" not in out.read_text()
     res = _cli("report", path, "--json", "-")

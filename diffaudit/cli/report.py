@@ -36,14 +36,20 @@ def format_report(a) -> list[str]:
     steps = f"steps {r.first_step}-{r.last_step}" if r.first_step is not None else "no per-step rows"
     counts = {s: sum(1 for f in a.findings if f.severity == s) for s in SEVERITIES}
     tally = ", ".join(f"{counts[s]} {s}" for s in reversed(SEVERITIES) if counts[s])
+    early = getattr(a, "early", None)
     lines = [
         f"run {r.name}  {r.process}/{r.prediction}, {r.num_bins} noise bins, {steps}",
-        f"verdict: {_VERDICT[a.verdict]}" + (f" ({tally})" if tally else ""),
     ]
+    if getattr(a, "lifecycle", None) is not None:
+        lines.append(f"state: {a.lifecycle.words}")
+    lines.append(f"verdict: {_VERDICT[a.verdict]}" + (" so far" if early else "") + (f" ({tally})" if tally else ""))
+    if early:
+        lines.append(f"provisional: {early}; findings that need a converged loss are stated as info until then")
     if a.findings:
         lines.append("")
     for f in a.findings:
-        lines.append(f"[{_MARK[f.severity]}] {f.id}: {f.message}")
+        mark = "PROV" if getattr(f, "provisional", False) else _MARK[f.severity]
+        lines.append(f"[{mark}] {f.id}: {f.message}")
         lines.append(f"  -> {f.recommendation}")
     return lines
 
@@ -72,7 +78,7 @@ def report(run, html, json_out, fail_on, late_fraction, strict):
       diffaudit report runs/exp1 -o exp1.html --json exp1.json --fail-on fail
     """
     r = load_run(run, strict=strict)
-    a = analyze(r, late_fraction=late_fraction)
+    a = analyze(r, late_fraction=late_fraction)  # read now: "in progress" or "ended" is as of this moment
     to_stdout = json_out == "-"
     for p in a.run.problems:
         click.echo(f"warning: {p}", err=True)

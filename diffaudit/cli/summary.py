@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from diffaudit.cli import main
+from diffaudit.lifecycle import lifecycle
 from diffaudit.load import export_run, load_run
 from diffaudit.summary import summarize
 
@@ -20,7 +21,10 @@ def _fmt(x, spec=".4g") -> str:
 @STRICT
 @click.option("--rows", default=20, show_default=True, type=click.IntRange(1, 1000), help="Noise-level rows in the table.")
 def summary(run, strict, rows):
-    """Print an overview of RUN: steps, segments, ranks, losses, recent loss per noise level.
+    """Print an overview of RUN: state, steps, segments, ranks, losses, recent loss per noise level.
+
+    The state is finished, failed (with the error), in progress (last write N s ago, step S of
+    planned P) or ended without a close (no close marker, no write for long).
 
     \b
     Example:
@@ -33,11 +37,14 @@ def summary(run, strict, rows):
     if s.first_step is not None:
         gap = f", {s.missing_steps} missing inside" if s.missing_steps else ""
         echo(f"steps {s.first_step}..{s.last_step}: {s.steps_logged} logged{gap}")
+    echo(f"state: {lifecycle(r).words}")
     echo(f"segments {s.segments} (restarts: {max(s.segments - s.ranks, 0)}), ranks {s.ranks}, "
          f"rows superseded by restarts {s.superseded_rows}")
     echo(f"loss {_fmt(s.first_loss)} -> {_fmt(s.last_loss)} (median of first/last 5% of steps); "
          f"non-finite losses {s.nonfinite}; clip rate {_fmt(s.clip_rate, '.1%')}")
-    echo(f"eval windows {s.eval_windows}, gradient-probe steps {s.probe_steps}")
+    ema = int(r.ema_bins["step_lo"].n_unique()) if r.ema_bins.height else 0
+    echo(f"eval windows {s.eval_windows} (held-out, live weights), EMA eval windows {ema}, "
+         f"gradient-probe steps {s.probe_steps}")
     for p in s.problems:
         echo(f"warning: {p}", err=True)
     if s.recent:
