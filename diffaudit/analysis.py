@@ -56,11 +56,7 @@ from diffaudit import __version__, stats
 from diffaudit.errors import DiffauditError
 from diffaudit.findings import Finding, Thresholds, evaluate, verdict as _verdict
 from diffaudit.lifecycle import Lifecycle, lifecycle as _lifecycle
-
-try:  # the time-sensitivity probe's reader (runs logged with RunLogger.probe_time)
-    from diffaudit.timeprobe import time_probe as _time_probe
-except ImportError:  # a build without it: the probe is not read
-    _time_probe = None
+from diffaudit.timeprobe import TimeProbe, time_probe as _time_probe
 from diffaudit.load import Run
 
 # ----------------------------------------------------------------------------
@@ -341,7 +337,7 @@ class Analysis:
     grad_flow: GradFlowSummary | None = None
     lifecycle: Lifecycle | None = None
     early: str | None = None  # why convergence-dependent findings are provisional (None: judged as final)
-    time_probe: object | None = None  # diffaudit.timeprobe.TimeProbe: does the network use the noise level?
+    time_probe: TimeProbe | None = None  # does the network use the noise level? (RunLogger.probe_time)
 
     def by_id(self, finding_id: str) -> Finding | None:
         """The finding with this id, or None."""
@@ -448,7 +444,7 @@ def analyze(
         ema=_ema(run, grid, weights, late_fraction),
         timesteps=_timesteps(run, steps),
         grad_flow=_grad_flow(steps, late_fraction, th),
-        time_probe=_time_probe(run.bins) if _time_probe is not None else None,
+        time_probe=_time_probe(run.bins),
     )
     lc = _lifecycle(run, now=now)
     analysis = replace(analysis, lifecycle=lc, early=_early(lc, loss, th))

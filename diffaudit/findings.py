@@ -309,7 +309,8 @@ _MODEL_FROM_BINS = ("bin.above_gaussian_bound", "bins.spread_large", "time_condi
                     "grad.imbalance", "eval.divergence")
 #: findings whose advice is about the learning rate, clipping or the network, none of which matters
 #: while no gradient reaches the weights
-_BLAME_WITHOUT_GRADIENT = ("loss.stagnant_above_optimum", "time_conditioning.broken", "bin.above_gaussian_bound",
+_BLAME_WITHOUT_GRADIENT = ("loss.stagnant_above_optimum", "time_conditioning.broken", "time_conditioning.unused",
+                           "bin.above_gaussian_bound",
                            "bins.spread_large", "loss.increasing", "loss.spikes", "loss.converged",
                            "grad.imbalance", "clip.rate_high", "clip.rate_rising")
 #: findings whose evidence needs a run past its early phase: provisional (`info`) while the run is early.
@@ -1021,6 +1022,8 @@ def evaluate(analysis: "Analysis", thresholds: Thresholds | None = None) -> tupl
         withheld |= set(_MODEL_FROM_BINS)
     if "grad.dead" in found:
         withheld |= set(_BLAME_WITHOUT_GRADIENT)
+    if "optim.lr_zero" in found:  # weights that never move use t as little as an untrained network does
+        withheld |= {"time_conditioning.unused", "time_conditioning.broken"}
         if "loss.exploding" in found:
             i, f = found["loss.exploding"]
             found["loss.exploding"] = (i, replace(f, recommendation="no gradient flows on many steps (grad.dead): "
