@@ -846,6 +846,8 @@ def _lstar(base: list[Run], cand: list[Run], notes: list[str]) -> tuple[np.ndarr
         return v, "empirical"
     spectrum = r.meta.get("data_spectrum")
     data_var = r.meta.get("data_var")
+    if r.meta.get("unit") == "lstar":  # the loss already is its ratio to L*; a separate excess adds nothing
+        return None, None
     if spectrum is None and data_var is None:
         notes.append("no data variance in run.json: excess over L* not computed")
         return None, None
@@ -1891,9 +1893,10 @@ def verdict_to_html(v: Verdict) -> str:
     from diffaudit.plots import Curve, Series, VLine, noise_axis, noise_plot, step_plot, RUN_COLORS
 
     colors = {"baseline": RUN_COLORS[0], "candidate": RUN_COLORS[1]}
+    in_lstar = v.settings.get("unit") == "lstar"
     series = [Series(f"{c.side}: {c.name}", c.step, c.loss, color=colors[c.side], style="line") for c in v.curves]
     vlines = [VLine(float(v.window[0]), "late window starts")] if v.window else []
-    figs = [render.FigureView("curves", "Training loss", step_plot(
+    figs = [] if in_lstar else [render.FigureView("curves", "Training loss", step_plot(
         series, ylabel="loss (block mean)", vlines=vlines, log=True,
         alt="per-step training loss of the baseline and candidate runs, block means"),
         "Per-step loss (all noise levels mixed), reduced to block means; with several seeds, their mean. "
@@ -1927,8 +1930,11 @@ def verdict_to_html(v: Verdict) -> str:
         if np.isfinite(ls).any():
             level.append(Curve(f"L* ({v.lstar_kind})", x, ls, color="#222222", style="dashed", marker=None))
         figs.append(render.FigureView("levels", "Late loss per noise level", noise_plot(
-            level, axis, ylabel="late loss", alt="late loss per noise bin of both sides"),
-            "Late-window loss per noise bin on each side (mean over seeds), with the reference L*."))
+            level, axis, ylabel="late loss / own L*" if in_lstar else "late loss",
+            alt="late loss per noise bin of both sides"),
+            "Late-window loss per noise bin on each side (mean over seeds), "
+            + ("each divided by the Gaussian L* of its own prediction target (1: as good as the best linear "
+               "denoiser)." if in_lstar else "with the reference L*.")))
     rows = [_table_row(c) for c in v.checks if c.status != "off"]
     cls = {"regression": "fail", "inconclusive": "warn", "pass": "ok"}
     table = render.Table(
@@ -1939,7 +1945,10 @@ def verdict_to_html(v: Verdict) -> str:
     )
     level = {"pass": "ok", "regression": "fail", "inconclusive": "warn"}[v.status]
     head = [render.Item("baseline", v.baseline.label()), render.Item("candidate", v.candidate.label()),
-            render.Item("noise model", "seed-to-seed spread" if v.noise_model == "seeds" else "within-run variability only")]
+            render.Item("noise model", "seed-to-seed spread" if v.noise_model == "seeds"
+                        else "within-run variability + seed allowance")]
+    if in_lstar:
+        head.append(render.Item("unit", "loss / own Gaussian L*"))
     if v.window:
         head.append(render.Item("late window", f"steps {v.window[0]:,}-{v.window[1]:,} ({v.window_blocks} blocks)"))
     if v.lag:
