@@ -279,6 +279,7 @@ class ReportPage:
     lifecycle: str = ""  # finished / failed / in progress / ended without a close, with its evidence
     lifecycle_state: str = ""
     provisional: str = ""  # why convergence-dependent findings are provisional on this reading ("" if not)
+    scalar_figures: list = field(default_factory=list)  # the user's own scalars, one small plot each
 
 
 SECTIONS = (
@@ -289,6 +290,7 @@ SECTIONS = (
     Section("loss-curve", "Loss over training"),
     Section("grad-norm", "Gradient norm and clipping"),
     Section("clip-rate", "Clip rate over training"),
+    Section("scalars", "Your scalars"),
     Section("trend-table", "Per-bin trends"),
     Section("probe-gradients", "Per-bin gradient norms (probe)"),
     Section("schedule", "Noise schedule"),
@@ -346,7 +348,8 @@ def build_report(run, analysis) -> ReportPage:
         schedule=schedule_items(run, a),
         probe_note=probe_note(a),
         metadata=metadata_view(run, a),
-        sections=list(SECTIONS),
+        sections=[x for x in SECTIONS if x.id != "scalars" or run.extra_scalars],
+        scalar_figures=scalar_figures(run),
         lifecycle=_sentence(a.lifecycle.words) if getattr(a, "lifecycle", None) is not None else "",
         lifecycle_state=a.lifecycle.state if getattr(a, "lifecycle", None) is not None else "",
         provisional=_sentence(a.early) if getattr(a, "early", None) else "",
@@ -645,6 +648,24 @@ def grad_norm_figure(run, a) -> FigureView:
         cap = ("Total gradient norm before clipping (what clip_grad_norm_ returns): min–max band and mean per pixel "
                "column. Dashed: the clip threshold; red ticks along the top: columns with clipped steps.")
     return FigureView("grad-norm", "Gradient norm and clip events", img, cap)
+
+
+MAX_SCALAR_FIGURES = 12  # the user's scalars drawn (the rest are named); a report must stay small
+
+
+def scalar_figures(run) -> list[FigureView]:
+    """One small plot per extra scalar the user logged (``logger.log(..., ema_decay=...)``), in name order."""
+    s = run.steps
+    out = []
+    for name in run.extra_scalars[:MAX_SCALAR_FIGURES]:
+        y = _col(s, name)
+        img = plots.step_plot([plots.Series(name, _col(s, "step"), y, plots.RUN_COLORS[0])], ylabel=name, height=2.2,
+                              vlines=_segment_lines(run), alt=f"the logged scalar {name} over steps",
+                              empty="never logged")
+        out.append(FigureView(f"scalar-{len(out)}", name, img,
+                              f"{fmt_num(int(np.isfinite(y).sum()))} logged values; min–max band and mean per pixel "
+                              "column."))
+    return out
 
 
 def clip_rate_figure(run, a) -> FigureView:

@@ -1,0 +1,37 @@
+"""The user's own scalars are drawn in the HTML report, not only named."""
+
+import pytest
+
+torch = pytest.importorskip("torch")
+
+import diffaudit
+from diffaudit.analysis import analyze
+from diffaudit.logger import RunLogger
+from diffaudit.render import MAX_SCALAR_FIGURES, render_report_html
+
+
+def _run(tmp_path, linear_alpha_bar, names):
+    with RunLogger(tmp_path / "r", alphas_cumprod=linear_alpha_bar, num_bins=10, window=10, flush_every=50) as lg:
+        g = torch.Generator().manual_seed(0)
+        for s in range(120):
+            lg.log(s, timesteps=torch.randint(0, 1000, (16,), generator=g), losses=torch.rand(16, generator=g),
+                   **{n: float(i + s) for i, n in enumerate(names)})
+    return diffaudit.load_run(tmp_path / "r")
+
+
+def test_each_scalar_gets_a_plot(tmp_path, linear_alpha_bar):
+    run = _run(tmp_path, linear_alpha_bar, ["ema_decay", "tokens_seen"])
+    html = render_report_html(run, analyze(run))
+    sec = html[html.index('id="scalars"'):html.index('id="trend-table"')]
+    assert sec.count("<svg") == 2 and "ema_decay" in sec and "tokens_seen" in sec
+    assert 'href="#scalars"' in html
+
+
+def test_no_scalars_no_section_and_many_are_bounded(tmp_path, linear_alpha_bar):
+    run = _run(tmp_path / "a", linear_alpha_bar, [])
+    assert 'id="scalars"' not in render_report_html(run, analyze(run))
+    names = [f"s{i:02d}" for i in range(MAX_SCALAR_FIGURES + 3)]
+    run = _run(tmp_path / "b", linear_alpha_bar, names)
+    html = render_report_html(run, analyze(run))
+    sec = html[html.index('id="scalars"'):html.index('id="trend-table"')]
+    assert sec.count("<svg") == MAX_SCALAR_FIGURES and f"the first {MAX_SCALAR_FIGURES} of {len(names)}" in sec
