@@ -1,0 +1,75 @@
+"""`diffaudit watch`: follow a run while it trains, and stop the job when training is broken."""
+
+from __future__ import annotations
+
+import time
+
+import click
+
+from diffaudit.cli import EXIT_FAIL, EXIT_INCONCLUSIVE, EXIT_OK, main
+from diffaudit.watch import DEFAULT_INTERVAL, Watcher, write_html_atomic
+
+_RANK = {"info": 0, "warn": 1, "fail": 2}
+_MARK = {"fail": "FAIL", "warn": "WARN", "info": "INFO"}
+
+
+def _line(c) -> str:
+    if c.kind == "cleared":
+        return f"  cleared  {c.id} (was {c.before})"
+    mark = "PROV" if c.provisional else _MARK[c.severity]
+    what = "new" if c.kind == "appeared" else f"{c.before} -> {c.severity}"
+    return f"  [{mark}] {what:<12} {c.id}: {c.message}"
+
+
+@main.command(epilog="Example: diffaudit watch runs/exp1 -o report.html --fail-on fail && echo 'finished healthy'")
+@click.argument("run", type=click.Path(path_type=str))
+@click.option("--interval", type=click.FloatRange(min=0.1), default=DEFAULT_INTERVAL, show_default=True,
+              help="Seconds between polls; a poll that finds no new file does no other work.")
+@click.option("-o", "--html", "html", type=click.Path(dir_okay=False, path_type=str),
+              help="Rewrite this self-contained HTML report (atomically) whenever the run changes.")
+@click.option("--fail-on", type=click.Choice(["fail", "warn", "never"]), default="fail", show_default=True,
+              help="Exit 1 as soon as a finding at this level fires (provisional ones never count).")
+@click.option("--timeout", type=click.FloatRange(min=0), default=None,
+              help="Stop after this many seconds (exit 3 if the run has not finished by then).")
+@click.option("--strict", is_flag=True, help="A damaged part is fatal (exit 2) instead of skipped.")
+def watch(run, interval, html, fail_on, timeout, strict):
+    """Follow RUN as it grows: print each finding as it appears, changes severity or clears.
+
+    Exits 0 when the run finishes (a clean close) without a finding at the --fail-on level, 1 as soon as
+    one fires (so a job script can stop the run and save the GPU hours) or when the logger closed on an
+    exception, 3 when the run ended without a close (killed or crashed) or --timeout passed.
+    """
+    watcher = Watcher(run, strict=strict)
+    start = time.time()
+    last_state = None
+    while True:
+        u = watcher.poll()
+        if u.changed:
+            if u.state != last_state or u.changes:
+                step = "" if u.last_step is None else f" step {u.last_step:,}"
+                click.echo(f"{time.strftime('%H:%M:%S')}{step}: {u.lifecycle}; verdict {u.verdict}")
+                last_state = u.state
+            for c in u.changes:
+                click.echo(_line(c))
+            if html:
+                write_html_atomic(u.run, u.analysis, html)
+            if fail_on != "never":
+                bad = [f for f in u.findings if not getattr(f, "provisional", False)
+                       and _RANK[f.severity] >= _RANK[fail_on]]
+                if bad:
+                    click.echo(f"training is {'broken' if fail_on == 'fail' else 'off'}: "
+                               + ", ".join(f"{f.id} ({f.severity})" for f in bad), err=True)
+                    raise SystemExit(EXIT_FAIL)
+            if u.state == "finished":
+                click.echo("the run finished")
+                raise SystemExit(EXIT_OK)
+            if u.state == "failed":
+                click.echo("the run's logger closed on an exception", err=True)
+                raise SystemExit(EXIT_FAIL)
+            if u.state == "ended":
+                click.echo("the run ended without a close (killed or crashed)", err=True)
+                raise SystemExit(EXIT_INCONCLUSIVE)
+        if timeout is not None and time.time() - start >= timeout:
+            click.echo(f"--timeout {timeout:g} s passed before the run finished", err=True)
+            raise SystemExit(EXIT_INCONCLUSIVE)
+        time.sleep(interval)
