@@ -48,6 +48,7 @@ from diffaudit import __version__
 from diffaudit import runformat as rf
 from diffaudit.errors import DataError, RunFormatError, ScheduleError
 from diffaudit.noise import DEFAULT_PREDICTION, Process, schedule_from_betas
+from diffaudit.store import RemoteStore, is_url, local_path
 
 # columns of the per-(window, bin) accumulator; _C_BADT counts samples whose timestep cannot
 # belong to the process (excluded from every other column)
@@ -147,7 +148,9 @@ class RunLogger:
         rank: int | None = None,  # default: torch.distributed rank, else 0
         world_size: int | None = None,
     ):
-        self.path = Path(path)
+        # a local directory, or a prefix in object storage (s3://bucket/run, gs://...): diffaudit.store
+        self._remote = RemoteStore(str(path)) if is_url(path) else None
+        self.path = local_path(path) if self._remote is None else str(path).rstrip("/")
         if not isinstance(num_bins, (int, np.integer)) or isinstance(num_bins, bool) or not 1 <= num_bins <= rf.MAX_BINS:
             raise DataError(f"num_bins must be an integer from 1 to {rf.MAX_BINS}, got {num_bins!r}")
         if total_steps is not None and (isinstance(total_steps, bool) or not isinstance(total_steps, (int, np.integer))
@@ -233,8 +236,12 @@ class RunLogger:
             json.dumps(meta, allow_nan=False, default=str)
         except (TypeError, ValueError, RecursionError) as e:
             raise DataError(f"config cannot be stored in run.json as JSON ({type(e).__name__}: {e})") from None
-        self.meta = _create_or_join_run(self.path, meta, self.process)
-        self.segment = _new_segment(self.path, self.rank, self.total_steps)
+        if self._remote is not None:
+            self.meta = _create_or_join_remote(self._remote, meta, self.process)
+            self.segment = _new_remote_segment(self._remote, self.rank, self.total_steps)
+        else:
+            self.meta = _create_or_join_run(self.path, meta, self.process)
+            self.segment = _new_segment(self.path, self.rank, self.total_steps)
         self._last_step: int | None = None  # last training step logged (host int, for the close marker)
         self._warned_backwards = False
 
@@ -711,7 +718,11 @@ class RunLogger:
             "write_errors": len(self.errors),
         }
         try:
-            rf.write_json_exclusive(marker, self.path / rf.SEGMENTS_DIR / rf.close_marker_name(self.rank, self.segment))
+            name = rf.close_marker_name(self.rank, self.segment)
+            if self._remote is not None:
+                self._remote.put_json(f"{rf.SEGMENTS_DIR}/{name}", marker)
+            else:
+                rf.write_json_exclusive(marker, self.path / rf.SEGMENTS_DIR / name)
         except OSError as e:  # closing must not raise over a marker; the run then reads as never closed
             self.errors.append(f"close marker: {e}")
 
@@ -737,7 +748,6 @@ class RunLogger:
                 self.errors.append(msg)
 
     def _write_batch(self, batch: _Batch) -> None:
-        parts = self.path / rf.PARTS_DIR
         shift = batch.tensors["shift"].numpy()
         tables = {}
         if batch.steps:
@@ -750,7 +760,11 @@ class RunLogger:
         # bins before steps: a reader that sees a step also sees its window
         for kind in ("bins", "probes", "steps"):
             if kind in tables:
-                rf.write_table_atomic(tables[kind], parts / rf.part_name(kind, self.rank, self.segment, batch.seq))
+                name = rf.part_name(kind, self.rank, self.segment, batch.seq)
+                if self._remote is not None:  # one object, one upload: it appears whole or not at all
+                    self._remote.put_table(f"{rf.PARTS_DIR}/{name}", tables[kind])
+                else:
+                    rf.write_table_atomic(tables[kind], self.path / rf.PARTS_DIR / name)
 
     def _steps_table(self, batch: _Batch) -> pa.Table:
         ring = batch.tensors["ring"].numpy().T  # (slot, column)
@@ -923,6 +937,33 @@ def _dist_rank(rank, world_size) -> tuple[int, int]:
 _COMPAT_KEYS = ("process", "prediction", "num_bins", "num_timesteps", "sigma_min", "sigma_max", "sigma_data", "schedule_sha")
 
 
+def _schedule_table(process: Process) -> pa.Table:
+    om = process.one_minus_alpha_bar
+    with np.errstate(divide="ignore"):
+        log_snr = np.log(process.alpha_bar) - np.log(om)
+    return pa.table(
+        {
+            "t": pa.array(np.arange(process.num_timesteps, dtype=np.int64)),
+            "alpha_bar": pa.array(process.alpha_bar),
+            "one_minus_alpha_bar": pa.array(om),
+            "log_snr": pa.array(log_snr),
+        }
+    )
+
+
+def _check_compatible_meta(existing: dict, meta: dict, where) -> None:
+    if not isinstance(existing, dict):
+        raise RunFormatError(f"{where}: cannot resume into this run, run.json is not a JSON object")
+    if existing.get("format_version", 0) > rf.FORMAT_VERSION:
+        raise RunFormatError(f"{where}: written by a newer diffaudit (format {existing.get('format_version')})")
+    for key in _COMPAT_KEYS:
+        if existing.get(key) != meta.get(key):
+            raise RunFormatError(
+                f"{where}: the existing run has {key}={existing.get(key)!r} but this logger has "
+                f"{key}={meta.get(key)!r}; log to a new directory"
+            )
+
+
 def _create_or_join_run(path: Path, meta: dict, process: Process) -> dict:
     """Create the run directory (run.json, schedule) or check that an existing one matches."""
     path.mkdir(parents=True, exist_ok=True)
@@ -930,35 +971,41 @@ def _create_or_join_run(path: Path, meta: dict, process: Process) -> dict:
     (path / rf.SEGMENTS_DIR).mkdir(exist_ok=True)
     run_json = path / rf.RUN_JSON
     if not run_json.exists() and process.kind == "vp":
-        om = process.one_minus_alpha_bar
-        with np.errstate(divide="ignore"):
-            log_snr = np.log(process.alpha_bar) - np.log(om)
-        table = pa.table(
-            {
-                "t": pa.array(np.arange(process.num_timesteps, dtype=np.int64)),
-                "alpha_bar": pa.array(process.alpha_bar),
-                "one_minus_alpha_bar": pa.array(om),
-                "log_snr": pa.array(log_snr),
-            }
-        )
-        rf.write_table_atomic(table, path / rf.SCHEDULE_FILE)
+        rf.write_table_atomic(_schedule_table(process), path / rf.SCHEDULE_FILE)
     if rf.write_json_exclusive(meta, run_json):
         return meta
-    import json
-
     try:
         existing = json.loads(run_json.read_text())
     except (OSError, ValueError) as e:
         raise RunFormatError(f"{run_json}: cannot resume into this run, run.json is unreadable ({e})") from None
-    if existing.get("format_version", 0) > rf.FORMAT_VERSION:
-        raise RunFormatError(f"{run_json}: written by a newer diffaudit (format {existing.get('format_version')})")
-    for key in _COMPAT_KEYS:
-        if existing.get(key) != meta.get(key):
-            raise RunFormatError(
-                f"{run_json}: the existing run has {key}={existing.get(key)!r} but this logger has "
-                f"{key}={meta.get(key)!r}; log to a new directory"
-            )
+    _check_compatible_meta(existing, meta, run_json)
     return existing
+
+
+def _create_or_join_remote(store: RemoteStore, meta: dict, process: Process) -> dict:
+    """The object-store form of _create_or_join_run: create run.json (and the schedule) if absent, else check it."""
+    if not store.exists(rf.RUN_JSON):
+        if process.kind == "vp":
+            store.put_table(rf.SCHEDULE_FILE, _schedule_table(process))
+        store.put_json(rf.RUN_JSON, meta)
+        return meta
+    try:
+        existing = json.loads(store.get(rf.RUN_JSON))
+    except (OSError, ValueError) as e:
+        raise RunFormatError(f"{store.url}/{rf.RUN_JSON}: cannot resume into this run, run.json is unreadable ({e})") from None
+    _check_compatible_meta(existing, meta, f"{store.url}/{rf.RUN_JSON}")
+    return existing
+
+
+def _new_remote_segment(store: RemoteStore, rank: int, total_steps: int | None) -> int:
+    """The next segment id of this rank (one process per rank, so listing then writing cannot race)."""
+    taken = [int(m["segment"]) for rel, _ in store.list(rf.SEGMENTS_DIR)
+             if (m := rf.SEGMENT_RE.match(rel.rsplit("/", 1)[-1])) and int(m["rank"]) == rank]
+    seg = max(taken, default=0) + 1
+    store.put_json(f"{rf.SEGMENTS_DIR}/{rf.segment_marker_name(rank, seg)}",
+                   {"rank": rank, "segment": seg, "created": time.time(), "pid": os.getpid(), "host": platform.node(),
+                    "total_steps": total_steps})
+    return seg
 
 
 def _new_segment(path: Path, rank: int, total_steps: int | None = None) -> int:
