@@ -111,6 +111,7 @@ from __future__ import annotations
 import glob
 import json
 import math
+import os
 import re
 import warnings
 import xml.etree.ElementTree as ET
@@ -332,7 +333,8 @@ _GLOB_CHARS = re.compile(r"[*?\[]")
 
 
 def _is_run(p: Path) -> bool:
-    return (p.is_dir() and (p / "run.json").is_file()) or (p.is_file() and p.suffix == ".parquet")
+    # a run.json of any kind makes a run: one that is not a regular file gets load_run's own error
+    return (p.is_dir() and os.path.lexists(p / "run.json")) or (p.is_file() and p.suffix == ".parquet")
 
 
 def resolve_side(spec, *, role: str = "baseline") -> list[Path]:

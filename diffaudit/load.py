@@ -211,7 +211,7 @@ def _read_schedule(sf: Path) -> pl.DataFrame:
             if not pa.types.is_floating(typ):
                 raise RunFormatError(f"{sf}: schedule column {col!r} has type {typ}, expected float64")
         try:
-            return pl.from_arrow(pf.read())
+            return pl.from_arrow(pf.read().replace_schema_metadata(None))
         except Exception as e:
             raise RunFormatError(f"{sf}: cannot be read ({_short(e)})") from None
 
@@ -739,7 +739,7 @@ def _load_export(p: Path, strict: bool = False, allow_empty: bool = True) -> Run
         if typ is None or not (pa.types.is_string(typ) or pa.types.is_large_string(typ) or pa.types.is_dictionary(typ)):
             raise RunFormatError(f"{p}: an exported run needs a string column 'table' (which table each row is from)")
         try:
-            data = pl.from_arrow(pf.read())
+            data = pl.from_arrow(pf.read().replace_schema_metadata(None))  # polars panics on non-UTF-8 metadata
         except Exception as e:
             raise RunFormatError(f"{p}: cannot be read ({_short(e)})") from None
     problems: list[Problem] = []

@@ -512,3 +512,20 @@ def test_case9_report_json_and_html_to_one_file_is_a_usage_error(run, tmp_path):
 def test_case9_format_version_true_is_not_version_1(run):
     edit_meta(run, format_version=True)
     one_line_error(run_cli("summary", run), "format_version must be a positive integer, got true")
+
+
+def test_case2_optimum_json_never_lands_in_the_run_or_on_the_data(run, tmp_path):
+    data = tmp_path / "train.npy"
+    np.save(data, np.zeros((8, 64), np.float32))
+    before, data_bytes = snapshot(run), data.read_bytes()
+    one_line_error(run_cli("optimum", data, "--run", run, "--dry-run", "--json", run / "parts" / "x.json"),
+                   "lies inside the input run")
+    one_line_error(run_cli("optimum", data, "--run", run, "--dry-run", "--json", data), "is the input")
+    assert snapshot(run) == before and data.read_bytes() == data_bytes
+
+
+def test_case4_compare_with_a_fifo_run_json_is_one_line(run, worse):
+    (run / "run.json").unlink()
+    os.mkfifo(run / "run.json")
+    code, out, err = cli_subprocess("compare", run, worse, timeout=60)
+    assert code == 2 and err.strip() == f"error: {run / 'run.json'}: not a regular file (a FIFO); not read", err

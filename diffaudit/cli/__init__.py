@@ -162,8 +162,9 @@ class _Group(click.Group):
         except KeyboardInterrupt:
             click.echo("interrupted", err=True)
             ctx.exit(130)
-        except Exception as e:  # a bug: say so in one line, keep the traceback behind a switch
-            if os.environ.get("DIFFAUDIT_DEBUG"):
+        except BaseException as e:  # a bug: say so in one line, keep the traceback behind a switch
+            # (BaseException: a panic in polars' Rust code arrives as pyo3's PanicException, not an Exception)
+            if os.environ.get("DIFFAUDIT_DEBUG") or not (isinstance(e, Exception) or type(e).__name__ == "PanicException"):
                 raise
             msg = str(e).strip().splitlines()[0] if str(e).strip() else ""
             click.echo(
