@@ -53,12 +53,15 @@ def _steps_line(res):
 
 
 def test_case1_bracket_in_a_run_path_reads_that_run_not_its_glob_match(tmp_path):
-    write_run(tmp_path / "exp1", steps=40)
-    write_run(tmp_path / "exp[1]", steps=20)
+    write_run(tmp_path / "exp1", steps=40, seed=1)
+    write_run(tmp_path / "exp[1]", steps=20, loss=3.0, seed=2)
     res = run_cli("summary", tmp_path / "exp[1]")
     assert res.exit_code == 0, res.output
     assert _steps_line(res) == "steps 0..19: 20 logged"
-    assert diffaudit.load_run(tmp_path / "exp[1]").steps.height == 20
+    plain = copy_run(tmp_path / "exp[1]", tmp_path / "plain")  # the same run at a path without [ ]
+    a, b = diffaudit.load_run(tmp_path / "exp[1]"), diffaudit.load_run(plain)
+    assert a.steps.equals(b.steps) and a.bins.equals(b.bins)
+    assert not a.steps.equals(diffaudit.load_run(tmp_path / "exp1").steps.head(20))
 
 
 def test_case1_star_in_a_run_path_does_not_merge_the_runs_it_matches(tmp_path):
@@ -223,11 +226,33 @@ def test_case5_an_invariant_breaking_bins_part_is_skipped_and_named(run, col, va
     one_line_error(run_cli("report", run, "--strict"), str(last), words)
 
 
-def test_case5_negative_count_no_longer_lets_fail_on_warn_pass(tmp_path):
-    bad = write_run(tmp_path / "bad", loss=1.0, steps=40)
-    rewrite_part(parts(bad, "bins")[-1], _bins_damage("count", -10**9))
-    loaded = diffaudit.load_run(bad)
-    assert loaded.bins["count"].min() > 0  # the negative row never reaches the statistics
+def _rising_run(path):
+    """A run whose loss rises over its steps: `report --fail-on warn` must exit 1 on it."""
+    import torch
+
+    from diffaudit.logger import RunLogger
+    from diffaudit.noise import named_betas, schedule_from_betas
+
+    g = torch.Generator().manual_seed(0)
+    a = schedule_from_betas(named_betas("linear"))[0]
+    with RunLogger(path, alphas_cumprod=a, num_bins=10, flush_every=50, window=10) as lg:
+        for s in range(400):
+            t = torch.randint(0, 1000, (32,), generator=g)
+            lg.log(s, timesteps=t, losses=(1 + s / 100) * (0.5 + torch.rand(32, generator=g)))
+    return path
+
+
+@pytest.mark.parametrize("col,value", [("count", -(10**9)), ("mean", float("nan")), ("mean", float("-inf"))],
+                         ids=["negative-count", "nan-mean", "minus-inf-mean"])
+def test_case5_damage_in_the_last_bins_part_no_longer_lets_fail_on_warn_pass(tmp_path, col, value):
+    run = _rising_run(tmp_path / "rising")
+    assert run_cli("report", run, "--fail-on", "warn").exit_code == 1
+    last = parts(run, "bins")[-1]
+    rewrite_part(last, lambda t: set_column(t, col, pa.array([value] * t.num_rows, t.schema.field(col).type)))
+    res = run_cli("report", run, "--fail-on", "warn")
+    assert res.exit_code == 1, res.output
+    assert _warnings(res)[0].startswith(f"warning: {last}: damaged part skipped: ")
+    assert "loss.increasing" in res.output
 
 
 def test_case5_an_export_whose_rows_have_an_unknown_table_is_not_healthy(run, tmp_path):
