@@ -279,8 +279,8 @@ def _footer_rows(pf) -> int:
     return max(md.num_rows, sum(md.row_group(i).num_rows for i in range(md.num_row_groups)))
 
 
-def _read_part(kind: str, f: Path, limit: int) -> tuple[pa.Table, list[str]]:
-    """One part, checked by its footer (schema, row count) before its pages are read, cast to the schema."""
+def _footer_check(kind: str, f: Path, limit: int) -> tuple[pa.Schema, list[str]]:
+    """A part's schema and its reserved extra columns, from its footer alone; _Damage if it cannot be used."""
     try:
         fh = open_regular(f)
     except RunFormatError as e:
@@ -294,16 +294,57 @@ def _read_part(kind: str, f: Path, limit: int) -> tuple[pa.Table, list[str]]:
             schema = pf.schema_arrow
         except Exception as e:
             raise _Damage(f"not a readable Parquet file ({_short(e)})") from None
-        if n > limit:
-            raise _Damage(f"{n:,} rows, more than a {kind} part of this run can hold ({limit:,}); not read")
-        why, drop = schema_violation(kind, schema)
-        if why:
-            raise _Damage(why)
-        try:
-            table = pf.read()
-            return conform(kind, table, drop), drop
-        except Exception as e:
-            raise _Damage(f"not a readable Parquet file ({_short(e)})") from None
+    if n > limit:
+        raise _Damage(f"{n:,} rows, more than a {kind} part of this run can hold ({limit:,}); not read")
+    why, drop = schema_violation(kind, schema)
+    if why:
+        raise _Damage(why)
+    return schema, drop
+
+
+def _read_part(kind: str, f: Path, drop: list[str]) -> pa.Table:
+    """One part (its footer already checked) read through an open file and cast to the schema's types."""
+    try:
+        with open_regular(f) as fh:
+            return conform(kind, pq.ParquetFile(fh).read().replace_schema_metadata(None), drop)
+    except RunFormatError as e:
+        raise _Damage(str(e).split(": ", 1)[-1]) from None
+    except Exception as e:
+        raise _Damage(f"not a readable Parquet file ({_short(e)})") from None
+
+
+def _canonical(kind: str, schemas: list[pa.Schema]) -> dict | None:
+    """The union schema as polars types when every part stores exactly the logger's types, else None."""
+    want = {f.name: f.type for f in rf.SCHEMAS[kind]}
+    if kind == "steps":
+        want.update({f.name: f.type for f in rf.STEPS_OPTIONAL})
+    union: dict = {}
+    for schema in schemas:
+        for f in schema:
+            t = want.get(f.name)
+            if t is None and not (pa.types.is_float64(f.type) or pa.types.is_boolean(f.type)):
+                return None  # a user scalar stored as something else: the careful path casts it
+            if (t is not None and f.type != t) or union.setdefault(f.name, f.type) != f.type:
+                return None
+    return dict(pl.from_arrow(pa.schema(list(union.items())).empty_table()).schema)
+
+
+def _scan(kind: str, good: list[tuple[int, Path, pa.Schema, list[str]]]) -> pl.DataFrame | None:
+    """All checked parts in one native scan of the literal file list, or None when the careful path must run.
+
+    ``glob=False``: a run directory called ``exp[1]`` or ``lr*`` is a name, not a pattern.
+    """
+    schema = _canonical(kind, [g[2] for g in good])
+    if schema is None:
+        return None
+    index = {str(f): i for i, f, _, _ in good}
+    try:
+        df = pl.scan_parquet([str(f) for _, f, _, _ in good], schema=schema, missing_columns="insert", glob=False,
+                             hive_partitioning=False, include_file_paths="_path").collect()
+    except Exception:  # pages that do not decode: read part by part to find and name the part
+        return None
+    df = df.with_columns(pl.col("_path").replace_strict(index, return_dtype=pl.Int32).alias("_part")).drop("_path")
+    return df.drop([c for c in {d for g in good for d in g[3]} if c in df.columns])
 
 
 # Columns that identify a row: a later part repeating rows of an earlier one is a copy, not new data.
@@ -315,34 +356,47 @@ _ROW_KEYS = {
 
 
 def _read_kind(kind: str, files: list[Path], info: RunMeta, problems: list[Problem], strict: bool) -> pl.DataFrame | None:
-    """Every usable part of one kind in one frame (column ``_part``: index into ``files``); damaged parts named."""
+    """Every usable part of one kind in one frame (column ``_part``: index into ``files``); damaged parts named.
+
+    Each part's footer is checked first (regular file, row count, schema); the parts that pass are
+    read, in one native scan when they hold exactly the logger's types, else one by one; then every
+    row is checked against the format's invariants and a part with any bad row is dropped whole.
+    """
     if not files:
         return None
     limit = max_part_rows(kind, info)
-    frames, dropped = [], set()
+    good, dropped = [], set()
     for i, f in enumerate(files):
         try:
-            table, drop = _read_part(kind, f, limit)
+            schema, drop = _footer_check(kind, f, limit)
         except _Damage as d:
             _damaged(problems, strict, f, str(d))
             continue
+        good.append((i, f, schema, drop))
         dropped.update(drop)
-        df = pl.from_arrow(table).with_columns(pl.lit(i, pl.Int32).alias("_part"))
-        if kind != "optimum":
-            m = rf.PART_RE.match(f.name)
-            df = df.with_columns(pl.lit(int(m["rank"]), pl.Int32).alias("_nrank"),
-                                 pl.lit(int(m["segment"]), pl.Int32).alias("_nseg"))
-        frames.append(df)
     if dropped:
         problems.append(Problem(str(files[0].parent), f"logged scalar(s) {', '.join(sorted(dropped))} have names "
                                                       f"reserved for the format's own columns; ignored"))
-    if not frames:
+    if not good:
         return None
-    df = pl.concat(frames, how="diagonal_relaxed")
+    df = _scan(kind, good)
+    if df is None:
+        frames = []
+        for i, f, _, drop in good:
+            try:
+                frames.append(pl.from_arrow(_read_part(kind, f, drop)).with_columns(pl.lit(i, pl.Int32).alias("_part")))
+            except _Damage as d:
+                _damaged(problems, strict, f, str(d))
+        if not frames:
+            return None
+        df = pl.concat(frames, how="diagonal_relaxed")
     rules = invariants(kind, info)
     if kind != "optimum":
+        named = [rf.PART_RE.match(f.name) for f in files]
+        by_part = lambda key: pl.col("_part").replace_strict(  # noqa: E731
+            {i: int(m[key]) for i, m in enumerate(named)}, return_dtype=pl.Int32)
         rules.insert(0, ("rows of another rank or segment than the file name says (a part of another run, or "
-                         "a renamed file)", (pl.col("rank") != pl.col("_nrank")) | (pl.col("segment") != pl.col("_nseg"))))
+                         "a renamed file)", (pl.col("rank") != by_part("rank")) | (pl.col("segment") != by_part("segment"))))
     bad = first_violations(df, rules)
     if kind in _ROW_KEYS:
         keys = _ROW_KEYS[kind]
@@ -353,9 +407,7 @@ def _read_kind(kind: str, files: list[Path], info: RunMeta, problems: list[Probl
             bad.setdefault(part, f"repeats {n} row(s) of {files[src].name} (a copied or duplicated part)")
     for part in sorted(bad):
         _damaged(problems, strict, files[part], bad[part])
-    if bad:
-        df = df.filter(~pl.col("_part").is_in(list(bad)))
-    return df.drop([c for c in ("_nrank", "_nseg") if c in df.columns])
+    return df.filter(~pl.col("_part").is_in(list(bad))) if bad else df
 
 
 def _short(e: Exception) -> str:
