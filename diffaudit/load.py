@@ -306,11 +306,15 @@ def _read_part(kind: str, f: Path, drop: list[str]) -> pa.Table:
     """One part (its footer already checked) read through an open file and cast to the schema's types."""
     try:
         with open_regular(f) as fh:
-            return conform(kind, pq.ParquetFile(fh).read().replace_schema_metadata(None), drop)
+            table = pq.ParquetFile(fh).read().replace_schema_metadata(None)
     except RunFormatError as e:
         raise _Damage(str(e).split(": ", 1)[-1]) from None
     except Exception as e:
         raise _Damage(f"not a readable Parquet file ({_short(e)})") from None
+    try:
+        return conform(kind, table, drop)
+    except ValueError as e:
+        raise _Damage(str(e)) from None
 
 
 def _canonical(kind: str, schemas: list[pa.Schema]) -> dict | None:
@@ -343,8 +347,8 @@ def _scan(kind: str, good: list[tuple[int, Path, pa.Schema, list[str]]]) -> pl.D
                              hive_partitioning=False, include_file_paths="_path").collect()
     except Exception:  # pages that do not decode: read part by part to find and name the part
         return None
-    df = df.with_columns(pl.col("_path").replace_strict(index, return_dtype=pl.Int32).alias("_part")).drop("_path")
-    return df.drop([c for c in {d for g in good for d in g[3]} if c in df.columns])
+    df = df.drop([c for c in {d for g in good for d in g[3]} if c in df.columns and c != "_path"])
+    return df.with_columns(pl.col("_path").replace_strict(index, return_dtype=pl.Int32).alias("_part")).drop("_path")
 
 
 # Columns that identify a row: a later part repeating rows of an earlier one is a copy, not new data.
@@ -375,8 +379,9 @@ def _read_kind(kind: str, files: list[Path], info: RunMeta, problems: list[Probl
         good.append((i, f, schema, drop))
         dropped.update(drop)
     if dropped:
-        problems.append(Problem(str(files[0].parent), f"logged scalar(s) {', '.join(sorted(dropped))} have names "
-                                                      f"reserved for the format's own columns; ignored"))
+        what = (f"logged scalar(s) {', '.join(sorted(dropped))} have names reserved for the format's own columns"
+                if kind == "steps" else f"column(s) {', '.join(sorted(dropped))} are not columns of a {kind} part")
+        problems.append(Problem(str(files[0].parent), f"{what}; ignored"))
     if not good:
         return None
     df = _scan(kind, good)
@@ -544,7 +549,7 @@ def _close_markers(p: Path, problems: list[Problem] | None = None) -> tuple[pl.D
             continue
         status = obj.get("status")
         if status not in rf.CLOSE_STATUSES:
-            problems.append(Problem(str(f), f"close marker with an unknown status, ignored"))
+            problems.append(Problem(str(f), "close marker with an unknown status, ignored"))
             continue
 
         def num(k, typ):
@@ -870,6 +875,7 @@ def _export_table(p: Path, sub: pl.DataFrame, kind: str, info: RunMeta, problems
         _damaged(problems, strict, where, why)
         return None
     if drop:
-        problems.append(Problem(where, f"logged scalar(s) {', '.join(sorted(drop))} have names reserved for the "
-                                       f"format's own columns; ignored"))
+        what = (f"logged scalar(s) {', '.join(sorted(drop))} have names reserved for the format's own columns"
+                if kind == "steps" else f"column(s) {', '.join(sorted(drop))} are not columns of a {kind} table")
+        problems.append(Problem(where, f"{what}; ignored"))
     return pl.from_arrow(table)

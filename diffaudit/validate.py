@@ -312,7 +312,9 @@ def schema_violation(kind: str, schema: pa.Schema) -> tuple[str | None, list[str
         if want is not None:
             if not _fits(want, f.type):
                 return f"column {f.name!r} has type {_typename(f.type)}, expected {_typename(want)}", []
-        elif kind == "steps":
+        elif kind != "steps":
+            drop.append(f.name)  # not a column of this kind: never read
+        else:
             if f.name in RESERVED_STEPS_EXTRAS or f.name.startswith("_"):
                 drop.append(f.name)
             elif not (pa.types.is_floating(f.type) or _integer(f.type) or pa.types.is_boolean(f.type)
@@ -334,7 +336,10 @@ def conform(kind: str, table: pa.Table, drop: list[str]) -> pa.Table:
         if want is None and kind == "steps" and not pa.types.is_boolean(col.type):
             want = pa.float64()  # a user scalar: a number
         if want is not None and col.type != want:
-            col = col.cast(want)  # safe cast: an integer out of range raises, and the part is damaged
+            try:
+                col = col.cast(want)  # a safe cast: an integer out of the column's range raises
+            except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as e:
+                raise ValueError(f"column {name!r} does not fit {_typename(want)} ({str(e).splitlines()[0][:80]})") from None
         cols.append(col)
         names.append(name)
     return pa.table(cols, names=names)

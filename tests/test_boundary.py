@@ -3,7 +3,6 @@
 Each test is named for the numbered case of the issue it holds (case1_ ... case9_).
 """
 
-import json
 import os
 import re
 import subprocess
@@ -554,3 +553,12 @@ def test_case4_compare_with_a_fifo_run_json_is_one_line(run, worse):
     os.mkfifo(run / "run.json")
     code, out, err = cli_subprocess("compare", run, worse, timeout=60)
     assert code == 2 and err.strip() == f"error: {run / 'run.json'}: not a regular file (a FIFO); not read", err
+
+
+def test_case7_an_integer_column_beyond_its_type_makes_the_part_damaged(run):
+    first = parts(run, "steps")[0]
+    rewrite_part(first, lambda t: set_column(t, "count", pa.array([2**40] * t.num_rows, pa.int64())))
+    res = run_cli("summary", run)
+    assert res.exit_code == 0
+    assert _warnings(res) == [f"warning: {first}: damaged part skipped: column 'count' does not fit int32 (Integer "
+                              f"value 1099511627776 not in range: -2147483648 to 2147483647)"]

@@ -112,8 +112,9 @@ def _column_damage(table: pa.Table, draw) -> tuple[pa.Table, bool]:
             pa.array(["x"] * n, typ) if pa.types.is_string(typ) else pa.array([1.5] * n, pa.float64()).cast(typ, safe=False))
         known = {f.name: f.type for s in rf.SCHEMAS.values() for f in s}
         want = known.get(name)  # a float column may hold integers, an integer column any integer width
-        certain = want is not None and not (pa.types.is_floating(want) and (pa.types.is_floating(typ) or pa.types.is_integer(typ))) \
-            and not (pa.types.is_integer(want) and pa.types.is_integer(typ))
+        certain = want is not None and want != typ and not (
+            pa.types.is_floating(want) and (pa.types.is_floating(typ) or pa.types.is_integer(typ))) and not (
+            pa.types.is_integer(want) and pa.types.is_integer(typ))
         return table.set_column(table.column_names.index(name), name, col), certain
     if what == "extra":
         extra = draw(st.sampled_from(["bin", "step_lo", "table", "_part", "lr2", "split", "n_ranks"]))
