@@ -581,3 +581,27 @@ def test_case7_an_integer_column_beyond_its_type_makes_the_part_damaged(run):
     assert res.exit_code == 0
     assert _warnings(res) == [f"warning: {first}: damaged part skipped: column 'count' does not fit int32 (Integer "
                               f"value 1099511627776 not in range: -2147483648 to 2147483647)"]
+
+
+def test_case9_an_unserialisable_config_leaves_no_temporary_file(tmp_path, linear_alpha_bar):
+    from diffaudit.errors import DataError
+    from diffaudit.logger import RunLogger
+
+    cfg = {"lr": 1e-4}
+    cfg["self"] = cfg  # a cycle: JSON cannot hold it
+    with pytest.raises(DataError, match="config cannot be stored in run.json"):
+        RunLogger(tmp_path / "r", alphas_cumprod=linear_alpha_bar, config=cfg)
+    assert [p.name for p in tmp_path.rglob("*")] == []  # no run directory, no .run.json.*.tmp
+
+
+def test_case9_impossible_timesteps_are_refused_not_clamped(tmp_path, linear_alpha_bar):
+    import torch
+
+    from diffaudit.errors import DataError
+    from diffaudit.logger import RunLogger
+
+    with RunLogger(tmp_path / "r", alphas_cumprod=linear_alpha_bar, num_bins=4) as lg:
+        with pytest.raises(DataError, match="1 of 2 value"):
+            lg.log(0, timesteps=torch.tensor([5, 1000]), losses=torch.tensor([1.0, 1.0]))
+        lg.log(0, timesteps=torch.tensor([5, 999]), losses=torch.tensor([1.0, 1.0]))
+    assert diffaudit.load_run(tmp_path / "r").train_bins["bin"].to_list() == [0, 3]
