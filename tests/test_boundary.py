@@ -605,3 +605,11 @@ def test_case9_impossible_timesteps_are_refused_not_clamped(tmp_path, linear_alp
             lg.log(0, timesteps=torch.tensor([5, 1000]), losses=torch.tensor([1.0, 1.0]))
         lg.log(0, timesteps=torch.tensor([5, 999]), losses=torch.tensor([1.0, 1.0]))
     assert diffaudit.load_run(tmp_path / "r").train_bins["bin"].to_list() == [0, 3]
+
+
+def test_case2_relative_outputs_are_resolved_against_the_run(run, monkeypatch):
+    before = snapshot(run)
+    monkeypatch.chdir(run / "parts")
+    one_line_error(run_cli("export", "..", "-o", "-"), "-o/--output -: lies inside the input run ..")
+    one_line_error(run_cli("report", "..", "--json", "../run.json"), "--json ../run.json: lies inside the input run")
+    assert snapshot(run) == before

@@ -95,8 +95,8 @@ def _input_paths(ctx) -> list[str]:
 def check_outputs(ctx) -> None:
     """Refuse an output file that lies inside an input run or is an input file, or two outputs that are one file."""
     opts = {p.name: "/".join(p.opts) for p in ctx.command.params}
-    outs = [(opts.get(n, n), str(ctx.params[n])) for n in OUTPUT_PARAMS
-            if ctx.params.get(n) and str(ctx.params[n]) != "-"]
+    outs = [(opts.get(n, n), str(ctx.params[n])) for n in OUTPUT_PARAMS  # --json - is stdout, not a file
+            if ctx.params.get(n) and not (n == "json_out" and str(ctx.params[n]) == "-")]
     if not outs:
         return
     inputs = [(i, os.path.realpath(i), _identities(i)) for i in _input_paths(ctx)]
