@@ -1,11 +1,15 @@
 """Reading runs: validate parts, resolve resumed segments, merge ranks, export to one file.
 
 All the ways a run can be damaged are met here, in one place, so every command
-behaves the same: a missing or unreadable ``run.json`` or an unknown future
-format is fatal (``RunFormatError``, one line naming the file); a damaged part
-(truncated, zero bytes, not Parquet, wrong columns) is skipped and listed in
-``Run.problems``, or fatal with ``strict=True``; leftover temporary files of a
-killed writer are listed and ignored.
+behaves the same (the checks themselves live in :mod:`diffaudit.validate`): a
+missing, unreadable or ill-typed ``run.json`` or an unknown future format is fatal
+(``RunFormatError``, one line naming the file and the field); a damaged part
+(truncated, zero bytes, not Parquet, not a regular file, a link out of the run,
+wrong columns or types, more rows than the run can produce, a row breaking an
+invariant, a copy of another part) is skipped and listed in ``Run.problems``, or
+fatal with ``strict=True``; leftover temporary files of a killed writer are listed
+and ignored. Paths are literal: parts are read by explicit file list, never by
+pattern.
 
 Segments (restarts): each logger start is a new segment of its rank. When
 segment k of rank r starts at step S, rows of earlier segments of rank r with
