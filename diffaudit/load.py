@@ -26,6 +26,7 @@ from __future__ import annotations
 import json
 import os
 import stat
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -283,8 +284,12 @@ def _footer_rows(pf) -> int:
     return max(md.num_rows, sum(md.row_group(i).num_rows for i in range(md.num_row_groups)))
 
 
-def _footer_check(kind: str, f: Path, limit: int) -> tuple[pa.Schema, list[str]]:
-    """A part's schema and its reserved extra columns, from its footer alone; _Damage if it cannot be used."""
+def _read_part(kind: str, f: Path, limit: int) -> tuple[pa.Table, list[str]]:
+    """One part, opened once: its footer checked (row count, schema) before any page is read, then cast to the schema.
+
+    pyarrow, not a polars scan: a damaged page raises a Python exception here, where polars'
+    streaming reader can panic (and print a Rust backtrace) before it does.
+    """
     try:
         fh = open_regular(f)
     except RunFormatError as e:
@@ -298,61 +303,19 @@ def _footer_check(kind: str, f: Path, limit: int) -> tuple[pa.Schema, list[str]]
             schema = pf.schema_arrow
         except Exception as e:
             raise _Damage(f"not a readable Parquet file ({_short(e)})") from None
-    if n > limit:
-        raise _Damage(f"{n:,} rows, more than a {kind} part of this run can hold ({limit:,}); not read")
-    why, drop = schema_violation(kind, schema)
-    if why:
-        raise _Damage(why)
-    return schema, drop
-
-
-def _read_part(kind: str, f: Path, drop: list[str]) -> pa.Table:
-    """One part (its footer already checked) read through an open file and cast to the schema's types."""
+        if n > limit:
+            raise _Damage(f"{n:,} rows, more than a {kind} part of this run can hold ({limit:,}); not read")
+        why, drop = schema_violation(kind, schema)
+        if why:
+            raise _Damage(why)
+        try:
+            table = pf.read(use_threads=False).replace_schema_metadata(None)  # small parts: threads cost more
+        except Exception as e:
+            raise _Damage(f"not a readable Parquet file ({_short(e)})") from None
     try:
-        with open_regular(f) as fh:
-            table = pq.ParquetFile(fh).read().replace_schema_metadata(None)
-    except RunFormatError as e:
-        raise _Damage(str(e).split(": ", 1)[-1]) from None
-    except Exception as e:
-        raise _Damage(f"not a readable Parquet file ({_short(e)})") from None
-    try:
-        return conform(kind, table, drop)
+        return conform(kind, table, drop), drop
     except ValueError as e:
         raise _Damage(str(e)) from None
-
-
-def _canonical(kind: str, schemas: list[pa.Schema]) -> dict | None:
-    """The union schema as polars types when every part stores exactly the logger's types, else None."""
-    want = {f.name: f.type for f in rf.SCHEMAS[kind]}
-    if kind == "steps":
-        want.update({f.name: f.type for f in rf.STEPS_OPTIONAL})
-    union: dict = {}
-    for schema in schemas:
-        for f in schema:
-            t = want.get(f.name)
-            if t is None and not (pa.types.is_float64(f.type) or pa.types.is_boolean(f.type)):
-                return None  # a user scalar stored as something else: the careful path casts it
-            if (t is not None and f.type != t) or union.setdefault(f.name, f.type) != f.type:
-                return None
-    return dict(pl.from_arrow(pa.schema(list(union.items())).empty_table()).schema)
-
-
-def _scan(kind: str, good: list[tuple[int, Path, pa.Schema, list[str]]]) -> pl.DataFrame | None:
-    """All checked parts in one native scan of the literal file list, or None when the careful path must run.
-
-    ``glob=False``: a run directory called ``exp[1]`` or ``lr*`` is a name, not a pattern.
-    """
-    schema = _canonical(kind, [g[2] for g in good])
-    if schema is None:
-        return None
-    index = {str(f): i for i, f, _, _ in good}
-    try:
-        df = pl.scan_parquet([str(f) for _, f, _, _ in good], schema=schema, missing_columns="insert", glob=False,
-                             hive_partitioning=False, include_file_paths="_path").collect()
-    except Exception:  # pages that do not decode: read part by part to find and name the part
-        return None
-    df = df.drop([c for c in {d for g in good for d in g[3]} if c in df.columns and c != "_path"])
-    return df.with_columns(pl.col("_path").replace_strict(index, return_dtype=pl.Int32).alias("_part")).drop("_path")
 
 
 # Columns that identify a row: a later part repeating rows of an earlier one is a copy, not new data.
@@ -367,38 +330,40 @@ def _read_kind(kind: str, files: list[Path], info: RunMeta, problems: list[Probl
     """Every usable part of one kind in one frame (column ``_part``: index into ``files``); damaged parts named.
 
     Each part's footer is checked first (regular file, row count, schema); the parts that pass are
-    read, in one native scan when they hold exactly the logger's types, else one by one; then every
-    row is checked against the format's invariants and a part with any bad row is dropped whole.
+    read and stacked; then every row is checked against the format's invariants and a part with
+    any bad row is dropped whole.
     """
     if not files:
         return None
     limit = max_part_rows(kind, info)
-    good, dropped = [], set()
-    for i, f in enumerate(files):
+    tables, dropped = [], set()
+
+    def read(f):
         try:
-            schema, drop = _footer_check(kind, f, limit)
+            return _read_part(kind, f, limit)
         except _Damage as d:
-            _damaged(problems, strict, f, str(d))
+            return d
+
+    # pyarrow reads without the GIL: a few threads hide the per-file cost of many small parts
+    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
+        results = list(pool.map(read, files)) if len(files) > 8 else [read(f) for f in files]
+    for i, (f, got) in enumerate(zip(files, results)):
+        if isinstance(got, _Damage):
+            _damaged(problems, strict, f, str(got))
             continue
-        good.append((i, f, schema, drop))
+        table, drop = got
+        tables.append(table.append_column("_part", pa.array(np.full(table.num_rows, i, np.int32))))
         dropped.update(drop)
     if dropped:
         what = (f"logged scalar(s) {', '.join(sorted(dropped))} have names reserved for the format's own columns"
                 if kind == "steps" else f"column(s) {', '.join(sorted(dropped))} are not columns of a {kind} part")
         problems.append(Problem(str(files[0].parent), f"{what}; ignored"))
-    if not good:
+    if not tables:
         return None
-    df = _scan(kind, good)
-    if df is None:
-        frames = []
-        for i, f, _, drop in good:
-            try:
-                frames.append(pl.from_arrow(_read_part(kind, f, drop)).with_columns(pl.lit(i, pl.Int32).alias("_part")))
-            except _Damage as d:
-                _damaged(problems, strict, f, str(d))
-        if not frames:
-            return None
-        df = pl.concat(frames, how="diagonal_relaxed")
+    try:  # one frame: parts with other user scalars get nulls for the columns they lack
+        df = pl.from_arrow(pa.concat_tables(tables, promote_options="permissive"))
+    except (pa.ArrowInvalid, pa.ArrowTypeError):  # a user scalar bool in one part, float in another
+        df = pl.concat([pl.from_arrow(t) for t in tables], how="diagonal_relaxed")
     rules = invariants(kind, info)
     if kind != "optimum":
         named = [rf.PART_RE.match(f.name) for f in files]

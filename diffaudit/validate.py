@@ -36,7 +36,8 @@ MAX_JSON_DEPTH = 100  # nesting of run.json (the user's config included), marker
 MAX_SCHEDULE_ROWS = 10_000_000  # timesteps of a discrete schedule
 ROWS_MARGIN = 2  # footer row counts up to this multiple of what the logger can write are accepted
 ROWS_FLOOR = 65_536  # ... and never fewer than this many (small runs, hand-written parts)
-DEFAULT_WINDOW, DEFAULT_FLUSH_EVERY = 100, 1000  # the logger's defaults, for run.json without them
+DEFAULT_WINDOW, DEFAULT_FLUSH_EVERY = 100, 1000
+FLOAT32_MAX = 3.4028234663852886e38  # losses are logged as float32: no mean of them lies beyond  # the logger's defaults, for run.json without them
 
 
 # ----------------------------------------------------------------------------
@@ -369,6 +370,9 @@ def invariants(kind: str, meta: RunMeta, *, export: bool = False) -> list[tuple[
         ]
         return rules
     if kind == "bins":
+        # min and max are the float32 extremes of the same finite samples the mean and m2 come from
+        ranged = (pl.col("count") > 0) & _finite("min") & _finite("max")
+        slack = 1e-5 * pl.max_horizontal(pl.col("min").abs(), pl.col("max").abs()).cast(pl.Float64) + 1e-12
         return nn("split", "rank", "segment", "step_lo", "step_hi", "bin", "count") + [
             (f"split is not one of {', '.join(rf.SPLITS)}", ~pl.col("split").is_in(list(rf.SPLITS))),
             (f"bin outside 0..{nb - 1}", (pl.col("bin") < 0) | (pl.col("bin") >= nb)),
@@ -378,6 +382,12 @@ def invariants(kind: str, meta: RunMeta, *, export: bool = False) -> list[tuple[
             ("mean is not finite where count > 0", (pl.col("count") > 0) & ~_finite("mean")),
             ("m2 is negative or not finite where count > 0",
              (pl.col("count") > 0) & ~(_finite("m2") & (pl.col("m2") >= 0))),
+            ("mean beyond the float32 range of a logged loss", pl.col("mean").abs() > FLOAT32_MAX),
+            ("mean outside [min, max]", ranged & ((pl.col("mean") < pl.col("min") - slack)
+                                                  | (pl.col("mean") > pl.col("max") + slack))),
+            ("m2 larger than count * (max - min)^2 allows",
+             ranged & (pl.col("m2") > pl.col("count") * (pl.col("max") - pl.col("min")).cast(pl.Float64) ** 2
+                       * (1 + 1e-6) + slack ** 2 * pl.col("count"))),
             ("wsum < 0", pl.col("wsum") < 0),
         ]
     if kind == "probes":

@@ -227,8 +227,11 @@ def _bins_damage(col, value):
     ("m2", -1.0, "m2 is negative or not finite where count > 0"),
     ("step_lo", 10**6, "step_lo > step_hi"),
     ("split", "test", "split is not one of train, eval, ema"),
+    ("mean", 2.68e154, "mean beyond the float32 range of a logged loss"),  # a garbled page the fuzz tests found
+    ("mean", 100.0, "mean outside [min, max]"),
+    ("m2", 1e6, "m2 larger than count * (max - min)^2 allows"),
 ], ids=["negative-count", "nan-mean", "inf-mean", "bin-1000", "bin-minus-5", "negative-m2", "step_lo-after-step_hi",
-        "unknown-split"])
+        "unknown-split", "huge-mean", "mean-above-max", "m2-beyond-range"])
 def test_case5_an_invariant_breaking_bins_part_is_skipped_and_named(run, col, value, words):
     last = parts(run, "bins")[-1]
     clean = copy_run(run, run.parent / "clean")
