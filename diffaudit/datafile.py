@@ -125,7 +125,8 @@ def _read_parquet(p: Path, column: str | None) -> np.ndarray:
     import pyarrow.parquet as pq
 
     try:
-        table = pq.read_table(p)
+        with open(p, "rb") as f:  # a file object: the path is never taken for a dataset or a pattern
+            table = pq.read_table(f)
     except Exception as e:  # pyarrow raises several types for a damaged file
         raise DataError(f"{p}: not a valid Parquet file ({_short(e)})") from None
     if column is not None:

@@ -124,6 +124,7 @@ from __future__ import annotations
 import glob
 import json
 import math
+import os
 import re
 import warnings
 import xml.etree.ElementTree as ET
@@ -361,7 +362,8 @@ _GLOB_CHARS = re.compile(r"[*?\[]")
 
 
 def _is_run(p: Path) -> bool:
-    return (p.is_dir() and (p / "run.json").is_file()) or (p.is_file() and p.suffix == ".parquet")
+    # a run.json of any kind makes a run: one that is not a regular file gets load_run's own error
+    return (p.is_dir() and os.path.lexists(p / "run.json")) or (p.is_file() and p.suffix == ".parquet")
 
 
 def resolve_side(spec, *, role: str = "baseline") -> list[Path]:
@@ -1848,12 +1850,34 @@ def verdict_to_junit(v: Verdict) -> str:
     if not shown:
         tc = ET.SubElement(suite, "testcase", classname="diffaudit.compare", name="matching", time="0")
         ET.SubElement(tc, "skipped", message=v.summary)
+    for el in suites.iter():  # names from the logs may hold characters XML 1.0 cannot carry at all
+        el.text = None if el.text is None else _xml_safe(el.text)
+        for k, val in el.attrib.items():
+            el.attrib[k] = _xml_safe(val)
     ET.indent(suites)
     return ET.tostring(suites, encoding="unicode", xml_declaration=True) + "\n"
 
 
+_XML_FORBIDDEN = re.compile("[^\t\n\r\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
+
+
+def _xml_safe(s: str) -> str:
+    """s with each character XML 1.0 forbids (most control characters, lone surrogates) written as \\xNN."""
+    return _XML_FORBIDDEN.sub(lambda m: f"\\x{ord(m.group()):02x}" if ord(m.group()) < 256 else f"\\u{ord(m.group()):04x}", s)
+
+
+# Markdown that a run's name could carry into a CI summary: line breaks (a new block: a heading),
+# emphasis, code, links and images, autolinks, table pipes, raw HTML. Each is escaped so the name
+# shows as the text it is (CommonMark: any ASCII punctuation may be backslash-escaped).
+_MD_BREAKS = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]+")
+_MD_PUNCT = re.compile(r"([\\`*_\[\]{}|~!#@])")
+
+
 def _md_cell(s: str) -> str:
-    return str(s).replace("\\", "\\\\").replace("|", "\\|").replace("\n", " ").replace("<", "&lt;").replace(">", "&gt;")
+    """Text from the logs as inert Markdown: one line, no markup, no links or HTML."""
+    s = _MD_PUNCT.sub(r"\\\1", _MD_BREAKS.sub(" ", str(s)))
+    s = s.replace("<", "&lt;").replace(">", "&gt;")
+    return s.replace("://", ":\\/\\/").replace("www.", "www\\.")
 
 
 def verdict_to_markdown(v: Verdict, *, everything: bool = False) -> str:
@@ -1873,10 +1897,10 @@ def verdict_to_markdown(v: Verdict, *, everything: bool = False) -> str:
         out += ["", "| " + " | ".join(TABLE_COLUMNS) + " |",
                 "|" + "|".join([":---"] + ["---:"] * 6 + [":---"]) + "|"]
         for c in rows:
-            r = _table_row(c)
+            r = [_md_cell(x) for x in _table_row(c)]
             if c.status == "regression":
                 r[-1] = "**REGRESSION**"
-            out.append("| " + " | ".join(_md_cell(x) for x in r) + " |")
+            out.append("| " + " | ".join(r) + " |")
         hidden = len(v.checks) - len(rows)
         if hidden:
             out += ["", f"_{hidden} more passing bin checks not shown._"]

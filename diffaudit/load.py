@@ -1,11 +1,15 @@
 """Reading runs: validate parts, resolve resumed segments, merge ranks, export to one file.
 
 All the ways a run can be damaged are met here, in one place, so every command
-behaves the same: a missing or unreadable ``run.json`` or an unknown future
-format is fatal (``RunFormatError``, one line naming the file); a damaged part
-(truncated, zero bytes, not Parquet, wrong columns) is skipped and listed in
-``Run.problems``, or fatal with ``strict=True``; leftover temporary files of a
-killed writer are listed and ignored.
+behaves the same (the checks themselves live in :mod:`diffaudit.validate`): a
+missing, unreadable or ill-typed ``run.json`` or an unknown future format is fatal
+(``RunFormatError``, one line naming the file and the field); a damaged part
+(truncated, zero bytes, not Parquet, not a regular file, a link out of the run,
+wrong columns or types, more rows than the run can produce, a row breaking an
+invariant, a copy of another part) is skipped and listed in ``Run.problems``, or
+fatal with ``strict=True``; leftover temporary files of a killed writer are listed
+and ignored. Paths are literal: parts are read by explicit file list, never by
+pattern.
 
 Segments (restarts): each logger start is a new segment of its rank. When
 segment k of rank r starts at step S, rows of earlier segments of rank r with
@@ -21,23 +25,29 @@ from __future__ import annotations
 
 import json
 import os
+import stat
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import polars as pl
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from diffaudit import runformat as rf
 from diffaudit.errors import DiffauditError, RunFormatError
 from diffaudit.noise import Process
+from diffaudit.validate import (MAX_SCHEDULE_ROWS, RunMeta, conform, file_kind, first_violations, invariants,
+                                loads, max_export_rows, max_part_rows, open_regular, parse_meta, read_json_file,
+                                schema_violation)
 
 EXPORT_META_KEY = b"diffaudit.run"
 EXPORT_SCHEDULE_KEY = b"diffaudit.schedule"
 EXPORT_CLOSES_KEY = b"diffaudit.closes"
 CLOSES_SCHEMA = {"rank": pl.Int32, "segment": pl.Int32, "status": pl.String, "closed": pl.Float64,
                  "last_step": pl.Int64, "total_steps": pl.Int64, "error": pl.String}
-_REQUIRED_META = ("format_version", "process", "num_bins")
+MAX_MARKER_BYTES = 1 << 20  # a segment or close marker is a few hundred bytes
 
 
 @dataclass(frozen=True)
@@ -72,6 +82,7 @@ class Run:
     closes: pl.DataFrame = field(default_factory=lambda: pl.DataFrame(schema=CLOSES_SCHEMA))
     # newest segment marker's planned total steps per rank (a resume may extend the plan)
     segment_plans: dict = field(default_factory=dict)
+    info: RunMeta | None = None  # run.json as checked by the loader (``meta`` is the same object, untyped)
 
     @property
     def name(self) -> str:
@@ -107,84 +118,107 @@ class Run:
 
 
 def load_run(path, *, strict: bool = False, allow_empty: bool = False) -> Run:
-    """Load a run directory or an exported ``.parquet`` file."""
+    """Load a run directory or an exported ``.parquet`` file (the path is literal: no glob)."""
     p = Path(path)
-    if not p.exists():
-        raise RunFormatError(f"{p}: no such file or directory")
-    if p.is_file():
-        return _load_export(p)
-    if not p.is_dir():
-        raise RunFormatError(f"{p}: not a run directory or an exported .parquet file")
-    meta = _read_meta(p)
-    process, schedule = _read_process(p, meta)
+    try:
+        st = os.stat(p)
+    except FileNotFoundError:
+        raise RunFormatError(f"{p}: no such file or directory") from None
+    except OSError as e:
+        raise RunFormatError(f"{p}: cannot be read ({e.strerror or e})") from None
+    if stat.S_ISREG(st.st_mode):
+        return _load_export(p, strict, allow_empty)
+    if not stat.S_ISDIR(st.st_mode):
+        raise RunFormatError(f"{p}: not a run directory or an exported .parquet file ({file_kind(st.st_mode)})")
+    info = _read_meta(p)
+    process, schedule = _read_process(p, info)
     problems: list[Problem] = []
-    files = _list_parts(p, problems)
-    tables = {kind: _read_kind(kind, fs, problems, strict) for kind, fs in files.items()}
-    run = _assemble(p, meta, process, schedule, tables, problems)
-    run.closes, run.segment_plans = _close_markers(p)
+    files = _list_parts(p, problems, strict)
+    tables = {kind: _read_kind(kind, fs, info, problems, strict) for kind, fs in files.items()}
+    markers = _segment_markers(p, problems)
+    run = _assemble(p, info.raw, process, schedule, tables, problems, markers=markers, files=files, strict=strict)
+    run.info = info
+    run.closes, run.segment_plans = _close_markers(p, problems)
     if not allow_empty and run.steps.height == 0 and run.bins.height == 0 and run.probes.height == 0:
-        detail = f" ({len(problems)} damaged part(s) skipped)" if problems else ""
+        detail = f" ({len(problems)} problem(s), first: {problems[0]})" if problems else ""
         raise RunFormatError(f"{p}: the run has no logged steps yet{detail}")
     return run
+
+
+def _damaged(problems: list[Problem], strict: bool, where, why: str) -> None:
+    """A damaged part (or table of an export): fatal with --strict, else skipped and named."""
+    if strict:
+        raise RunFormatError(f"{where}: damaged part: {why}")
+    problems.append(Problem(str(where), f"damaged part skipped: {why}"))
 
 
 # ----------------------------------------------------------------------------
 # run.json and schedule
 
 
-def _read_meta(p: Path) -> dict:
+def _read_meta(p: Path) -> RunMeta:
     rj = p / rf.RUN_JSON
-    if not rj.exists():
-        n_parts = len(list((p / rf.PARTS_DIR).glob("*.parquet"))) if (p / rf.PARTS_DIR).is_dir() else 0
+    if not os.path.lexists(rj):
+        try:
+            n_parts = sum(1 for e in os.listdir(p / rf.PARTS_DIR) if e.endswith(".parquet"))
+        except OSError:
+            n_parts = 0
         if n_parts:
             raise RunFormatError(f"{rj}: missing; the directory has {n_parts} part file(s) but no run.json")
-        if not any(p.iterdir()):
+        try:
+            empty = not os.listdir(p)
+        except OSError as e:
+            raise RunFormatError(f"{p}: cannot be listed ({e.strerror or e})") from None
+        if empty:
             raise RunFormatError(f"{p}: empty directory, not a diffaudit run")
         raise RunFormatError(f"{p}: not a diffaudit run (no run.json)")
-    try:
-        meta = json.loads(rj.read_text())
-    except UnicodeDecodeError:
-        raise RunFormatError(f"{rj}: not a text file") from None
-    except json.JSONDecodeError as e:
-        raise RunFormatError(f"{rj}: not valid JSON ({e.msg} at line {e.lineno})") from None
-    except OSError as e:
-        raise RunFormatError(f"{rj}: cannot be read ({e.strerror})") from None
-    return _check_meta(meta, rj)
+    return parse_meta(read_json_file(rj, "run.json"), rj)
 
 
-def _check_meta(meta, where) -> dict:
-    if not isinstance(meta, dict):
-        raise RunFormatError(f"{where}: expected a JSON object")
-    missing = [k for k in _REQUIRED_META if k not in meta]
-    if missing:
-        raise RunFormatError(f"{where}: missing field(s) {', '.join(missing)}")
-    v = meta["format_version"]
-    if not isinstance(v, int) or v < 1:
-        raise RunFormatError(f"{where}: invalid format_version {v!r}")
-    if v > rf.FORMAT_VERSION:
-        raise RunFormatError(
-            f"{where}: format version {v} is newer than this diffaudit reads ({rf.FORMAT_VERSION}); upgrade diffaudit"
-        )
-    return meta
-
-
-def _read_process(p: Path, meta: dict) -> tuple[Process, pl.DataFrame | None]:
+def _read_process(p: Path, info: RunMeta) -> tuple[Process, pl.DataFrame | None]:
     schedule = None
     alpha_bar = one_minus = None
-    if meta.get("process") == "vp":
+    if info.process == "vp":
         sf = p / rf.SCHEDULE_FILE
-        if not sf.exists():
+        if not os.path.lexists(sf):
             raise RunFormatError(f"{sf}: missing; a discrete (vp) run needs its schedule")
+        schedule = _read_schedule(sf)
+        alpha_bar, one_minus = _schedule_arrays(schedule, sf)
+        if info.num_timesteps is not None and info.num_timesteps != alpha_bar.size:
+            raise RunFormatError(f"{sf}: {alpha_bar.size} timesteps but run.json says num_timesteps "
+                                 f"{info.num_timesteps}")
+    return _process(info, alpha_bar, one_minus, p / rf.RUN_JSON), schedule
+
+
+def _process(info: RunMeta, alpha_bar, one_minus, where) -> Process:
+    try:
+        return Process.from_meta(info.raw, alpha_bar, one_minus)
+    except DiffauditError as e:
+        raise RunFormatError(f"{where}: {e}") from None
+    except (ValueError, TypeError, OverflowError) as e:
+        raise RunFormatError(f"{where}: not a usable process ({_short(e)})") from None
+
+
+def _read_schedule(sf: Path) -> pl.DataFrame:
+    with open_regular(sf, "schedule") as f:
         try:
-            schedule = pl.read_parquet(sf)
+            pf = pq.ParquetFile(f)
+            n = _footer_rows(pf)
         except Exception as e:
             raise RunFormatError(f"{sf}: cannot be read ({_short(e)})") from None
-        alpha_bar, one_minus = _schedule_arrays(schedule, sf)
-    try:
-        process = Process.from_meta(meta, alpha_bar, one_minus)
-    except DiffauditError as e:
-        raise RunFormatError(f"{p / rf.RUN_JSON}: {e}") from None
-    return process, schedule
+        if n > MAX_SCHEDULE_ROWS:
+            raise RunFormatError(f"{sf}: {n:,} rows, more timesteps than any schedule has ({MAX_SCHEDULE_ROWS:,})")
+        names = pf.schema_arrow.names
+        for col in ("alpha_bar", "one_minus_alpha_bar"):
+            if col not in names:
+                raise RunFormatError(f"{sf}: schedule has no column {col!r}")
+            typ = pf.schema_arrow.field(col).type
+            if not pa.types.is_floating(typ):
+                raise RunFormatError(f"{sf}: schedule column {col!r} has type {typ}, expected float64")
+        try:
+            return pl.from_arrow(pf.read().replace_schema_metadata(None))
+        except Exception as e:
+            raise RunFormatError(f"{sf}: cannot be read ({_short(e)})") from None
 
 
 def _schedule_arrays(schedule: pl.DataFrame, where) -> tuple[np.ndarray, np.ndarray]:
@@ -198,12 +232,25 @@ def _schedule_arrays(schedule: pl.DataFrame, where) -> tuple[np.ndarray, np.ndar
 # Parts
 
 
-def _list_parts(p: Path, problems: list[Problem]) -> dict[str, list[Path]]:
+def _inside(path: str, root: str) -> bool:
+    return path == root or path.startswith(root.rstrip(os.sep) + os.sep)
+
+
+def _list_parts(p: Path, problems: list[Problem], strict: bool) -> dict[str, list[Path]]:
+    """The part files of each kind, by name; links out of the run and non-regular files are named, not read."""
     files: dict[str, list[Path]] = {k: [] for k in rf.PART_KINDS}
     parts = p / rf.PARTS_DIR
-    if not parts.is_dir():
+    try:
+        if not stat.S_ISDIR(os.stat(parts).st_mode):
+            problems.append(Problem(str(parts), "not a directory; no parts read"))
+            return files
+        entries = sorted(os.listdir(parts))
+    except FileNotFoundError:
         return files
-    for entry in sorted(os.listdir(parts)):
+    except OSError as e:
+        raise RunFormatError(f"{parts}: cannot be listed ({e.strerror or e})") from None
+    root = os.path.realpath(p)
+    for entry in entries:
         f = parts / entry
         if entry.endswith(rf.TMP_SUFFIX):
             problems.append(Problem(str(f), "leftover temporary file of an interrupted write, ignored"))
@@ -212,90 +259,129 @@ def _list_parts(p: Path, problems: list[Problem]) -> dict[str, list[Path]]:
         if not m or m["kind"] not in files:
             problems.append(Problem(str(f), "unexpected file in parts/, ignored"))
             continue
+        if os.path.islink(f) and not _inside(os.path.realpath(f), root):
+            _damaged(problems, strict, f, f"a symbolic link to {os.path.realpath(f)}, outside the run; not followed")
+            continue
+        try:
+            mode = os.stat(f).st_mode
+        except OSError as e:
+            _damaged(problems, strict, f, f"cannot be read ({e.strerror or e})")
+            continue
+        if not stat.S_ISREG(mode):
+            _damaged(problems, strict, f, f"not a regular file ({file_kind(mode)}); not read")
+            continue
         files[m["kind"]].append(f)
     return files
 
 
-def _read_kind(kind: str, files: list[Path], problems: list[Problem], strict: bool) -> pl.DataFrame | None:
-    """Read every valid part of one kind into one frame; damaged parts are skipped (or fatal)."""
+class _Damage(Exception):
+    """Why one part cannot be used (internal to the part reader)."""
+
+
+def _footer_rows(pf) -> int:
+    # the file's count and its row groups' could disagree in a forged footer: the larger one is what a read costs
+    md = pf.metadata
+    return max(md.num_rows, sum(md.row_group(i).num_rows for i in range(md.num_row_groups)))
+
+
+def _read_part(kind: str, f: Path, limit: int) -> tuple[pa.Table, list[str]]:
+    """One part, opened once: its footer checked (row count, schema) before any page is read, then cast to the schema.
+
+    pyarrow, not a polars scan: a damaged page raises a Python exception here, where polars'
+    streaming reader can panic (and print a Rust backtrace) before it does.
+    """
+    try:
+        fh = open_regular(f)
+    except RunFormatError as e:
+        raise _Damage(str(e).split(": ", 1)[-1]) from None
+    with fh:
+        if os.fstat(fh.fileno()).st_size == 0:
+            raise _Damage("zero-byte file")
+        try:
+            pf = pq.ParquetFile(fh)
+            n = _footer_rows(pf)
+            schema = pf.schema_arrow
+        except Exception as e:
+            raise _Damage(f"not a readable Parquet file ({_short(e)})") from None
+        if n > limit:
+            raise _Damage(f"{n:,} rows, more than a {kind} part of this run can hold ({limit:,}); not read")
+        why, drop = schema_violation(kind, schema)
+        if why:
+            raise _Damage(why)
+        try:
+            table = pf.read(use_threads=False).replace_schema_metadata(None)  # small parts: threads cost more
+        except Exception as e:
+            raise _Damage(f"not a readable Parquet file ({_short(e)})") from None
+    try:
+        return conform(kind, table, drop), drop
+    except ValueError as e:
+        raise _Damage(str(e)) from None
+
+
+# Columns that identify a row: a later part repeating rows of an earlier one is a copy, not new data.
+_ROW_KEYS = {
+    "steps": ["rank", "segment", "step", "time"],
+    "bins": ["split", "rank", "segment", "step_lo", "step_hi", "bin", "count", "mean"],
+    "probes": ["rank", "segment", "step", "probe_bin", "count", "grad_norm"],
+}
+
+
+def _read_kind(kind: str, files: list[Path], info: RunMeta, problems: list[Problem], strict: bool) -> pl.DataFrame | None:
+    """Every usable part of one kind in one frame (column ``_part``: index into ``files``); damaged parts named.
+
+    Each part's footer is checked first (regular file, row count, schema); the parts that pass are
+    read and stacked; then every row is checked against the format's invariants and a part with
+    any bad row is dropped whole.
+    """
     if not files:
         return None
-    df = _read_fast(kind, files)
-    return df if df is not None else _read_careful(kind, files, problems, strict)
+    limit = max_part_rows(kind, info)
+    tables, dropped = [], set()
 
-
-def _read_fast(kind: str, files: list[Path]) -> pl.DataFrame | None:
-    """One native scan of all parts, or None when anything is unusual (then the careful path runs).
-
-    Every part's footer is read (``read_parquet_schema``, ~0.07 ms a part) and must hold every
-    required column; a damaged part makes that or the scan raise. Any of these sends the read to
-    the careful path, which finds and names the part.
-    """
-    union: dict = {}
-    try:
-        for f in files:
-            if f.stat().st_size == 0:
-                return None
-            schema = pl.read_parquet_schema(f)
-            if any(n not in schema for n in rf.SCHEMAS[kind].names):
-                return None
-            for name, dtype in schema.items():
-                union.setdefault(name, dtype)
-        return pl.scan_parquet(files, schema=union, missing_columns="insert").collect()
-    except Exception:
-        return None
-
-
-def _read_careful(kind: str, files: list[Path], problems: list[Problem], strict: bool) -> pl.DataFrame | None:
-    """Check each part by its footer, skip (or fail on) the damaged ones, read the rest.
-
-    A part whose footer is fine but whose pages are not makes the combined scan fail; only then
-    are the parts read one by one to find it.
-    """
-    required = rf.SCHEMAS[kind].names
-    union: dict = {}
-    good = []
-    for f in files:
-        schema, why = _footer(f)
-        if why is None:
-            missing = [n for n in required if n not in schema]
-            if missing:
-                why = f"not a {kind} part (missing column(s) {', '.join(missing)})"
-        if why is None:
-            for name, dtype in schema.items():
-                union.setdefault(name, dtype)
-            good.append(f)
-        elif strict:
-            raise RunFormatError(f"{f}: damaged part: {why}")
-        else:
-            problems.append(Problem(str(f), f"damaged part skipped: {why}"))
-    if not good:
-        return None
-    try:
-        return pl.scan_parquet(good, schema=union, missing_columns="insert").collect()
-    except Exception:
-        pass
-    frames = []
-    for f in good:
+    def read(f):
         try:
-            frames.append(pl.read_parquet(f))
-        except Exception as e:
-            if strict:
-                raise RunFormatError(f"{f}: damaged part: {_short(e)}") from None
-            problems.append(Problem(str(f), f"damaged part skipped: {_short(e)}"))
-    if not frames:
+            return _read_part(kind, f, limit)
+        except _Damage as d:
+            return d
+
+    # pyarrow reads without the GIL: a few threads hide the per-file cost of many small parts
+    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
+        results = list(pool.map(read, files)) if len(files) > 8 else [read(f) for f in files]
+    for i, (f, got) in enumerate(zip(files, results)):
+        if isinstance(got, _Damage):
+            _damaged(problems, strict, f, str(got))
+            continue
+        table, drop = got
+        tables.append(table.append_column("_part", pa.array(np.full(table.num_rows, i, np.int32))))
+        dropped.update(drop)
+    if dropped:
+        what = (f"logged scalar(s) {', '.join(sorted(dropped))} have names reserved for the format's own columns"
+                if kind == "steps" else f"column(s) {', '.join(sorted(dropped))} are not columns of a {kind} part")
+        problems.append(Problem(str(files[0].parent), f"{what}; ignored"))
+    if not tables:
         return None
-    return pl.concat(frames, how="diagonal_relaxed")
-
-
-def _footer(f: Path):
-    """(schema, None) for a part whose footer reads, else (None, why)."""
-    try:
-        if f.stat().st_size == 0:
-            return None, "zero-byte file"
-        return pl.read_parquet_schema(f), None
-    except Exception as e:
-        return None, f"not a readable Parquet file ({_short(e)})"
+    try:  # one frame: parts with other user scalars get nulls for the columns they lack
+        df = pl.from_arrow(pa.concat_tables(tables, promote_options="permissive"))
+    except (pa.ArrowInvalid, pa.ArrowTypeError):  # a user scalar bool in one part, float in another
+        df = pl.concat([pl.from_arrow(t) for t in tables], how="diagonal_relaxed")
+    rules = invariants(kind, info)
+    if kind != "optimum":
+        named = [rf.PART_RE.match(f.name) for f in files]
+        by_part = lambda key: pl.col("_part").replace_strict(  # noqa: E731
+            {i: int(m[key]) for i, m in enumerate(named)}, return_dtype=pl.Int32)
+        rules.insert(0, ("rows of another rank or segment than the file name says (a part of another run, or "
+                         "a renamed file)", (pl.col("rank") != by_part("rank")) | (pl.col("segment") != by_part("segment"))))
+    bad = first_violations(df, rules)
+    if kind in _ROW_KEYS:
+        keys = _ROW_KEYS[kind]
+        first = df.select(pl.col("_part"), pl.col("_part").min().over(keys).alias("_first"))
+        copies = (first.filter(pl.col("_first") < pl.col("_part")).group_by("_part")
+                  .agg(pl.len().alias("n"), pl.col("_first").min()))
+        for part, n, src in copies.iter_rows():
+            bad.setdefault(part, f"repeats {n} row(s) of {files[src].name} (a copied or duplicated part)")
+    for part in sorted(bad):
+        _damaged(problems, strict, files[part], bad[part])
+    return df.filter(~pl.col("_part").is_in(list(bad))) if bad else df
 
 
 def _short(e: Exception) -> str:
@@ -311,11 +397,13 @@ def _empty(kind: str) -> pl.DataFrame:
     return pl.from_arrow(rf.SCHEMAS[kind].empty_table())
 
 
-def _assemble(path, meta, process, schedule, tables, problems, resolved: bool = False) -> Run:
+def _assemble(path, meta, process, schedule, tables, problems, resolved: bool = False, markers: dict | None = None,
+              files: dict | None = None, strict: bool = False) -> Run:
     frames = {k: (t if t is not None and t.height else _empty(k)) for k, t in tables.items()}
     steps, bins, probes = frames["steps"], frames["bins"], frames["probes"]
-    steps = _collapse_split_steps(steps, path, problems)
-    segs = _segment_starts(steps, bins, None if resolved else _segment_markers(Path(path)))
+    steps = _collapse_split_steps(steps, path, problems, (files or {}).get("steps"))
+    steps, bins, probes = (df.drop("_part") if "_part" in df.columns else df for df in (steps, bins, probes))
+    segs = _segment_starts(steps, bins, None if resolved else markers)
     n_before = steps.height + bins.height + probes.height
     if not resolved:  # an export holds rows already resolved over segments and merged over ranks
         steps = _supersede(steps, segs, "step")
@@ -326,7 +414,9 @@ def _assemble(path, meta, process, schedule, tables, problems, resolved: bool = 
     optimum = None
     if frames["optimum"].height:
         # several optimum parts: the newest (highest seq, i.e. last read in name order) wins per bin
-        optimum = frames["optimum"].with_row_index("_i").sort("_i").unique("bin", keep="last").drop("_i").sort("bin")
+        opt = frames["optimum"]
+        opt = opt.drop("_part") if "_part" in opt.columns else opt
+        optimum = opt.with_row_index("_i").sort("_i").unique("bin", keep="last").drop("_i").sort("bin")
     return Run(
         path=Path(path),
         meta=meta,
@@ -362,40 +452,63 @@ def _sorted(df: pl.DataFrame, keys: list[str]) -> pl.DataFrame:
 RESTART_GAP_S = 60.0
 
 
-def _segment_markers(p: Path) -> dict:
-    """(rank, segment) -> creation time, from segments/*.json (a missing or bad marker is skipped)."""
-    out = {}
+def _small_json(f: Path, problems: list[Problem], what: str):
+    """A marker's JSON object, or None (named in problems) when it is not a small regular file of a JSON object."""
+    try:
+        with open_regular(f, what) as fh:
+            data = fh.read(MAX_MARKER_BYTES + 1)
+        if len(data) > MAX_MARKER_BYTES:
+            raise RunFormatError(f"{f}: larger than {MAX_MARKER_BYTES >> 20} MiB")
+        obj = loads(data.decode("utf-8", errors="replace"), f)
+    except RunFormatError as e:
+        problems.append(Problem(str(f), f"{what} unreadable ({str(e).split(': ', 1)[-1]}), ignored"))
+        return None
+    if not isinstance(obj, dict):
+        problems.append(Problem(str(f), f"{what} is not a JSON object, ignored"))
+        return None
+    return obj
+
+
+def _marker_files(p: Path, problems: list[Problem]) -> list[Path]:
     d = p / rf.SEGMENTS_DIR
-    if not d.is_dir():
-        return out
-    for f in d.iterdir():
+    try:
+        return [d / e for e in sorted(os.listdir(d))]
+    except FileNotFoundError:
+        return []
+    except OSError as e:
+        problems.append(Problem(str(d), f"cannot be listed ({e.strerror or e}); segment markers ignored"))
+        return []
+
+
+def _segment_markers(p: Path, problems: list[Problem] | None = None) -> dict:
+    """(rank, segment) -> creation time, from segments/*.json (a missing or bad marker is named and skipped)."""
+    problems = [] if problems is None else problems
+    out = {}
+    for f in _marker_files(p, problems):
         m = rf.SEGMENT_RE.match(f.name)
         if not m:
             continue
-        try:
-            out[(int(m["rank"]), int(m["segment"]))] = float(json.loads(f.read_text())["created"])
-        except (OSError, ValueError, KeyError, TypeError):
-            pass
+        obj = _small_json(f, problems, "segment marker")
+        created = None if obj is None else obj.get("created")
+        if isinstance(created, (int, float)) and not isinstance(created, bool) and np.isfinite(created):
+            out[(int(m["rank"]), int(m["segment"]))] = float(created)
+        elif obj is not None:
+            problems.append(Problem(str(f), "segment marker without a valid 'created' time, ignored"))
     return out
 
 
-def _close_markers(p: Path) -> tuple[pl.DataFrame, dict]:
+def _close_markers(p: Path, problems: list[Problem] | None = None) -> tuple[pl.DataFrame, dict]:
     """Close markers (segments/close-*.json) as a frame, and each rank's newest planned total_steps."""
+    problems = [] if problems is None else problems
     rows, plans = [], {}
-    d = p / rf.SEGMENTS_DIR
-    if not d.is_dir():
-        return pl.DataFrame(schema=CLOSES_SCHEMA), plans
     newest: dict = {}
-    for f in sorted(d.iterdir()):
+    for f in _marker_files(p, []):  # a listing failure is already named by _segment_markers
         m = rf.CLOSE_RE.match(f.name)
         sm = rf.SEGMENT_RE.match(f.name)
         if not (m or sm):
             continue
-        try:
-            obj = json.loads(f.read_text()) if f.is_file() and f.stat().st_size < 1 << 20 else None
-        except (OSError, ValueError, RecursionError):
-            obj = None
-        if not isinstance(obj, dict):
+        obj = _small_json(f, [] if sm else problems, "close marker")  # segment markers: named once, above
+        if obj is None:
             continue
         rank, seg = int((m or sm)["rank"]), int((m or sm)["segment"])
         if sm:
@@ -405,11 +518,13 @@ def _close_markers(p: Path) -> tuple[pl.DataFrame, dict]:
             continue
         status = obj.get("status")
         if status not in rf.CLOSE_STATUSES:
+            problems.append(Problem(str(f), "close marker with an unknown status, ignored"))
             continue
 
         def num(k, typ):
             v = obj.get(k)
-            return v if isinstance(v, typ) and not isinstance(v, bool) else None
+            ok = isinstance(v, typ) and not isinstance(v, bool) and np.isfinite(v) and abs(v) < 2**62
+            return v if ok else None
 
         err = obj.get("error")
         rows.append({"rank": rank, "segment": seg, "status": status, "closed": num("closed", (int, float)),
@@ -443,17 +558,45 @@ def _segment_starts(steps: pl.DataFrame, bins: pl.DataFrame, created: dict | Non
     return pl.DataFrame(rows, schema=segs.schema)
 
 
-def _collapse_split_steps(steps: pl.DataFrame, path, problems: list[Problem]) -> pl.DataFrame:
-    """Merge rows of one (rank, segment, step) that landed in two parts (a flush() called mid-step)."""
+def _collapse_split_steps(steps: pl.DataFrame, path, problems: list[Problem], files=None) -> pl.DataFrame:
+    """Merge rows of one (rank, segment, step) found more than once, and say why there were several.
+
+    The logger itself splits a step over two parts only when flush() is called in the middle of it:
+    then the step is the last of one part and the first of the next. A step number repeated
+    anywhere else means the step counter went backwards (an epoch-local counter, say): different
+    steps share a number, and their rows are merged because they cannot be told apart.
+    """
     keys = ["rank", "segment", "step"]
     if steps.height == 0 or steps.select(keys).n_unique() == steps.height:
         return steps
     dup = steps.filter(pl.struct(keys).is_duplicated())
-    problems.append(Problem(str(path), f"{dup.select(keys).n_unique()} step(s) were written in two or more parts "
-                                       f"(a flush in the middle of a step); their rows were merged"))
+    if "_part" in steps.columns:
+        span = steps.group_by("_part").agg(pl.col("step").min().alias("_lo"), pl.col("step").max().alias("_hi"))
+        g = (dup.group_by(keys).agg(pl.len().alias("n"), pl.col("_part").n_unique().alias("np"),
+                                    pl.col("_part").min().alias("p0"), pl.col("_part").max().alias("p1"))
+             .join(span.rename({"_part": "p0", "_hi": "hi0"}).drop("_lo"), on="p0")
+             .join(span.rename({"_part": "p1", "_lo": "lo1"}).drop("_hi"), on="p1"))
+        split = (pl.col("n") == 2) & (pl.col("np") == 2) & (pl.col("hi0") == pl.col("step")) & (pl.col("lo1") == pl.col("step"))
+        back = g.filter(~split).sort(keys)
+        n_split = g.height - back.height
+        if back.height:
+            r = back.row(0, named=True)
+            where = f" ({files[r['p1']].name})" if files else ""
+            problems.append(Problem(str(path), f"the step counter went backwards: {back.height} step number(s) of "
+                                               f"rank {r['rank']} segment {r['segment']} were logged again later "
+                                               f"(first: step {r['step']}{where}); log() looks like it is given an "
+                                               f"epoch-local counter, and rows sharing a step number were merged"))
+    else:
+        n_split = dup.select(keys).n_unique()
+    if n_split:
+        problems.append(Problem(str(path), f"{n_split} step(s) were written in two or more parts "
+                                           f"(a flush in the middle of a step); their rows were merged"))
     w = pl.col("count").cast(pl.Float64)
     summed = [c for c in ("bad_t",) if c in steps.columns]
-    first = [c for c in steps.columns if c not in keys + ["loss", "count", "nonfinite", "time", "clipped", *summed]]
+    lows = [c for c in ("t_min",) if c in steps.columns]
+    highs = [c for c in ("t_max",) if c in steps.columns]
+    first = [c for c in steps.columns
+             if c not in keys + ["loss", "count", "nonfinite", "time", "clipped", *summed, *lows, *highs]]
     return (
         steps.group_by(keys, maintain_order=True)
         .agg(
@@ -463,6 +606,8 @@ def _collapse_split_steps(steps: pl.DataFrame, path, problems: list[Problem]) ->
             pl.col("time").min(),
             pl.col("clipped").drop_nulls().first(),
             *[pl.col(c).sum() for c in summed],
+            *[pl.col(c).min() for c in lows],
+            *[pl.col(c).max() for c in highs],
             *[pl.col(c).drop_nulls().first() for c in first],
         )
         .select(steps.columns)
@@ -596,52 +741,110 @@ def _bins_with_rank(run: Run) -> pl.DataFrame:
     return run.bins.with_columns(pl.lit(0, pl.Int32).alias("rank"), pl.lit(1, pl.Int32).alias("segment"))
 
 
-def _load_export(p: Path) -> Run:
-    if p.stat().st_size == 0:
-        raise RunFormatError(f"{p}: zero-byte file, not an exported run")
-    try:
-        pf = pq.ParquetFile(p)
-        md = pf.schema_arrow.metadata or {}
-    except Exception as e:
-        raise RunFormatError(f"{p}: not a readable Parquet file ({_short(e)})") from None
-    if EXPORT_META_KEY not in md:
-        raise RunFormatError(f"{p}: a Parquet file but not an exported diffaudit run (no {EXPORT_META_KEY.decode()} metadata)")
-    try:
-        meta = json.loads(md[EXPORT_META_KEY])
-    except ValueError as e:
-        raise RunFormatError(f"{p}: exported run.json metadata is not valid JSON ({e})") from None
-    meta = _check_meta(meta, p)
-    schedule = alpha_bar = one_minus = None
-    if EXPORT_SCHEDULE_KEY in md:
-        s = json.loads(md[EXPORT_SCHEDULE_KEY])
-        alpha_bar, one_minus = np.array(s["alpha_bar"], np.float64), np.array(s["one_minus_alpha_bar"], np.float64)
-        with np.errstate(divide="ignore"):
-            schedule = pl.DataFrame(
-                {
-                    "t": np.arange(alpha_bar.size, dtype=np.int64),
-                    "alpha_bar": alpha_bar,
-                    "one_minus_alpha_bar": one_minus,
-                    "log_snr": np.log(alpha_bar) - np.log(one_minus),
-                }
-            )
-    try:
-        process = Process.from_meta(meta, alpha_bar, one_minus)
-        data = pl.from_arrow(pf.read())
-    except DiffauditError as e:
-        raise RunFormatError(f"{p}: {e}") from None
-    except Exception as e:
-        raise RunFormatError(f"{p}: cannot be read ({_short(e)})") from None
-    tables = {}
-    for kind in rf.PART_KINDS:
-        sub = data.filter(pl.col("table") == kind)
-        keep = [c for c in sub.columns if c != "table" and (c in rf.SCHEMAS[kind].names or sub[c].null_count() < sub.height)]
-        tables[kind] = sub.select(keep) if sub.height else None
-    run = _assemble(p, meta, process, schedule, tables, [], resolved=True)
+def _load_export(p: Path, strict: bool = False, allow_empty: bool = True) -> Run:
+    """An exported run: its metadata checked like run.json, each of its tables like a part."""
+    with open_regular(p, "exported run") as fh:
+        size = os.fstat(fh.fileno()).st_size
+        if size == 0:
+            raise RunFormatError(f"{p}: zero-byte file, not an exported run")
+        try:
+            pf = pq.ParquetFile(fh)
+            md = pf.schema_arrow.metadata or {}
+            n = _footer_rows(pf)
+        except Exception as e:
+            raise RunFormatError(f"{p}: not a readable Parquet file ({_short(e)})") from None
+        if EXPORT_META_KEY not in md:
+            raise RunFormatError(f"{p}: a Parquet file but not an exported diffaudit run (no {EXPORT_META_KEY.decode()} metadata)")
+        info = parse_meta(loads(md[EXPORT_META_KEY], f"{p} (run metadata)"), f"{p} (run metadata)")
+        alpha_bar, one_minus, schedule = _export_schedule(p, md, info)
+        process = _process(info, alpha_bar, one_minus, p)
+        if n > max_export_rows(size):
+            raise RunFormatError(f"{p}: its footer claims {n:,} rows, far more than a {size:,}-byte export of a run "
+                                 f"can hold; not read")
+        typ = pf.schema_arrow.field("table").type if "table" in pf.schema_arrow.names else None
+        if typ is None or not (pa.types.is_string(typ) or pa.types.is_large_string(typ) or pa.types.is_dictionary(typ)):
+            raise RunFormatError(f"{p}: an exported run needs a string column 'table' (which table each row is from)")
+        try:
+            data = pl.from_arrow(pf.read().replace_schema_metadata(None))  # polars panics on non-UTF-8 metadata
+        except Exception as e:
+            raise RunFormatError(f"{p}: cannot be read ({_short(e)})") from None
+    problems: list[Problem] = []
+    data = data.with_columns(pl.col("table").cast(pl.String))
+    unknown = data.filter(~pl.col("table").is_in(list(rf.PART_KINDS)) | pl.col("table").is_null())
+    if unknown.height:
+        names = ", ".join(repr(v) for v in unknown["table"].unique().sort(nulls_last=True).head(3).to_list())
+        _damaged(problems, strict, p, f"{unknown.height} row(s) with an unknown table value ({names}); ignored")
+    tables = {kind: _export_table(p, data.filter(pl.col("table") == kind), kind, info, problems, strict)
+              for kind in rf.PART_KINDS}
+    run = _assemble(p, info.raw, process, schedule, tables, problems, resolved=True)
+    run.info = info
     if EXPORT_CLOSES_KEY in md:
         try:
-            c = json.loads(md[EXPORT_CLOSES_KEY])
+            c = loads(md[EXPORT_CLOSES_KEY], p)
             run.closes = pl.DataFrame(c["closes"], schema=CLOSES_SCHEMA)
             run.segment_plans = {int(k): int(v) for k, v in c.get("plans", {}).items()}
         except Exception as e:  # the data are fine; only the lifecycle is unknown
             run.problems.append(Problem(str(p), f"close markers in the export's metadata are unreadable ({_short(e)})"))
+    if not allow_empty and run.steps.height == 0 and run.bins.height == 0 and run.probes.height == 0:
+        detail = f" ({len(problems)} problem(s), first: {problems[0].message})" if problems else ""
+        raise RunFormatError(f"{p}: the exported run holds no usable rows{detail}")
     return run
+
+
+def _export_schedule(p: Path, md: dict, info: RunMeta):
+    """(alpha_bar, one_minus_alpha_bar, schedule frame) from an export's metadata; all None without one."""
+    if EXPORT_SCHEDULE_KEY not in md:
+        if info.process == "vp":
+            raise RunFormatError(f"{p}: a discrete (vp) run exported without its schedule")
+        return None, None, None
+    s = loads(md[EXPORT_SCHEDULE_KEY], f"{p} (schedule metadata)")
+    try:
+        if not isinstance(s, dict):
+            raise ValueError(f"a JSON object expected, got {type(s).__name__}")
+        a = np.array(s["alpha_bar"], np.float64)
+        om = np.array(s["one_minus_alpha_bar"], np.float64)
+        if a.ndim != 1 or om.shape != a.shape or not 0 < a.size <= MAX_SCHEDULE_ROWS:
+            raise ValueError("alpha_bar and one_minus_alpha_bar must be lists of numbers of one length")
+    except KeyError as e:
+        raise RunFormatError(f"{p}: the exported schedule has no {e.args[0]!r}") from None
+    except (ValueError, TypeError, OverflowError) as e:
+        raise RunFormatError(f"{p}: the exported schedule is not usable ({_short(e)})") from None
+    with np.errstate(divide="ignore", invalid="ignore"):
+        schedule = pl.DataFrame({"t": np.arange(a.size, dtype=np.int64), "alpha_bar": a, "one_minus_alpha_bar": om,
+                                 "log_snr": np.log(a) - np.log(om)})
+    return a, om, schedule
+
+
+def _export_table(p: Path, sub: pl.DataFrame, kind: str, info: RunMeta, problems, strict) -> pl.DataFrame | None:
+    """The rows of one table of an export, checked like a part of that kind (or None, named, when damaged)."""
+    if sub.height == 0:
+        return None
+    names = rf.SCHEMAS[kind].names
+    keep = [c for c in sub.columns if c != "table" and (c in names or sub[c].null_count() < sub.height)]
+    sub = sub.select(keep)
+    # stacking tables gave shared columns a common type (a float `bin` beside a float scalar): undo it if exact
+    for f in rf.SCHEMAS[kind]:
+        c = f.name
+        if c in sub.columns and pa.types.is_integer(f.type) and sub[c].dtype.is_float():
+            v = sub[c].drop_nulls()
+            if v.len() == 0 or bool((v.is_finite() & (v == v.floor())).all()):
+                sub = sub.with_columns(pl.col(c).cast(pl.Int64, strict=False))
+    where = f"{p} (table {kind})"
+    table = sub.to_arrow()
+    why, drop = schema_violation(kind, table.schema)
+    if why is None:
+        try:
+            table = conform(kind, table, drop)
+        except Exception as e:
+            why = f"a column does not fit its type ({_short(e)})"
+    if why is None:
+        bad = first_violations(pl.from_arrow(table).with_columns(pl.lit(0).alias("_part")), invariants(kind, info))
+        why = bad.get(0)
+    if why is not None:
+        _damaged(problems, strict, where, why)
+        return None
+    if drop:
+        what = (f"logged scalar(s) {', '.join(sorted(drop))} have names reserved for the format's own columns"
+                if kind == "steps" else f"column(s) {', '.join(sorted(drop))} are not columns of a {kind} table")
+        problems.append(Problem(where, f"{what}; ignored"))
+    return pl.from_arrow(table)

@@ -99,9 +99,16 @@ def _styled(fn):
     return wrapper
 
 
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+MAX_LABEL = 120  # characters of a log-derived label drawn; a longer run name is cut with an ellipsis
+
+
 def plain(s) -> str:
-    """A log-derived string made safe for matplotlib text (no mathtext)."""
-    return str(s).replace("$", r"\$")
+    """A log-derived string made safe for matplotlib text: no mathtext, no control characters, bounded length."""
+    s = _CONTROL.sub(" ", str(s))
+    if len(s) > MAX_LABEL:
+        s = s[: MAX_LABEL - 1] + "…"
+    return s.replace("$", r"\$")
 
 
 def _figure(height: float, width: float = FIG_WIDTH, *, constrained: bool = True) -> Figure:

@@ -7,12 +7,15 @@ Exit codes (documented in ``diffaudit --help`` and the README):
   3  ``compare``: inconclusive (too little overlap or data)
   4  internal error (a bug in diffaudit: please report it); DIFFAUDIT_DEBUG=1 shows the traceback
   130 interrupted (Ctrl-C)
+  141 the reader of the output went away (``| head``): what a tool killed by SIGPIPE returns
 """
 
 from __future__ import annotations
 
 import os
+import stat
 import sys
+import warnings
 from pathlib import Path
 
 import click
@@ -21,19 +24,136 @@ from diffaudit import __version__
 from diffaudit.errors import DiffauditError
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE, EXIT_INCONCLUSIVE, EXIT_INTERNAL = 0, 1, 2, 3, 4
+EXIT_PIPE = 141  # 128 + SIGPIPE: never 0, so a gate piped into `head` cannot pass by accident
 
 EPILOG = """\b
 Exit codes: 0 ok / no regression, 1 regression or --fail-on finding,
-2 bad input or usage, 3 inconclusive, 4 internal error, 130 interrupted.
+2 bad input or usage, 3 inconclusive, 4 internal error, 130 interrupted,
+141 output pipe closed early.
 """
+
+# Parameters of the commands that name what they read and what they write (by click parameter name).
+INPUT_PARAMS = ("run", "run_path", "data", "baseline", "candidate")
+OUTPUT_PARAMS = ("html", "json_out", "junit", "markdown", "output")
+
+
+# ----------------------------------------------------------------------------
+# Outputs never land in an input
+
+
+def _inside(path: str, root: str) -> bool:
+    return path == root or path.startswith(root.rstrip(os.sep) + os.sep)
+
+
+def _identities(path: str) -> set:
+    """(device, inode) of a file, or of every file one level or two inside a run directory (hard links count)."""
+    out = set()
+    try:
+        st = os.stat(path)
+    except OSError:
+        return out
+    if not stat.S_ISDIR(st.st_mode):
+        return {(st.st_dev, st.st_ino)}
+    stack, depth = [(path, 0)], {}
+    while stack:
+        d, level = stack.pop()
+        try:
+            entries = list(os.scandir(d))
+        except OSError:
+            continue
+        for e in entries:
+            try:
+                s = e.stat()
+            except OSError:
+                continue
+            if stat.S_ISDIR(s.st_mode):
+                if level < 1:
+                    stack.append((e.path, level + 1))
+            else:
+                out.add((s.st_dev, s.st_ino))
+    return out
+
+
+def _input_paths(ctx) -> list[str]:
+    paths = []
+    for name in INPUT_PARAMS:
+        v = ctx.params.get(name)
+        if not v:
+            continue
+        if name in ("baseline", "candidate"):
+            from diffaudit.gate import resolve_side
+
+            try:
+                paths += [str(p) for p in resolve_side(v, role=name)]
+            except DiffauditError:
+                pass  # the command names this error itself, after checking its options
+        else:
+            paths.append(str(v))
+    return paths
+
+
+def check_outputs(ctx) -> None:
+    """Refuse an output file that lies inside an input run or is an input file, or two outputs that are one file."""
+    opts = {p.name: "/".join(p.opts) for p in ctx.command.params}
+    outs = [(opts.get(n, n), str(ctx.params[n])) for n in OUTPUT_PARAMS  # --json - is stdout, not a file
+            if ctx.params.get(n) and not (n == "json_out" and str(ctx.params[n]) == "-")]
+    if not outs:
+        return
+    inputs = [(i, os.path.realpath(i), _identities(i)) for i in _input_paths(ctx)]
+    seen = {}
+    for opt, out in outs:
+        real = os.path.realpath(out)
+        if real in seen:
+            raise DiffauditError(f"{seen[real]} and {opt} name the same file {out}; give each output its own file")
+        seen[real] = opt
+        try:
+            st = os.stat(out)
+            ident = (st.st_dev, st.st_ino) if stat.S_ISREG(st.st_mode) else None
+        except OSError:
+            ident = None
+        for given, root, ids in inputs:
+            if _inside(real, root) or (ident is not None and ident in ids):
+                what = "is the input" if real == root or not os.path.isdir(root) else "lies inside the input run"
+                raise DiffauditError(f"{opt} {out}: {what} {given}; diffaudit never writes into its inputs")
+
+
+class _Command(click.Command):
+    """A command whose output files are checked against its inputs before it runs."""
+
+    def invoke(self, ctx):
+        check_outputs(ctx)
+        return super().invoke(ctx)
+
+
+def _quiet_stdout() -> None:
+    # the reader is gone: later writes (and the flush at exit) go nowhere instead of raising again
+    try:
+        fd = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(fd, sys.stdout.fileno())
+        os.close(fd)
+    except Exception:  # no real descriptor (a test runner's buffer): nothing to quiet
+        pass
 
 
 class _Group(click.Group):
     """Turns library errors into one line on stderr and a documented exit code; never a traceback."""
 
+    command_class = _Command
+
     def invoke(self, ctx):
+        debug = bool(os.environ.get("DIFFAUDIT_DEBUG"))
         try:
-            return super().invoke(ctx)
+            with warnings.catch_warnings():
+                if not debug:  # numeric warnings of NaN-aware code and font warnings are not the user's business
+                    warnings.simplefilter("ignore", RuntimeWarning)
+                    warnings.filterwarnings("ignore", message=r"Glyph .* missing from", category=UserWarning)
+                try:
+                    return super().invoke(ctx)
+                finally:
+                    sys.stdout.flush()  # a closed pipe shows here, inside the handlers below, not at exit
+        except BrokenPipeError:
+            _quiet_stdout()
+            ctx.exit(EXIT_PIPE)
         except DiffauditError as e:
             click.echo(f"error: {e}", err=True)
             ctx.exit(e.exit_code)
@@ -42,8 +162,9 @@ class _Group(click.Group):
         except KeyboardInterrupt:
             click.echo("interrupted", err=True)
             ctx.exit(130)
-        except Exception as e:  # a bug: say so in one line, keep the traceback behind a switch
-            if os.environ.get("DIFFAUDIT_DEBUG"):
+        except BaseException as e:  # a bug: say so in one line, keep the traceback behind a switch
+            # (BaseException: a panic in polars' Rust code arrives as pyo3's PanicException, not an Exception)
+            if os.environ.get("DIFFAUDIT_DEBUG") or not (isinstance(e, Exception) or type(e).__name__ == "PanicException"):
                 raise
             msg = str(e).strip().splitlines()[0] if str(e).strip() else ""
             click.echo(
