@@ -382,7 +382,11 @@ def resolve_side(spec, *, role: str = "baseline") -> list[Path]:
             raise DiffauditError(f"{role}: no runs given")
         return out
     text = str(spec)
-    p = Path(text)
+    from diffaudit.store import is_url, local_path
+
+    if is_url(text):
+        return [text]  # one run in object storage (load_run reads it through a local copy)
+    p = local_path(text)
     if p.exists():
         if _is_run(p) or p.is_file():
             return [p]  # a file that is not .parquet gets load_run's own error

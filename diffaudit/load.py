@@ -118,8 +118,16 @@ class Run:
 
 
 def load_run(path, *, strict: bool = False, allow_empty: bool = False) -> Run:
-    """Load a run directory or an exported ``.parquet`` file (the path is literal: no glob)."""
-    p = Path(path)
+    """Load a run directory or an exported ``.parquet`` file (the path is literal: no glob).
+
+    A URL (``s3://bucket/run``, ``gs://...``) is read through a local copy of its new objects
+    (:func:`diffaudit.store.sync_run`); ``file://`` is a local path.
+    """
+    from diffaudit.store import is_url, local_path, sync_run
+
+    if is_url(path):
+        return load_run(sync_run(str(path)), strict=strict, allow_empty=allow_empty)
+    p = local_path(path)
     try:
         st = os.stat(p)
     except FileNotFoundError:

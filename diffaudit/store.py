@@ -105,7 +105,7 @@ def cache_dir(url: str) -> Path:
     root = Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "diffaudit" / "runs")
     name = hashlib.sha256(url.rstrip("/").encode()).hexdigest()[:16]
     tail = "".join(c if c.isalnum() or c in "-_." else "_" for c in url.rstrip("/").rsplit("/", 1)[-1])[:60]
-    return root / f"{tail}-{name}"
+    return root / name / (tail or "run")  # the run keeps its own name in every output
 
 
 def sync_run(url: str, dest: Path | None = None) -> Path:

@@ -226,7 +226,7 @@ def _bins_damage(col, value):
     ("bin", -5, "bin outside 0..9"),
     ("m2", -1.0, "m2 is negative or not finite where count > 0"),
     ("step_lo", 10**6, "step_lo > step_hi"),
-    ("split", "test", "split is not one of train, eval, ema"),
+    ("split", "test", "split is not one of train, eval, ema, probe_t, probe_true"),
     ("mean", 2.68e154, "mean beyond the float32 range of a logged loss"),  # a garbled page the fuzz tests found
     ("mean", 100.0, "mean outside [min, max]"),
     ("m2", 1e6, "m2 larger than count * (max - min)^2 allows"),

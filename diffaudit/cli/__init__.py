@@ -34,7 +34,7 @@ Exit codes: 0 ok / no regression, 1 regression or --fail-on finding,
 
 # Parameters of the commands that name what they read and what they write (by click parameter name).
 INPUT_PARAMS = ("run", "run_path", "data", "baseline", "candidate")
-OUTPUT_PARAMS = ("html", "json_out", "junit", "markdown", "output")
+OUTPUT_PARAMS = ("html", "json_out", "junit", "markdown", "output", "tensorboard")
 
 
 # ----------------------------------------------------------------------------
@@ -198,7 +198,7 @@ def write_output(path: str, text: str, what: str) -> None:
 def _register():
     from diffaudit.cli import summary  # noqa: F401  (commands register themselves on import)
 
-    for mod in ("optimum", "report", "compare"):
+    for mod in ("optimum", "report", "compare", "watch"):
         try:
             __import__(f"diffaudit.cli.{mod}")
         except ModuleNotFoundError as e:

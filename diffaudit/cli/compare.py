@@ -14,15 +14,19 @@ HELP = """Did CANDIDATE train worse than BASELINE? Exit 0 no regression, 1 regre
 
 BASELINE and CANDIDATE are each one run (a run directory or an exported
 .parquet), a folder of runs, or a quoted glob ("runs/base_s*"): several runs of
-one configuration with different seeds. With several seeds per side the
-seed-to-seed spread is the noise; with one run per side the gate uses
-within-run variability only and says so.
+one configuration with different seeds; a run may also be a URL (s3://...).
+Several baseline seeds against one candidate (the recommended CI setup): the
+candidate is tested against a prediction interval from the baseline seeds.
+Several seeds on both sides: the seed-to-seed spread is the noise. One run per
+side: within-run variability plus a seed-to-seed allowance learned on other
+models' healthy seeds, and the notes say so.
 
 Steps and noise bins are matched, then compared: the late loss of every noise
-bin (with its excess over L*), steps to reach the baseline's loss level, the
-clip rate, non-finite losses, and findings new in the candidate. A bin
-regresses only if its rise exceeds --tolerance and is significant after
-correction across bins.
+bin (with its excess over L*), its mean over bins, steps to reach the
+baseline's loss level, the clip rate, non-finite losses, and findings new in
+the candidate. A bin regresses only if its rise is significantly above
+--tolerance after correction across bins. --unit lstar compares runs with
+different prediction targets (each loss divided by its own L*).
 
 \b
 Rules (--rule, repeatable; the last one per metric wins):
@@ -47,7 +51,8 @@ mismatched schedule or prediction without --force, bad option), 3 inconclusive
 \b
 Examples:
   diffaudit compare runs/main runs/pr --junit gate.xml --markdown "$GITHUB_STEP_SUMMARY"
-  diffaudit compare "base/seed*" "cand/seed*" --rule loss:1% --html compare.html
+  diffaudit compare "base/seed*" runs/pr --rule loss:1% --html compare.html
+  diffaudit compare --unit lstar runs/eps runs/vpred
 """
 
 
@@ -67,6 +72,9 @@ Examples:
 @click.option("--inconclusive", "on_inconclusive", type=click.Choice(["pass", "fail"]), default=None,
               help="Exit 0 (pass) or 1 (fail) instead of 3 when the verdict is inconclusive.")
 @click.option("--force", is_flag=True, help="Compare runs whose schedule or prediction differ (refused by default).")
+@click.option("--unit", type=click.Choice(["loss", "lstar"]), default="loss", show_default=True,
+              help="lstar: each run's per-bin loss divided by its own Gaussian L*, so runs with different prediction "
+                   "targets (epsilon vs v, ...) compare on one scale; needs data_var or data_spectrum.")
 @click.option("--json", "as_json", is_flag=True, help="Print the verdict as JSON instead of the table.")
 @click.option("--junit", type=str, metavar="FILE", help="Write JUnit XML (one testcase per check).")
 @click.option("--markdown", type=str, metavar="FILE", help="Write a Markdown summary (e.g. $GITHUB_STEP_SUMMARY).")
@@ -74,7 +82,7 @@ Examples:
 @click.option("-v", "--verbose", is_flag=True, help="Show every check in the table, not only regressions and the closest bins.")
 @click.option("--strict", is_flag=True, help="Fail on a damaged part instead of skipping it.")
 def compare(baseline, candidate, tolerance, alpha, window, min_windows, rules, max_lag, correction, on_inconclusive,
-            force, as_json, junit, markdown, html, verbose, strict):
+            force, unit, as_json, junit, markdown, html, verbose, strict):
     # parse every option before loading anything, so a typo costs nothing
     tol = gate.parse_tolerance(tolerance)
     lvl = gate.parse_alpha(alpha)
@@ -87,7 +95,7 @@ def compare(baseline, candidate, tolerance, alpha, window, min_windows, rules, m
         for p in r.problems:
             click.echo(f"warning: {p}", err=True)
     v = gate.compare(base, cand, tolerance=tol, alpha=lvl, window=win, rules=parsed, correction=correction,
-                     min_windows=min_windows, max_lag=lag, force=force)
+                     min_windows=min_windows, max_lag=lag, force=force, unit=unit)
     if junit:
         write_output(junit, gate.verdict_to_junit(v), "--junit XML")
     if markdown:

@@ -58,17 +58,33 @@ def summary(run, strict, rows):
 
 @main.command()
 @click.argument("run", type=click.Path(path_type=str))
-@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False, path_type=str), help="The .parquet file to write.")
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=str), help="The .parquet file to write.")
+@click.option("--tensorboard", type=click.Path(file_okay=False, path_type=str), metavar="DIR",
+              help="Also (or only) write TensorBoard events here: per-noise-level loss and excess over L*, clip rate, "
+                   "grad norm, your scalars, and the findings as text (needs the tensorboard extra).")
 @STRICT
-def export(run, output, strict):
-    """Write RUN as one self-describing .parquet file (for CI artifacts); every command reads it.
+def export(run, output, tensorboard, strict):
+    """Write RUN as one self-describing .parquet file (for CI artifacts), or as TensorBoard events.
 
     \b
-    Example:
+    Examples:
       diffaudit export runs/exp1 -o exp1.parquet
+      diffaudit export runs/exp1 --tensorboard tb/exp1     # then: tensorboard --logdir tb
     """
+    if not output and not tensorboard:
+        raise click.UsageError("give -o FILE.parquet, --tensorboard DIR, or both")
     r = load_run(run, strict=strict)
     for p in r.problems:
         click.echo(f"warning: {p}", err=True)
-    out = export_run(r, output)
-    click.echo(f"wrote {out} ({r.steps.height} steps, {r.bins.height} bin rows)")
+    if output:
+        out = export_run(r, output)
+        click.echo(f"wrote {out} ({r.steps.height} steps, {r.bins.height} bin rows)")
+    if tensorboard:
+        from diffaudit.analysis import analyze
+        from diffaudit.tensorboard import findings_markdown, write_tensorboard
+
+        a = analyze(r)
+        lstar = a.bins["lstar_gauss"].to_numpy() if "lstar_gauss" in a.bins.columns else None
+        counts = write_tensorboard(r, tensorboard, findings_markdown=findings_markdown(a), lstar=lstar)
+        curves = sum(1 for t in counts if t.startswith("loss_by_noise/"))
+        click.echo(f"wrote TensorBoard events to {tensorboard} ({len(counts)} tags, {curves} noise levels)")
