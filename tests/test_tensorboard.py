@@ -56,3 +56,15 @@ def test_long_runs_are_averaged_in_blocks(tmp_path):
     # each point is the mean of its block of 15 steps, placed at the block's last step
     x = run.steps["loss"].cast(pl.Float64).to_numpy()
     assert loss[0].step == 14 and loss[0].value == pytest.approx(x[:15].mean(), rel=1e-6)
+
+
+def test_export_command_writes_tensorboard_and_refuses_nothing_to_do(tmp_path):
+    from _cli import run_cli
+
+    res = run_cli("export", RUN, "--tensorboard", tmp_path / "tb")
+    assert res.exit_code == 0, res.output
+    assert "20 noise levels" in res.output
+    assert len([t for t in _read(tmp_path / "tb").Tags()["scalars"] if t.startswith("loss_by_noise/")]) == 20
+    assert run_cli("export", RUN).exit_code == 2
+    inside = run_cli("export", RUN, "--tensorboard", RUN / "tb")  # never into the run it reads
+    assert inside.exit_code == 2 and "never writes into its inputs" in inside.output

@@ -108,3 +108,13 @@ def test_gate_in_lstar_units_on_real_runs():
     assert compare(_load("v_s00", "v_s01", "v_s02"), [v_narrow], unit="lstar").status == "regression"
     assert any("L* units" in n for n in back.notes)
     assert next(c for c in back.checks if c.metric == "steps").status == "off"
+
+
+def test_compare_command_in_lstar_units():
+    from _cli import run_cli
+
+    eps, v = UNITS / "eps_s00", UNITS / "v_s00"
+    assert run_cli("compare", eps, v).exit_code == 2  # raw losses of different targets: refused
+    assert run_cli("compare", "--unit", "lstar", eps, v).exit_code == 0
+    res = run_cli("compare", "--unit", "lstar", v, eps)
+    assert res.exit_code == 1 and "L* units" in res.output
