@@ -117,7 +117,7 @@ class Run:
 # Entry point
 
 
-def load_run(path, *, strict: bool = False, allow_empty: bool = False) -> Run:
+def load_run(path, *, strict: bool = False, allow_empty: bool = False, cache: dict | None = None) -> Run:
     """Load a run directory or an exported ``.parquet`` file (the path is literal: no glob).
 
     A URL (``s3://bucket/run``, ``gs://...``) is read through a local copy of its new objects
@@ -126,7 +126,7 @@ def load_run(path, *, strict: bool = False, allow_empty: bool = False) -> Run:
     from diffaudit.store import is_url, local_path, sync_run
 
     if is_url(path):
-        return load_run(sync_run(str(path)), strict=strict, allow_empty=allow_empty)
+        return load_run(sync_run(str(path)), strict=strict, allow_empty=allow_empty, cache=cache)
     p = local_path(path)
     try:
         st = os.stat(p)
@@ -142,7 +142,7 @@ def load_run(path, *, strict: bool = False, allow_empty: bool = False) -> Run:
     process, schedule = _read_process(p, info)
     problems: list[Problem] = []
     files = _list_parts(p, problems, strict)
-    tables = {kind: _read_kind(kind, fs, info, problems, strict) for kind, fs in files.items()}
+    tables = {kind: _read_kind(kind, fs, info, problems, strict, cache) for kind, fs in files.items()}
     markers = _segment_markers(p, problems)
     run = _assemble(p, info.raw, process, schedule, tables, problems, markers=markers, files=files, strict=strict)
     run.info = info
@@ -334,7 +334,8 @@ _ROW_KEYS = {
 }
 
 
-def _read_kind(kind: str, files: list[Path], info: RunMeta, problems: list[Problem], strict: bool) -> pl.DataFrame | None:
+def _read_kind(kind: str, files: list[Path], info: RunMeta, problems: list[Problem], strict: bool,
+               cache: dict | None = None) -> pl.DataFrame | None:
     """Every usable part of one kind in one frame (column ``_part``: index into ``files``); damaged parts named.
 
     Each part's footer is checked first (regular file, row count, schema); the parts that pass are
@@ -347,10 +348,22 @@ def _read_kind(kind: str, files: list[Path], info: RunMeta, problems: list[Probl
     tables, dropped = [], set()
 
     def read(f):
+        key = None
+        if cache is not None:  # parts are immutable: a part read before (same name, size, mtime) is not read again
+            try:
+                st = os.stat(f)
+                key = (str(f), st.st_size, st.st_mtime_ns, limit)
+            except OSError:
+                key = None
+            if key in cache:
+                return cache[key]
         try:
-            return _read_part(kind, f, limit)
+            got = _read_part(kind, f, limit)
         except _Damage as d:
-            return d
+            got = d
+        if key is not None:
+            cache[key] = got
+        return got
 
     # pyarrow reads without the GIL: a few threads hide the per-file cost of many small parts
     with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:

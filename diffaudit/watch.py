@@ -3,7 +3,9 @@
 A :class:`Watcher` polls one run. Parts are immutable and only ever added, so a
 poll first lists the run's files (names, sizes and the close markers); when
 nothing was added since the last poll it does no other work. When something
-was, it reads the run and analyzes it again, and returns a :class:`Update`: the
+was, it decodes only the parts it has not seen (parts are immutable; the decoded
+ones are kept), checks and assembles the run, analyzes it again, and returns an
+:class:`Update`: the
 lifecycle, the verdict, and the findings that appeared, changed severity or
 cleared since the previous update. The CLI (``diffaudit watch``) prints updates,
 rewrites the HTML report atomically and picks the exit code; nothing here
@@ -71,6 +73,7 @@ class Watcher:
     strict: bool = False
     _print: tuple = field(default=(), repr=False)
     _severity: dict = field(default_factory=dict, repr=False)
+    _parts: dict = field(default_factory=dict, repr=False)  # decoded parts, by (file, size, mtime): read once
 
     def __post_init__(self):
         self.path = Path(self.path)
@@ -84,7 +87,7 @@ class Watcher:
         fp = _fingerprint(self.path) if self.path.is_dir() else (self.path.stat().st_size, self.path.stat().st_mtime)
         if fp == self._print:
             return Update(changed=False)
-        run = load_run(self.path, strict=self.strict, allow_empty=True)
+        run = load_run(self.path, strict=self.strict, allow_empty=True, cache=self._parts)
         a = analyze(run, now=now)
         self._print = fp
         now_sev = {f.id: f for f in a.findings}

@@ -91,3 +91,23 @@ def test_a_healthy_run_watched_to_its_end_exits_0(tmp_path):
     res = _watch_while_growing(LOGS / "corpus" / "healthy_s00", tmp_path)
     assert res.exit_code == 0, res.output
     assert "the run finished" in res.output and "[FAIL]" not in res.output
+
+
+def test_a_poll_decodes_only_the_parts_it_has_not_seen(tmp_path, monkeypatch):
+    import diffaudit.load as load
+
+    run = tmp_path / "r"
+    _grow(LOGS / "corpus" / "healthy_s01", run, upto=2)
+    read = []
+    real = load._read_part
+    monkeypatch.setattr(load, "_read_part", lambda kind, f, limit: read.append(f.name) or real(kind, f, limit))
+    w = Watcher(run)
+    w.poll()
+    first = len(read)
+    assert first == len(list((run / "parts").glob("*.parquet")))
+    new = sorted((LOGS / "corpus" / "healthy_s01" / "parts").glob("*-000002.parquet"))
+    for p in new:
+        shutil.copy2(p, run / "parts" / p.name)
+    u = w.poll()
+    assert u.changed and u.last_step == 899
+    assert sorted(read[first:]) == sorted(p.name for p in new)  # the earlier parts were not decoded again
