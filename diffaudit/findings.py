@@ -6,7 +6,8 @@ table, step-series summaries, schedule, probes, eval) and returns at most one
 of evidence in words and one recommendation. Rules never read the run again, so
 evaluating all of them costs nothing next to the analysis.
 
-Severity follows impact, never a ratio in one bin (DESIGN.md section 3): an
+Severity follows impact, never a ratio in one bin (a finding that fires on every healthy run teaches users to
+ignore the tool): an
 excess over L* counts as the share of the run's total loss it accounts for,
 weighted by how often the sampler visits each bin. ``fail`` is kept for what
 breaks training or the model (divergence, non-finite values, a frozen model, a

@@ -1,6 +1,7 @@
 """Diffusion processes, noise schedules and noise-level bins (numpy only).
 
-Every process is written as x_t = alpha_t * x0 + sigma_t * eps (DESIGN.md section 3):
+Every process is written as x_t = alpha_t * x0 + sigma_t * eps, every prediction target as
+y = c_x * x0 + c_eps * eps (:func:`target_coefficients` has one row per target):
 
 * ``vp``   discrete variance-preserving (DDPM): alpha = sqrt(abar_t), sigma = sqrt(1 - abar_t),
            integer timesteps t in [0, T), bins are equal runs of timesteps.
@@ -92,7 +93,7 @@ def log_snr(alpha_bar: np.ndarray, one_minus: np.ndarray) -> np.ndarray:
 
 
 def target_coefficients(prediction: str, alpha, sigma) -> tuple[np.ndarray, np.ndarray]:
-    """(c_x, c_eps) of the target y = c_x x0 + c_eps eps at (alpha, sigma): the rows of DESIGN.md's table."""
+    """(c_x, c_eps) of the target y = c_x x0 + c_eps eps at (alpha, sigma): one row per prediction target."""
     a, s = np.asarray(alpha, dtype=np.float64), np.asarray(sigma, dtype=np.float64)
     if prediction == "epsilon":
         return np.zeros_like(a), np.ones_like(a)
@@ -248,7 +249,7 @@ class Process:
             return 2.0 * (np.log(a) - np.log(s))
 
     def target_coefficients(self, t) -> tuple[np.ndarray, np.ndarray]:
-        """(c_x, c_eps) of the prediction target y = c_x x0 + c_eps eps at timesteps t (DESIGN.md table)."""
+        """(c_x, c_eps) of the prediction target y = c_x x0 + c_eps eps at timesteps t (see :func:`target_coefficients`)."""
         return target_coefficients(self.prediction, *self.alpha_sigma(t))
 
     def loss_weight(self, t) -> np.ndarray:

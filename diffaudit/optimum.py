@@ -1,7 +1,7 @@
 """The Bayes-optimal loss L*: Gaussian closed form and empirical-data estimators.
 
 Every process is x_t = alpha x0 + sigma eps and every target y = c_x x0 + c_eps eps
-(DESIGN.md section 3). L* is the loss of the best possible predictor, per element.
+(the table in :mod:`diffaudit.noise`). L* is the loss of the best possible predictor, per element.
 
 Gaussian data (closed form)
 ---------------------------
