@@ -916,6 +916,15 @@ def _fit_lag(rel: np.ndarray, elastic: np.ndarray, lo: float, hi: float) -> floa
     return float(np.clip(_weighted_median(rel[use] / elastic[use], elastic[use]), lo, hi))
 
 
+def _decide(said: str, rule: Rule, over: bool, significant: bool, evidence: str, against: str) -> tuple[str, str]:
+    """(status, reason) of a check: a regression only when the change is over the limit and significantly so."""
+    if over and significant:
+        return "regression", f"{said} > {rule.limit_text()}, significantly above it ({evidence})"
+    if over:
+        return "pass", f"{said} > {rule.limit_text()} but not significantly above it ({against})"
+    return "pass", f"{said}, within {rule.limit_text()}"
+
+
 def _one_sided(diff: float, se: float, df: float) -> float:
     """P(T >= diff/se) under no increase: small when the candidate is clearly higher."""
     if not (se > 0) or not math.isfinite(se):
@@ -1265,12 +1274,7 @@ def _group_check(rule, name, members, ch, se, df, p, q, alpha, level_a, level_b)
     over = rule.exceeded(ch)
     sig = q <= alpha
     said = f"{_signed(ch, True)} averaged over {bins.size} bins ({format_ranges(bins.tolist())})"
-    if over and sig:
-        status, reason = "regression", f"{said} > {rule.limit_text()}, significantly (q = {_p(q)})"
-    elif over:
-        status, reason = "pass", f"{said} > {rule.limit_text()} but not significantly (q = {_p(q)} > {alpha:g})"
-    else:
-        status, reason = "pass", f"{said}, within {rule.limit_text()}"
+    status, reason = _decide(said, rule, over, sig, f"q = {_p(q)}", f"q = {_p(q)} > {alpha:g}")
     return Check("loss_mean", f"loss, {name}", status, reason, rule=str(rule),
                  baseline=float(np.nanmean(level_a[members])), candidate=float(np.nanmean(level_b[members])),
                  change=float(ch), relative=True, lo=float(ch - tq * se), hi=float(ch + tq * se), p=float(p),
@@ -1295,12 +1299,7 @@ def _level_check(metric, rule, k, words, va, vb, adj, diff, se, tq, p, q, alpha,
     sig = over and q <= alpha
     lagged = details.get("lag_adjustment", 0.0) != 0.0
     said = f"{_signed(ch, rule.relative)}" + (f" after the progress lag (raw {_signed(raw, rule.relative)})" if lagged else "")
-    if sig:
-        status, reason = "regression", f"{said} > {rule.limit_text()}, significantly above it (q = {_p(q)})"
-    elif over:
-        status, reason = "pass", f"{said} > {rule.limit_text()} but not significantly above it (q = {_p(q)} > {alpha:g})"
-    else:
-        status, reason = "pass", f"{said}, within {rule.limit_text()}"
+    status, reason = _decide(said, rule, over, sig, f"q = {_p(q)}", f"q = {_p(q)} > {alpha:g}")
     return Check(metric, name, status, reason, rule=str(rule), baseline=float(va), candidate=float(vb),
                  change=float(ch), relative=rule.relative, lo=float(c_lo), hi=float(c_hi), p=float(p), q=float(q),
                  limit=rule.limit, bin=k, noise_levels=words, details=details)
@@ -1426,12 +1425,7 @@ def _speed_check(base, cand, rule, lo, hi, window, alpha, single, allowance: All
         sig, sig_words = p <= alpha, f"p = {_p(p)} over seeds"
     over = rule.exceeded(ch)
     said = f"{va:,.0f} -> {vb:,.0f} steps ({_signed(ch, rule.relative)})"
-    if over and sig:
-        status, reason = "regression", f"{said} > {rule.limit_text()}, significantly above it; {sig_words}"
-    elif over:
-        status, reason = "pass", f"{said} > {rule.limit_text()} but not significantly above it ({sig_words})"
-    else:
-        status, reason = "pass", f"{said}, within {rule.limit_text()}"
+    status, reason = _decide(said, rule, over, sig, sig_words, sig_words)
     return Check("steps", name, status, reason, rule=str(rule), baseline=va, candidate=vb, change=ch,
                  relative=rule.relative, lo=lo_, hi=hi_, p=p, limit=rule.limit, details=details)
 
@@ -1484,12 +1478,7 @@ def _clip_check(base, cand, rule, lo, hi, alpha, single, allowance: Allowance) -
     lo_, hi_ = (c.diff - tq * se) / scale, (c.diff + tq * se) / scale
     over = rule.exceeded(ch)
     said = f"{_pct(va)} -> {_pct(vb)} of steps clipped ({_signed(ch, rule.relative)})"
-    if over and p <= alpha:
-        status, reason = "regression", f"{said} > {rule.limit_text()}, significantly above it (p = {_p(p)})"
-    elif over:
-        status, reason = "pass", f"{said} > {rule.limit_text()} but not significantly above it (p = {_p(p)})"
-    else:
-        status, reason = "pass", f"{said}, within {rule.limit_text()}"
+    status, reason = _decide(said, rule, over, p <= alpha, f"p = {_p(p)}", f"p = {_p(p)}")
     return Check("clip_rate", name, status, reason, rule=str(rule), baseline=va, candidate=vb, change=ch,
                  relative=rule.relative, lo=lo_, hi=hi_, p=p, limit=rule.limit,
                  details={"runs": [float(v) for v in rates], "method": c.method})
