@@ -286,6 +286,7 @@ SECTIONS = (
     Section("summary", "Summary"),
     Section("findings", "Findings"),
     Section("per-bin-loss", "Loss per noise level vs L*"),
+    Section("lstar-units", "Loss in units of L*"),
     Section("excess-heatmap", "Excess over L*, step × noise level"),
     Section("loss-curve", "Loss over training"),
     Section("grad-norm", "Gradient norm and clipping"),
@@ -327,6 +328,7 @@ def build_report(run, analysis) -> ReportPage:
     counts = {s: sum(1 for f in findings if f.severity == s) for s in SEVERITY_ORDER}
     figures = {
         "per-bin-loss": per_bin_loss_figure(run, a, axis),
+        "lstar-units": lstar_units_figure(run, a, axis),
         "excess-heatmap": excess_heatmap_figure(run, a, axis),
         "loss-curve": loss_figure(run, a),
         "grad-norm": grad_norm_figure(run, a),
@@ -348,7 +350,8 @@ def build_report(run, analysis) -> ReportPage:
         schedule=schedule_items(run, a),
         probe_note=probe_note(a),
         metadata=metadata_view(run, a),
-        sections=[x for x in SECTIONS if x.id != "scalars" or run.extra_scalars],
+        sections=[x for x in SECTIONS if (x.id != "scalars" or run.extra_scalars)
+                  and (x.id != "lstar-units" or figures["lstar-units"] is not None)],
         scalar_figures=scalar_figures(run),
         lifecycle=_sentence(a.lifecycle.words) if getattr(a, "lifecycle", None) is not None else "",
         lifecycle_state=a.lifecycle.state if getattr(a, "lifecycle", None) is not None else "",
@@ -523,6 +526,36 @@ def per_bin_loss_figure(run, a, axis) -> FigureView:
         cap.append("Dotted grey (±2 standard errors): the empirical L* of the training set, the lowest loss any "
                    "model can reach; a model that generalizes stays above it at low noise.")
     return FigureView("per-bin-loss", "Loss per noise level against L*", img, " ".join(cap))
+
+
+def lstar_units_figure(run, a, axis) -> FigureView | None:
+    """Per-bin loss divided by the bin's Gaussian L*: the one scale on which every prediction target reads alike."""
+    lg = _bin_col(a, "lstar_gauss")
+    if lg is None or not np.isfinite(lg).any():
+        return None
+    x = run.process.bin_centers().astype(np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ok = np.isfinite(lg) & (lg > 0)
+        curves = []
+        for col, phase, color in zip(("early_mean", "mid_mean", "late_mean"), ("early", "mid", "late"),
+                                     plots.PHASE_COLORS):
+            y = _bin_col(a, col)
+            if y is not None:
+                curves.append(plots.Curve(f"train, {'middle' if phase == 'mid' else phase}", x,
+                                          np.where(ok, y / lg, np.nan), color))
+        ev = _bin_col(a, "eval_late_mean")
+        if ev is not None:
+            curves.append(plots.Curve("held-out, late", x, np.where(ok, ev / lg, np.nan), plots.RUN_COLORS[1],
+                                      style="dashed", marker="s"))
+    curves.append(plots.Curve("1 = the best linear denoiser", x, np.ones_like(x), plots.REFERENCE_COLOR,
+                              style="dashed", marker=None))
+    img = plots.noise_plot(curves, axis, ylabel="loss / Gaussian L*", alt="loss per noise bin in units of L*")
+    cap = (f"The same losses divided by each bin's Gaussian L* for this run's target ({run.process.prediction}). "
+           "Every target's error is the implied x0's error times a known factor at each noise level, and so is L*, "
+           "so this ratio reads the same whether the network predicts epsilon, x0, v or the flow velocity: "
+           "reports of runs with different targets can be set side by side on this plot "
+           "(diffaudit compare --unit lstar compares them).")
+    return FigureView("lstar-units", "Loss in units of L*", img, cap)
 
 
 def heatmap_grid(series: pl.DataFrame, value: str, nb: int) -> tuple[np.ndarray, np.ndarray]:

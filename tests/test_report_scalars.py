@@ -35,3 +35,28 @@ def test_no_scalars_no_section_and_many_are_bounded(tmp_path, linear_alpha_bar):
     html = render_report_html(run, analyze(run))
     sec = html[html.index('id="scalars"'):html.index('id="trend-table"')]
     assert sec.count("<svg") == MAX_SCALAR_FIGURES and f"the first {MAX_SCALAR_FIGURES} of {len(names)}" in sec
+
+
+def test_loss_in_lstar_units_reads_alike_for_eps_and_v():
+    """The report's L*-units plot: the eps and v runs of one network sit on one scale (and without L*, no plot)."""
+    from pathlib import Path
+
+    import numpy as np
+    from diffaudit.render import build_report
+
+    units = Path(__file__).resolve().parents[1] / "sample_logs" / "families" / "digits_mlp_units"
+    ratio = {}
+    for name in ("eps_s00", "v_s00"):
+        run = diffaudit.load_run(units / name)
+        a = analyze(run)
+        page = build_report(run, a)
+        assert page.figures["lstar-units"] is not None and 'href="#lstar-units"' in render_report_html(run, a)
+        ratio[name] = a.bins["late_mean"].to_numpy() / a.bins["lstar_gauss"].to_numpy()
+    np.testing.assert_allclose(ratio["eps_s00"][:8], ratio["v_s00"][:8], rtol=0.08)
+
+
+def test_no_lstar_no_units_plot(tmp_path, linear_alpha_bar):
+    run = _run(tmp_path, linear_alpha_bar, [])
+    assert run.meta.get("data_var") is None
+    html = render_report_html(run, analyze(run))
+    assert 'id="lstar-units"' not in html
