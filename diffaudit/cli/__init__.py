@@ -12,6 +12,7 @@ Exit codes (documented in ``diffaudit --help`` and the README):
 
 from __future__ import annotations
 
+import importlib
 import os
 import stat
 import sys
@@ -135,10 +136,40 @@ def _quiet_stdout() -> None:
         pass
 
 
+# Commands are imported when they run, not when `diffaudit --help` lists them: the analysis pulls in
+# scipy and matplotlib, which a help text or `summary` does not need. name -> (module, one line of help).
+COMMANDS = {
+    "summary": ("diffaudit.cli.summary", "The run's state, steps, segments, ranks and recent loss per noise level."),
+    "report": ("diffaudit.cli.report", "Audit a run: a verdict and findings with recommendations; HTML and JSON."),
+    "compare": ("diffaudit.cli.compare", "Gate on a regression: compare CANDIDATE run(s) with BASELINE run(s)."),
+    "watch": ("diffaudit.cli.watch", "Follow a run while it trains; exit 1 as soon as training is broken."),
+    "optimum": ("diffaudit.cli.optimum", "The empirical L* of the training set per noise bin, stored in the run."),
+    "export": ("diffaudit.cli.summary", "A run as one .parquet file, or as TensorBoard events."),
+}
+
+
 class _Group(click.Group):
-    """Turns library errors into one line on stderr and a documented exit code; never a traceback."""
+    """Turns library errors into one line on stderr and a documented exit code; never a traceback.
+
+    Commands load lazily (:data:`COMMANDS`): a command's module registers it on import.
+    """
 
     command_class = _Command
+
+    def list_commands(self, ctx):
+        return sorted(set(super().list_commands(ctx)) | set(COMMANDS))
+
+    def get_command(self, ctx, name):
+        if name not in self.commands and name in COMMANDS:
+            importlib.import_module(COMMANDS[name][0])
+        return super().get_command(ctx, name)
+
+    def format_commands(self, ctx, formatter):
+        rows = [(n, self.commands[n].get_short_help_str(70) if n in self.commands else COMMANDS[n][1])
+                for n in self.list_commands(ctx)]
+        if rows:
+            with formatter.section("Commands"):
+                formatter.write_dl(rows)
 
     def invoke(self, ctx):
         debug = bool(os.environ.get("DIFFAUDIT_DEBUG"))
@@ -194,19 +225,6 @@ def write_output(path: str, text: str, what: str) -> None:
     except OSError as e:
         raise DiffauditError(f"{path}: cannot write the {what} ({e.strerror or e})") from None
 
-
-def _register():
-    from diffaudit.cli import summary  # noqa: F401  (commands register themselves on import)
-
-    for mod in ("optimum", "report", "compare", "watch"):
-        try:
-            __import__(f"diffaudit.cli.{mod}")
-        except ModuleNotFoundError as e:
-            if e.name != f"diffaudit.cli.{mod}":
-                raise
-
-
-_register()
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())
