@@ -10,7 +10,6 @@ import click
 from diffaudit.analysis import analysis_to_dict, analyze
 from diffaudit.cli import EXIT_FAIL, main, write_output
 from diffaudit.cli.summary import STRICT
-from diffaudit.errors import DiffauditError
 from diffaudit.findings import SEVERITIES, at_or_above
 from diffaudit.load import load_run
 
@@ -23,10 +22,8 @@ _VERDICT = {
 
 
 def _render_html(run, analysis) -> str:
-    try:
-        from diffaudit.render import render_report_html
-    except ImportError as e:  # the renderer ships separately from the analysis
-        raise DiffauditError(f"HTML report not available in this installation ({e})") from None
+    from diffaudit.render import render_report_html  # matplotlib: imported only when a page is asked for
+
     return render_report_html(run, analysis)
 
 
