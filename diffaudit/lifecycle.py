@@ -65,10 +65,14 @@ class Lifecycle:
     @property
     def words(self) -> str:
         """One line: the state and its evidence."""
-        step = "" if self.last_step is None else f"step {self.last_step:,}"
-        if self.planned_steps:
-            step += f" of planned {self.planned_steps:,} ({100 * (self.progress or 0):.0f}%)"
-        ago = f"last write {_duration(self.since_write)} ago" if self.since_write is not None else ""
+        if self.last_step is None:
+            step = "no step written yet" + (f" of {self.planned_steps:,} planned" if self.planned_steps else "")
+        else:
+            step = f"step {self.last_step:,}"
+            if self.planned_steps:
+                step += f" of planned {self.planned_steps:,} ({100 * (self.progress or 0):.0f}%)"
+        what = "started" if self.last_step is None else "last write"
+        ago = f"{what} {_duration(self.since_write)} ago" if self.since_write is not None else ""
         if self.state == "finished":
             return "finished" + (f" at {step}" if step else "")
         if self.state == "failed":
@@ -103,6 +107,19 @@ def _duration(s: float | None) -> str:
     if s < 172800:
         return f"{s / 3600:.1f} h"
     return f"{s / 86400:.1f} days"
+
+
+def _created(meta: dict) -> float | None:
+    """run.json's creation time (unix seconds), or None."""
+    from datetime import datetime
+
+    c = meta.get("created")
+    if not isinstance(c, str):
+        return None
+    try:
+        return datetime.strptime(c, "%Y-%m-%dT%H:%M:%S%z").timestamp()
+    except ValueError:
+        return None
 
 
 def _newest_segments(run) -> dict[int, int]:
@@ -144,6 +161,8 @@ def lifecycle(run, *, now: float | None = None, flush_every: int | None = None) 
             if dt.size:
                 fe = flush_every or meta.get("flush_every") or DEFAULT_FLUSH_EVERY
                 cadence = float(np.median(dt)) * float(fe)
+    if last_write is None:  # no step written yet: the run's creation is its last sign of life
+        last_write = _created(meta)
     since = now - last_write if last_write is not None else None
     stale_after = max(STALE_CADENCES * cadence, STALE_MIN_S) if cadence else STALE_MIN_S
 

@@ -1,5 +1,6 @@
 """`diffaudit watch` on runs that grow while it watches (parts copied in the order the logger wrote them)."""
 
+import json
 import os
 import shutil
 import threading
@@ -21,9 +22,11 @@ LOGS = Path(__file__).resolve().parents[1] / "sample_logs"
 def _grow(src: Path, dest: Path, *, upto: int | None = None, delay: float = 0.0, close: bool = True):
     """Copy a run the way it was written: run.json and markers first, then the parts in order, then the close."""
     dest.mkdir(parents=True)
-    for f in ("schedule.parquet", "run.json"):
-        if (src / f).exists():
-            shutil.copy2(src / f, dest / f)
+    if (src / "schedule.parquet").exists():
+        shutil.copy2(src / "schedule.parquet", dest / "schedule.parquet")
+    meta = json.loads((src / "run.json").read_text())
+    meta["created"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")  # a live run: it started now
+    (dest / "run.json").write_text(json.dumps(meta))
     (dest / "segments").mkdir()
     for m in sorted((src / "segments").glob("r*.json")):
         shutil.copy2(m, dest / "segments" / m.name)
@@ -81,7 +84,9 @@ def _watch_while_growing(src, tmp_path, *args):
 def test_broken_training_stops_the_watch_at_once(tmp_path):
     res = _watch_while_growing(LOGS / "corpus" / "lr_high", tmp_path, "-o", str(tmp_path / "live.html"))
     assert res.exit_code == 1, res.output
-    assert "loss.exploding" in res.output and "training is broken" in res.output
+    # lr 50x: the loss explodes and the dead network stops using t; whichever part lands first names it
+    broken = res.output.split("training is broken: ")[1]
+    assert "loss.exploding" in broken or "time_conditioning.unused" in broken
     assert "the run finished" not in res.output  # it stopped before the last part arrived
     assert (tmp_path / "live.html").read_text().startswith("<!DOCTYPE html>")
     assert not list(tmp_path.glob(".live.html.*"))  # written through a temporary file and a rename
@@ -111,3 +116,18 @@ def test_a_poll_decodes_only_the_parts_it_has_not_seen(tmp_path, monkeypatch):
     u = w.poll()
     assert u.changed and u.last_step == 899
     assert sorted(read[first:]) == sorted(p.name for p in new)  # the earlier parts were not decoded again
+
+
+def test_a_run_with_no_step_written_yet_is_in_progress_not_ended(tmp_path, linear_alpha_bar):
+    """Between the logger's start and its first flush there are only run.json and markers: that is a start."""
+    torch = pytest.importorskip("torch")
+    from diffaudit.logger import RunLogger
+
+    lg = RunLogger(tmp_path / "r", alphas_cumprod=linear_alpha_bar, num_bins=4, total_steps=100)
+    try:
+        lg.log(0, timesteps=torch.tensor([1, 500]), losses=torch.tensor([1.0, 0.5]))  # buffered, not written
+        u = Watcher(tmp_path / "r").poll()
+        assert u.changed and u.state == "in_progress", u.lifecycle
+        assert "no step written yet of 100 planned" in u.lifecycle and "started" in u.lifecycle
+    finally:
+        lg.close()
