@@ -7,10 +7,9 @@ import time
 import click
 
 from diffaudit.cli import EXIT_FAIL, EXIT_INCONCLUSIVE, EXIT_OK, main
+from diffaudit.cli.report import _MARK
+from diffaudit.findings import at_or_above
 from diffaudit.watch import DEFAULT_INTERVAL, Watcher, write_html_atomic
-
-_RANK = {"info": 0, "warn": 1, "fail": 2}
-_MARK = {"fail": "FAIL", "warn": "WARN", "info": "INFO"}
 
 
 def _line(c) -> str:
@@ -54,8 +53,7 @@ def watch(run, interval, html, fail_on, timeout, strict):
             if html:
                 write_html_atomic(u.run, u.analysis, html)
             if fail_on != "never":
-                bad = [f for f in u.findings if not getattr(f, "provisional", False)
-                       and _RANK[f.severity] >= _RANK[fail_on]]
+                bad = [f for f in at_or_above(u.findings, fail_on) if not f.provisional]
                 if bad:
                     click.echo(f"training is {'broken' if fail_on == 'fail' else 'off'}: "
                                + ", ".join(f"{f.id} ({f.severity})" for f in bad), err=True)
