@@ -140,6 +140,7 @@ from diffaudit import stats
 from diffaudit.findings import format_ranges
 from diffaudit.errors import DataError, DiffauditError, InconclusiveError, MismatchError, RunFormatError
 from diffaudit.load import Run, load_run
+from diffaudit.store import is_url, local_path
 
 # ----------------------------------------------------------------------------
 # Defaults
@@ -382,8 +383,6 @@ def resolve_side(spec, *, role: str = "baseline") -> list[Path]:
             raise DiffauditError(f"{role}: no runs given")
         return out
     text = str(spec)
-    from diffaudit.store import is_url, local_path
-
     if is_url(text):
         return [text]  # one run in object storage (load_run reads it through a local copy)
     p = local_path(text)

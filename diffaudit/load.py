@@ -38,6 +38,7 @@ import pyarrow.parquet as pq
 from diffaudit import runformat as rf
 from diffaudit.errors import DiffauditError, RunFormatError
 from diffaudit.noise import Process
+from diffaudit.store import is_url, local_path, sync_run
 from diffaudit.validate import (MAX_SCHEDULE_ROWS, RunMeta, conform, file_kind, first_violations, invariants,
                                 loads, max_export_rows, max_part_rows, open_regular, parse_meta, read_json_file,
                                 schema_violation)
@@ -123,8 +124,6 @@ def load_run(path, *, strict: bool = False, allow_empty: bool = False, cache: di
     A URL (``s3://bucket/run``, ``gs://...``) is read through a local copy of its new objects
     (:func:`diffaudit.store.sync_run`); ``file://`` is a local path.
     """
-    from diffaudit.store import is_url, local_path, sync_run
-
     if is_url(path):
         return load_run(sync_run(str(path)), strict=strict, allow_empty=allow_empty, cache=cache)
     p = local_path(path)
