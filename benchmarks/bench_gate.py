@@ -10,7 +10,7 @@ bins. The loss per bin decays towards a floor as a power of the step, with the
 sampling noise a window of ~128 samples per step would have; the candidate has
 the loss of 3 bins raised by 5%. Every compare runs in a fresh subprocess, so
 peak RSS (ru_maxrss) is the compare's own, including loading both runs; the
-whole CLI (``diffaudit compare A B --json``) is timed the same way. The
+whole CLI (``diffaudit compare A B --json -``) is timed the same way. The
 analyzer's findings are part of the default gate and are included.
 """
 
@@ -130,11 +130,11 @@ def main(argv=None) -> int:
                   f"{float(load_s) + float(cmp_s):.2f} s; peak RSS {int(rss):,} MB; verdict {status}: {regs}")
         t = time.perf_counter()
         cli = subprocess.run([sys.executable, "-c", "import sys; from diffaudit.cli import main; sys.exit(main())",
-                              "compare", str(a), str(b), "--json"], capture_output=True, text=True)
+                              "compare", str(a), str(b), "--json", "-"], capture_output=True, text=True)
         wall = time.perf_counter() - t
         rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
         verdict = json.loads(cli.stdout)["status"] if cli.stdout.strip().startswith("{") else cli.stderr.strip()
-        print(f"CLI `diffaudit compare A B --json`: {wall:.2f} s wall, exit {cli.returncode} ({verdict}); "
+        print(f"CLI `diffaudit compare A B --json -`: {wall:.2f} s wall, exit {cli.returncode} ({verdict}); "
               f"peak RSS of any child so far {rss:,.0f} MB")
         print("aim: under 30 s and 2 GB")
     finally:

@@ -50,7 +50,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from diffaudit import gate
+from diffaudit import gate, gate_options
 from diffaudit.errors import DiffauditError, MismatchError
 from diffaudit.load import load_run
 
@@ -388,7 +388,7 @@ def main(argv=None) -> int:
           f"({time.perf_counter() - t0:.1f} s)")
     print(f"gate defaults: tolerance {gate.TOLERANCE:.0%}, alpha {gate.ALPHA}, window {gate.WINDOW} "
           f"(min {gate.MIN_WINDOWS} blocks), max lag {gate.MAX_LAG:.0%}, lag share {gate.LAG_SHARE:.0%}, "
-          f"allowance {gate.DEFAULT_ALLOWANCE}, floor {gate.SEED_FLOOR_SD}, rules {', '.join(gate.DEFAULT_RULES)}")
+          f"allowance {gate.DEFAULT_ALLOWANCE}, floor {gate.SEED_FLOOR_SD}, rules {', '.join(gate_options.DEFAULT_RULES)}")
     if args.fit:
         fit_allowance([f for f in fams if f.role == "calibration"], cmp)
         return 0

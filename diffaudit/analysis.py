@@ -51,13 +51,15 @@ from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
 import polars as pl
+from scipy import stats as sps
 
-from diffaudit import __version__, stats
+from diffaudit import stats
 from diffaudit.errors import DiffauditError
 from diffaudit.findings import Finding, Thresholds, evaluate, verdict as _verdict
 from diffaudit.lifecycle import Lifecycle, lifecycle as _lifecycle
 from diffaudit.timeprobe import TimeProbe, time_probe as _time_probe
 from diffaudit.load import Run
+from diffaudit.reference import reference_lstar, statistics_source
 
 # ----------------------------------------------------------------------------
 # Defaults
@@ -417,7 +419,8 @@ def analyze(
 
     grid = _Grid.from_bins(run.train_bins, run.process.num_bins)
     phases, sel = _phases(grid, late_fraction, phase_fraction, trend_fraction)
-    lg, le, le_se, problems = _references(run)
+    ref = reference_lstar(run)
+    lg, le, le_se, problems = ref.gaussian, ref.empirical, ref.empirical_se, [ref.problem] if ref.problem else []
     table, late_total, weights = _bin_table(run, grid, sel, lg, le, le_se, th)
     steps = run.steps.sort("step") if run.steps.height else run.steps
     loss = _loss_summary(steps, grid, sel, weights, table, lg, le, late_total, th)
@@ -551,33 +554,6 @@ def _phases(grid: _Grid, late_fraction, phase_fraction, trend_fraction) -> tuple
 # L* references
 
 
-def _references(run: Run) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[str]]:
-    """(Gaussian L*, empirical L*, its stderr) per bin, NaN where unknown; and problems met."""
-    nb = run.process.num_bins
-    nan = np.full(nb, np.nan)
-    lg, problems = nan.copy(), []
-    spec, var = run.meta.get("data_spectrum"), run.meta.get("data_var")
-    if spec is not None or var is not None:
-        from diffaudit.optimum import bin_gaussian_optimal_loss
-
-        try:
-            if spec is not None:
-                lg = bin_gaussian_optimal_loss(run.process, spectrum=np.asarray(spec, np.float64))
-            else:
-                lg = bin_gaussian_optimal_loss(run.process, data_var=float(var))
-            lg = np.asarray(lg, np.float64)
-        except (DiffauditError, ValueError, TypeError) as e:
-            problems.append(f"Gaussian L* not computed: {e}")
-            lg = nan.copy()
-    le, le_se = nan.copy(), nan.copy()
-    if run.optimum is not None and run.optimum.height:
-        o = run.optimum.filter((pl.col("bin") >= 0) & (pl.col("bin") < nb))
-        b = o["bin"].to_numpy().astype(np.int64)
-        le[b] = o["loss_opt"].fill_null(np.nan).to_numpy()
-        le_se[b] = o["stderr"].fill_null(np.nan).to_numpy()
-    return lg, le, le_se, problems
-
-
 # ----------------------------------------------------------------------------
 # The per-bin table
 
@@ -699,7 +675,6 @@ def _late_se(grid: _Grid, late, ln, lvar) -> tuple[np.ndarray, np.ndarray]:
 
 def _normal_equivalent(t: np.ndarray, df: np.ndarray) -> np.ndarray:
     """The normal z with the same one-sided tail probability as Student's t with `df` degrees of freedom."""
-    from scipy import stats as sps
 
     t = np.asarray(t, np.float64)
     out = np.full(t.shape, np.nan)
@@ -1460,8 +1435,6 @@ def _bin_series(grid: _Grid, lg: np.ndarray, max_rows: int) -> pl.DataFrame:
 def _run_info(run: Run, grid: _Grid, problems: list[str]) -> RunInfo:
     s = run.steps
     meta = run.meta
-    data = "data_spectrum" if meta.get("data_spectrum") is not None else (
-        "data_var" if meta.get("data_var") is not None else "none")
     return RunInfo(
         name=run.name,
         path=str(run.path),
@@ -1480,73 +1453,13 @@ def _run_info(run: Run, grid: _Grid, problems: list[str]) -> RunInfo:
         window=meta.get("window"),
         segments=int(run.segments.height),
         ranks=len(run.ranks),
-        data_stats=data,
+        data_stats=statistics_source(meta),
         empirical_optimum=run.optimum is not None and run.optimum.height > 0,
         problems=tuple(str(p) for p in run.problems) + tuple(problems),
     )
 
 
-# ----------------------------------------------------------------------------
-# Machine-readable form
-
-
-JSON_SCHEMA_VERSION = 1
-
-
-def analysis_to_dict(a: Analysis) -> dict:
-    """The report as plain JSON types (NaN/inf become None): the documented ``--json`` schema.
-
-    Top-level keys (``schema_version`` 1; keys are only ever added):
-
-    * ``diffaudit_version``, ``schema_version``
-    * ``run``: :class:`RunInfo` (name, path, run_id, process, prediction, num_bins, steps, windows, ...)
-    * ``verdict``: ``"healthy"``, ``"warnings"`` or ``"failing"``
-    * ``findings``: most severe first, each ``{id, severity, title, message, recommendation,
-      evidence: {name: number | list | dict}, bins: [int]}``; ids are stable (findings.FINDINGS_TABLE)
-    * ``bins``: one object per noise bin with the columns of :data:`BIN_COLUMNS`
-    * ``phases``, ``loss``, ``profile``, ``spikes``, ``clip``, ``nonfinite``, ``schedule``,
-      ``probes`` (with its per-probe-bin rows under ``bins``), ``eval`` (held-out data, live weights),
-      ``ema`` (EMA weights against live, held-out data), ``timesteps``, ``grad_flow``: the summaries the rules read
-    * ``lifecycle``: ``{state, words, last_step, planned_steps, progress, since_write, ...}``; ``state`` is
-      ``finished``, ``failed``, ``in_progress``, ``ended`` (no close, no write for long) or ``unknown``
-    * ``provisional``: null, or why findings that need a converged loss are provisional (``info``) on this
-      reading; those findings carry ``"provisional": true`` and ``evidence.final_severity``
-    * ``settings``: the phase fractions and every threshold used
-    """
-    from diffaudit.findings import _jsonable
-
-    def dc(obj, skip=()):
-        return {k: _jsonable(getattr(obj, k)) for k in obj.__dataclass_fields__ if k not in skip}
-
-    return {
-        "schema_version": JSON_SCHEMA_VERSION,
-        "diffaudit_version": __version__,
-        "run": dc(a.run),
-        "verdict": a.verdict,
-        "findings": [f.as_dict() for f in a.findings],
-        "bins": [_jsonable(r) for r in a.bins.iter_rows(named=True)],
-        "phases": dc(a.phases),
-        "loss": dc(a.loss),
-        "profile": dc(a.profile),
-        "spikes": dc(a.spikes),
-        "clip": dc(a.clip),
-        "nonfinite": dc(a.nonfinite),
-        "schedule": dc(a.schedule),
-        "probes": {**dc(a.probes, skip=("table",)),
-                   "bins": [_jsonable(r) for r in a.probes.table.iter_rows(named=True)]},
-        "eval": dc(a.eval),
-        "ema": dc(a.ema) if a.ema is not None else None,
-        "timesteps": dc(a.timesteps) if a.timesteps is not None else None,
-        "grad_flow": dc(a.grad_flow) if a.grad_flow is not None else None,
-        "lifecycle": _jsonable(a.lifecycle.as_dict()) if a.lifecycle is not None else None,
-        "time_probe": ({**dc(a.time_probe), "ignores_t": a.time_probe.ignores_t}
-                       if a.time_probe is not None and a.time_probe.probed else None),
-        "provisional": a.early,
-        "settings": _jsonable(a.settings),
-    }
-
-
 __all__ = [
     "BIN_COLUMNS", "Analysis", "ClipSummary", "EmaSummary", "EvalSummary", "GradFlowSummary", "TimestepSummary", "LossSummary", "NonfiniteSummary", "Phases",
-    "ProbeSummary", "ProfileSummary", "RunInfo", "ScheduleInfo", "SpikeSummary", "analysis_to_dict", "analyze",
+    "ProbeSummary", "ProfileSummary", "RunInfo", "ScheduleInfo", "SpikeSummary", "analyze",
 ]

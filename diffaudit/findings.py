@@ -27,6 +27,9 @@ from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 
+from diffaudit.errors import DiffauditError
+from diffaudit.words import MISSING, describe_bins, jsonable, num, pct
+
 if TYPE_CHECKING:  # analysis imports this module; the rules only read its dataclasses
     from diffaudit.analysis import Analysis
 
@@ -58,7 +61,7 @@ class Finding:
             "title": self.title,
             "message": self.message,
             "recommendation": self.recommendation,
-            "evidence": _jsonable(self.evidence),
+            "evidence": jsonable(self.evidence),
             "bins": [int(b) for b in self.bins],
             "provisional": bool(self.provisional),
         }
@@ -132,81 +135,17 @@ class Thresholds:
     ema_z: float = 3.0  # EMA vs live difference stated as lag or help only beyond this many standard errors
 
 
-# ----------------------------------------------------------------------------
-# Formatting helpers (one place, so every message reads the same)
-
-
-def _g(x, digits: int = 3) -> str:
-    """A number with `digits` significant digits; '-' for missing."""
-    if x is None or (isinstance(x, float) and not math.isfinite(x)):
-        return "-" if x is None or math.isnan(x) else ("inf" if x > 0 else "-inf")
-    x = float(x)
-    if x != 0 and (abs(x) >= 1e5 or abs(x) < 1e-3):
-        return f"{x:.{digits - 1}e}"
-    return f"{x:,.{digits}g}" if abs(x) < 1e5 else f"{x:,.0f}"
-
-
-def _pct(x, digits: int = 2) -> str:
-    if x is None or not math.isfinite(x):
-        return "-"
-    v = 100.0 * float(x)
-    return f"{v:.{digits}g}%" if abs(v) < 10 else f"{v:.0f}%"
-
-
-def format_ranges(bins) -> str:
-    """'0-3, 7, 9-11' from bin indices."""
-    bins = sorted(int(b) for b in bins)
-    out, i = [], 0
-    while i < len(bins):
-        j = i
-        while j + 1 < len(bins) and bins[j + 1] == bins[j] + 1:
-            j += 1
-        out.append(str(bins[i]) if i == j else f"{bins[i]}-{bins[j]}")
-        i = j + 1
-    return ", ".join(out)
-
-
 def _where(a: "Analysis", bins) -> str:
-    """'bins 0-3 (t 0-199)': bin indices and the timestep range they cover."""
-    bins = sorted(int(b) for b in bins)
-    if not bins:
-        return "no bins"
-    unit = {"vp": "t", "flow": "t", "edm": "sigma"}.get(a.run.process, "t")
-    tlo = a.bins["t_lo"].to_numpy()
-    thi = a.bins["t_hi"].to_numpy()
-    lo, hi = tlo[bins[0]], thi[bins[-1]]
-    if a.run.process == "vp":
-        span = f"{unit} {int(lo)}-{int(hi) - 1}"
-    else:
-        span = f"{unit} {_g(lo)}-{_g(hi)}"
-    if len(bins) == a.bins.height:
-        return f"all {len(bins)} bins ({span})"
-    if bins[-1] - bins[0] + 1 != len(bins):
-        span = f"within {span}"
-    word = "bin" if len(bins) == 1 else "bins"
-    return f"{word} {format_ranges(bins)} ({span})"
+    """'bins 0-3 (t 0-199)': bin indices and the noise levels they cover, in the run's unit."""
+    edges = np.append(a.bins["t_lo"].to_numpy(), a.bins["t_hi"].to_numpy()[-1:]) if a.bins.height else np.zeros(1)
+    return describe_bins(a.run.process, edges, bins)
 
 
 def _rel(x) -> str:
-    """A relative excess: '35%' below 100%, '16x' from there (as a multiple of the reference)."""
+    """A relative excess: '35% above' below 100%, '16x' from there (as a multiple of the reference)."""
     if x is None or not math.isfinite(x):
-        return "-"
-    return _pct(x) + " above" if x < 1 else f"{_g(1 + x)}x"
-
-
-def _jsonable(v):
-    if isinstance(v, dict):
-        return {str(k): _jsonable(x) for k, x in v.items()}
-    if isinstance(v, (list, tuple, np.ndarray)):
-        return [_jsonable(x) for x in v]
-    if isinstance(v, (bool, np.bool_)):
-        return bool(v)
-    if isinstance(v, (int, np.integer)):
-        return int(v)
-    if isinstance(v, (float, np.floating)):
-        f = float(v)
-        return f if math.isfinite(f) else None
-    return v
+        return MISSING
+    return pct(x) + " above" if x < 1 else f"{num(1 + x, 3)}x"
 
 
 def _fine(a: "Analysis", lo: int, hi: int) -> tuple[int, int]:
@@ -219,7 +158,7 @@ def _col(a: "Analysis", name: str) -> np.ndarray:
     return a.bins[name].to_numpy().astype(np.float64) if name in a.bins.columns else np.full(a.bins.height, np.nan)
 
 
-def _finding(rule: "Rule", severity: str, message: str, recommendation: str, evidence: dict, bins=()) -> Finding:
+def _finding(rule: "Detector", severity: str, message: str, recommendation: str, evidence: dict, bins=()) -> Finding:
     return Finding(rule.id, severity, rule.title, message, recommendation, evidence, tuple(int(b) for b in bins))
 
 
@@ -274,8 +213,10 @@ def weighting_advice(a: "Analysis", bins, direction: str) -> str:
 
 
 @dataclass(frozen=True)
-class Rule:
-    """A small object that computes a number from an Analysis and says why it fires."""
+class Detector:
+    """One finding's detector: computes its numbers from an Analysis and says why it fires.
+
+    (Named apart from the gate's ``Rule``, a limit on a metric given as ``--rule``.)"""
 
     id: str
     title: str
@@ -287,15 +228,15 @@ class Rule:
         return self.check(a, th)
 
 
-RULES: list[Rule] = []
+DETECTORS: list[Detector] = []
 
 
-def rule(id: str, title: str, severities: str, fires: str):
-    """Register the decorated function as the rule `id`."""
+def detector(id: str, title: str, severities: str, fires: str):
+    """Register the decorated function as the detector of finding `id`."""
 
     def deco(fn):
-        r = Rule(id, title, severities, fires, fn)
-        RULES.append(r)
+        r = Detector(id, title, severities, fires, fn)
+        DETECTORS.append(r)
         return r
 
     return deco
@@ -323,7 +264,7 @@ CONVERGENCE_FINDINGS = ("bin.above_gaussian_bound", "bins.spread_large", "loss.s
                         "clip.rate_high", "clip.rate_rising", "grad.imbalance")
 
 
-@rule(
+@detector(
     "timesteps.invalid", "Timesteps outside the process", "fail",
     "the logger counted training samples whose timestep cannot belong to the process (vp: non-integer or "
     "outside [0, T); flow: outside [0, 1]; edm: not positive or beyond 10x [sigma_min, sigma_max]); they are "
@@ -335,9 +276,9 @@ def _timesteps_invalid(a: "Analysis", th: Thresholds) -> Finding | None:
         return None
     return _finding(
         _R["timesteps.invalid"], "fail",
-        f"{T.bad_samples:,} training samples ({_pct(T.share)}) on {T.bad_steps:,} steps, first at step "
+        f"{T.bad_samples:,} training samples ({pct(T.share)}) on {T.bad_steps:,} steps, first at step "
         f"{T.first_step}, have timesteps that cannot belong to this {a.run.process} process (expected "
-        f"{T.valid}; logged {_g(T.t_min)} to {_g(T.t_max)}): {T.cause}",
+        f"{T.valid}; logged {num(T.t_min)} to {num(T.t_max)}): {T.cause}",
         "pass the logger (and the network) the timesteps the noise was drawn at, in the process's own units; "
         "until then the per-noise-level findings are not judged, since the bins do not hold what they say",
         {"bad_samples": T.bad_samples, "share": T.share, "bad_steps": T.bad_steps, "first_step": T.first_step,
@@ -345,7 +286,7 @@ def _timesteps_invalid(a: "Analysis", th: Thresholds) -> Finding | None:
     )
 
 
-@rule(
+@detector(
     "grad.dead", "No gradient flows", "warn / fail",
     "the pre-clip grad norm is 0 (<= `dead_grad_floor`, 1e-12) on >= `dead_warn` (1%) of the steps whose loss "
     "is finite (`fail` >= `dead_fail`, 50%): a loss clamp, a detach or frozen parameters; the learning-rate, "
@@ -358,9 +299,9 @@ def _grad_dead(a: "Analysis", th: Thresholds) -> Finding | None:
     sev = "fail" if G.share >= th.dead_fail else "warn"
     return _finding(
         _R["grad.dead"], sev,
-        f"the pre-clip gradient norm is 0 on {G.dead_steps:,} of {G.steps:,} steps ({_pct(G.share)}; "
-        f"{_pct(G.late_share)} late), first at step {G.first_step}, while the loss is finite "
-        f"(median grad norm {_g(G.median)}): no gradient reaches the weights on those steps",
+        f"the pre-clip gradient norm is 0 on {G.dead_steps:,} of {G.steps:,} steps ({pct(G.share)}; "
+        f"{pct(G.late_share)} late), first at step {G.first_step}, while the loss is finite "
+        f"(median grad norm {num(G.median)}): no gradient reaches the weights on those steps",
         "find what cuts the graph: a clamp or threshold on the loss (per-sample loss clipping zeroes the "
         "gradient of every sample above it), a .detach() or torch.no_grad() around the model, parameters with "
         "requires_grad=False, or a grad norm read after zero_grad()",
@@ -370,7 +311,7 @@ def _grad_dead(a: "Analysis", th: Thresholds) -> Finding | None:
     )
 
 
-@rule(
+@detector(
     "optim.lr_zero", "Learning rate is 0", "fail",
     "the logged learning rate is exactly 0 on at least half of the steps that log one (a warm-up that starts at 0, "
     "or a decay that ends there, touches a step or two): the optimizer cannot move the weights",
@@ -392,7 +333,7 @@ def _lr_zero(a: "Analysis", th: Thresholds) -> Finding | None:
 # -- loss over steps ---------------------------------------------------------
 
 
-@rule(
+@detector(
     "loss.exploding", "Loss exploded", "fail",
     "a step's loss >= `blowup_ratio` (100) x its running median (101 steps), or the last 10% of steps sit "
     ">= `explode_ratio` (2) x the best level reached and >= 8 robust sd above it, or the loss turned non-finite "
@@ -410,15 +351,15 @@ def _exploding(a: "Analysis", th: Thresholds) -> Finding | None:
     parts = []
     if blowup:
         parts.append(
-            f"loss reached {_g(S.max_ratio)}x its running median at step {S.max_ratio_step} "
-            f"({_g(S.max_ratio_loss)} vs {_g(S.max_ratio_median)})"
+            f"loss reached {num(S.max_ratio)}x its running median at step {S.max_ratio_step} "
+            f"({num(S.max_ratio_loss)} vs {num(S.max_ratio_median)})"
         )
     if lasting:
-        parts.append(f"the last 10% of steps sit at {_g(L.late_over_best)}x the best level ({_g(L.late_level)} vs {_g(L.best_level)})")
+        parts.append(f"the last 10% of steps sit at {num(L.late_over_best)}x the best level ({num(L.late_level)} vs {num(L.best_level)})")
     if diverged:
         parts.append(f"every loss is non-finite from step {a.nonfinite.diverged_from} on")
     if a.spikes.max_grad_ratio is not None and a.spikes.max_grad_ratio >= th.spike_big_ratio:
-        parts.append(f"grad norm there peaked at {_g(a.spikes.max_grad_ratio)}x its running median")
+        parts.append(f"grad norm there peaked at {num(a.spikes.max_grad_ratio)}x its running median")
     return _finding(
         _R["loss.exploding"], "fail", "; ".join(parts),
         "lower the peak learning rate (or add warm-up) and check the gradient clip; resume from a checkpoint "
@@ -431,7 +372,7 @@ def _exploding(a: "Analysis", th: Thresholds) -> Finding | None:
     )
 
 
-@rule(
+@detector(
     "loss.increasing", "Loss increasing", "warn",
     "over the trend stretch (last half of training) the loss rises significantly (Mann-Kendall on batch means, "
     "BY-adjusted q < `alpha` per bin) by >= `increase_min` (5%), in bins carrying >= 1% of the run's loss, "
@@ -451,14 +392,14 @@ def _increasing(a: "Analysis", th: Thresholds) -> Finding | None:
     if not (whole or rising_share >= th.increase_share):
         return None
     if whole:
-        msg = (f"the run's loss rose {_pct(L.trend_rel)} over steps {L.trend_from}-{L.trend_to} "
-               f"(95% CI {_pct(L.trend_lo)} to {_pct(L.trend_hi)}, p={_g(L.trend_p, 2)})")
+        msg = (f"the run's loss rose {pct(L.trend_rel)} over steps {L.trend_from}-{L.trend_to} "
+               f"(95% CI {pct(L.trend_lo)} to {pct(L.trend_hi)}, p={num(L.trend_p, 2)})")
     else:
         msg = ""
     if bins.size:
         worst = bins[np.argmax(rel[bins])]
-        part = (f"{_where(a, bins)} rise significantly (q < {th.alpha}), up to {_pct(rel[worst])} in bin {worst}; "
-                f"they carry {_pct(rising_share)} of the loss")
+        part = (f"{_where(a, bins)} rise significantly (q < {th.alpha}), up to {pct(rel[worst])} in bin {worst}; "
+                f"they carry {pct(rising_share)} of the loss")
         msg = f"{msg}; {part}" if msg else part
     return _finding(
         _R["loss.increasing"], "warn", msg,
@@ -469,7 +410,7 @@ def _increasing(a: "Analysis", th: Thresholds) -> Finding | None:
     )
 
 
-@rule(
+@detector(
     "loss.spikes", "Loss spikes", "info / warn",
     "spike events (runs of steps whose log loss lies above the rolling median by more robust sd, rolling MAD over "
     "101 steps, than the run's own noise tail explains: at least 8, more on heavy-tailed step noise, the z a "
@@ -487,10 +428,10 @@ def _spikes(a: "Analysis", th: Thresholds) -> Finding | None:
             and (S.max_ratio_z is None or S.max_ratio_z >= S.single_threshold or S.max_ratio >= th.blowup_ratio))
     if not (several or huge):
         return None
-    top = ", ".join(f"step {e['step']} ({_g(e['ratio'])}x)" for e in S.events[:3])
+    top = ", ".join(f"step {e['step']} ({num(e['ratio'])}x)" for e in S.events[:3])
     return _finding(
         _R["loss.spikes"], "warn" if (many or huge) else "info",
-        f"{S.n_events} loss spike events in {S.n_steps:,} steps ({_g(S.events_per_10k)} per 10k steps); largest: {top}",
+        f"{S.n_events} loss spike events in {S.n_steps:,} steps ({num(S.events_per_10k)} per 10k steps); largest: {top}",
         "lower the learning rate or tighten gradient clipping; look for bad batches at the spike steps",
         {"n_events": S.n_events, "events_per_10k": S.events_per_10k, "steps": [e["step"] for e in S.events[:20]],
          "ratios": [e["ratio"] for e in S.events[:20]], "max_grad_ratio": S.max_grad_ratio},
@@ -500,7 +441,7 @@ def _spikes(a: "Analysis", th: Thresholds) -> Finding | None:
 # -- non-finite values ---------------------------------------------------------
 
 
-@rule(
+@detector(
     "nonfinite.loss", "Non-finite losses", "warn / fail",
     "any NaN/Inf per-sample loss; `fail` when they are >= `nonfinite_fail_share` (1e-5) of the samples",
 )
@@ -513,7 +454,7 @@ def _nonfinite_loss(a: "Analysis", th: Thresholds) -> Finding | None:
     where = f" in {_where(a, N.loss_bins)}" if N.loss_bins else ""
     return _finding(
         _R["nonfinite.loss"], sev,
-        f"{N.loss_samples:,} non-finite per-sample losses ({_pct(share)} of samples) on {N.loss_steps:,} steps, "
+        f"{N.loss_samples:,} non-finite per-sample losses ({pct(share)} of samples) on {N.loss_steps:,} steps, "
         f"first at step {N.loss_first_step}{where}",
         "find the operation that overflows (a division by a small sigma, fp16 of the schedule, a log of 0); "
         "compute it in float32/float64 or clamp it",
@@ -523,7 +464,7 @@ def _nonfinite_loss(a: "Analysis", th: Thresholds) -> Finding | None:
     )
 
 
-@rule(
+@detector(
     "nonfinite.grad", "Non-finite gradients", "info / warn / fail",
     "steps whose pre-clip grad norm is Inf or NaN; `info` while "
     "a loss scaler is in use and <= 1% of steps, `fail` when >= `nonfinite_fail_share` of steps without a scaler",
@@ -541,7 +482,7 @@ def _nonfinite_grad(a: "Analysis", th: Thresholds) -> Finding | None:
         rec = "skip or fix the steps that overflow (fp16 without a loss scaler, a division by a small sigma)"
     return _finding(
         _R["nonfinite.grad"], sev,
-        f"{N.grad_steps:,} steps ({_pct(share)}) have a non-finite gradient norm, first at step {N.grad_first_step}"
+        f"{N.grad_steps:,} steps ({pct(share)}) have a non-finite gradient norm, first at step {N.grad_first_step}"
         + (" (with a loss scaler)" if N.loss_scale_used else ""),
         rec,
         {"steps": N.grad_steps, "share": share, "first_step": N.grad_first_step, "loss_scale": N.loss_scale_used},
@@ -551,7 +492,7 @@ def _nonfinite_grad(a: "Analysis", th: Thresholds) -> Finding | None:
 # -- clipping ------------------------------------------------------------------------
 
 
-@rule(
+@detector(
     "clip.rate_high", "Gradient clipped on most steps", "info / warn",
     "the share of clipped steps in the late phase (last 20% of steps) is >= `clip_warn` (50%); `info` from "
     "`clip_info` (10%)",
@@ -563,15 +504,15 @@ def _clip_high(a: "Analysis", th: Thresholds) -> Finding | None:
     sev = "warn" if C.late_rate >= th.clip_warn else "info"
     return _finding(
         _R["clip.rate_high"], sev,
-        f"{_pct(C.late_rate)} of late steps are clipped ({_pct(C.rate)} overall) at threshold {_g(C.threshold)}; "
-        f"median pre-clip grad norm {_g(C.late_grad_median)}",
+        f"{pct(C.late_rate)} of late steps are clipped ({pct(C.rate)} overall) at threshold {num(C.threshold)}; "
+        f"median pre-clip grad norm {num(C.late_grad_median)}",
         "raise the clip threshold above the typical grad norm (it then only catches outliers) or lower the "
         "learning rate",
         {"late_rate": C.late_rate, "rate": C.rate, "threshold": C.threshold, "late_grad_median": C.late_grad_median},
     )
 
 
-@rule(
+@detector(
     "clip.rate_rising", "Clip rate rising", "warn",
     "the per-window clip rate rises by >= `clip_rise` (10 points) over the trend stretch, significantly "
     "(Mann-Kendall on batch means, p < `alpha`), and the late rate is >= 10%",
@@ -585,8 +526,8 @@ def _clip_rising(a: "Analysis", th: Thresholds) -> Finding | None:
         return None
     return _finding(
         _R["clip.rate_rising"], "warn",
-        f"clip rate rose {_g(100 * C.rise)} points over steps {a.loss.trend_from}-{a.loss.trend_to} "
-        f"(95% CI {_g(100 * C.rise_lo)} to {_g(100 * C.rise_hi)}), to {_pct(C.late_rate)} late",
+        f"clip rate rose {num(100 * C.rise)} points over steps {a.loss.trend_from}-{a.loss.trend_to} "
+        f"(95% CI {num(100 * C.rise_lo)} to {num(100 * C.rise_hi)}), to {pct(C.late_rate)} late",
         "gradients are growing: lower the learning rate or check for a slowly diverging layer (norms, attention "
         "logits)",
         {"rise": C.rise, "rise_lo": C.rise_lo, "rise_hi": C.rise_hi, "p_value": C.rise_p, "late_rate": C.late_rate},
@@ -596,7 +537,7 @@ def _clip_rising(a: "Analysis", th: Thresholds) -> Finding | None:
 # -- loss against L* ------------------------------------------------------------------
 
 
-@rule(
+@detector(
     "loss.stagnant_above_optimum", "Loss stagnant above the optimum", "warn / fail",
     "the loss is shown flat (TOST: change over the trend stretch within +-`stagnation_margin` (5%), BY-adjusted "
     "per bin) while the flat bins sit above L* by >= `stagnant_warn` (20%) of the run's loss (`fail` >= 50%); "
@@ -610,8 +551,8 @@ def _stagnant(a: "Analysis", th: Thresholds) -> Finding | None:
             return None
         return _finding(
             _R["loss.stagnant_above_optimum"], "fail",
-            f"loss flat over steps {L.trend_from}-{L.trend_to} (change {_pct(L.trend_rel)}, TOST p={_g(L.tost_p, 2)}) "
-            f"and still at {_pct(L.late_over_early)} of its early level; no L* known (run.json has no data_var)",
+            f"loss flat over steps {L.trend_from}-{L.trend_to} (change {pct(L.trend_rel)}, TOST p={num(L.tost_p, 2)}) "
+            f"and still at {pct(L.late_over_early)} of its early level; no L* known (run.json has no data_var)",
             "the model is not learning: check that the optimizer steps (lr > 0, parameters require grad, "
             "the loss reaches them)",
             {"trend_rel": L.trend_rel, "tost_p": L.tost_p, "late_over_early": L.late_over_early},
@@ -630,7 +571,7 @@ def _stagnant(a: "Analysis", th: Thresholds) -> Finding | None:
     return _finding(
         _R["loss.stagnant_above_optimum"], sev,
         f"loss flat over steps {L.trend_from}-{L.trend_to} in {_where(a, np.flatnonzero(flat))} "
-        f"(run-level change {_pct(L.trend_rel)}), yet {_pct(stuck)} of the run's loss is above {L.reference} L*",
+        f"(run-level change {pct(L.trend_rel)}), yet {pct(stuck)} of the run's loss is above {L.reference} L*",
         "training has stalled far from the optimum: check that the weights update (lr, frozen layers), then "
         "raise the learning rate or model capacity",
         {"excess_share": stuck, "flat_loss_share": flat_share, "trend_rel": L.trend_rel, "tost_p": L.tost_p,
@@ -643,7 +584,7 @@ def _flat_bins(a: "Analysis", th: Thresholds) -> np.ndarray:
     return _col(a, "tost_q") < th.alpha
 
 
-@rule(
+@detector(
     "loss.converged", "Loss converged", "info",
     "the run's loss is shown flat (TOST, +-5% over the trend stretch) and less than `stagnant_warn` of it is "
     "above L* (or no L* is known)",
@@ -659,17 +600,17 @@ def _converged(a: "Analysis", th: Thresholds) -> Finding | None:
     else:
         if L.excess_share >= th.stagnant_warn:
             return None
-        where = f"{_pct(L.excess_share)} of the loss is above {L.reference} L*"
+        where = f"{pct(L.excess_share)} of the loss is above {L.reference} L*"
     return _finding(
         _R["loss.converged"], "info",
-        f"loss flat over steps {L.trend_from}-{L.trend_to} (change {_pct(L.trend_rel)}, 90% CI "
-        f"{_pct(L.tost_lo)} to {_pct(L.tost_hi)}); {where}",
+        f"loss flat over steps {L.trend_from}-{L.trend_to} (change {pct(L.trend_rel)}, 90% CI "
+        f"{pct(L.tost_lo)} to {pct(L.tost_hi)}); {where}",
         "more steps at this learning rate will not help much; stop, or change lr / capacity / data to go further",
         {"trend_rel": L.trend_rel, "tost_p": L.tost_p, "excess_share": L.excess_share, "reference": L.reference},
     )
 
 
-@rule(
+@detector(
     "bin.above_gaussian_bound", "Worse than the best linear denoiser", "info / warn / fail",
     "bins whose late loss exceeds the Gaussian L* (the best linear denoiser's loss) by > 3 standard errors "
     "(autocorrelation-honest: long-run variance and batch means, as a normal z on the series' effective size); "
@@ -691,8 +632,8 @@ def _above_bound(a: "Analysis", th: Thresholds) -> Finding | None:
     worst = above[np.argmax(cs[above] * ex[above])]
     return _finding(
         _R["bin.above_gaussian_bound"], sev,
-        f"{_where(a, above)} are above the Gaussian bound; that excess is {_pct(share)} of the run's loss "
-        f"(largest in bin {worst}: {_g(late[worst])} vs bound {_g(g[worst])})",
+        f"{_where(a, above)} are above the Gaussian bound; that excess is {pct(share)} of the run's loss "
+        f"(largest in bin {worst}: {num(late[worst])} vs bound {num(g[worst])})",
         "a linear denoiser would do better there: check the network's handling of these noise levels "
         "(skip connections, output scaling, time embedding), or " + weighting_advice(a, above, "up"),
         {"excess_share": share, "worst_bin": int(worst), "late": {int(b): float(late[b]) for b in above},
@@ -701,7 +642,7 @@ def _above_bound(a: "Analysis", th: Thresholds) -> Finding | None:
     )
 
 
-@rule(
+@detector(
     "time_conditioning.broken", "Loss flat across noise levels", "fail",
     "the late loss varies across bins (coefficient of variation) less than `flat_range` (20%) as much as L* "
     "does, while L* varies (its coefficient of variation >= 0.1): the model treats every noise level alike",
@@ -714,8 +655,8 @@ def _time_conditioning(a: "Analysis", th: Thresholds) -> Finding | None:
         return None
     return _finding(
         _R["time_conditioning.broken"], "fail",
-        f"late loss spans {_g(P.loss_min)}-{_g(P.loss_max)} across bins while L* spans {_g(P.lstar_min)}-"
-        f"{_g(P.lstar_max)} (relative spread {_g(P.range_ratio, 2)}x that of L*; correlation {_g(P.correlation, 2)})",
+        f"late loss spans {num(P.loss_min)}-{num(P.loss_max)} across bins while L* spans {num(P.lstar_min)}-"
+        f"{num(P.lstar_max)} (relative spread {num(P.range_ratio, 2)}x that of L*; correlation {num(P.correlation, 2)})",
         "check that the timestep reaches the network (embedding added, right dtype and scale, not constant), "
         "and that the model trains at all",
         {"range_ratio": P.range_ratio, "correlation": P.correlation, "loss_min": P.loss_min, "loss_max": P.loss_max,
@@ -723,7 +664,7 @@ def _time_conditioning(a: "Analysis", th: Thresholds) -> Finding | None:
     )
 
 
-@rule(
+@detector(
     "time_conditioning.unused", "Network ignores the noise level", "fail",
     "from the time-sensitivity probe (`RunLogger.probe_time`; the later half of the probes, the untrained first "
     "one excluded): the loss with the network told a noise level half the range away is within 1% of the loss "
@@ -737,7 +678,7 @@ def _time_unused(a: "Analysis", th: Thresholds) -> Finding | None:
     return _finding(
         _R["time_conditioning.unused"], "fail",
         f"told a noise level half the range away, the network's loss changes by less than 1% in "
-        f"{_pct(P.ignored_share)} of the {len(P.bins)} probed bins (median ratio {_g(P.median_ratio, 4)}; {steps}): "
+        f"{pct(P.ignored_share)} of the {len(P.bins)} probed bins (median ratio {num(P.median_ratio, 4)}; {steps}): "
         "the network does not use the noise level it is given",
         "check that the timestep reaches the network: the embedding computed and added (not dropped, zeroed, "
         "detached or overwritten), the right argument passed, its scale not vanishing",
@@ -746,7 +687,7 @@ def _time_unused(a: "Analysis", th: Thresholds) -> Finding | None:
     )
 
 
-@rule(
+@detector(
     "bins.spread_large", "Noise levels trained unevenly", "warn",
     "bins that closed < `spread_lag` (50%) of their early gap to L* while the median bin closed >= 80%, their "
     "remaining gap >= `spread_share` (5%) of the run's loss",
@@ -766,15 +707,15 @@ def _spread(a: "Analysis", th: Thresholds) -> Finding | None:
         return None
     return _finding(
         _R["bins.spread_large"], "warn",
-        f"{_where(a, lag)} closed only {_pct(float(np.min(closed[lag])))}-{_pct(float(np.max(closed[lag])))} of "
-        f"their gap to L* (median bin {_pct(med)}); their remaining gap is {_pct(share)} of the run's loss",
+        f"{_where(a, lag)} closed only {pct(float(np.min(closed[lag])))}-{pct(float(np.max(closed[lag])))} of "
+        f"their gap to L* (median bin {pct(med)}); their remaining gap is {pct(share)} of the run's loss",
         "these noise levels get too little of the training signal: " + weighting_advice(a, lag, "up"),
         {"median_closed": med, "closed": {int(b): float(closed[b]) for b in lag}, "gap_share": share},
         lag,
     )
 
 
-@rule(
+@detector(
     "grad.imbalance", "Per-noise-level gradients imbalanced", "warn",
     "from the gradient probe (late half of probes): the largest per-bin gradient norm is >= `grad_ratio` (10x) "
     "the median over probe bins",
@@ -786,8 +727,8 @@ def _grad_imbalance(a: "Analysis", th: Thresholds) -> Finding | None:
     lo, hi = P.max_bins
     return _finding(
         _R["grad.imbalance"], "warn",
-        f"gradient of bins {lo}-{hi - 1} has norm {_g(P.max_norm)}, {_g(P.max_over_median)}x the median over noise "
-        f"levels ({_g(P.median_norm)}; {P.n_steps} probe steps)",
+        f"gradient of bins {lo}-{hi - 1} has norm {num(P.max_norm)}, {num(P.max_over_median)}x the median over noise "
+        f"levels ({num(P.median_norm)}; {P.n_steps} probe steps)",
         "these noise levels dominate the update: " + weighting_advice(a, range(*_fine(a, lo, hi)), "down")
         + ("" if a.run.prediction != "epsilon" else ", or predict v instead of epsilon"),
         {"max_over_median": P.max_over_median, "max_norm": P.max_norm, "median_norm": P.median_norm,
@@ -796,7 +737,7 @@ def _grad_imbalance(a: "Analysis", th: Thresholds) -> Finding | None:
     )
 
 
-@rule(
+@detector(
     "bins.undersampled", "Noise levels barely sampled", "info / warn",
     "a bin received < `undersampled` (20%) of the uniform share of training samples, or fewer than "
     "`min_samples` (100) samples while the median bin has 10x that; judged only when a uniform share is "
@@ -818,8 +759,8 @@ def _undersampled(a: "Analysis", th: Thresholds) -> Finding | None:
     designed = a.run.process in ("flow", "edm")  # log-normal / logit-normal samplers skew on purpose
     return _finding(
         _R["bins.undersampled"], "info" if designed else "warn",
-        f"{_where(a, low)} got {_g(float(np.min(cnt[low])))}-{_g(float(np.max(cnt[low])))} samples, "
-        f"{_pct(float(np.min(rel[low])))}-{_pct(float(np.max(rel[low])))} of a uniform share",
+        f"{_where(a, low)} got {num(float(np.min(cnt[low])))}-{num(float(np.max(cnt[low])))} samples, "
+        f"{pct(float(np.min(rel[low])))}-{pct(float(np.max(rel[low])))} of a uniform share",
         "the model hardly trains at these noise levels yet sampling uses them: widen the timestep sampler "
         "(or drop these levels from sampling)",
         {"coverage": {int(b): float(rel[b]) for b in low}, "count": {int(b): int(cnt[b]) for b in low}},
@@ -827,7 +768,7 @@ def _undersampled(a: "Analysis", th: Thresholds) -> Finding | None:
     )
 
 
-@rule(
+@detector(
     "eval.divergence", "Eval loss diverging from train loss", "warn / fail",
     "late held-out loss of the live weights (split 'eval', never 'ema') above the train loss at the same noise "
     "levels by >= `eval_gap_warn` (10%) of the train loss (> 3 standard errors), and growing (the late eval level "
@@ -846,7 +787,7 @@ def _eval_divergence(a: "Analysis", th: Thresholds) -> Finding | None:
     sev = "fail" if E.gap_share >= th.eval_gap_fail else "warn"
     mid = E.gap_share - E.gap_growth if E.gap_growth is not None else None
     if E.eval_rise is not None and E.eval_rise > 0:
-        best = (f"eval loss is now {_pct(E.eval_rise)} above its best stretch of as many evaluations "
+        best = (f"eval loss is now {pct(E.eval_rise)} above its best stretch of as many evaluations "
                 f"(ending at step {E.best_step})")
     else:
         best = "eval loss is at its best so far"
@@ -857,7 +798,7 @@ def _eval_divergence(a: "Analysis", th: Thresholds) -> Finding | None:
     return _finding(
         _R["eval.divergence"], sev,
         f"late held-out loss of the live weights is {_rel(E.gap_share)} the train loss at the same noise levels "
-        f"(z={_g(E.gap_z, 2)}), most in {_where(a, E.worst_bins)}; at mid-training it was {_rel(mid)}, and {best}",
+        f"(z={num(E.gap_z, 2)}), most in {_where(a, E.worst_bins)}; at mid-training it was {_rel(mid)}, and {best}",
         "the model is fitting its training set, not the distribution: more data or augmentation, regularisation, "
         "or stop at the eval minimum" + ema_note,
         {"gap_share": E.gap_share, "gap_z": E.gap_z, "eval_rise": E.eval_rise, "gap_growth": E.gap_growth,
@@ -866,7 +807,7 @@ def _eval_divergence(a: "Analysis", th: Thresholds) -> Finding | None:
     )
 
 
-@rule(
+@detector(
     "eval.ema", "EMA weights against live weights", "info",
     "EMA weights were evaluated (split 'ema'): their late held-out loss against the live weights' at the same "
     "steps (split 'eval'), stated as lag or help beyond `ema_z` (3) standard errors; never read as overfitting. "
@@ -889,14 +830,14 @@ def _eval_ema(a: "Analysis", th: Thresholds) -> Finding | None:
     if abs(z) < th.ema_z:
         how = "no different from the live weights' within its error"
     elif M.gap > 0:
-        how = f"{_pct(M.gap)} above the live weights': the EMA lags the model (its average reaches back too far for this run)"
+        how = f"{pct(M.gap)} above the live weights': the EMA lags the model (its average reaches back too far for this run)"
     else:
-        how = f"{_pct(-M.gap)} below the live weights': the EMA helps"
-    first = f" (first common evaluation: {_pct(M.first_gap)})" if M.first_gap is not None else ""
+        how = f"{pct(-M.gap)} below the live weights': the EMA helps"
+    first = f" (first common evaluation: {pct(M.first_gap)})" if M.first_gap is not None else ""
     return _finding(
         _R["eval.ema"], "info",
         f"late held-out loss of the EMA weights is {how}, at the same {M.common_windows} evaluation steps "
-        f"(z={_g(M.gap_z, 2)}){first}",
+        f"(z={num(M.gap_z, 2)}){first}",
         "lag is not overfitting; if the EMA is to be the released model and still lags at the end, lower the "
         "decay (or start it later) so it averages over fewer steps",
         {"gap": M.gap, "gap_z": M.gap_z, "first_gap": M.first_gap, "common_windows": M.common_windows,
@@ -904,7 +845,7 @@ def _eval_ema(a: "Analysis", th: Thresholds) -> Finding | None:
     )
 
 
-@rule(
+@detector(
     "memorization", "Approaching the memorization floor", "warn",
     "needs `diffaudit optimum`: in low-noise bins where the empirical L* is below half the Gaussian bound, the "
     "late train loss has gone more than `memorize_fraction` (50%) of the way from the bound down to the empirical L*",
@@ -921,7 +862,7 @@ def _memorization(a: "Analysis", th: Thresholds) -> Finding | None:
         return None
     return _finding(
         _R["memorization"], "warn",
-        f"in {_where(a, mem)} the train loss has gone {_pct(float(np.max(frac[mem])))} of the way from the Gaussian "
+        f"in {_where(a, mem)} the train loss has gone {pct(float(np.max(frac[mem])))} of the way from the Gaussian "
         "bound to the empirical L* (the memorization floor)",
         "the model is reproducing its training samples at low noise: more data, augmentation, or fewer steps",
         {"fraction": {int(b): float(frac[b]) for b in mem}},
@@ -932,7 +873,7 @@ def _memorization(a: "Analysis", th: Thresholds) -> Finding | None:
 # -- schedule ------------------------------------------------------------------------
 
 
-@rule(
+@detector(
     "schedule.non_monotone", "Schedule not monotone", "fail",
     "alpha_bar increases somewhere along t (it must fall monotonically from ~1 to ~0)",
 )
@@ -943,13 +884,13 @@ def _non_monotone(a: "Analysis", th: Thresholds) -> Finding | None:
     return _finding(
         _R["schedule.non_monotone"], "fail",
         f"alpha_bar increases at {S.n_increases} timestep(s), first at t={S.first_increase_t} "
-        f"(by {_g(S.max_increase)})",
+        f"(by {num(S.max_increase)})",
         "rebuild the schedule from betas in [0, 1) with a cumulative product (or cumsum of log1p(-beta))",
         {"n_increases": S.n_increases, "first_t": S.first_increase_t, "max_increase": S.max_increase},
     )
 
 
-@rule(
+@detector(
     "schedule.terminal_snr", "Signal leak at the last timestep", "warn / fail",
     "SNR at the noisiest timestep, alpha_bar/(1-alpha_bar), >= `terminal_snr_warn` (1e-3; `fail` >= 0.1): "
     "training never sees pure noise, sampling starts from it",
@@ -961,7 +902,7 @@ def _terminal_snr(a: "Analysis", th: Thresholds) -> Finding | None:
     sev = "fail" if S.terminal_snr >= th.terminal_snr_fail else "warn"
     return _finding(
         _R["schedule.terminal_snr"], sev,
-        f"terminal SNR {_g(S.terminal_snr)} (alpha_bar {_g(S.terminal_alpha_bar)} at the last timestep): the "
+        f"terminal SNR {num(S.terminal_snr)} (alpha_bar {num(S.terminal_alpha_bar)} at the last timestep): the "
         "noisiest training input still carries signal",
         "rescale the schedule to zero terminal SNR (Lin et al. 2024) or extend it; sample from the same "
         "terminal distribution you train on",
@@ -969,7 +910,7 @@ def _terminal_snr(a: "Analysis", th: Thresholds) -> Finding | None:
     )
 
 
-@rule(
+@detector(
     "schedule.precision", "Precision loss in 1 - alpha_bar near t = 0", "info / warn / fail",
     "relative error of 1 - alpha_bar at t = 0 implied by how alpha_bar was stored (float32 without betas: "
     "6e-8 / (1 - alpha_bar_0)) >= `precision_info` (1e-4; `warn` >= 1e-2, `fail` >= 0.5 or 1 - alpha_bar = 0)",
@@ -984,8 +925,8 @@ def _precision(a: "Analysis", th: Thresholds) -> Finding | None:
         return None
     else:
         sev = "fail" if err >= th.precision_fail else ("warn" if err >= th.precision_warn else "info")
-        msg = (f"alpha_bar was stored as {S.dtype}: 1 - alpha_bar at t=0 ({_g(S.one_minus_first)}) carries a "
-               f"relative error of ~{_g(err, 2)}")
+        msg = (f"alpha_bar was stored as {S.dtype}: 1 - alpha_bar at t=0 ({num(S.one_minus_first)}) carries a "
+               f"relative error of ~{num(err, 2)}")
     return _finding(
         _R["schedule.precision"], sev, msg,
         "give the logger (and your training code) the betas, and compute 1 - alpha_bar as "
@@ -994,7 +935,7 @@ def _precision(a: "Analysis", th: Thresholds) -> Finding | None:
     )
 
 
-_R = {r.id: r for r in RULES}
+_R = {r.id: r for r in DETECTORS}
 
 
 # ----------------------------------------------------------------------------
@@ -1014,7 +955,7 @@ def evaluate(analysis: "Analysis", thresholds: Thresholds | None = None) -> tupl
     """
     th = thresholds or Thresholds()
     found = {}
-    for i, r in enumerate(RULES):
+    for i, r in enumerate(DETECTORS):
         f = r(analysis, th)
         if f is not None:
             found[r.id] = (i, f)
@@ -1054,8 +995,6 @@ def verdict(findings) -> str:
 def at_or_above(findings, severity: str) -> list[Finding]:
     """Findings whose severity is at least `severity`."""
     if severity not in SEVERITY_RANK:
-        from diffaudit.errors import DiffauditError
-
         raise DiffauditError(f"unknown severity {severity!r}; expected one of {', '.join(SEVERITIES)}")
     k = SEVERITY_RANK[severity]
     return [f for f in findings if f.rank >= k]
@@ -1064,7 +1003,7 @@ def at_or_above(findings, severity: str) -> list[Finding]:
 def findings_table() -> str:
     """The markdown table of every finding id: severity, what fires it (with its default threshold)."""
     lines = ["| id | severity | fires when |", "|---|---|---|"]
-    for r in RULES:
+    for r in DETECTORS:
         lines.append(f"| `{r.id}` | {r.severities} | {r.fires} |")
     return "\n".join(lines) + "\n"
 
@@ -1073,6 +1012,6 @@ FINDINGS_TABLE = findings_table()
 THRESHOLD_NAMES = tuple(f.name for f in fields(Thresholds))
 
 __all__ = [
-    "CONVERGENCE_FINDINGS", "FINDINGS_TABLE", "RULES", "SEVERITIES", "Finding", "Rule", "Thresholds", "at_or_above",
+    "CONVERGENCE_FINDINGS", "FINDINGS_TABLE", "DETECTORS", "SEVERITIES", "Finding", "Detector", "Thresholds", "at_or_above",
     "evaluate", "findings_table", "min_snr_weight", "verdict", "weighting_advice",
 ]

@@ -121,15 +121,9 @@ be tested.
 
 from __future__ import annotations
 
-import glob
-import json
 import math
-import os
-import re
 import warnings
-import xml.etree.ElementTree as ET
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
 import numpy as np
@@ -137,21 +131,22 @@ import polars as pl
 from scipy import stats as sps
 
 from diffaudit import stats
-from diffaudit.findings import format_ranges
-from diffaudit.errors import DataError, DiffauditError, InconclusiveError, MismatchError, RunFormatError
-from diffaudit.load import Run, load_run
-from diffaudit.store import is_url, local_path
+from diffaudit.errors import DataError, DiffauditError, InconclusiveError, MismatchError
+from diffaudit.analysis import analyze
+from diffaudit.load import Run
+from diffaudit.reference import reference_lstar
+from diffaudit.units import conversion_notes, in_lstar_units
+from diffaudit.findings import SEVERITIES
+from diffaudit.gate_options import (ALPHA, CORRECTION, CORRECTIONS, MAX_LAG, METRICS, MIN_WINDOWS,
+                                    TOLERANCE, UNITS, WINDOW, Rule, Window, parse_alpha, parse_rule, parse_tolerance,
+                                    parse_window, rule_set)
+from diffaudit.sides import load_side, resolve_side
+from diffaudit.words import bin_ranges, bin_span, change_text, json_float, p_value, pct, process_words
 
 # ----------------------------------------------------------------------------
 # Defaults
 
-TOLERANCE = 0.02  # a bin regresses only if its late loss rose by more than this (relative)
-ALPHA = 0.05  # significance level after correction across bins
-WINDOW = "last:20%"  # the late window: this share of the matched steps, at the end
-MIN_WINDOWS = 8  # widen the late window to hold at least this many matched blocks (0: never)
 MIN_TEST_BLOCKS = 3  # one run per side: fewer matched blocks in the window and a bin is untested
-MAX_LAG = 0.02  # progress lag a run may have before its level counts, as a share of the matched steps
-CORRECTION = "holm"  # p-value adjustment across bins: "holm" or "by"
 SPEED_LEVEL = 0.10  # convergence: steps to reach the baseline's late level + this share of its drop
 SPEED_BLOCKS = 100  # the per-step loss is smoothed in this many blocks over the matched steps
 ELASTICITY_MIN = 0.05  # bins whose level moves less than this per unit lag do not inform the lag fit
@@ -169,243 +164,18 @@ SEED_FLOOR_SD = 0.0028  # f: of the run's mean loss over bins, in every bin (pat
 SEED_MEAN_SD = 0.0374  # of the mean over a group of bins (patches_conv 3.74%, digits_mlp 0.45%)
 SEED_SPEED_SD = 0.055  # of log(steps to reach the loss level) (digits_mlp 5.5%, patches_conv 3.5%)
 SEED_CLIP_SD = 0.63  # of the log-odds of the clip rate (patches_conv 0.63, digits_mlp 0.46; as sds of the rate 0.033 and 0.0013)
-CURVE_POINTS = 400  # block means per side kept in the verdict for plots
-MAX_REASONS = 8  # regressions explained one per line under the terminal table
 CLIP_POINTS = 10_000  # per-step clip indicators are averaged into at most this many windows before testing
-DEFAULT_RULES = ("steps:25%", "clip_rate:+0.05", "nonfinite:+0", "findings:fail", "excess:off")
 
-METRICS = ("loss", "excess", "steps", "clip_rate", "nonfinite", "findings")
-_METRIC_ALIASES = {"speed": "steps", "clip": "clip_rate", "nan": "nonfinite", "finding": "findings"}
-_METRIC_WORDS = {
-    "loss": "late loss per noise bin",
-    "excess": "late excess over L* per noise bin",
-    "steps": "steps to reach the baseline's loss level",
-    "clip_rate": "clip rate",
-    "nonfinite": "non-finite losses",
-    "findings": "findings new in the candidate",
-}
-SEVERITIES = ("info", "warn", "fail")
 _GROUP_METRIC = "loss_mean"  # aggregates of bins: mean relative change over a group, under the loss rule
 STATUSES = ("pass", "regression", "inconclusive", "off")
 
 __all__ = [
-    "ALPHA", "CORRECTION", "DEFAULT_ALLOWANCE", "LAG_SHARE", "MAX_LAG", "MIN_WINDOWS", "SEED_BIN_SD", "SEED_CLIP_SD",
-    "SEED_FLOOR_SD", "SEED_MEAN_SD", "SEED_SPEED_SD", "TOLERANCE", "WINDOW",
-    "Allowance", "Check", "Rule", "RunCurve", "Side", "Verdict", "Window",
-    "compare", "decide", "seed_stats", "single_run_stats", "load_side", "parse_alpha", "parse_rule", "parse_tolerance", "parse_window", "resolve_side",
-    "verdict_to_dict", "verdict_to_html", "verdict_to_json", "verdict_to_junit", "verdict_to_markdown",
-    "verdict_to_text",
+    "ALPHA", "CORRECTION", "CORRECTIONS", "DEFAULT_ALLOWANCE", "LAG_SHARE", "MAX_LAG", "MIN_WINDOWS", "SEED_BIN_SD",
+    "SEED_CLIP_SD", "SEED_FLOOR_SD", "SEED_MEAN_SD", "SEED_SPEED_SD", "TOLERANCE", "UNITS", "WINDOW",
+    "Allowance", "Check", "Rule", "Side", "Verdict", "Window",
+    "block_means", "compare", "decide", "seed_stats", "single_run_stats", "load_side", "parse_alpha", "parse_rule",
+    "parse_tolerance", "parse_window", "resolve_side",
 ]
-
-
-# ----------------------------------------------------------------------------
-# Rules and windows: small objects parsed from compact strings
-
-_NUM = r"(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][-+]?\d+)?"
-_RULE_FORMS = ("METRIC:LIMIT, METRIC one of loss, excess, steps, clip_rate, nonfinite, findings; "
-               "LIMIT a relative change (2%), an absolute one (+0.05) or off; findings: info, warn, fail or off")
-_WINDOW_FORMS = ("last:20% (a share of the matched steps), last:5000 (steps), from:80000 or steps:80000-100000")
-
-
-def parse_tolerance(text, *, option: str = "--tolerance") -> float:
-    """A relative tolerance from ``2%`` or ``0.02`` (a fraction); raises DiffauditError naming ``option``."""
-    if isinstance(text, (int, float)) and not isinstance(text, bool):
-        v = float(text)
-    else:
-        s = str(text).strip()
-        m = re.fullmatch(rf"({_NUM})\s*(%?)", s)
-        if not m:
-            raise DiffauditError(f"{option} {str(text)!r}: expected a relative tolerance such as 2% or 0.02")
-        v = float(m[1]) / (100.0 if m[2] else 1.0)
-    if not (math.isfinite(v) and 0 <= v < 10):
-        raise DiffauditError(f"{option} {text!r}: expected a relative tolerance such as 2% or 0.02 (0 or more, below 1000%)")
-    return v
-
-
-def parse_alpha(text, *, option: str = "--alpha") -> float:
-    """A significance level in (0, 1) from ``0.05`` or ``5%``; raises DiffauditError naming ``option``."""
-    try:
-        v = parse_tolerance(text, option=option)
-    except DiffauditError:
-        v = math.nan
-    if not 0 < v < 1:
-        raise DiffauditError(f"{option} {str(text)!r}: expected a level between 0 and 1, such as 0.05")
-    return v
-
-
-@dataclass(frozen=True)
-class Rule:
-    """A limit on one metric's change, candidate against baseline: computes the change and says why it fails."""
-
-    metric: str  # one of METRICS
-    limit: float | None  # None: the check is off
-    relative: bool = True  # limit on (cand - base) / |base|; else on cand - base
-    severity: str | None = None  # findings: the lowest severity that counts
-    text: str = ""  # as written, e.g. "loss:2%"
-
-    @property
-    def off(self) -> bool:
-        return self.limit is None and self.severity is None
-
-    def change(self, base: float, cand: float) -> float:
-        """The number the limit applies to: relative or absolute increase."""
-        if not self.relative:
-            return cand - base
-        if base == 0:
-            return 0.0 if cand == 0 else math.copysign(math.inf, cand)
-        return (cand - base) / abs(base)
-
-    def exceeded(self, change: float) -> bool:
-        return self.limit is not None and change > self.limit
-
-    def limit_text(self) -> str:
-        if self.metric == "findings":
-            return "off" if self.severity is None else f"new {self.severity}"
-        if self.limit is None:
-            return "off"
-        return f"+{_pct(self.limit)}" if self.relative else f"+{self.limit:g}"
-
-    def __str__(self) -> str:
-        return self.text or f"{self.metric}:{self.limit_text()}"
-
-
-def parse_rule(text: str, *, option: str = "--rule") -> Rule:
-    """A :class:`Rule` from ``loss:2%``, ``clip_rate:+0.05``, ``steps:25%``, ``nonfinite:+0``, ``findings:warn``, ``excess:off``."""
-    s = str(text).strip()
-    metric, sep, value = s.partition(":")
-    metric = _METRIC_ALIASES.get(metric.strip().lower(), metric.strip().lower())
-    value = value.strip().lower()
-    if not sep or metric not in METRICS or not value:
-        raise DiffauditError(f"{option} {s!r}: expected {_RULE_FORMS}")
-    if metric == "findings":
-        if value == "off":
-            return Rule(metric, None, severity=None, text=s)
-        if value not in SEVERITIES:
-            raise DiffauditError(f"{option} {s!r}: findings takes info, warn, fail or off")
-        return Rule(metric, None, severity=value, text=s)
-    if value == "off":
-        return Rule(metric, None, text=s)
-    m = re.fullmatch(rf"\+?({_NUM})\s*(%?)", value)
-    if not m:
-        raise DiffauditError(f"{option} {s!r}: expected {_RULE_FORMS}")
-    relative = bool(m[2])
-    limit = float(m[1]) / (100.0 if relative else 1.0)
-    if not math.isfinite(limit):
-        raise DiffauditError(f"{option} {s!r}: the limit must be a finite number")
-    return Rule(metric, limit, relative=relative, text=s)
-
-
-def _rule_set(tolerance: float, rules: Iterable) -> dict[str, Rule]:
-    """Defaults, then ``tolerance`` as the loss rule, then the user's rules (last one per metric wins)."""
-    out = {r.metric: r for r in map(parse_rule, DEFAULT_RULES)}
-    out["loss"] = Rule("loss", float(tolerance), relative=True, text=f"loss:{_pct(tolerance)}")
-    for r in rules:
-        r = r if isinstance(r, Rule) else parse_rule(r)
-        out[r.metric] = r
-    return out
-
-
-@dataclass(frozen=True)
-class Window:
-    """The late window, resolved against the matched steps [lo, hi] with :meth:`resolve`."""
-
-    kind: str  # "last_share", "last_steps", "from", "steps"
-    a: float
-    b: float | None = None
-    text: str = ""
-
-    def resolve(self, lo: int, hi: int) -> tuple[int, int]:
-        """First and last step of the window (inclusive), before clipping to [lo, hi]."""
-        span = hi - lo + 1
-        if self.kind == "last_share":
-            return hi + 1 - max(1, int(round(self.a * span))), hi
-        if self.kind == "last_steps":
-            return hi + 1 - int(self.a), hi
-        if self.kind == "from":
-            return int(self.a), hi
-        return int(self.a), int(self.b)
-
-    def __str__(self) -> str:
-        return self.text
-
-
-def parse_window(text, *, option: str = "--window") -> Window:
-    """A :class:`Window` from ``last:20%``, ``last:5000``, ``from:80000`` or ``steps:80000-100000``."""
-    if isinstance(text, Window):
-        return text
-    s = str(text).strip()
-    low = s.lower().replace(" ", "")
-    bad = DiffauditError(f"{option} {s!r}: expected {_WINDOW_FORMS}")
-    if m := re.fullmatch(rf"last:({_NUM})%", low):
-        v = float(m[1]) / 100.0
-        if not 0 < v <= 1:
-            raise DiffauditError(f"{option} {s!r}: the share must be in (0%, 100%]")
-        return Window("last_share", v, text=s)
-    if m := re.fullmatch(r"last:(\d+)", low):
-        if int(m[1]) < 1:
-            raise bad
-        return Window("last_steps", int(m[1]), text=s)
-    if m := re.fullmatch(r"from:(\d+)", low):
-        return Window("from", int(m[1]), text=s)
-    if m := re.fullmatch(r"steps:(\d+)-(\d+)", low):
-        a, b = int(m[1]), int(m[2])
-        if b < a:
-            raise DiffauditError(f"{option} {s!r}: the last step comes before the first")
-        return Window("steps", a, b, text=s)
-    raise bad
-
-
-# ----------------------------------------------------------------------------
-# The sides: one run, a folder of runs, or a glob
-
-
-_GLOB_CHARS = re.compile(r"[*?\[]")
-
-
-def _is_run(p: Path) -> bool:
-    # a run.json of any kind makes a run: one that is not a regular file gets load_run's own error
-    return (p.is_dir() and os.path.lexists(p / "run.json")) or (p.is_file() and p.suffix == ".parquet")
-
-
-def resolve_side(spec, *, role: str = "baseline") -> list[Path]:
-    """The run paths a side names: a run (directory or .parquet), a folder of runs, or a glob.
-
-    A path that exists and is a run is one run. A folder that is not a run holds
-    runs: its subdirectories with a run.json and its .parquet files. A path that
-    does not exist but holds ``*``, ``?`` or ``[`` is a glob. Raises
-    DiffauditError (one line) when nothing is found.
-    """
-    if isinstance(spec, (list, tuple)):
-        out: list[Path] = []
-        for s in spec:
-            out += resolve_side(s, role=role)
-        if not out:
-            raise DiffauditError(f"{role}: no runs given")
-        return out
-    text = str(spec)
-    if is_url(text):
-        return [text]  # one run in object storage (load_run reads it through a local copy)
-    p = local_path(text)
-    if p.exists():
-        if _is_run(p) or p.is_file():
-            return [p]  # a file that is not .parquet gets load_run's own error
-        runs = sorted(c for c in p.iterdir() if _is_run(c))
-        if not runs:
-            raise DiffauditError(f"{role} {text}: a folder that holds no runs (no run.json, no subfolder with one, no .parquet)")
-        return runs
-    if _GLOB_CHARS.search(text):
-        hits = sorted(Path(h) for h in glob.glob(text))
-        runs = [h for h in hits if _is_run(h)]
-        if not runs:
-            what = f"{len(hits)} path(s), none of them a run" if hits else "nothing"
-            raise DiffauditError(f"{role} {text!r}: the pattern matches {what}")
-        return runs
-    raise RunFormatError(f"{role} {text}: no such file or directory")
-
-
-def load_side(spec, *, role: str = "baseline", strict: bool = False) -> list[Run]:
-    """Load every run a side names (see :func:`resolve_side`)."""
-    return [load_run(p, strict=strict) for p in resolve_side(spec, role=role)]
 
 
 # ----------------------------------------------------------------------------
@@ -458,16 +228,6 @@ class Side:
 
 
 @dataclass(frozen=True, eq=False)
-class RunCurve:
-    """A run's per-step loss reduced to block means, for plots."""
-
-    side: str
-    name: str
-    step: np.ndarray
-    loss: np.ndarray
-
-
-@dataclass(frozen=True, eq=False)
 class Verdict:
     """The gate's answer: overall status, every check, and what the comparison rested on."""
 
@@ -483,8 +243,7 @@ class Verdict:
     window_blocks: int = 0  # matched blocks in it
     lag: float | None = None  # one run per side: progress lag absorbed (share of the matched steps)
     settings: dict = field(default_factory=dict)
-    process: object | None = None  # the baseline's diffusion.noise.Process (for plots)
-    curves: tuple[RunCurve, ...] = ()
+    process: object | None = None  # the baseline's diffaudit.noise.Process: the bins' noise levels
     lstar_kind: str | None = None  # "gaussian", "empirical" or None
 
     @property
@@ -529,18 +288,18 @@ def compare(
     """
     base = _as_runs(baseline, "baseline")
     cand = _as_runs(candidate, "candidate")
-    if unit not in ("loss", "lstar"):
+    if unit not in UNITS:
         raise DiffauditError(f"--unit {unit!r}: expected loss or lstar")
     unit_notes: list[str] = []
     if unit == "lstar":
         base, cand, unit_notes, findings_of = _in_lstar_units(base, cand, findings_of)
     tol = parse_tolerance(tolerance)
     alpha = parse_alpha(alpha)
-    if correction not in ("holm", "by"):
+    if correction not in CORRECTIONS:
         raise DiffauditError(f"--correction {correction!r}: expected holm or by")
     max_lag = parse_tolerance(max_lag, option="--max-lag")
     win = parse_window(window)
-    rules_ = _rule_set(tol, rules)
+    rules_ = rule_set(tol, rules)
     allowance = DEFAULT_ALLOWANCE if allowance is None else allowance
     settings = {
         "tolerance": tol, "alpha": float(alpha), "window": str(win), "correction": correction,
@@ -575,7 +334,7 @@ def compare(
         notes.append(f"{len(base)} baseline and {len(cand)} candidate seeds: the noise is the seed-to-seed spread "
                      "measured on both sides (Welch's t over seed means)")
     common = dict(baseline=sides[0], candidate=sides[1], noise_model=noise, settings=settings,
-                  process=base[0].process, curves=_curves(base, cand))
+                  process=base[0].process)
 
     overlap = _overlap(base + cand)
     if overlap is None:
@@ -606,9 +365,9 @@ def compare(
         notes += st.notes
         lag = st.lag
         if single and max_lag > 0 and st.lag_fit > max_lag:
-            notes.append(f"the still-falling bins' levels ask for a progress lag of {_pct(st.lag_fit)} of the steps, more "
-                         f"than the {_pct(max_lag)} seeds differ by; {_pct(st.lag)} was removed (a lag may explain at "
-                         f"most {_pct(LAG_SHARE)} of their mean change and of the tolerance), the rest counts as a change")
+            notes.append(f"the still-falling bins' levels ask for a progress lag of {pct(st.lag_fit)} of the steps, more "
+                         f"than the {pct(max_lag)} seeds differ by; {pct(st.lag)} was removed (a lag may explain at "
+                         f"most {pct(LAG_SHARE)} of their mean change and of the tolerance), the rest counts as a change")
     if unit == "lstar":
         checks.append(Check("steps", "steps to reach the loss level", "off",
                             "not compared in L* units: the per-step loss mixes noise levels", rule=str(rules_["steps"])))
@@ -619,7 +378,7 @@ def compare(
     checks += _findings_checks(base, cand, rules_["findings"], findings_of, notes)
     if lag and lag > 0:
         whose = "the candidate's per-bin levels are" if single else "on average, the candidate seeds' levels are"
-        notes.append(f"progress lag absorbed: {whose} consistent with being {_pct(lag)} of the matched steps "
+        notes.append(f"progress lag absorbed: {whose} consistent with being {pct(lag)} of the matched steps "
                      f"behind the baseline ({lag * (hi - lo + 1):,.0f} steps); per-bin changes are shown after removing it "
                      "(speed is judged by its own check)")
     status, summary = _overall(checks, sides, nblocks)
@@ -629,7 +388,7 @@ def compare(
 
 def _single_run_note(al: Allowance, max_lag: float) -> str:
     seen = ("within-run variability (block to block, with an error bar that widens for correlated blocks) and a "
-            f"progress lag of up to {_pct(max_lag)} of the steps")
+            f"progress lag of up to {pct(max_lag)} of the steps")
     if al.bin > 0 or al.mean > 0 or al.speed > 0:
         return (f"one run per side: the noise model sees {seen}; what it cannot see, how seeds of this model differ, "
                 f"is covered by a seed-to-seed allowance learned on other models' healthy seed pairs ({al.words()}), "
@@ -665,10 +424,6 @@ def _range(s: Side) -> str:
 # Compatibility
 
 
-def _process_words(p) -> str:
-    return f"{p.kind}/{p.prediction}, {p.num_bins} bins"
-
-
 def _difference(a, b) -> str | None:
     """How two processes differ, in words; None when they bin the same noise levels the same way."""
     if a.same_noise_levels(b):
@@ -690,8 +445,6 @@ def _difference(a, b) -> str | None:
 
 def _in_lstar_units(base: list[Run], cand: list[Run], findings_of):
     """Both sides in L* units, with the notes that say what that assumes; findings still read the runs as logged."""
-    from diffaudit.units import conversion_notes, in_lstar_units
-
     ref = base[0].process
     for r in base[1:] + cand:
         p = r.process
@@ -701,7 +454,7 @@ def _in_lstar_units(base: list[Run], cand: list[Run], findings_of):
         if not same:
             raise MismatchError(f"{base[0].name} and {r.name}: L* units put different prediction targets on one scale, "
                                 f"but the runs must share the process, schedule and bins "
-                                f"({_process_words(ref)} vs {_process_words(p)})")
+                                f"({process_words(ref)} vs {process_words(p)})")
     original, conv = {}, []
     out = []
     for side in (base, cand):
@@ -722,8 +475,8 @@ def _check_compatible(base: list[Run], cand: list[Run], force: bool, notes: list
         diff = _difference(ref.process, r.process)
         if diff is None:
             continue
-        msg = (f"baseline {ref.name} ({_process_words(ref.process)}) and {role} {r.name} "
-               f"({_process_words(r.process)}) differ: {diff}")
+        msg = (f"baseline {ref.name} ({process_words(ref.process)}) and {role} {r.name} "
+               f"({process_words(r.process)}) differ: {diff}")
         if ref.process.num_bins != r.process.num_bins or ref.process.kind != r.process.kind:
             raise MismatchError(msg + ("; their noise bins cannot be matched" if force else "; use --force to compare anyway"))
         if not force:
@@ -840,44 +593,23 @@ def _select_window(grid: _Grid, win: Window, lo: int, hi: int, min_windows: int,
 
 
 def _lstar(base: list[Run], cand: list[Run], notes: list[str]) -> tuple[np.ndarray | None, str | None]:
-    """L* per bin for the excess: empirical when both sides have it, else the Gaussian bound, else None."""
-    r = base[0]
-    nb = r.process.num_bins
-    emp = [x.optimum for x in (base[0], cand[0])]
-    if all(o is not None and o.height for o in emp):
-        v = np.full(nb, np.nan)
-        o = emp[0]
-        v[o["bin"].to_numpy()] = o["loss_opt"].to_numpy()
-        return v, "empirical"
-    spectrum = r.meta.get("data_spectrum")
-    data_var = r.meta.get("data_var")
-    if r.meta.get("unit") == "lstar":  # the loss already is its ratio to L*; a separate excess adds nothing
+    """L* per bin for the excess: empirical when both sides have it, else the Gaussian L*, else None (with a note)."""
+    if base[0].meta.get("unit") == "lstar":  # the loss already is its ratio to L*; a separate excess adds nothing
         return None, None
-    if spectrum is None and data_var is None:
-        notes.append("no data variance in run.json: excess over L* not computed")
-        return None, None
-    from diffaudit.optimum import bin_gaussian_optimal_loss
-
-    try:
-        if spectrum is not None:
-            return bin_gaussian_optimal_loss(r.process, spectrum=spectrum), "gaussian"
-        return bin_gaussian_optimal_loss(r.process, data_var=float(data_var)), "gaussian"
-    except DiffauditError as e:
-        notes.append(f"excess over L* not computed: {e}")
-        return None, None
-
-
-def _bin_words(process, b: int) -> str:
-    e = process.bin_edges()
-    unit = {"vp": "t", "flow": "t", "edm": "sigma"}.get(process.kind, "t")
-    if process.kind == "vp":
-        return f"{unit} {int(e[b])}-{int(e[b + 1]) - 1}"
-    return f"{unit} {e[b]:.4g}-{e[b + 1]:.4g}"
+    ref = reference_lstar(base[0])
+    if ref.has_empirical and reference_lstar(cand[0]).has_empirical:
+        return ref.empirical, "empirical"
+    if ref.has_gaussian:
+        return ref.gaussian, "gaussian"
+    notes.append(f"excess over L* not computed: {ref.problem.split(': ', 1)[-1]}" if ref.problem
+                 else "no data variance in run.json: excess over L* not computed")
+    return None, None
 
 
 def _untested_bins(process, why: str) -> list[Check]:
-    return [Check("loss", f"loss bin {b}", "inconclusive", why, rule="loss", bin=b, noise_levels=_bin_words(process, b))
-            for b in range(process.num_bins)]
+    edges = process.bin_edges()
+    return [Check("loss", f"loss bin {b}", "inconclusive", why, rule="loss", bin=b,
+                  noise_levels=bin_span(process.kind, edges, b)) for b in range(process.num_bins)]
 
 
 def _elasticity(mean: np.ndarray, x: np.ndarray, span: float) -> np.ndarray:
@@ -956,8 +688,8 @@ class Allowance:
             return np.sqrt(self.bin**2 + (self.floor * mean_level / level) ** 2)
 
     def words(self) -> str:
-        return (f"sd per run {_pct(self.bin)} of a bin's loss plus {_pct(self.floor)} of the run's mean loss over "
-                f"bins, {_pct(self.mean)} for a mean over bins, {_pct(self.speed)} for the steps to reach the loss level, "
+        return (f"sd per run {pct(self.bin)} of a bin's loss plus {pct(self.floor)} of the run's mean loss over "
+                f"bins, {pct(self.mean)} for a mean over bins, {pct(self.speed)} for the steps to reach the loss level, "
                 f"{self.clip:.2g} for the log-odds of the clip rate")
 
 
@@ -1088,7 +820,7 @@ def single_run_stats(a: np.ndarray, b: np.ndarray, x: np.ndarray, sel: np.ndarra
                      "autocorrelation times long): the error bars assume AR(1) block noise with phi = "
                      f"{phi:.2f}, " + (f"estimated from all bins over the last {K - first} matched blocks" if ar is not None else
                      "assumed (too few blocks to estimate it)") + ", and use "
-                     f"its effective degrees of freedom (" + (f"about {np.nanmedian(df_w):.1f}, " if np.isfinite(df_w).any()
+                     "its effective degrees of freedom (" + (f"about {np.nanmedian(df_w):.1f}, " if np.isfinite(df_w).any()
                                                             else "") + f"not {len(sel) - 1})")
     groups = []
     for name, members in _groups(tested, falling):
@@ -1234,8 +966,9 @@ def _loss_checks(grid, sel, base, cand, rules, alpha, correction, max_lag, lstar
         q, qg = _adjust(p, pg, correction)
     checks = []
     xs = []
+    edges = process.bin_edges()
     for k in range(nb):
-        words = _bin_words(process, k)
+        words = bin_span(process.kind, edges, k)
         if not np.isfinite(st.change[k]):
             checks.append(Check("loss", f"loss bin {k}", "inconclusive", st.why[k] or "no data", rule=str(rule),
                                 bin=k, noise_levels=words, limit=rule.limit, relative=rule.relative))
@@ -1272,8 +1005,8 @@ def _group_check(rule, name, members, ch, se, df, p, q, alpha, level_a, level_b)
     bins = np.flatnonzero(members)
     over = rule.exceeded(ch)
     sig = q <= alpha
-    said = f"{_signed(ch, True)} averaged over {bins.size} bins ({format_ranges(bins.tolist())})"
-    status, reason = _decide(said, rule, over, sig, f"q = {_p(q)}", f"q = {_p(q)} > {alpha:g}")
+    said = f"{change_text(ch, True)} averaged over {bins.size} bins ({bin_ranges(bins.tolist())})"
+    status, reason = _decide(said, rule, over, sig, f"q = {p_value(q)}", f"q = {p_value(q)} > {alpha:g}")
     return Check("loss_mean", f"loss, {name}", status, reason, rule=str(rule),
                  baseline=float(np.nanmean(level_a[members])), candidate=float(np.nanmean(level_b[members])),
                  change=float(ch), relative=True, lo=float(ch - tq * se), hi=float(ch + tq * se), p=float(p),
@@ -1297,8 +1030,8 @@ def _level_check(metric, rule, k, words, va, vb, adj, diff, se, tq, p, q, alpha,
     over = rule.exceeded(ch)
     sig = over and q <= alpha
     lagged = details.get("lag_adjustment", 0.0) != 0.0
-    said = f"{_signed(ch, rule.relative)}" + (f" after the progress lag (raw {_signed(raw, rule.relative)})" if lagged else "")
-    status, reason = _decide(said, rule, over, sig, f"q = {_p(q)}", f"q = {_p(q)} > {alpha:g}")
+    said = f"{change_text(ch, rule.relative)}" + (f" after the progress lag (raw {change_text(raw, rule.relative)})" if lagged else "")
+    status, reason = _decide(said, rule, over, sig, f"q = {p_value(q)}", f"q = {p_value(q)} > {alpha:g}")
     return Check(metric, name, status, reason, rule=str(rule), baseline=float(va), candidate=float(vb),
                  change=float(ch), relative=rule.relative, lo=float(c_lo), hi=float(c_hi), p=float(p), q=float(q),
                  limit=rule.limit, bin=k, noise_levels=words, details=details)
@@ -1315,7 +1048,7 @@ def _steps_in(r: Run, lo: int, hi: int) -> pl.DataFrame:
     return s.filter((pl.col("step") >= lo) & (pl.col("step") <= hi)).sort("step")
 
 
-def _block_curve(step: np.ndarray, y: np.ndarray, lo: int, size: int, nblocks: int) -> np.ndarray:
+def block_means(step: np.ndarray, y: np.ndarray, lo: int, size: int, nblocks: int) -> np.ndarray:
     """Mean of the finite y per block of ``size`` steps from ``lo``; NaN for empty blocks."""
     ok = np.isfinite(y)
     idx = ((step[ok] - lo) // size).astype(np.int64)
@@ -1356,7 +1089,7 @@ def _speed_check(base, cand, rule, lo, hi, window, alpha, single, allowance: All
         if s.height == 0:
             curves.append(np.full(nblocks, np.nan))
             continue
-        curves.append(_block_curve(s["step"].to_numpy(), s["loss"].cast(pl.Float64).to_numpy(), lo, size, nblocks))
+        curves.append(block_means(s["step"].to_numpy(), s["loss"].cast(pl.Float64).to_numpy(), lo, size, nblocks))
     curves = np.array(curves)
     R0 = len(base)
     with warnings.catch_warnings():
@@ -1375,7 +1108,7 @@ def _speed_check(base, cand, rule, lo, hi, window, alpha, single, allowance: All
     level = late + SPEED_LEVEL * (early - late)
     cross = np.array([_crossing(c, level, size) for c in curves])
     ca, cb = cross[:R0], cross[R0:]
-    details = {"level": level, "baseline_runs": [_num(v) for v in ca], "candidate_runs": [_num(v) for v in cb],
+    details = {"level": level, "baseline_runs": [json_float(v) for v in ca], "candidate_runs": [json_float(v) for v in cb],
                "smoothing_steps": size}
     name = f"steps to reach loss {level:.4g}"
     if not np.isfinite(ca).all():
@@ -1409,8 +1142,8 @@ def _speed_check(base, cand, rule, lo, hi, window, alpha, single, allowance: All
             zq = float(sps.norm.isf(alpha / 2))
             d = float(lb[0] - la[0])
             lo_, hi_ = to_change(d - zq * sd), to_change(d + zq * sd)
-            sig, sig_words = p <= alpha, (f"one run per side: p = {_p(p)} against the seed-to-seed spread of the "
-                                          f"crossing step ({_pct(allowance.speed)} per run, learned on healthy seeds)")
+            sig, sig_words = p <= alpha, (f"one run per side: p = {p_value(p)} against the seed-to-seed spread of the "
+                                          f"crossing step ({pct(allowance.speed)} per run, learned on healthy seeds)")
         else:
             sig, sig_words = True, "one run per side, no seed allowance: the limit alone decides"
     else:
@@ -1421,9 +1154,9 @@ def _speed_check(base, cand, rule, lo, hi, window, alpha, single, allowance: All
         p = _p_above(c.diff, c.se, c.df, lim)
         tq = _tq(alpha, c.df) if c.se > 0 else 0.0
         lo_, hi_ = to_change(c.diff - tq * c.se), to_change(c.diff + tq * c.se)
-        sig, sig_words = p <= alpha, f"p = {_p(p)} over seeds"
+        sig, sig_words = p <= alpha, f"p = {p_value(p)} over seeds"
     over = rule.exceeded(ch)
-    said = f"{va:,.0f} -> {vb:,.0f} steps ({_signed(ch, rule.relative)})"
+    said = f"{va:,.0f} -> {vb:,.0f} steps ({change_text(ch, rule.relative)})"
     status, reason = _decide(said, rule, over, sig, sig_words, sig_words)
     return Check("steps", name, status, reason, rule=str(rule), baseline=va, candidate=vb, change=ch,
                  relative=rule.relative, lo=lo_, hi=hi_, p=p, limit=rule.limit, details=details)
@@ -1476,8 +1209,8 @@ def _clip_check(base, cand, rule, lo, hi, alpha, single, allowance: Allowance) -
     tq = _tq(alpha, df) if se > 0 else 0.0
     lo_, hi_ = (c.diff - tq * se) / scale, (c.diff + tq * se) / scale
     over = rule.exceeded(ch)
-    said = f"{_pct(va)} -> {_pct(vb)} of steps clipped ({_signed(ch, rule.relative)})"
-    status, reason = _decide(said, rule, over, p <= alpha, f"p = {_p(p)}", f"p = {_p(p)}")
+    said = f"{pct(va)} -> {pct(vb)} of steps clipped ({change_text(ch, rule.relative)})"
+    status, reason = _decide(said, rule, over, p <= alpha, f"p = {p_value(p)}", f"p = {p_value(p)}")
     return Check("clip_rate", name, status, reason, rule=str(rule), baseline=va, candidate=vb, change=ch,
                  relative=rule.relative, lo=lo_, hi=hi_, p=p, limit=rule.limit,
                  details={"runs": [float(v) for v in rates], "method": c.method})
@@ -1514,7 +1247,7 @@ def _nonfinite_check(base, cand, rule, lo, hi) -> Check:
     ch = rule.change(va, vb)
     said = f"{va:,.4g} -> {vb:,.4g} per run over the matched steps"
     if rule.exceeded(ch):
-        status, reason = "regression", f"{said} ({_signed(ch, rule.relative)} > {rule.limit_text()})"
+        status, reason = "regression", f"{said} ({change_text(ch, rule.relative)} > {rule.limit_text()})"
     else:
         status, reason = "pass", f"{said}, within {rule.limit_text()}"
     return Check("nonfinite", name, status, reason, rule=str(rule), baseline=va, candidate=vb, change=ch,
@@ -1526,8 +1259,6 @@ def _nonfinite_check(base, cand, rule, lo, hi) -> Check:
 
 
 def _default_findings(run: Run):
-    from diffaudit.analysis import analyze  # the analyzer is optional for the gate: imported when used
-
     return analyze(run).findings
 
 
@@ -1589,10 +1320,10 @@ def _overall(checks: list[Check], sides: tuple[Side, Side], nblocks: int) -> tup
         parts = []
         rb = [c.bin for c in reg if c.metric == "loss"]
         if rb:
-            parts.append(f"late loss in {len(rb)} of {len(tested)} noise bins ({format_ranges(rb)})")
+            parts.append(f"late loss in {len(rb)} of {len(tested)} noise bins ({bin_ranges(rb)})")
         xb = [c.bin for c in reg if c.metric == "excess"]
         if xb:
-            parts.append(f"excess over L* in {len(xb)} bins ({format_ranges(xb)})")
+            parts.append(f"excess over L* in {len(xb)} bins ({bin_ranges(xb)})")
         parts += [c.name for c in reg if c.metric not in ("loss", "excess")]
         return "regression", "regression: " + "; ".join(parts)
     if not tested:
@@ -1601,378 +1332,3 @@ def _overall(checks: list[Check], sides: tuple[Side, Side], nblocks: int) -> tup
     other = [c.name for c in checks if c.metric not in ("loss", "excess", _GROUP_METRIC) and c.status == "pass"]
     return "pass", (f"pass: no regression in {len(tested)} noise bins"
                     + (f", {', '.join(dict.fromkeys(other))}" if other else ""))
-
-
-# ----------------------------------------------------------------------------
-# Curves for plots
-
-
-def _curves(base: list[Run], cand: list[Run]) -> tuple[RunCurve, ...]:
-    """Per side, the per-step loss in CURVE_POINTS blocks over the steps its runs logged: the run's own curve,
-    or the mean over seeds (blocks no run logged are left out)."""
-    out = []
-    for side, runs in (("baseline", base), ("candidate", cand)):
-        steps = [r.steps for r in runs if r.steps.height]
-        if not steps:
-            continue
-        lo = min(int(s["step"].min()) for s in steps)
-        hi = max(int(s["step"].max()) for s in steps)
-        size = max(1, -(-(hi - lo + 1) // CURVE_POINTS))
-        n = -(-(hi - lo + 1) // size)
-        ys = np.array([_block_curve(s["step"].to_numpy(), s["loss"].cast(pl.Float64).to_numpy(), lo, size, n)
-                       for s in steps])
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)
-            y = np.nanmean(ys, axis=0)
-        x = lo + (np.arange(n) + 0.5) * size
-        ok = np.isfinite(y)
-        name = runs[0].name if len(runs) == 1 else f"mean of {len(runs)} runs"
-        out.append(RunCurve(side, name, x[ok], y[ok]))
-    return tuple(out)
-
-
-# ----------------------------------------------------------------------------
-# Formatting helpers (shared by every renderer)
-
-
-def _pct(v: float) -> str:
-    if v is None or not math.isfinite(v):
-        return "inf%" if v is not None and v > 0 else "-"
-    return f"{100 * v:,.0f}%" if abs(v) >= 10 else f"{100 * v:.3g}%"
-
-
-def _signed(v: float, relative: bool) -> str:
-    if v is None:
-        return "-"
-    if math.isinf(v):
-        return "+inf" if v > 0 else "-inf"
-    if relative:
-        return f"{100 * v:+,.0f}%" if abs(v) >= 10 else f"{100 * v:+.3g}%"
-    return f"{v:+.3g}"
-
-
-def _p(v) -> str:
-    if v is None or not np.isfinite(v):
-        return "-"
-    return f"{v:.2g}" if v >= 1e-4 else f"{v:.1e}"
-
-
-def _num(v):
-    """A float for JSON: NaN and infinities become None."""
-    if v is None:
-        return None
-    v = float(v)
-    return v if math.isfinite(v) else None
-
-
-def _value(v, metric: str) -> str:
-    if v is None or (isinstance(v, float) and math.isnan(v)):
-        return "-"
-    if math.isinf(v):
-        return "never"
-    if metric == "clip_rate":
-        return _pct(v)
-    if metric == "steps":
-        return f"{v:,.0f}"
-    if metric == "nonfinite":
-        return f"{v:,.4g}"
-    if metric == "findings":
-        return f"{100 * v:.0f}% of runs"
-    return f"{v:.4g}"
-
-
-def _change_text(c: Check) -> str:
-    return "-" if c.change is None else _signed(c.change, c.relative)
-
-
-def _interval_text(c: Check) -> str:
-    if c.lo is None or c.hi is None:
-        return "-"
-    return f"[{_signed(c.lo, c.relative)}, {_signed(c.hi, c.relative)}]"
-
-
-def _limit_text(c: Check) -> str:
-    if c.metric == "findings":
-        return c.rule.split(":", 1)[-1] if ":" in c.rule else c.rule
-    if c.limit is None:
-        return "off" if c.status == "off" else "-"
-    return f"+{_pct(c.limit)}" if c.relative else f"+{c.limit:g}"
-
-
-def _rows(v: Verdict, everything: bool) -> list[Check]:
-    """Checks to show: all of them, or every non-bin check plus the bins that regressed or could not be tested."""
-    if everything:
-        return list(v.checks)
-    bins = [c for c in v.checks if c.metric in ("loss", "excess")]
-    keep = [c for c in bins if c.status in ("regression", "inconclusive")]
-    if not any(c.status == "regression" for c in keep):  # show the bins that came closest, so a pass shows numbers
-        ranked = sorted((c for c in bins if c.metric == "loss" and c.change is not None and math.isfinite(c.change)),
-                        key=lambda c: -c.change)
-        keep += ranked[:3]
-    keep_ids = {id(c) for c in keep}
-    return [c for c in v.checks if c.metric not in ("loss", "excess") or id(c) in keep_ids]
-
-
-_CORRECTION_WORDS = {"holm": "Holm", "by": "Benjamini-Yekutieli"}
-TABLE_COLUMNS = ("check", "baseline", "candidate", "change", "interval", "p (adj.)", "limit", "result")
-
-
-def _table_row(c: Check, alpha_conf: str = "") -> list[str]:
-    name = c.name + (f" ({c.noise_levels})" if c.noise_levels else "")
-    pq = "-" if c.p is None else (_p(c.q) if c.q is not None else _p(c.p))
-    return [name, _value(c.baseline, c.metric), _value(c.candidate, c.metric), _change_text(c), _interval_text(c),
-            pq, _limit_text(c), c.status.upper() if c.status == "regression" else c.status]
-
-
-# ----------------------------------------------------------------------------
-# Renderers: text, JSON, JUnit XML, Markdown, HTML
-
-
-def verdict_to_text(v: Verdict, *, everything: bool = False) -> str:
-    """The terminal table: header lines, notes, one row per shown check, the reasons of regressions."""
-    lines = [
-        f"baseline:  {v.baseline.label()}",
-        f"candidate: {v.candidate.label()}",
-    ]
-    if v.window is not None:
-        lines.append(f"late window: steps {v.window[0]:,}-{v.window[1]:,} ({v.window_blocks} matched blocks); "
-                     f"noise model: {'seed-to-seed spread' if v.noise_model == 'seeds' else 'within-run variability'}; "
-                     f"{_CORRECTION_WORDS.get(v.settings.get('correction'), 'Holm')} across bins "
-                     f"at alpha {v.settings.get('alpha', ALPHA):g}")
-    for n in v.notes:
-        lines.append(f"note: {n}")
-    rows = [_table_row(c) for c in _rows(v, everything)]
-    if rows:
-        widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(TABLE_COLUMNS)]
-        lines.append("")
-        lines.append("  ".join(h.ljust(w) for h, w in zip(TABLE_COLUMNS, widths)).rstrip())
-        lines.append("  ".join("-" * w for w in widths))
-        for r in rows:
-            lines.append("  ".join(x.ljust(w) if i in (0, 7) else x.rjust(w) for i, (x, w) in
-                                   enumerate(zip(r, widths))).rstrip())
-        hidden = len(v.checks) - len(rows)
-        if hidden:
-            lines.append(f"({hidden} more passing bin checks; -v shows every row)")
-    reg = v.regressions
-    if reg:
-        lines.append("")
-        for c in reg[:MAX_REASONS]:
-            lines.append(f"REGRESSION {c.name}{' (' + c.noise_levels + ')' if c.noise_levels else ''}: {c.reason}")
-        if len(reg) > MAX_REASONS:
-            lines.append(f"... and {len(reg) - MAX_REASONS} more regressions (in the table above)")
-    lines.append("")
-    lines.append(v.summary)
-    return "\n".join(lines) + "\n"
-
-
-JSON_SCHEMA = "diffaudit.compare/1"
-
-
-def verdict_to_dict(v: Verdict) -> dict:
-    """The verdict as JSON-ready data (NaN and infinities become null; curves are left out)."""
-
-    def clean(x):
-        if isinstance(x, dict):
-            return {k: clean(val) for k, val in x.items()}
-        if isinstance(x, (list, tuple)):
-            return [clean(val) for val in x]
-        if isinstance(x, (float, np.floating)):
-            return _num(x)
-        if isinstance(x, np.integer):
-            return int(x)
-        return x
-
-    return clean({
-        "schema": JSON_SCHEMA,
-        "status": v.status,
-        "summary": v.summary,
-        "noise_model": v.noise_model,
-        "baseline": {**asdict(v.baseline), "n_runs": v.baseline.n_runs},
-        "candidate": {**asdict(v.candidate), "n_runs": v.candidate.n_runs},
-        "matched_steps": list(v.matched) if v.matched else None,
-        "window": list(v.window) if v.window else None,
-        "window_blocks": v.window_blocks,
-        "lag": v.lag,
-        "lstar": v.lstar_kind,
-        "settings": v.settings,
-        "notes": list(v.notes),
-        "regressions": [c.name for c in v.regressions],
-        "checks": [asdict(c) for c in v.checks],
-    })
-
-
-def verdict_to_json(v: Verdict, *, indent: int | None = 1) -> str:
-    return json.dumps(verdict_to_dict(v), indent=indent, allow_nan=False) + "\n"
-
-
-def verdict_to_junit(v: Verdict) -> str:
-    """JUnit XML: one testcase per check (off rules left out), a failure per regression, skipped when inconclusive."""
-    shown = [c for c in v.checks if c.status != "off"]
-    suites = ET.Element("testsuites", name="diffaudit compare")
-    suite = ET.SubElement(suites, "testsuite", {
-        "name": f"diffaudit compare {v.baseline.label()} -> {v.candidate.label()}",
-        "tests": str(max(len(shown), 1)),
-        "failures": str(sum(c.status == "regression" for c in shown)),
-        "errors": "0",
-        "skipped": str(sum(c.status == "inconclusive" for c in shown) + (0 if shown else 1)),
-        "time": "0",
-    })
-    props = ET.SubElement(suite, "properties")
-    for k, val in [("status", v.status), ("summary", v.summary), ("noise_model", v.noise_model),
-                   ("baseline", " ".join(v.baseline.paths)), ("candidate", " ".join(v.candidate.paths)),
-                   ("window", "" if v.window is None else f"{v.window[0]}-{v.window[1]}"),
-                   *[(f"setting.{k2}", json.dumps(x) if not isinstance(x, str) else x) for k2, x in v.settings.items()]]:
-        ET.SubElement(props, "property", name=k, value=str(val))
-    for c in shown:
-        tc = ET.SubElement(suite, "testcase", {
-            "classname": f"diffaudit.compare.{c.metric}",
-            "name": c.name + (f" ({c.noise_levels})" if c.noise_levels else ""),
-            "time": "0",
-        })
-        text = (f"baseline {_value(c.baseline, c.metric)}, candidate {_value(c.candidate, c.metric)}, "
-                f"change {_change_text(c)} {_interval_text(c)}, p {_p(c.p)}, q {_p(c.q)}, limit {_limit_text(c)}")
-        if c.status == "regression":
-            f = ET.SubElement(tc, "failure", message=c.reason, type="regression")
-            f.text = text
-        elif c.status == "inconclusive":
-            ET.SubElement(tc, "skipped", message=c.reason)
-        else:
-            out = ET.SubElement(tc, "system-out")
-            out.text = f"{c.reason}\n{text}"
-    if not shown:
-        tc = ET.SubElement(suite, "testcase", classname="diffaudit.compare", name="matching", time="0")
-        ET.SubElement(tc, "skipped", message=v.summary)
-    for el in suites.iter():  # names from the logs may hold characters XML 1.0 cannot carry at all
-        el.text = None if el.text is None else _xml_safe(el.text)
-        for k, val in el.attrib.items():
-            el.attrib[k] = _xml_safe(val)
-    ET.indent(suites)
-    return ET.tostring(suites, encoding="unicode", xml_declaration=True) + "\n"
-
-
-_XML_FORBIDDEN = re.compile("[^\t\n\r\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
-
-
-def _xml_safe(s: str) -> str:
-    """s with each character XML 1.0 forbids (most control characters, lone surrogates) written as \\xNN."""
-    return _XML_FORBIDDEN.sub(lambda m: f"\\x{ord(m.group()):02x}" if ord(m.group()) < 256 else f"\\u{ord(m.group()):04x}", s)
-
-
-# Markdown that a run's name could carry into a CI summary: line breaks (a new block: a heading),
-# emphasis, code, links and images, autolinks, table pipes, raw HTML. Each is escaped so the name
-# shows as the text it is (CommonMark: any ASCII punctuation may be backslash-escaped).
-_MD_BREAKS = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]+")
-_MD_PUNCT = re.compile(r"([\\`*_\[\]{}|~!#@])")
-
-
-def _md_cell(s: str) -> str:
-    """Text from the logs as inert Markdown: one line, no markup, no links or HTML."""
-    s = _MD_PUNCT.sub(r"\\\1", _MD_BREAKS.sub(" ", str(s)))
-    s = s.replace("<", "&lt;").replace(">", "&gt;")
-    return s.replace("://", ":\\/\\/").replace("www.", "www\\.")
-
-
-def verdict_to_markdown(v: Verdict, *, everything: bool = False) -> str:
-    """A Markdown summary for a CI step summary: status line, notes, a table of checks."""
-    mark = {"pass": "✅ pass", "regression": "❌ regression", "inconclusive": "⚠️ inconclusive"}[v.status]
-    out = [f"## diffaudit compare: {mark}", "",
-           f"**{_md_cell(v.summary)}**", "",
-           f"- baseline: {_md_cell(v.baseline.label())}",
-           f"- candidate: {_md_cell(v.candidate.label())}"]
-    if v.window is not None:
-        out.append(f"- late window: steps {v.window[0]:,}–{v.window[1]:,} ({v.window_blocks} matched blocks); "
-                   f"noise model: {'seed-to-seed spread' if v.noise_model == 'seeds' else 'within-run variability only'}")
-    for n in v.notes:
-        out.append(f"- {_md_cell(n)}")
-    rows = _rows(v, everything)
-    if rows:
-        out += ["", "| " + " | ".join(TABLE_COLUMNS) + " |",
-                "|" + "|".join([":---"] + ["---:"] * 6 + [":---"]) + "|"]
-        for c in rows:
-            r = [_md_cell(x) for x in _table_row(c)]
-            if c.status == "regression":
-                r[-1] = "**REGRESSION**"
-            out.append("| " + " | ".join(r) + " |")
-        hidden = len(v.checks) - len(rows)
-        if hidden:
-            out += ["", f"_{hidden} more passing bin checks not shown._"]
-    if v.regressions:
-        out += ["", "<details><summary>Why</summary>", ""]
-        out += [f"- **{_md_cell(c.name)}**: {_md_cell(c.reason)}" for c in v.regressions]
-        out += ["", "</details>"]
-    return "\n".join(out) + "\n"
-
-
-def verdict_to_html(v: Verdict) -> str:
-    """A self-contained HTML page: verdict, the runs' loss curves overlaid, per-bin changes with intervals, the table."""
-    from diffaudit import render
-    from diffaudit.plots import Curve, Series, VLine, noise_axis, noise_plot, step_plot, RUN_COLORS
-
-    colors = {"baseline": RUN_COLORS[0], "candidate": RUN_COLORS[1]}
-    in_lstar = v.settings.get("unit") == "lstar"
-    series = [Series(f"{c.side}: {c.name}", c.step, c.loss, color=colors[c.side], style="line") for c in v.curves]
-    vlines = [VLine(float(v.window[0]), "late window starts")] if v.window else []
-    figs = [] if in_lstar else [render.FigureView("curves", "Training loss", step_plot(
-        series, ylabel="loss (block mean)", vlines=vlines, log=True,
-        alt="per-step training loss of the baseline and candidate runs, block means"),
-        "Per-step loss (all noise levels mixed), reduced to block means; with several seeds, their mean. "
-        "Baseline blue, candidate orange; the dotted line marks the start of the late window.")]
-    bins = [c for c in v.checks if c.metric == "loss" and c.change is not None]
-    if bins and v.process is not None:
-        axis = noise_axis(v.process)
-        centers = np.asarray(v.process.bin_centers(), dtype=np.float64)
-        x = centers[[c.bin for c in bins]]
-        y = np.array([100 * c.change for c in bins])
-        lo = np.array([100 * c.lo for c in bins])
-        hi = np.array([100 * c.hi for c in bins])
-        lim = bins[0].limit
-        curves = [Curve("change, with its interval", x, y, lo=lo, hi=hi, color=RUN_COLORS[1])]
-        if lim is not None and bins[0].relative:
-            curves.append(Curve(f"tolerance +{_pct(lim)}", x, np.full(x.size, 100 * lim), color="#777777",
-                                style="dashed", marker=None))
-        reg = np.array([c.status == "regression" for c in bins])
-        if reg.any():
-            curves.append(Curve("regressed", x, np.where(reg, y, np.nan), color="#c62828", style="dotted", width=0.0))
-        unit = "%" if bins[0].relative else ""
-        figs.append(render.FigureView("bins", "Per-bin change", noise_plot(
-            curves, axis, ylabel=f"late loss change{' (%)' if unit else ''}", log=False,
-            alt="relative change of the late loss per noise bin with its interval"),
-            f"Candidate minus baseline, late loss per noise bin (after removing any progress lag), with {(1 - v.settings.get('alpha', ALPHA)):.0%} "
-            "intervals (uncorrected); red marks bins that regressed (above the tolerance and significant after "
-            "correction)."))
-        level = [Curve("baseline", x, np.array([c.baseline for c in bins]), color=colors["baseline"]),
-                 Curve("candidate", x, np.array([c.candidate for c in bins]), color=colors["candidate"])]
-        ls = np.array([c.details.get("lstar", np.nan) for c in bins], dtype=np.float64)
-        if np.isfinite(ls).any():
-            level.append(Curve(f"L* ({v.lstar_kind})", x, ls, color="#222222", style="dashed", marker=None))
-        figs.append(render.FigureView("levels", "Late loss per noise level", noise_plot(
-            level, axis, ylabel="late loss / own L*" if in_lstar else "late loss",
-            alt="late loss per noise bin of both sides"),
-            "Late-window loss per noise bin on each side (mean over seeds), "
-            + ("each divided by the Gaussian L* of its own prediction target (1: as good as the best linear "
-               "denoiser)." if in_lstar else "with the reference L*.")))
-    rows = [_table_row(c) for c in v.checks if c.status != "off"]
-    cls = {"regression": "fail", "inconclusive": "warn", "pass": "ok"}
-    table = render.Table(
-        columns=list(TABLE_COLUMNS),
-        rows=[[render.Cell(x, cls.get(c.status, "") if i == 7 else "") for i, x in enumerate(r)]
-              for r, c in zip(rows, [c for c in v.checks if c.status != "off"])],
-        numeric=[False, True, True, True, True, True, True, False],
-    )
-    level = {"pass": "ok", "regression": "fail", "inconclusive": "warn"}[v.status]
-    head = [render.Item("baseline", v.baseline.label()), render.Item("candidate", v.candidate.label()),
-            render.Item("noise model", "seed-to-seed spread" if v.noise_model == "seeds"
-                        else "within-run variability + seed allowance")]
-    if in_lstar:
-        head.append(render.Item("unit", "loss / own Gaussian L*"))
-    if v.window:
-        head.append(render.Item("late window", f"steps {v.window[0]:,}-{v.window[1]:,} ({v.window_blocks} blocks)"))
-    if v.lag:
-        head.append(render.Item("progress lag absorbed", _pct(v.lag)))
-    sections = [render.Section("figures", "Curves"), render.Section("checks", "Checks"), render.Section("notes", "Notes")]
-    return render.render_page(
-        "compare.html.j2", verdict=v, level=level, head=head, figures=figs, checks_table=table,
-        reasons=[(c.name, c.reason) for c in v.regressions], notes=list(v.notes), sections=sections,
-        settings=[render.Item(k, json.dumps(x) if not isinstance(x, str) else x) for k, x in v.settings.items()],
-    )
-

@@ -126,13 +126,19 @@ NEGLIGIBLE_WEIGHT = math.exp(NEGLIGIBLE_LOG_WEIGHT)
 SPECTRUM_ROUNDOFF = 1e-12  # negative eigenvalues above -1e-12 * max are round-off
 
 
+EXACT_LIMIT = 2e8  # N*d up to which the default estimator is exact (minutes on 2 cores at the default samples)
+
 __all__ = [
+    "EXACT_LIMIT",
     "EmpiricalOptimalLoss",
+    "backend_name",
     "bin_empirical_optimal_loss",
     "bin_gaussian_optimal_loss",
     "check_data",
+    "choose_estimator",
     "data_spectrum",
     "gaussian_optimal_loss",
+    "mean_variance",
     "posterior_mean",
 ]
 
@@ -490,6 +496,43 @@ def _backend(backend: str, device):
     if backend == "auto" and device is None and not torch.cuda.is_available():
         return _NumpyOps()
     return _TorchOps(device)
+
+
+def backend_name(device=None) -> str:
+    """Where the empirical L* would run with ``device`` ("numpy", or "torch (cuda:0)"); raises DiffauditError
+    for a device that cannot be used."""
+    name = _backend("auto", device).name
+    return name + (f" ({device})" if device else "")
+
+
+def choose_estimator(estimator: str | None, subset: int | None, n: int, d: int) -> tuple[str, str]:
+    """(estimator, why it was chosen): the one asked for; else exact when N*d <= EXACT_LIMIT, else stratified
+    (also implied by a subset size)."""
+    size = f"N*d = {n * d:,}"
+    if estimator is not None:
+        if estimator not in ESTIMATORS:
+            raise DiffauditError(f"unknown estimator {estimator!r}; expected one of {', '.join(ESTIMATORS)}")
+        if estimator == "exact" and subset is not None:
+            raise DiffauditError("--subset applies to the subsampled estimators (stratified, cdol, dol), not to exact")
+        return estimator, "chosen with --estimator"
+    if subset is not None:
+        return "stratified", "--subset implies a subsampled estimator"
+    if n * d <= EXACT_LIMIT:
+        return "exact", f"default: {size} <= {EXACT_LIMIT:.0e}"
+    return "stratified", f"default: {size} > {EXACT_LIMIT:.0e}; --estimator exact sums all N points"
+
+
+def mean_variance(x: np.ndarray) -> float:
+    """Per-element variance averaged over elements (what run.json's data_var holds), in float64 pieces."""
+    n, d = x.shape
+    rows = max(1, (64 << 20) // (8 * d))
+    s, s2 = np.zeros(d), np.zeros(d)
+    for i in range(0, n, rows):
+        c = np.asarray(x[i : i + rows], dtype=np.float64)
+        s += c.sum(axis=0)
+        s2 += np.einsum("ij,ij->j", c, c)
+    mean = s / n
+    return float(np.mean(np.maximum(s2 / n - mean * mean, 0.0)))
 
 
 # ----------------------------------------------------------------------------

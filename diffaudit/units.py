@@ -38,6 +38,9 @@ import polars as pl
 
 from diffaudit.errors import MismatchError
 from diffaudit.load import Run
+from diffaudit.optimum import gaussian_optimal_loss
+from diffaudit.reference import data_statistics, reference_lstar
+from diffaudit.words import bin_ranges
 
 UNIT = "lstar"  # run.meta["unit"] of a converted run
 COMMON_PREDICTION = "loss / Gaussian L* (target-independent)"
@@ -54,15 +57,16 @@ class Conversion:
 
 
 def _lstar_per_bin(run: Run) -> tuple[np.ndarray, np.ndarray]:
-    from diffaudit.optimum import bin_gaussian_optimal_loss, gaussian_optimal_loss
-
-    spec, var = run.meta.get("data_spectrum"), run.meta.get("data_var")
-    if spec is None and var is None:
+    """The run's Gaussian L* per bin (its reference) and, per bin, max / min of L*(t) over the bin's timesteps."""
+    kw = data_statistics(run.meta)
+    if kw is None:
         raise MismatchError(f"{run.path}: comparing in L* units needs the data statistics in run.json "
                             f"(data_var or data_spectrum; see diffaudit.datastats.data_statistics)")
-    kw = {"spectrum": np.asarray(spec, np.float64)} if spec is not None else {"data_var": float(var)}
+    ref = reference_lstar(run)
+    if ref.problem:
+        raise MismatchError(f"{run.path}: {ref.problem}")
     p = run.process
-    lstar = np.asarray(bin_gaussian_optimal_loss(p, **kw), np.float64)
+    lstar = ref.gaussian
     spread = np.ones(p.num_bins)
     for b in range(p.num_bins):
         t, _ = p.bin_nodes(b)
@@ -116,16 +120,7 @@ def conversion_notes(conversions: list[Conversion], *, spread_warn: float = 2.0)
                 worst[b] = max(worst.get(b, 0.0), s)
     if worst:
         bins = sorted(worst)
-        notes.append(f"L* varies {max(worst.values()):.3g}x inside bin(s) {_ranges(bins)}: there the two targets weight "
+        notes.append(f"L* varies {max(worst.values()):.3g}x inside bin(s) {bin_ranges(bins)}: there the two targets weight "
                      f"the bin's timesteps differently, and the comparison leans on the ratio being smooth in t")
     notes.append("steps to reach a loss level: not compared (the per-step loss mixes noise levels and has no common unit)")
     return notes
-
-
-def _ranges(bins: list[int]) -> str:
-    out, start = [], bins[0]
-    for a, b in zip(bins, bins[1:] + [None]):
-        if b != a + 1:
-            out.append(f"{start}" if start == a else f"{start}-{a}")
-            start = b
-    return ", ".join(out)

@@ -8,16 +8,18 @@ ones are kept), checks and assembles the run, analyzes it again, and returns an
 :class:`Update`: the
 lifecycle, the verdict, and the findings that appeared, changed severity or
 cleared since the previous update. The CLI (``diffaudit watch``) prints updates,
-rewrites the HTML report atomically and picks the exit code; nothing here
-prints.
+rewrites the HTML report (through :mod:`diffaudit.present`) and picks the exit
+code; nothing here prints or renders.
 """
 
 from __future__ import annotations
 
 import os
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from diffaudit.analysis import analyze
+from diffaudit.load import load_run
 
 DEFAULT_INTERVAL = 30.0  # seconds between polls
 
@@ -79,9 +81,6 @@ class Watcher:
         self.path = Path(self.path)
 
     def poll(self, *, now: float | None = None) -> Update:
-        from diffaudit.analysis import analyze
-        from diffaudit.load import load_run
-
         if not self.path.exists() or (self.path.is_dir() and not (self.path / "run.json").exists()):
             return Update(changed=False, state="waiting", lifecycle="waiting for the run to start")
         fp = _fingerprint(self.path) if self.path.is_dir() else (self.path.stat().st_size, self.path.stat().st_mtime)
@@ -106,18 +105,3 @@ class Watcher:
         return Update(changed=True, state=lc.state, lifecycle=lc.words, verdict=a.verdict, last_step=lc.last_step,
                       changes=tuple(changes), findings=a.findings, analysis=a, run=run,
                       problems=tuple(str(p) for p in run.problems))
-
-
-def write_html_atomic(run, analysis, out: Path) -> Path:
-    """Render the report to ``out`` through a temporary file and a rename: a reader never sees half a page."""
-    from diffaudit.render import render_report_html
-
-    out = Path(out)
-    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
-    tmp.write_text(render_report_html(run, analysis), encoding="utf-8")
-    os.replace(tmp, out)
-    return out
-
-
-def sleep_until(deadline: float) -> None:
-    time.sleep(max(0.0, deadline - time.time()))

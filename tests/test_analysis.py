@@ -22,9 +22,10 @@ from click.testing import CliRunner
 
 import diffaudit
 from diffaudit import runformat as rf
-from diffaudit.analysis import BIN_COLUMNS, analysis_to_dict, analyze
+from diffaudit.analysis import BIN_COLUMNS, analyze
+from diffaudit.present.document import report_document
 from diffaudit.cli import main
-from diffaudit.findings import FINDINGS_TABLE, RULES, Thresholds, at_or_above
+from diffaudit.findings import FINDINGS_TABLE, DETECTORS, Thresholds, at_or_above
 from diffaudit.noise import Process, named_betas, schedule_from_betas
 from diffaudit.optimum import bin_gaussian_optimal_loss
 
@@ -282,8 +283,8 @@ def test_gaussian_reference_and_excess_share(tmp_path):
 def test_analysis_is_deterministic(tmp_path):
     """Same run, same reading time: the same bytes (the reading time only moves "last write N s ago")."""
     r = run_of(tmp_path, seed=5, eval_every=200, probe_every=500)
-    one = json.dumps(analysis_to_dict(analyze(r, now=1e9)), sort_keys=True)
-    two = json.dumps(analysis_to_dict(analyze(diffaudit.load_run(r.path), now=1e9)), sort_keys=True)
+    one = json.dumps(report_document(analyze(r, now=1e9)), sort_keys=True)
+    two = json.dumps(report_document(analyze(diffaudit.load_run(r.path), now=1e9)), sort_keys=True)
     assert one == two
 
 
@@ -558,9 +559,9 @@ def test_float32_alpha_bar_precision(tmp_path):
 
 
 def test_every_rule_is_documented_and_ids_are_unique():
-    got = [r.id for r in RULES]
+    got = [r.id for r in DETECTORS]
     assert len(got) == len(set(got))
-    for r in RULES:
+    for r in DETECTORS:
         assert f"`{r.id}`" in FINDINGS_TABLE and r.fires and r.title
     required = {
         "loss.exploding", "loss.increasing", "loss.spikes", "nonfinite.loss", "nonfinite.grad", "clip.rate_high",
@@ -659,7 +660,7 @@ def test_cli_report_unwritable_json_is_exit_2(tmp_path):
 
 
 def test_cli_report_html(tmp_path):
-    pytest.importorskip("diffaudit.render")
+    pytest.importorskip("diffaudit.present.html")
     path = write_run(tmp_path / "r", Sim(steps=1000, eval_every=200, probe_every=250))
     out = tmp_path / "r.html"
     res = _cli("report", path, "-o", out)

@@ -24,7 +24,7 @@ import pytest
 
 import diffaudit
 from diffaudit.analysis import analyze
-from diffaudit.findings import RULES, at_or_above
+from diffaudit.findings import DETECTORS, at_or_above
 
 ROOT = Path(__file__).resolve().parents[1]
 CORPUS = ROOT / "sample_logs" / "corpus"
@@ -70,7 +70,7 @@ def test_corpus_has_several_healthy_seeds_and_the_defects():
 
 
 def test_labels_name_only_known_findings():
-    known = {r.id for r in RULES}
+    known = {r.id for r in DETECTORS}
     for name, lab in LABELS.items():
         for i in list(lab.get("expected_findings", [])) + list(lab.get("may_also_find", [])):
             assert i in known, f"{name}: label names unknown finding {i!r}"

@@ -23,7 +23,8 @@ import pytest
 from _cli import one_line_error
 from click.testing import CliRunner
 
-from diffaudit import gate
+from diffaudit import gate, gate_options
+from diffaudit.present import html, junit, markdown
 from diffaudit import runformat as rf
 from diffaudit.cli import main
 from diffaudit.errors import DiffauditError, MismatchError
@@ -284,9 +285,9 @@ def test_side_forms_folder_and_glob(tmp_path):
         write_run(tmp_path / "cand" / f"s{i}", seed=10 + i)
     assert [p.name for p in gate.resolve_side(tmp_path / "base")] == ["s0", "s1", "s2"]
     assert [p.name for p in gate.resolve_side(str(tmp_path / "cand" / "s[01]"))] == ["s0", "s1"]
-    res = _cli(tmp_path / "base", str(tmp_path / "cand" / "s*"), "--json")
+    res = _cli(tmp_path / "base", str(tmp_path / "cand" / "s*"), "--json", "-")
     assert res.exit_code == 0, res.output
-    d = json.loads(res.output)
+    d = json.loads(res.stdout)
     assert d["noise_model"] == "seeds" and d["baseline"]["n_runs"] == 3 and d["candidate"]["n_runs"] == 3
     # an exported .parquet is a run too
     out = tmp_path / "one.parquet"
@@ -310,7 +311,7 @@ def test_every_output_format_parses(tmp_path):
     html = (tmp_path / "g.html").read_text()
     assert html.startswith("<!DOCTYPE html>") and "<svg" in html and "<script" not in html.lower()
     assert "http://" not in html.replace("http://www.w3.org", "")
-    d = json.loads(_cli(a, b, "--json").output)
+    d = json.loads(_cli(a, b, "--json", "-").stdout)
     assert d["schema"] == "diffaudit.compare/1" and d["status"] == "pass"
     assert {c["metric"] for c in d["checks"]} >= {"loss", "steps", "clip_rate", "nonfinite", "findings"}
 
@@ -318,9 +319,9 @@ def test_every_output_format_parses(tmp_path):
 def test_outputs_escape_names_from_the_logs(tmp_path):
     odd = write_run(tmp_path / 'a<b>&"c|d')
     v = gate.compare(load_run(odd), load_run(odd))
-    ET.fromstring(gate.verdict_to_junit(v).split("?>", 1)[1])
-    assert '- baseline: a&lt;b&gt;&"c\\|d' in gate.verdict_to_markdown(v)
-    assert 'a<b>&"c|d' not in gate.verdict_to_html(v)
+    ET.fromstring(junit.verdict_junit(v).split("?>", 1)[1])
+    assert '- baseline: a&lt;b&gt;&"c\\|d' in markdown.verdict_markdown(v)
+    assert 'a<b>&"c|d' not in html.compare_page(v)
 
 
 def test_blocks_nest_windows_of_different_sizes(tmp_path):
@@ -497,7 +498,7 @@ def test_speed_alone_needs_a_change_far_outside_the_seed_spread(corpus, findings
     a, b = corpus(healthy(6)), corpus(healthy(7))
     v = gate.compare(a, _slowed(b, 1.45), findings_of=findings)
     sp = v.by_metric("steps")[0]
-    assert sp.change > gate.parse_rule(gate.DEFAULT_RULES[0]).limit  # above the 25% limit ...
+    assert sp.change > gate.parse_rule(gate_options.DEFAULT_RULES[0]).limit  # above the 25% limit ...
     assert sp.status == "pass" and "not significantly above it" in sp.reason  # ... but within seed-to-seed spread
     v = gate.compare(a, _slowed(b, 2.0), findings_of=findings)
     sp = v.by_metric("steps")[0]

@@ -14,7 +14,8 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from diffaudit import plots, render
+from diffaudit.present import html as render
+from diffaudit.present import plots
 from diffaudit import runformat as rf
 from diffaudit.analysis import analyze
 from diffaudit.load import load_run
@@ -134,7 +135,7 @@ def synthetic(tmp_path_factory):
 @pytest.fixture(scope="module")
 def page(synthetic):
     run, analysis = synthetic
-    return render.render_report_html(run, analysis)
+    return render.report_page(run, analysis)
 
 
 class _Collector(html.parser.HTMLParser):
@@ -245,7 +246,7 @@ def test_finding_views_sort_by_severity_and_keep_order_within_one(synthetic):
           Finding("c.fail", "fail", "C", "m", "r", {"x": 1.5}, (0, 1, 2)), Finding("d.warn", "warn", "D", "m", "r")]
     views = render.finding_views(fs, run.process)
     assert [v.id for v in views] == ["c.fail", "b.warn", "d.warn", "a.info"]
-    assert views[0].evidence == [render.Item("x", "1.5")] and views[0].bins == "bins 0–2 (t 0–149)"
+    assert views[0].evidence == [render.Item("x", "1.5")] and views[0].bins == "bins 0-2 (t 0-149)"
 
 
 def test_report_states_terminal_snr_and_probe_interval(page):
@@ -281,9 +282,9 @@ def test_numbers_read_the_same_everywhere():
 
 def test_finding_bins_in_noise_level_words(synthetic):
     run, _ = synthetic  # 20 bins of 50 timesteps
-    assert render.describe_bins((0, 1, 2, 3, 7), run.process) == "bins 0–3, 7 (t 0–199, 350–399)"
-    assert render.describe_bins((19,), run.process) == "bin 19 (t 950–999)"
-    assert render.describe_bins((), run.process) == ""
+    assert render.describe_bins((0, 1, 2, 3, 7), run.process) == "bins 0-3, 7 (t 0-199, 350-399)"
+    assert render.describe_bins((19,), run.process) == "bin 19 (t 950-999)"
+    assert render.describe_bins((), run.process) == ""  # a finding about the whole run names no bins
 
 
 def test_templates_resolve_and_severity_colours_match_the_figures():
@@ -326,7 +327,7 @@ def test_plot_functions_return_valid_images(synthetic):
 @pytest.mark.parametrize("kind", ["flow", "edm"])
 def test_report_of_continuous_processes(tmp_path, kind):
     run = load_run(make_synthetic_run(tmp_path / kind, steps=3000, kind=kind, probe_every=500))
-    page = render.render_report_html(run, analyze(run))
+    page = render.report_page(run, analyze(run))
     ids = {a.get("id") for _, a in _parse(page).tags}
     assert all(s in ids for s in SECTION_IDS)
     text = " ".join("".join(_parse(page).text).split())
@@ -383,7 +384,7 @@ def test_long_run_stays_small_and_renders_fast(tmp_path):
         run = load_run(make_synthetic_run(tmp_path / str(steps), steps=steps, num_bins=100, window=100))
         analysis = analyze(run)
         t0 = time.perf_counter()
-        page = render.render_report_html(run, analysis)
+        page = render.report_page(run, analysis)
         seconds[steps] = time.perf_counter() - t0
         sizes[steps] = len(page.encode())
     # Step series are reduced to pixel columns and the heatmap to the analysis's few hundred time rows,

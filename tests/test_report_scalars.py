@@ -7,7 +7,7 @@ torch = pytest.importorskip("torch")
 import diffaudit
 from diffaudit.analysis import analyze
 from diffaudit.logger import RunLogger
-from diffaudit.render import MAX_SCALAR_FIGURES, render_report_html
+from diffaudit.present.html import MAX_SCALAR_FIGURES, report_page
 
 
 def _run(tmp_path, linear_alpha_bar, names):
@@ -21,7 +21,7 @@ def _run(tmp_path, linear_alpha_bar, names):
 
 def test_each_scalar_gets_a_plot(tmp_path, linear_alpha_bar):
     run = _run(tmp_path, linear_alpha_bar, ["ema_decay", "tokens_seen"])
-    html = render_report_html(run, analyze(run))
+    html = report_page(run, analyze(run))
     sec = html[html.index('id="scalars"'):html.index('id="trend-table"')]
     assert sec.count("<svg") == 2 and "ema_decay" in sec and "tokens_seen" in sec
     assert 'href="#scalars"' in html
@@ -29,10 +29,10 @@ def test_each_scalar_gets_a_plot(tmp_path, linear_alpha_bar):
 
 def test_no_scalars_no_section_and_many_are_bounded(tmp_path, linear_alpha_bar):
     run = _run(tmp_path / "a", linear_alpha_bar, [])
-    assert 'id="scalars"' not in render_report_html(run, analyze(run))
+    assert 'id="scalars"' not in report_page(run, analyze(run))
     names = [f"s{i:02d}" for i in range(MAX_SCALAR_FIGURES + 3)]
     run = _run(tmp_path / "b", linear_alpha_bar, names)
-    html = render_report_html(run, analyze(run))
+    html = report_page(run, analyze(run))
     sec = html[html.index('id="scalars"'):html.index('id="trend-table"')]
     assert sec.count("<svg") == MAX_SCALAR_FIGURES and f"the first {MAX_SCALAR_FIGURES} of {len(names)}" in sec
 
@@ -42,7 +42,7 @@ def test_loss_in_lstar_units_reads_alike_for_eps_and_v():
     from pathlib import Path
 
     import numpy as np
-    from diffaudit.render import build_report
+    from diffaudit.present.html import build_report
 
     units = Path(__file__).resolve().parents[1] / "sample_logs" / "families" / "digits_mlp_units"
     ratio = {}
@@ -50,7 +50,7 @@ def test_loss_in_lstar_units_reads_alike_for_eps_and_v():
         run = diffaudit.load_run(units / name)
         a = analyze(run)
         page = build_report(run, a)
-        assert page.figures["lstar-units"] is not None and 'href="#lstar-units"' in render_report_html(run, a)
+        assert page.figures["lstar-units"] is not None and 'href="#lstar-units"' in report_page(run, a)
         ratio[name] = a.bins["late_mean"].to_numpy() / a.bins["lstar_gauss"].to_numpy()
     np.testing.assert_allclose(ratio["eps_s00"][:8], ratio["v_s00"][:8], rtol=0.08)
 
@@ -58,5 +58,5 @@ def test_loss_in_lstar_units_reads_alike_for_eps_and_v():
 def test_no_lstar_no_units_plot(tmp_path, linear_alpha_bar):
     run = _run(tmp_path, linear_alpha_bar, [])
     assert run.meta.get("data_var") is None
-    html = render_report_html(run, analyze(run))
+    html = report_page(run, analyze(run))
     assert 'id="lstar-units"' not in html

@@ -20,13 +20,13 @@ import pyarrow.parquet as pq
 import pytest
 
 import diffaudit
-from diffaudit.findings import RULES
+from diffaudit.findings import DETECTORS
 
 REPO = Path(__file__).resolve().parents[1]
 LOGS = REPO / "sample_logs"
 CORPUS = LOGS / "corpus"
 SHOWCASE = ("healthy_seed0", "healthy_seed1", "lr_high", "resumed")
-FINDING_IDS = {r.id for r in RULES}
+FINDING_IDS = {r.id for r in DETECTORS}
 NUM_BINS, T = 20, 1000
 LAST = 300  # "late training": the last this many steps
 

@@ -12,7 +12,8 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 import diffaudit
 from diffaudit.analysis import analyze
 from diffaudit.optimum import bin_gaussian_optimal_loss
-from diffaudit.tensorboard import bin_label, findings_markdown, write_tensorboard
+from diffaudit.present.markdown import report_markdown
+from diffaudit.present.tensorboard import bin_label, write_tensorboard
 
 RUN = Path(__file__).resolve().parents[1] / "sample_logs" / "corpus" / "lr_high"
 
@@ -27,7 +28,7 @@ def test_per_noise_level_curves_and_findings_read_back(tmp_path):
     run = diffaudit.load_run(RUN)
     a = analyze(run)
     lstar = bin_gaussian_optimal_loss(run.process, spectrum=np.asarray(run.meta["data_spectrum"]))
-    counts = write_tensorboard(run, tmp_path, findings_markdown=findings_markdown(a), lstar=lstar)
+    counts = write_tensorboard(run, tmp_path, findings_markdown=report_markdown(a, heading=False), lstar=lstar)
     acc = _read(tmp_path)
     tags = acc.Tags()["scalars"]
     assert {"diffaudit/loss", "diffaudit/grad_norm", "diffaudit/clip_rate", "diffaudit/lr"} <= set(tags)

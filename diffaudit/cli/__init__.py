@@ -35,7 +35,8 @@ Exit codes: 0 ok / no regression, 1 regression or --fail-on finding,
 
 # Parameters of the commands that name what they read and what they write (by click parameter name).
 INPUT_PARAMS = ("run", "run_path", "data", "baseline", "candidate")
-OUTPUT_PARAMS = ("html", "json_out", "junit", "markdown", "output", "tensorboard")
+OUTPUT_PARAMS = ("html", "json_out", "junit", "markdown", "markdown_out", "output", "tensorboard")
+TEXT_OUTPUTS = ("html", "json_out", "junit", "markdown", "markdown_out")  # '-' means stdout for these; a file elsewhere
 
 
 # ----------------------------------------------------------------------------
@@ -55,7 +56,7 @@ def _identities(path: str) -> set:
         return out
     if not stat.S_ISDIR(st.st_mode):
         return {(st.st_dev, st.st_ino)}
-    stack, depth = [(path, 0)], {}
+    stack = [(path, 0)]
     while stack:
         d, level = stack.pop()
         try:
@@ -82,7 +83,7 @@ def _input_paths(ctx) -> list[str]:
         if not v:
             continue
         if name in ("baseline", "candidate"):
-            from diffaudit.gate import resolve_side
+            from diffaudit.sides import resolve_side  # polars: not for `diffaudit --help`
 
             try:
                 paths += [str(p) for p in resolve_side(v, role=name)]
@@ -96,8 +97,11 @@ def _input_paths(ctx) -> list[str]:
 def check_outputs(ctx) -> None:
     """Refuse an output file that lies inside an input run or is an input file, or two outputs that are one file."""
     opts = {p.name: "/".join(p.opts) for p in ctx.command.params}
-    outs = [(opts.get(n, n), str(ctx.params[n])) for n in OUTPUT_PARAMS  # --json - is stdout, not a file
-            if ctx.params.get(n) and not (n == "json_out" and str(ctx.params[n]) == "-")]
+    given = [(n, opts.get(n, n), str(ctx.params[n])) for n in OUTPUT_PARAMS if ctx.params.get(n)]
+    stdout = [opt for n, opt, out in given if out == "-" and n in TEXT_OUTPUTS]  # '-' is stdout, not a file
+    if len(stdout) > 1:
+        raise DiffauditError(f"{' and '.join(stdout)} both write to stdout ('-'); give all but one a file")
+    outs = [(opt, out) for n, opt, out in given if not (out == "-" and n in TEXT_OUTPUTS)]
     if not outs:
         return
     inputs = [(i, os.path.realpath(i), _identities(i)) for i in _input_paths(ctx)]
@@ -216,12 +220,51 @@ def main():
     """
 
 
+# ----------------------------------------------------------------------------
+# What every command shares: --strict, output options, warnings, writing outputs
+
+STRICT = click.option("--strict", is_flag=True, help="A damaged part is fatal (exit 2) instead of skipped with a warning.")
+
+
+def output_option(*decls: str, what: str):
+    """An option that names an output file, the one convention of every command: FILE, or '-' for stdout."""
+    return click.option(*decls, type=click.Path(dir_okay=False, allow_dash=True, path_type=str), metavar="FILE",
+                        default=None, help=f"Write {what} to FILE ('-' for stdout).")
+
+
+def any_stdout(*paths) -> bool:
+    """Whether an output goes to stdout: then the human-readable text goes to stderr."""
+    return any(p == "-" for p in paths)
+
+
+def warn_problems(runs) -> None:
+    """One 'warning:' line on stderr per problem met while loading (skipped parts, repaired rows, ...)."""
+    for r in runs:
+        for p in r.problems:
+            click.echo(f"warning: {p}", err=True)
+
+
 def write_output(path: str, text: str, what: str) -> None:
-    """Write an output file of a command (creating its folder); an OSError becomes one line naming the file."""
+    """Write an output of a command: '-' to stdout; a file through a temporary file and a rename (a reader
+    never sees half of it; its folder is created), unless it is a device or pipe (/dev/stdout), written in place.
+    An OSError becomes one line naming the file."""
+    if path == "-":
+        sys.stdout.write(text)
+        sys.stdout.flush()
+        return
+    p = Path(path)
     try:
-        p = Path(path)
+        if p.exists() and not p.is_file():
+            with open(p, "w", encoding="utf-8") as f:
+                f.write(text)
+            return
         p.parent.mkdir(parents=True, exist_ok=True)
-        p.write_text(text, encoding="utf-8")
+        tmp = p.with_name(f".{p.name}.{os.getpid()}.tmp")
+        try:
+            tmp.write_text(text, encoding="utf-8")
+            os.replace(tmp, p)
+        finally:
+            tmp.unlink(missing_ok=True)
     except OSError as e:
         raise DiffauditError(f"{path}: cannot write the {what} ({e.strerror or e})") from None
 

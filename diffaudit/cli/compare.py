@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
-
 import click
 
-from diffaudit import gate
-from diffaudit.cli import EXIT_FAIL, EXIT_INCONCLUSIVE, EXIT_OK, main, write_output
+from diffaudit import gate, gate_options as opts
+from diffaudit.sides import load_side
+from diffaudit.cli import (EXIT_FAIL, EXIT_INCONCLUSIVE, EXIT_OK, STRICT, any_stdout, main, output_option, warn_problems,
+                           write_output)
+from diffaudit.present import document, text
+from diffaudit.present import junit as present_junit
+from diffaudit.present import markdown as present_markdown
+from diffaudit.words import pct
 
 EXIT_BY_STATUS = {"pass": EXIT_OK, "regression": EXIT_FAIL, "inconclusive": EXIT_INCONCLUSIVE}
 
@@ -51,6 +56,7 @@ mismatched schedule or prediction without --force, bad option), 3 inconclusive
 \b
 Examples:
   diffaudit compare runs/main runs/pr --junit gate.xml --markdown "$GITHUB_STEP_SUMMARY"
+  diffaudit compare runs/main runs/pr --json verdict.json     # or --json - for stdout
   diffaudit compare "base/seed*" runs/pr --rule loss:1% --html compare.html
   diffaudit compare --unit lstar runs/eps runs/vpred
 """
@@ -59,50 +65,53 @@ Examples:
 @main.command(help=HELP, short_help="Gate on a regression: compare CANDIDATE run(s) with BASELINE run(s).")
 @click.argument("baseline", type=str)
 @click.argument("candidate", type=str)
-@click.option("--tolerance", default="2%", show_default=True, help="Relative rise of a bin's late loss that counts (2% or 0.02).")
-@click.option("--alpha", default="0.05", show_default=True, help="Significance level after correction across bins.")
-@click.option("--window", default=gate.WINDOW, show_default=True, help="Late window: last:20%, last:5000, from:S, steps:A-B.")
-@click.option("--min-windows", default=gate.MIN_WINDOWS, show_default=True, type=click.IntRange(0, 10_000),
+@click.option("--tolerance", default=pct(opts.TOLERANCE), show_default=True,
+              help="Relative rise of a bin's late loss that counts (2% or 0.02).")
+@click.option("--alpha", default=f"{opts.ALPHA:g}", show_default=True, help="Significance level after correction across bins.")
+@click.option("--window", default=opts.WINDOW, show_default=True, help="Late window: last:20%, last:5000, from:S, steps:A-B.")
+@click.option("--min-windows", default=opts.MIN_WINDOWS, show_default=True, type=click.IntRange(0, 10_000),
               help="Widen the late window to at least this many matched blocks (0: never).")
 @click.option("--rule", "rules", multiple=True, metavar="METRIC:LIMIT", help="A limit, e.g. loss:2%, clip_rate:+0.05 (repeatable).")
-@click.option("--max-lag", default="2%", show_default=True,
+@click.option("--max-lag", default=pct(opts.MAX_LAG), show_default=True,
               help="Progress lag (share of the matched steps) a run may have before its per-bin level counts.")
-@click.option("--correction", type=click.Choice(["holm", "by"]), default=gate.CORRECTION, show_default=True,
+@click.option("--correction", type=click.Choice(opts.CORRECTIONS), default=opts.CORRECTION, show_default=True,
               help="Multiple-testing correction across bins: Holm or Benjamini-Yekutieli.")
 @click.option("--inconclusive", "on_inconclusive", type=click.Choice(["pass", "fail"]), default=None,
               help="Exit 0 (pass) or 1 (fail) instead of 3 when the verdict is inconclusive.")
 @click.option("--force", is_flag=True, help="Compare runs whose schedule or prediction differ (refused by default).")
-@click.option("--unit", type=click.Choice(["loss", "lstar"]), default="loss", show_default=True,
+@click.option("--unit", type=click.Choice(opts.UNITS), default=opts.UNITS[0], show_default=True,
               help="lstar: each run's per-bin loss divided by its own Gaussian L*, so runs with different prediction "
                    "targets (epsilon vs v, ...) compare on one scale; needs data_var or data_spectrum.")
-@click.option("--json", "as_json", is_flag=True, help="Print the verdict as JSON instead of the table.")
-@click.option("--junit", type=str, metavar="FILE", help="Write JUnit XML (one testcase per check).")
-@click.option("--markdown", type=str, metavar="FILE", help="Write a Markdown summary (e.g. $GITHUB_STEP_SUMMARY).")
-@click.option("--html", type=str, metavar="FILE", help="Write a self-contained HTML page with the curves and per-bin changes.")
+@output_option("--json", "json_out", what="the verdict as JSON")
+@output_option("--junit", what="JUnit XML (one testcase per check)")
+@output_option("--markdown", what="a Markdown summary (e.g. $GITHUB_STEP_SUMMARY)")
+@output_option("--html", what="a self-contained HTML page: the verdict, per-bin changes, curves and every check")
 @click.option("-v", "--verbose", is_flag=True, help="Show every check in the table, not only regressions and the closest bins.")
-@click.option("--strict", is_flag=True, help="Fail on a damaged part instead of skipping it.")
+@STRICT
 def compare(baseline, candidate, tolerance, alpha, window, min_windows, rules, max_lag, correction, on_inconclusive,
-            force, unit, as_json, junit, markdown, html, verbose, strict):
+            force, unit, json_out, junit, markdown, html, verbose, strict):
     # parse every option before loading anything, so a typo costs nothing
-    tol = gate.parse_tolerance(tolerance)
-    lvl = gate.parse_alpha(alpha)
-    win = gate.parse_window(window)
-    parsed = [gate.parse_rule(r) for r in rules]
-    lag = gate.parse_tolerance(max_lag, option="--max-lag")
-    base = gate.load_side(baseline, role="baseline", strict=strict)
-    cand = gate.load_side(candidate, role="candidate", strict=strict)
-    for r in base + cand:
-        for p in r.problems:
-            click.echo(f"warning: {p}", err=True)
+    tol = opts.parse_tolerance(tolerance)
+    lvl = opts.parse_alpha(alpha)
+    win = opts.parse_window(window)
+    parsed = [opts.parse_rule(r) for r in rules]
+    lag = opts.parse_tolerance(max_lag, option="--max-lag")
+    base = load_side(baseline, role="baseline", strict=strict)
+    cand = load_side(candidate, role="candidate", strict=strict)
+    warn_problems(base + cand)
     v = gate.compare(base, cand, tolerance=tol, alpha=lvl, window=win, rules=parsed, correction=correction,
                      min_windows=min_windows, max_lag=lag, force=force, unit=unit)
+    if json_out:
+        write_output(json_out, document.dumps(document.verdict_document(v)), "JSON verdict")
     if junit:
-        write_output(junit, gate.verdict_to_junit(v), "--junit XML")
+        write_output(junit, present_junit.verdict_junit(v), "JUnit XML")
     if markdown:
-        write_output(markdown, gate.verdict_to_markdown(v, everything=verbose), "--markdown summary")
+        write_output(markdown, present_markdown.verdict_markdown(v, everything=verbose), "Markdown summary")
     if html:
-        write_output(html, gate.verdict_to_html(v), "--html page")
-    click.echo(gate.verdict_to_json(v) if as_json else gate.verdict_to_text(v, everything=verbose), nl=False)
+        from diffaudit.present.html import compare_page  # matplotlib and jinja2: only when a page is asked for
+
+        write_output(html, compare_page(v, base, cand), "HTML page")
+    click.echo(text.verdict_text(v, everything=verbose), nl=False, err=any_stdout(json_out, junit, markdown, html))
     code = EXIT_BY_STATUS[v.status]
     if v.status == "inconclusive" and on_inconclusive:
         code = EXIT_OK if on_inconclusive == "pass" else EXIT_FAIL

@@ -4,16 +4,11 @@ from __future__ import annotations
 
 import click
 
-from diffaudit.cli import main
+from diffaudit.cli import STRICT, main, warn_problems
 from diffaudit.lifecycle import lifecycle
 from diffaudit.load import export_run, load_run
 from diffaudit.summary import summarize
-
-STRICT = click.option("--strict", is_flag=True, help="Fail on a damaged part instead of skipping it.")
-
-
-def _fmt(x, spec=".4g") -> str:
-    return "-" if x is None else format(x, spec)
+from diffaudit.words import bin_ranges, edge_span, noise_unit, num, pct
 
 
 @main.command()
@@ -40,20 +35,20 @@ def summary(run, strict, rows):
     echo(f"state: {lifecycle(r).words}")
     echo(f"segments {s.segments} (restarts: {max(s.segments - s.ranks, 0)}), ranks {s.ranks}, "
          f"rows superseded by restarts {s.superseded_rows}")
-    echo(f"loss {_fmt(s.first_loss)} -> {_fmt(s.last_loss)} (median of first/last 5% of steps); "
-         f"non-finite losses {s.nonfinite}; clip rate {_fmt(s.clip_rate, '.1%')}")
+    echo(f"loss {num(s.first_loss)} -> {num(s.last_loss)} (median of first/last 5% of steps); "
+         f"non-finite losses {s.nonfinite}; clip rate {pct(s.clip_rate)}")
     ema = int(r.ema_bins["step_lo"].n_unique()) if r.ema_bins.height else 0
     echo(f"eval windows {s.eval_windows} (held-out, live weights), EMA eval windows {ema}, "
          f"gradient-probe steps {s.probe_steps}")
-    for p in s.problems:
-        echo(f"warning: {p}", err=True)
+    warn_problems([s])
     if s.recent:
-        unit = {"vp": "t", "flow": "t", "edm": "sigma"}[s.process]
+        unit = noise_unit(s.process)
         echo(f"\nrecent loss per noise level (steps >= {s.recent_from_step}):")
         echo(f"  {'bins':>9}  {unit + ' range':>19}  {'count':>8}  {'mean':>10}  {'std':>10}")
         for b in s.recent:
-            rng = f"{b.t_lo:.4g}-{b.t_hi:.4g}"
-            echo(f"  {f'{b.bin_lo}-{b.bin_hi - 1}':>9}  {rng:>19}  {b.count:>8}  {b.mean:>10.4g}  {b.std:>10.3g}")
+            rng = edge_span(s.process, b.t_lo, b.t_hi)
+            echo(f"  {bin_ranges(range(b.bin_lo, b.bin_hi)):>9}  {rng:>19}  {b.count:>8}  {num(b.mean):>10}  "
+                 f"{num(b.std, 3):>10}")
 
 
 @main.command()
@@ -74,17 +69,18 @@ def export(run, output, tensorboard, strict):
     if not output and not tensorboard:
         raise click.UsageError("give -o FILE.parquet, --tensorboard DIR, or both")
     r = load_run(run, strict=strict)
-    for p in r.problems:
-        click.echo(f"warning: {p}", err=True)
+    warn_problems([r])
     if output:
         out = export_run(r, output)
         click.echo(f"wrote {out} ({r.steps.height} steps, {r.bins.height} bin rows)")
     if tensorboard:
+        # the analysis (scipy) and the writer (tensorboard): only when events are asked for
         from diffaudit.analysis import analyze
-        from diffaudit.tensorboard import findings_markdown, write_tensorboard
+        from diffaudit.present.markdown import report_markdown
+        from diffaudit.present.tensorboard import write_tensorboard
 
         a = analyze(r)
         lstar = a.bins["lstar_gauss"].to_numpy() if "lstar_gauss" in a.bins.columns else None
-        counts = write_tensorboard(r, tensorboard, findings_markdown=findings_markdown(a), lstar=lstar)
+        counts = write_tensorboard(r, tensorboard, findings_markdown=report_markdown(a, heading=False), lstar=lstar)
         curves = sum(1 for t in counts if t.startswith("loss_by_noise/"))
         click.echo(f"wrote TensorBoard events to {tensorboard} ({len(counts)} tags, {curves} noise levels)")

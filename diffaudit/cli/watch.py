@@ -6,16 +6,16 @@ import time
 
 import click
 
-from diffaudit.cli import EXIT_FAIL, EXIT_INCONCLUSIVE, EXIT_OK, main
-from diffaudit.cli.report import _MARK
+from diffaudit.cli import EXIT_FAIL, EXIT_INCONCLUSIVE, EXIT_OK, STRICT, main, write_output
 from diffaudit.findings import at_or_above
-from diffaudit.watch import DEFAULT_INTERVAL, Watcher, write_html_atomic
+from diffaudit.present.text import MARK, PROVISIONAL_MARK
+from diffaudit.watch import DEFAULT_INTERVAL, Watcher
 
 
 def _line(c) -> str:
     if c.kind == "cleared":
         return f"  cleared  {c.id} (was {c.before})"
-    mark = "PROV" if c.provisional else _MARK[c.severity]
+    mark = PROVISIONAL_MARK if c.provisional else MARK[c.severity]
     what = "new" if c.kind == "appeared" else f"{c.before} -> {c.severity}"
     return f"  [{mark}] {what:<12} {c.id}: {c.message}"
 
@@ -30,7 +30,7 @@ def _line(c) -> str:
               help="Exit 1 as soon as a finding at this level fires (provisional ones never count).")
 @click.option("--timeout", type=click.FloatRange(min=0), default=None,
               help="Stop after this many seconds (exit 3 if the run has not finished by then).")
-@click.option("--strict", is_flag=True, help="A damaged part is fatal (exit 2) instead of skipped.")
+@STRICT
 def watch(run, interval, html, fail_on, timeout, strict):
     """Follow RUN as it grows: print each finding as it appears, changes severity or clears.
 
@@ -51,7 +51,9 @@ def watch(run, interval, html, fail_on, timeout, strict):
             for c in u.changes:
                 click.echo(_line(c))
             if html:
-                write_html_atomic(u.run, u.analysis, html)
+                from diffaudit.present.html import report_page  # matplotlib and jinja2: only when a page is asked for
+
+                write_output(html, report_page(u.run, u.analysis), "HTML report")  # atomic: a reader never sees half
             if fail_on != "never":
                 bad = [f for f in at_or_above(u.findings, fail_on) if not f.provisional]
                 if bad:

@@ -3,7 +3,7 @@
 Rendering is the last step of the one-way flow (files -> frames -> dataclasses ->
 HTML): it reads a loaded :class:`~diffaudit.load.Run` and its analysis, builds
 small view dataclasses (:class:`ReportPage` and friends: formatted text and
-:class:`~diffaudit.plots.Image` objects), and hands them to the templates, which
+:class:`~diffaudit.present.plots.Image` objects), and hands them to the templates, which
 hold all of the HTML. Python never builds markup: the only markup it passes in
 is matplotlib's SVG, which contains no text from the logs (glyphs are paths).
 
@@ -14,7 +14,7 @@ The page must stay safe and small whatever the run holds:
   attributes only; there is no JavaScript;
 * nothing is fetched when the page is opened: the CSS is inlined, figures are
   inline SVG (PNG inside the SVG for dense heatmaps);
-* per-step series are reduced to pixel columns (:func:`diffaudit.plots.envelope`)
+* per-step series are reduced to pixel columns (:func:`diffaudit.present.plots.envelope`)
   and the heatmap is drawn from the analysis's coarsened ``bin_series`` (at
   most a few hundred time rows), rasterized: a 1,000,000-step run gives a page
   of under 1 MB; the size is set by the figures, not by the run length.
@@ -32,10 +32,10 @@ import datetime as _dt
 import functools
 import importlib.resources
 import json
-import math
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable
 
 import jinja2
 import matplotlib
@@ -44,8 +44,12 @@ import polars as pl
 from matplotlib import colors as mcolors
 
 from diffaudit import __version__
-from diffaudit import plots
-from diffaudit.plots import Image
+from diffaudit import words
+from diffaudit.analysis import BIN_COLUMNS
+from diffaudit.gate import Verdict, block_means
+from diffaudit.present import cells
+from diffaudit.present import plots
+from diffaudit.present.plots import Image
 
 RATE_BUCKETS = 200  # step buckets of the clip-rate plot
 PROBE_LINES = 6  # probe steps drawn in the per-bin gradient plot
@@ -59,7 +63,7 @@ MISSING = "—"  # how a missing or undefined number is shown, everywhere on the
 
 def _template_dir() -> Path | None:
     """The source tree's templates/ (editable installs and running from a checkout)."""
-    d = Path(__file__).resolve().parent.parent / "templates"
+    d = Path(__file__).resolve().parents[2] / "templates"
     return d if (d / "base.html.j2").is_file() else None
 
 
@@ -112,51 +116,21 @@ def render_page(template: str, **context) -> str:
 
 
 # ----------------------------------------------------------------------------
-# Number formatting (one place, so the page reads the same everywhere)
+# Numbers: the shared vocabulary (diffaudit.words), with the page's own mark for a missing value
 
 
 def _is_missing(v) -> bool:
-    return v is None or (isinstance(v, float) and math.isnan(v))
+    return words.is_missing(v)
 
 
 def fmt_num(v, digits: int = 4) -> str:
     """A number for people: ints with separators, floats to ``digits`` significant digits, missing as a dash."""
-    if isinstance(v, (np.generic,)):
-        v = v.item()
-    if _is_missing(v):
-        return MISSING
-    if isinstance(v, bool):
-        return "yes" if v else "no"
-    if isinstance(v, int):
-        return f"{v:,}"
-    if isinstance(v, float):
-        if math.isinf(v):
-            return "∞" if v > 0 else "−∞"
-        if v == 0:
-            return "0"
-        a = abs(v)
-        if a >= 1e6 or a < 1e-3:
-            m, e = f"{v:.{digits - 1}e}".split("e")
-            m = m.rstrip("0").rstrip(".")
-            return f"{m}e{int(e)}"
-        if a >= 10**digits:  # 12,345 rather than 1.234e+04
-            return f"{v:,.0f}"
-        return f"{v:.{digits}g}"
-    return str(v)
+    return words.num(v, digits, missing=MISSING)
 
 
 def fmt_pct(v, digits: int = 3) -> str:
     """A fraction as a percentage."""
-    if _is_missing(v):
-        return MISSING
-    p = 100.0 * float(v)
-    if p == 0:
-        return "0%"
-    if math.isinf(p):
-        return fmt_num(p) + "%"
-    if abs(p) >= 10**digits:
-        return f"{p:,.0f}%"
-    return f"{p:.{digits}g}%" if abs(p) >= 0.01 else fmt_num(p, 2) + "%"
+    return words.pct(v, digits, missing=MISSING)
 
 
 def fmt_step(v) -> str:
@@ -234,7 +208,7 @@ class FindingView:
 
 
 @dataclass(frozen=True)
-class Verdict:
+class VerdictView:
     level: str  # fail | warn | info | ok
     label: str  # one or two words
     text: str  # a sentence
@@ -265,7 +239,7 @@ class ReportPage:
     title: str
     run_name: str
     run_path: str
-    verdict: Verdict
+    verdict: VerdictView
     headline: list[Item]
     finding_counts: dict[str, int]
     findings: list[FindingView]
@@ -303,21 +277,13 @@ SECTIONS = (
 # Entry points
 
 
-def render_report_html(run, analysis, *, generated: str | None = None) -> str:
+def report_page(run, analysis, *, generated: str | None = None) -> str:
     """Return the report of one run (a :class:`~diffaudit.analysis.Analysis` of it) as a self-contained HTML document."""
     page = build_report(run, analysis)
     ctx = {"page": page, "sections": page.sections}
     if generated is not None:
         ctx["generated"] = generated
     return render_page("report.html.j2", **ctx)
-
-
-def write_report_html(run, analysis, path) -> Path:
-    """Write the report to ``path`` (parent folders created) and return the path."""
-    out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(render_report_html(run, analysis), encoding="utf-8")
-    return out
 
 
 def build_report(run, analysis) -> ReportPage:
@@ -386,7 +352,7 @@ _LEVEL_ALIASES = {
 }
 
 
-def verdict_view(verdict: str, counts: dict[str, int], *, provisional: bool = False) -> Verdict:
+def verdict_view(verdict: str, counts: dict[str, int], *, provisional: bool = False) -> VerdictView:
     """The banner at the top, from the analysis's verdict ("healthy", "warnings", "failing")."""
     worst = next((s for s in ("fail", "warn") if counts.get(s)), "ok")
     level = _LEVEL_ALIASES.get(str(verdict).lower(), worst)
@@ -396,7 +362,7 @@ def verdict_view(verdict: str, counts: dict[str, int], *, provisional: bool = Fa
         text += " The run is early: findings that need a converged loss are provisional."
     if level == "ok" and counts.get("info"):
         text += f" {counts['info']} note{'s' if counts['info'] > 1 else ''} for information below."
-    return Verdict(level, label, text)
+    return VerdictView(level, label, text)
 
 
 def finding_views(findings: Iterable, process) -> list[FindingView]:
@@ -428,33 +394,9 @@ def _evidence_item(key, value) -> Item:
     return Item(str(key), text, "wide" if len(text) > 48 else "")
 
 
-def _ranges(ix: Sequence[int]) -> list[tuple[int, int]]:
-    out: list[tuple[int, int]] = []
-    for b in sorted(set(int(i) for i in ix)):
-        if out and b == out[-1][1] + 1:
-            out[-1] = (out[-1][0], b)
-        else:
-            out.append((b, b))
-    return out
-
-
 def describe_bins(bins, process) -> str:
-    """'bins 0–3, 7 (t 0–199, 350–399)': the noise levels a finding concerns, in the run's units."""
-    ix = [int(b) for b in (bins or ()) if 0 <= int(b) < process.num_bins]
-    if not ix:
-        return ""
-    e = process.bin_edges()
-    rs = _ranges(ix)
-    names = ", ".join(f"{a}" if a == b else f"{a}–{b}" for a, b in rs)
-    head = "bin" if len(ix) == 1 else "bins"
-    if len(rs) > 8:
-        return f"{len(ix)} {head}: {names}"
-    if process.kind == "vp":
-        spans = ", ".join(f"{int(e[a])}–{int(e[b + 1]) - 1}" for a, b in rs)
-    else:
-        spans = ", ".join(f"{e[a]:.3g}–{e[b + 1]:.3g}" for a, b in rs)
-    unit = "σ" if process.kind == "edm" else "t"
-    return f"{head} {names} ({unit} {spans})"
+    """The noise levels a finding concerns ('' for the whole run)."""
+    return words.describe_bins(process.kind, process.bin_edges(), bins) if bins else ""
 
 
 def headline(a) -> list[Item]:
@@ -807,10 +749,6 @@ def schedule_items(run, a) -> list[Item]:
 
 
 def _col_desc(name: str) -> str:
-    try:
-        from diffaudit.analysis import BIN_COLUMNS
-    except ImportError:  # pragma: no cover
-        return ""
     return BIN_COLUMNS.get(name, "")
 
 
@@ -823,12 +761,11 @@ def bin_table(run, a) -> Table:
     if df.height == 0:
         return Table([], [], [], [], ["The run has no per-bin statistics."])
     has = {c for c in df.columns if df[c].null_count() < df.height}
-    vp = run.process.kind == "vp"
     # (header, tooltip, numeric, cell function)
     spec = [
         ("bin", _col_desc("bin"), True, lambda r: Cell(fmt_num(r["bin"]))),
-        ("t" if run.process.kind != "edm" else "σ", "noise levels of the bin", True,
-         lambda r: Cell(f"{int(r['t_lo'])}–{int(r['t_hi']) - 1}" if vp else f"{fmt_num(r['t_lo'], 3)}–{fmt_num(r['t_hi'], 3)}")),
+        (words.noise_unit(run.process.kind), "noise levels of the bin", True,
+         lambda r: Cell(words.edge_span(run.process.kind, r["t_lo"], r["t_hi"]))),
         ("log\u2011SNR", _col_desc("log_snr"), True, lambda r: Cell(fmt_num(r["log_snr"], 3))),
         ("early", _col_desc("early_mean"), True, lambda r: Cell(fmt_num(r.get("early_mean")))),
         ("middle", _col_desc("mid_mean"), True, lambda r: Cell(fmt_num(r.get("mid_mean")))),
@@ -884,8 +821,7 @@ def _change_cell(r) -> Cell:
 
 
 def _signed_pct(v) -> str:
-    t = fmt_pct(abs(v), 2)
-    return ("−" if v < 0 else "+") + t if v != 0 else "0%"
+    return words.signed_pct(v, 2, missing=MISSING)
 
 
 # ----------------------------------------------------------------------------
@@ -951,3 +887,115 @@ def metadata_view(run, a=None) -> Metadata:
         extra_scalars=list(run.extra_scalars),
         problems=list(dict.fromkeys([str(p) for p in run.problems] + list(a.run.problems if a is not None else []))),
     )
+
+
+# ----------------------------------------------------------------------------
+# The compare page
+
+CURVE_POINTS = 400  # block means per side drawn in the training-loss figure
+_RESULT_CLASS = {"regression": "fail", "inconclusive": "warn", "pass": "ok"}
+_STATUS_LEVEL = {"pass": "ok", "regression": "fail", "inconclusive": "warn"}
+_SIDE_COLORS = {"baseline": plots.RUN_COLORS[0], "candidate": plots.RUN_COLORS[1]}
+
+
+def side_curves(side: str, runs) -> plots.Series | None:
+    """One side's per-step loss in CURVE_POINTS blocks over the steps its runs logged: the run's own curve,
+    or the mean over seeds (blocks no run logged are left out)."""
+    steps = [r.steps for r in runs if r.steps.height]
+    if not steps:
+        return None
+    lo = min(int(s["step"].min()) for s in steps)
+    hi = max(int(s["step"].max()) for s in steps)
+    size = max(1, -(-(hi - lo + 1) // CURVE_POINTS))
+    n = -(-(hi - lo + 1) // size)
+    ys = np.array([block_means(s["step"].to_numpy(), s["loss"].cast(pl.Float64).to_numpy(), lo, size, n) for s in steps])
+    with np.errstate(invalid="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # blocks no run logged: NaN, left out
+        y = np.nanmean(ys, axis=0)
+    x = lo + (np.arange(n) + 0.5) * size
+    ok = np.isfinite(y)
+    name = runs[0].name if len(runs) == 1 else f"mean of {len(runs)} runs"
+    return plots.Series(f"{side}: {name}", x[ok], y[ok], color=_SIDE_COLORS[side], style="line")
+
+
+def _bin_change_figure(v: Verdict, bins: list) -> FigureView:
+    axis = plots.noise_axis(v.process)
+    x = np.asarray(v.process.bin_centers(), dtype=np.float64)[[c.bin for c in bins]]
+    y = np.array([100 * c.change for c in bins])
+    lo = np.array([np.nan if c.lo is None else 100 * c.lo for c in bins])
+    hi = np.array([np.nan if c.hi is None else 100 * c.hi for c in bins])
+    lim = bins[0].limit
+    curves = [plots.Curve("change, with its interval", x, y, lo=lo, hi=hi, color=plots.RUN_COLORS[1])]
+    if lim is not None and bins[0].relative:
+        curves.append(plots.Curve(f"tolerance +{fmt_pct(lim)}", x, np.full(x.size, 100 * lim), color="#777777",
+                                  style="dashed", marker=None))
+    reg = np.array([c.status == "regression" for c in bins])
+    if reg.any():
+        curves.append(plots.Curve("regressed", x, np.where(reg, y, np.nan), color="#c62828", style="dotted", width=0.0))
+    alpha = v.settings.get("alpha")
+    return FigureView("bins", "Change of the late loss per noise level", plots.noise_plot(
+        curves, axis, ylabel="late loss change (%)" if bins[0].relative else "late loss change", log=False,
+        alt="relative change of the late loss per noise bin with its interval"),
+        f"Candidate against baseline, late loss per noise bin (after removing any progress lag), with "
+        f"{fmt_pct(1 - alpha) if alpha is not None else ''} intervals (uncorrected); red marks the bins that "
+        "regressed (above the tolerance and significant after correction across bins).")
+
+
+def compare_page(v: Verdict, baseline=(), candidate=(), *, generated: str | None = None) -> str:
+    """The gate's verdict as a self-contained HTML page.
+
+    It opens with the verdict in one sentence and the per-bin change plot; then the
+    late loss of both sides per noise level, their training-loss curves (drawn from
+    ``baseline`` and ``candidate``, the loaded runs; left out when not given), the
+    table of every check with the reason of each regression, and the notes.
+    """
+    in_lstar = v.settings.get("unit") == "lstar"
+    figs = []
+    bins = [c for c in v.checks if c.metric == "loss" and c.change is not None and c.bin is not None]
+    if bins and v.process is not None:
+        figs.append(_bin_change_figure(v, bins))
+        axis = plots.noise_axis(v.process)
+        x = np.asarray(v.process.bin_centers(), dtype=np.float64)[[c.bin for c in bins]]
+        level = [plots.Curve("baseline", x, np.array([c.baseline for c in bins]), color=_SIDE_COLORS["baseline"]),
+                 plots.Curve("candidate", x, np.array([c.candidate for c in bins]), color=_SIDE_COLORS["candidate"])]
+        ls = np.array([c.details.get("lstar", np.nan) for c in bins], dtype=np.float64)
+        if np.isfinite(ls).any():
+            level.append(plots.Curve(f"L* ({v.lstar_kind})", x, ls, color="#222222", style="dashed", marker=None))
+        figs.append(FigureView("levels", "Late loss per noise level", plots.noise_plot(
+            level, axis, ylabel="late loss / own L*" if in_lstar else "late loss",
+            alt="late loss per noise bin of both sides"),
+            "Late-window loss per noise bin on each side (mean over seeds), "
+            + ("each divided by the Gaussian L* of its own prediction target (1: as good as the best linear "
+               "denoiser)." if in_lstar else "with the reference L*.")))
+    series = [s for s in (side_curves("baseline", baseline), side_curves("candidate", candidate)) if s is not None]
+    if series and not in_lstar:
+        vlines = [plots.VLine(float(v.window[0]), "late window starts")] if v.window else []
+        figs.append(FigureView("curves", "Training loss", plots.step_plot(
+            series, ylabel="loss (block mean)", vlines=vlines, log=True,
+            alt="per-step training loss of the baseline and candidate runs, block means"),
+            "Per-step loss (all noise levels mixed), reduced to block means; with several seeds, their mean. "
+            "Baseline blue, candidate orange; the dotted line marks the start of the late window."))
+    shown = [c for c in v.checks if c.status != "off"]
+    table = Table(
+        columns=list(cells.COLUMNS),
+        rows=[[Cell(x, _RESULT_CLASS.get(c.status, "") if i == len(cells.COLUMNS) - 1 else "")
+               for i, x in enumerate(cells.row(c))] for c in shown],
+        numeric=list(cells.NUMERIC),
+    )
+    head = [Item("baseline", v.baseline.label()), Item("candidate", v.candidate.label()),
+            Item("noise model", cells.noise_model_words(v))]
+    if in_lstar:
+        head.append(Item("unit", "loss / own Gaussian L*"))
+    if v.window:
+        head.append(Item("late window", f"steps {v.window[0]:,}-{v.window[1]:,} ({v.window_blocks} blocks)"))
+    if v.lag:
+        head.append(Item("progress lag absorbed", fmt_pct(v.lag)))
+    sections = [Section("figures", "Per-bin change and curves"), Section("checks", "Checks"),
+                Section("notes", "Notes")]
+    ctx = dict(verdict=v, headline=cells.headline(v), level=_STATUS_LEVEL[v.status], head=head, figures=figs,
+               checks_table=table, reasons=[(cells.name(c), c.reason) for c in v.regressions], notes=list(v.notes),
+               sections=sections,
+               settings=[Item(k, json.dumps(x) if not isinstance(x, str) else x) for k, x in v.settings.items()])
+    if generated is not None:
+        ctx["generated"] = generated
+    return render_page("compare.html.j2", **ctx)

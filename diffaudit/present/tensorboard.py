@@ -8,7 +8,8 @@ What is written (one event file under ``logdir``; tags grouped by prefix):
 * ``loss_by_noise/<bin> <levels>``: the per-noise-level training loss per statistics window (count-weighted
   means over blocks of windows when there are more than ``max_points``).
 * ``excess_by_noise/<bin> <levels>``: the same minus the bin's Gaussian L* (when run.json has data statistics).
-* ``diffaudit/findings``: the report's verdict and findings as Markdown text, at the last step.
+* ``diffaudit/findings``: the report's verdict and findings as Markdown text
+  (:func:`diffaudit.present.markdown.report_markdown`), at the last step.
 
 The writer is TensorBoard's own (``tensorboard.summary.writer``); no TensorFlow or torch is needed. It is an
 optional extra: ``pip install "diffaudit[tensorboard]"``.
@@ -25,6 +26,7 @@ import polars as pl
 
 from diffaudit.errors import DiffauditError
 from diffaudit.load import Run
+from diffaudit.words import bin_span
 
 MAX_POINTS = 2000  # points per curve; more are averaged in blocks
 
@@ -58,15 +60,7 @@ def _blocks(step: np.ndarray, value: np.ndarray, weight: np.ndarray | None, max_
 def bin_label(run: Run, b: int) -> str:
     """'07 t 350-399' style label of a noise bin (zero-padded so TensorBoard sorts them in order)."""
     p = run.process
-    width = len(str(p.num_bins - 1))
-    e = p.bin_edges()
-    if p.kind == "vp":
-        words = f"t {int(e[b])}-{int(e[b + 1]) - 1}"
-    elif p.kind == "flow":
-        words = f"t {e[b]:.3g}-{e[b + 1]:.3g}"
-    else:
-        words = f"sigma {e[b]:.3g}-{e[b + 1]:.3g}"
-    return f"{b:0{width}d} {words}"
+    return f"{b:0{len(str(p.num_bins - 1))}d} {bin_span(p.kind, p.bin_edges(), b)}"
 
 
 def write_tensorboard(run: Run, logdir, *, findings_markdown: str | None = None, lstar=None,
@@ -122,14 +116,3 @@ def write_tensorboard(run: Run, logdir, *, findings_markdown: str | None = None,
     writer.flush()
     writer.close()
     return counts
-
-
-def findings_markdown(analysis) -> str:
-    """The verdict and findings of an Analysis as Markdown (TensorBoard's text tab renders it)."""
-    lines = [f"**verdict: {analysis.verdict}**", ""]
-    for f in analysis.findings:
-        lines.append(f"- **{f.severity.upper()}** `{f.id}`: {f.message}")
-        lines.append(f"  - {f.recommendation}")
-    if not analysis.findings:
-        lines.append("no findings")
-    return "\n".join(lines)

@@ -1,0 +1,63 @@
+"""The sides of a comparison: one run, a folder of runs, or a glob, each naming runs by path or URL."""
+
+from __future__ import annotations
+
+import glob
+import os
+import re
+from pathlib import Path
+
+from diffaudit.errors import DiffauditError, RunFormatError
+from diffaudit.load import Run, load_run
+from diffaudit.store import is_url, local_path
+
+
+_GLOB_CHARS = re.compile(r"[*?\[]")
+
+
+def _is_run(p: Path) -> bool:
+    # a run.json of any kind makes a run: one that is not a regular file gets load_run's own error
+    return (p.is_dir() and os.path.lexists(p / "run.json")) or (p.is_file() and p.suffix == ".parquet")
+
+
+def resolve_side(spec, *, role: str = "baseline") -> list[Path]:
+    """The run paths a side names: a run (directory or .parquet), a folder of runs, or a glob.
+
+    A path that exists and is a run is one run. A folder that is not a run holds
+    runs: its subdirectories with a run.json and its .parquet files. A path that
+    does not exist but holds ``*``, ``?`` or ``[`` is a glob. Raises
+    DiffauditError (one line) when nothing is found.
+    """
+    if isinstance(spec, (list, tuple)):
+        out: list[Path] = []
+        for s in spec:
+            out += resolve_side(s, role=role)
+        if not out:
+            raise DiffauditError(f"{role}: no runs given")
+        return out
+    text = str(spec)
+    if is_url(text):
+        return [text]  # one run in object storage (load_run reads it through a local copy)
+    p = local_path(text)
+    if p.exists():
+        if _is_run(p) or p.is_file():
+            return [p]  # a file that is not .parquet gets load_run's own error
+        runs = sorted(c for c in p.iterdir() if _is_run(c))
+        if not runs:
+            raise DiffauditError(f"{role} {text}: a folder that holds no runs (no run.json, no subfolder with one, no .parquet)")
+        return runs
+    if _GLOB_CHARS.search(text):
+        hits = sorted(Path(h) for h in glob.glob(text))
+        runs = [h for h in hits if _is_run(h)]
+        if not runs:
+            what = f"{len(hits)} path(s), none of them a run" if hits else "nothing"
+            raise DiffauditError(f"{role} {text!r}: the pattern matches {what}")
+        return runs
+    raise RunFormatError(f"{role} {text}: no such file or directory")
+
+
+def load_side(spec, *, role: str = "baseline", strict: bool = False) -> list[Run]:
+    """Load every run a side names (see :func:`resolve_side`)."""
+    return [load_run(p, strict=strict) for p in resolve_side(spec, role=role)]
+
+
