@@ -663,6 +663,13 @@ class RunLogger:
         n_p = len(self._probe_steps)
         if n == 0 and not any(n_w.values()) and n_p == 0:
             return
+        tensors, event = self._copy_to_host(n, n_w, n_p)
+        # the copies are queued on the device stream ahead of the resets, so they see the values before them
+        self._restart_accumulators(n_w["train"])
+        self._queue.put(self._take_batch(tensors, event))
+
+    def _copy_to_host(self, n: int, n_w: dict, n_p: int) -> tuple[dict, object]:
+        """One non_blocking copy per buffer into pinned host memory, and the CUDA event the writer waits for."""
         cuda = self._device.type == "cuda"
 
         def host(src: torch.Tensor) -> torch.Tensor:
@@ -685,10 +692,13 @@ class RunLogger:
         if cuda:
             event = torch.cuda.Event()
             event.record()
+        return tensors, event
 
+    def _restart_accumulators(self, n_train_windows: int) -> None:
+        """Move each bin's shift to its mean and empty the device accumulators for the next part (device only)."""
         # next shift: the mean of each bin over this flush's training windows (device only)
-        if n_w["train"]:
-            tot = self._acc["train"][: n_w["train"]].sum(0)
+        if n_train_windows:
+            tot = self._acc["train"][:n_train_windows].sum(0)
             cnt = tot[_C_COUNT]
             self._shift.add_(torch.where(cnt > 0, tot[_C_S1] / cnt.clamp_min(1.0), 0.0))
         for s in _SPLITS:
@@ -701,6 +711,8 @@ class RunLogger:
         for col in self._dev_scalars.values():
             col.fill_(math.nan)
 
+    def _take_batch(self, tensors: dict, event) -> _Batch:
+        """The host bookkeeping since the last flush, with its host copies, as one batch; starts the next part empty."""
         batch = _Batch(
             has_weights=self._has_weights,
             seq=self._seq,
@@ -720,7 +732,7 @@ class RunLogger:
         self._dev_given = {k: [] for k in self._dev_given}
         self._windows = {s: [] for s in _SPLITS}
         self._probe_steps = []
-        self._queue.put(batch)
+        return batch
 
     def close(self, *, error: BaseException | None = None) -> None:
         """Flush what is left, wait for the writer, record the close, and drop the device buffers.
