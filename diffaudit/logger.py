@@ -151,6 +151,22 @@ class RunLogger:
         # a local directory, or a prefix in object storage (s3://bucket/run, gs://...): diffaudit.store
         self._remote = RemoteStore(str(path)) if is_url(path) else None
         self.path = local_path(path) if self._remote is None else str(path).rstrip("/")
+        # every argument is checked before _open_run writes anything, so a bad one leaves no run behind
+        self._check_arguments(num_bins, total_steps, check_timesteps, data_var)
+        schedule_meta = self._set_process(process, prediction, num_bins, alphas_cumprod, betas,
+                                          sigma_min, sigma_max, sigma_data)
+        self._set_cadence(window, flush_every, probe_every, time_probe_every, probe_bins, buffer_size)
+        data_meta = self._data_meta(data_var, data_spectrum, data_dim)
+        self.total_steps = None if total_steps is None else int(total_steps)
+        self.check_timesteps = check_timesteps
+        self.rank, self.world_size = _dist_rank(rank, world_size)
+        self._open_run(self._run_meta(schedule_meta, data_meta, config))
+        self._init_step_state()
+        self._start_writer()
+
+    @staticmethod
+    def _check_arguments(num_bins, total_steps, check_timesteps, data_var) -> None:
+        """Refuse the plain arguments that are out of range, before anything is built from them."""
         if not isinstance(num_bins, (int, np.integer)) or isinstance(num_bins, bool) or not 1 <= num_bins <= rf.MAX_BINS:
             raise DataError(f"num_bins must be an integer from 1 to {rf.MAX_BINS}, got {num_bins!r}")
         if total_steps is not None and (isinstance(total_steps, bool) or not isinstance(total_steps, (int, np.integer))
@@ -158,9 +174,12 @@ class RunLogger:
             raise DataError(f"total_steps must be a positive integer (the planned optimizer steps), got {total_steps!r}")
         if check_timesteps not in ("raise", "count"):
             raise DataError(f"check_timesteps must be 'raise' or 'count', got {check_timesteps!r}")
-        for name, v in (("data_var", data_var),):
-            if v is not None and not (isinstance(v, (int, float, np.floating, np.integer)) and math.isfinite(v) and v > 0):
-                raise DataError(f"{name} must be a positive finite number (trace(Cov)/d of the training data), got {v!r}")
+        if data_var is not None and not (isinstance(data_var, (int, float, np.floating, np.integer))
+                                         and math.isfinite(data_var) and data_var > 0):
+            raise DataError(f"data_var must be a positive finite number (trace(Cov)/d of the training data), got {data_var!r}")
+
+    def _set_process(self, process, prediction, num_bins, alphas_cumprod, betas, sigma_min, sigma_max, sigma_data) -> dict:
+        """Resolve the noise process (and a vp schedule) into ``self.process``; returns the schedule's run.json fields."""
         if process is None:
             process = "vp" if (alphas_cumprod is not None or betas is not None) else None
         if process is None:
@@ -189,6 +208,14 @@ class RunLogger:
             sigma_max=sigma_max,
             sigma_data=sigma_data,
         )
+        return {
+            "alphas_cumprod_dtype": src_dtype,
+            "schedule_from_betas": betas is not None,
+            "schedule_sha": _schedule_hash(alpha_bar),
+        }
+
+    def _set_cadence(self, window, flush_every, probe_every, time_probe_every, probe_bins, buffer_size) -> None:
+        """How many steps a window, a part and the probe intervals span, and how many samples the device buffer holds."""
         if int(window) < 1 or int(flush_every) < 1:
             raise DataError(f"window and flush_every must be positive, got {window} and {flush_every}")
         self.window = int(window)
@@ -197,16 +224,24 @@ class RunLogger:
         self.time_probe_every = int(time_probe_every)
         self.probe_bins = max(1, min(int(probe_bins), self.process.num_bins))
         self._buffer_size = max(1, int(buffer_size))
+
+    @staticmethod
+    def _data_meta(data_var, data_spectrum, data_dim) -> dict:
+        """The training data's run.json fields (the L* bounds); data_dim defaults to the spectrum's length."""
         if data_spectrum is not None:
             data_spectrum = [float(v) for v in _to_numpy(data_spectrum).ravel()]
             if not data_spectrum or not all(math.isfinite(v) and v >= 0 for v in data_spectrum):
                 raise DataError("data_spectrum must be a non-empty list of finite covariance eigenvalues >= 0")
             if data_dim is None:
                 data_dim = len(data_spectrum)
-        self.total_steps = None if total_steps is None else int(total_steps)
-        self.check_timesteps = check_timesteps
-        self.rank, self.world_size = _dist_rank(rank, world_size)
+        return {
+            "data_var": None if data_var is None else float(data_var),
+            "data_spectrum": data_spectrum,
+            "data_dim": data_dim,
+        }
 
+    def _run_meta(self, schedule_meta: dict, data_meta: dict, config) -> dict:
+        """run.json of a new run; refuses a config that JSON cannot hold."""
         meta = {
             "format": rf.FORMAT_NAME,
             "format_version": rf.FORMAT_VERSION,
@@ -217,12 +252,8 @@ class RunLogger:
             "python_version": platform.python_version(),
             "host": platform.node(),
             **self.process.to_meta(),
-            "alphas_cumprod_dtype": src_dtype,
-            "schedule_from_betas": betas is not None,
-            "schedule_sha": _schedule_hash(alpha_bar),
-            "data_var": None if data_var is None else float(data_var),
-            "data_spectrum": data_spectrum,
-            "data_dim": data_dim,
+            **schedule_meta,
+            **data_meta,
             "window": self.window,
             "flush_every": self.flush_every,
             "probe_every": self.probe_every,
@@ -236,12 +267,19 @@ class RunLogger:
             json.dumps(meta, allow_nan=False, default=str)
         except (TypeError, ValueError, RecursionError) as e:
             raise DataError(f"config cannot be stored in run.json as JSON ({type(e).__name__}: {e})") from None
+        return meta
+
+    def _open_run(self, meta: dict) -> None:
+        """Create the run (or join an existing one that matches) and claim this rank's next segment: the first write."""
         if self._remote is not None:
             self.meta = _create_or_join_remote(self._remote, meta, self.process)
             self.segment = _new_remote_segment(self._remote, self.rank, self.total_steps)
         else:
             self.meta = _create_or_join_run(self.path, meta, self.process)
             self.segment = _new_segment(self.path, self.rank, self.total_steps)
+
+    def _init_step_state(self) -> None:
+        """Host bookkeeping of the steps, windows and probes not yet flushed; no device buffers yet."""
         self._last_step: int | None = None  # last training step logged (host int, for the close marker)
         self._warned_backwards = False
 
@@ -258,6 +296,9 @@ class RunLogger:
         self._last_probe_step = None
         self._closed = False
         self.errors: list[str] = []  # writer failures (also warned once)
+
+    def _start_writer(self) -> None:
+        """Start the thread that writes the flushed parts, and let atexit close this logger if the script does not."""
         self._queue: queue.Queue = queue.Queue()
         self._writer = threading.Thread(target=self._write_loop, name=f"diffaudit-writer-{self.rank}", daemon=True)
         self._writer.start()
@@ -622,6 +663,13 @@ class RunLogger:
         n_p = len(self._probe_steps)
         if n == 0 and not any(n_w.values()) and n_p == 0:
             return
+        tensors, event = self._copy_to_host(n, n_w, n_p)
+        # the copies are queued on the device stream ahead of the resets, so they see the values before them
+        self._restart_accumulators(n_w["train"])
+        self._queue.put(self._take_batch(tensors, event))
+
+    def _copy_to_host(self, n: int, n_w: dict, n_p: int) -> tuple[dict, object]:
+        """One non_blocking copy per buffer into pinned host memory, and the CUDA event the writer waits for."""
         cuda = self._device.type == "cuda"
 
         def host(src: torch.Tensor) -> torch.Tensor:
@@ -644,10 +692,13 @@ class RunLogger:
         if cuda:
             event = torch.cuda.Event()
             event.record()
+        return tensors, event
 
+    def _restart_accumulators(self, n_train_windows: int) -> None:
+        """Move each bin's shift to its mean and empty the device accumulators for the next part (device only)."""
         # next shift: the mean of each bin over this flush's training windows (device only)
-        if n_w["train"]:
-            tot = self._acc["train"][: n_w["train"]].sum(0)
+        if n_train_windows:
+            tot = self._acc["train"][:n_train_windows].sum(0)
             cnt = tot[_C_COUNT]
             self._shift.add_(torch.where(cnt > 0, tot[_C_S1] / cnt.clamp_min(1.0), 0.0))
         for s in _SPLITS:
@@ -660,6 +711,8 @@ class RunLogger:
         for col in self._dev_scalars.values():
             col.fill_(math.nan)
 
+    def _take_batch(self, tensors: dict, event) -> _Batch:
+        """The host bookkeeping since the last flush, with its host copies, as one batch; starts the next part empty."""
         batch = _Batch(
             has_weights=self._has_weights,
             seq=self._seq,
@@ -679,7 +732,7 @@ class RunLogger:
         self._dev_given = {k: [] for k in self._dev_given}
         self._windows = {s: [] for s in _SPLITS}
         self._probe_steps = []
-        self._queue.put(batch)
+        return batch
 
     def close(self, *, error: BaseException | None = None) -> None:
         """Flush what is left, wait for the writer, record the close, and drop the device buffers.
