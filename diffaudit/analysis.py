@@ -489,38 +489,25 @@ class _Grid:
         W = ux.size
         b = np.clip(bins["bin"].to_numpy().astype(np.int64), 0, nb - 1)
         flat = wi * nb + b
-        cnt = bins["count"].fill_null(0).to_numpy().astype(np.float64)
-        mu = bins["mean"].fill_null(np.nan).to_numpy().astype(np.float64)
-        m2 = bins["m2"].fill_null(np.nan).to_numpy().astype(np.float64)
-        ok = (cnt > 0) & np.isfinite(mu)
-        cnt = np.where(ok, cnt, 0.0)
-        mu0 = np.where(ok, mu, 0.0)
-        m20 = np.where(ok & np.isfinite(m2), m2, 0.0)
         size = W * nb
-        N = np.bincount(flat, cnt, size)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            M = np.bincount(flat, cnt * mu0, size) / N
-        dev = np.where(ok, mu0 - M[flat], 0.0)
-        M2 = np.bincount(flat, m20 + cnt * dev * dev, size)
+        m = stats.merge_groups(flat, bins["count"].fill_null(0).to_numpy(), bins["mean"].fill_null(np.nan).to_numpy(),
+                               bins["m2"].fill_null(np.nan).to_numpy(), size)
+        N, M, M2 = m.count, m.mean, m.m2
         nf = np.bincount(flat, bins["nonfinite"].fill_null(0).to_numpy().astype(np.float64), size)
         slo = np.full(W, np.iinfo(np.int64).max)
         shi = np.full(W, np.iinfo(np.int64).min)
         np.minimum.at(slo, wi, lo)
         np.maximum.at(shi, wi, hi)
         shape = (W, nb)
-        M = np.where(N > 0, M, np.nan)
         return cls(slo, shi, ux, N.reshape(shape), M.reshape(shape), M2.reshape(shape), nf.reshape(shape))
 
     def merge(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(count, mean, m2) per bin over the windows `rows` (boolean mask or indices), exact."""
         n = self.n[rows]
-        mu = np.where(n > 0, self.mean[rows], 0.0)
-        N = n.sum(axis=0)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            M = (n * mu).sum(axis=0) / N
-        d = np.where(n > 0, mu - M, 0.0)
-        M2 = self.m2[rows].sum(axis=0) + (n * d * d).sum(axis=0)
-        return N, np.where(N > 0, M, np.nan), M2
+        if n.shape[0] == 0:
+            return np.zeros(n.shape[1]), np.full(n.shape[1], np.nan), np.zeros(n.shape[1])
+        m = stats.merge_moments(n, self.mean[rows], self.m2[rows], axis=0)
+        return m.count, m.mean, m.m2
 
 
 def _phases(grid: _Grid, late_fraction, phase_fraction, trend_fraction) -> tuple[Phases, dict]:

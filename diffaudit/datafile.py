@@ -19,6 +19,9 @@ import zipfile
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
 from diffaudit.errors import DataError
 
@@ -122,8 +125,6 @@ def _read_npz(p: Path, key: str | None) -> np.ndarray:
 
 
 def _read_parquet(p: Path, column: str | None) -> np.ndarray:
-    import pyarrow.parquet as pq
-
     try:
         with open(p, "rb") as f:  # a file object: the path is never taken for a dataset or a pattern
             table = pq.read_table(f)
@@ -154,21 +155,15 @@ def _read_parquet(p: Path, column: str | None) -> np.ndarray:
 
 
 def _is_list(t) -> bool:
-    import pyarrow as pa
-
     return pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_fixed_size_list(t)
 
 
 def _is_number(t) -> bool:
-    import pyarrow as pa
-
     return pa.types.is_integer(t) or pa.types.is_floating(t)
 
 
 def _list_column(col, p: Path) -> np.ndarray:
     """One sample per row of a (possibly nested) list column; every row must have the same shape."""
-    import pyarrow.compute as pc
-
     arr = col.combine_chunks()
     n = len(arr)
     if n == 0:

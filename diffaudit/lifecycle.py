@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import math
 import time
+from datetime import datetime
 from dataclasses import dataclass
 
 import numpy as np
@@ -111,8 +112,6 @@ def _duration(s: float | None) -> str:
 
 def _created(meta: dict) -> float | None:
     """run.json's creation time (unix seconds), or None."""
-    from datetime import datetime
-
     c = meta.get("created")
     if not isinstance(c, str):
         return None

@@ -28,6 +28,8 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from diffaudit.errors import RunFormatError
+
 FORMAT_NAME = "diffaudit-run"
 FORMAT_VERSION = 1  # bump on incompatible change; readers refuse newer versions
 
@@ -225,8 +227,6 @@ def write_optimum_part(run_dir, result, *, metadata: dict) -> Path:
     was computed) is stored as JSON under the schema metadata key ``diffaudit.optimum``,
     with the result's estimator and subset size added.
     """
-    from diffaudit.errors import RunFormatError
-
     run_dir = Path(run_dir)
     if not (run_dir / RUN_JSON).is_file():
         raise RunFormatError(f"{run_dir}: not a run directory (no {RUN_JSON})")

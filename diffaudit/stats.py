@@ -297,18 +297,29 @@ def moments(x, axis: int = -1) -> Moments:
     return Moments(n, np.where(n > 0, mean, np.nan), np.where(n > 0, m2, 0.0))
 
 
-def combine(a: Moments, b: Moments) -> Moments:
-    """Elementwise Chan merge of two sets of groups (e.g. the same windows on two ranks)."""
-    na, nb = np.asarray(a.count, np.float64), np.asarray(b.count, np.float64)
-    ma = np.where(na > 0, a.mean, 0.0)
-    mb = np.where(nb > 0, b.mean, 0.0)
-    n = na + nb
+def merge_groups(group, count, mean, m2, size: int) -> Moments:
+    """Merge groups (count, mean, m2) that share an index of ``group`` into ``size`` groups: Chan's formula,
+    exact in float64 (the mean refined once against the first pass). The one merge of moments on arrays:
+    every other merge here is this one with a particular grouping.
+
+    A group with count 0 or a non-finite mean is empty and ignored (a non-finite m2 counts as 0); an
+    output group with nothing in it has count 0, mean NaN and m2 0.
+    """
+    g = np.asarray(group, np.intp).ravel()
+    n = np.asarray(count, np.float64).ravel()
+    mu = np.asarray(mean, np.float64).ravel()
+    s = np.asarray(m2, np.float64).ravel()
+    ok = (n > 0) & np.isfinite(mu)
+    n = np.where(ok, n, 0.0)
+    mu = np.where(ok, mu, 0.0)
+    s = np.where(ok & np.isfinite(s), s, 0.0)
+    N = np.bincount(g, n, size)
     with np.errstate(invalid="ignore", divide="ignore"):
-        delta = mb - ma
-        frac_b = np.where(n > 0, nb / n, 0.0)
-        mean = ma + delta * frac_b
-        m2 = np.asarray(a.m2, np.float64) + np.asarray(b.m2, np.float64) + delta * delta * na * frac_b
-    return Moments(n, np.where(n > 0, mean, np.nan), np.where(n > 0, m2, 0.0))
+        M = np.where(N > 0, np.bincount(g, n * mu, size) / N, 0.0)
+        M = M + np.where(N > 0, np.bincount(g, n * (mu - M[g]), size) / N, 0.0)
+    d = np.where(ok, mu - M[g], 0.0)
+    M2 = np.bincount(g, s + n * d * d, size)
+    return Moments(N, np.where(N > 0, M, np.nan), np.where(N > 0, M2, 0.0))
 
 
 def merge_moments(count, mean, m2, axis: int = -1) -> Moments:
@@ -332,21 +343,13 @@ def coarsen_moments(count, mean, m2, starts, axis: int = -1) -> Moments:
     L = n.shape[-1]
     if L == 0 or starts.size == 0 or starts[0] != 0 or np.any(np.diff(starts) <= 0) or starts[-1] >= L:
         raise DataError(f"batch starts {starts.tolist()[:8]} do not cut a sequence of {L} groups")
-    ok = n > 0
-    n = np.where(ok, n, 0.0)
-    mu = np.where(ok, mu, 0.0)
-    s = np.where(ok, s, 0.0)
-    group = np.repeat(np.arange(starts.size), np.diff(np.append(starts, L)))
-    N = np.add.reduceat(n, starts, axis=-1)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        M = np.add.reduceat(n * mu, starts, axis=-1) / N
-        M = np.where(N > 0, M, 0.0)
-        M = M + np.where(N > 0, np.add.reduceat(n * (mu - M[..., group]), starts, axis=-1) / N, 0.0)
-        d = np.where(ok, mu - M[..., group], 0.0)  # refined: exact to rounding
-    M2 = np.add.reduceat(s, starts, axis=-1) + np.add.reduceat(n * d * d, starts, axis=-1)
-    M = np.where(N > 0, M, np.nan)
-    M2 = np.where(N > 0, M2, 0.0)
-    return Moments(*(np.moveaxis(v, -1, axis) for v in (N, M, M2)))
+    G = starts.size
+    rows = int(np.prod(n.shape[:-1], dtype=np.int64))
+    group = np.repeat(np.arange(G), np.diff(np.append(starts, L)))
+    flat = (np.arange(rows)[:, None] * G + group[None, :]).ravel()
+    out = merge_groups(flat, n, mu, s, rows * G)
+    shape = n.shape[:-1] + (G,)
+    return Moments(*(np.moveaxis(v.reshape(shape), -1, axis) for v in (out.count, out.mean, out.m2)))
 
 
 def batch_starts(n: int, k: int) -> np.ndarray:
@@ -427,12 +430,6 @@ def integrated_autocorr_time(y, *, conservative: bool = False) -> float:
     """
     tau, _, cons = _correlation(y)
     return cons if conservative else tau
-
-
-def effective_sample_size(y, *, conservative: bool = False) -> float:
-    """n / tau: the number of independent values a correlated series is worth (NaN dropped)."""
-    n = int(np.isfinite(np.asarray(y, dtype=np.float64)).sum())
-    return n / integrated_autocorr_time(y, conservative=conservative) if n else 0.0
 
 
 def batch_means(
@@ -664,12 +661,6 @@ def adjust_pvalues(p, method: str = "by") -> np.ndarray:
     return out
 
 
-def reject(p, alpha: float = 0.05, method: str = "by") -> np.ndarray:
-    """Which hypotheses are rejected after adjustment (False where p is NaN)."""
-    adj = adjust_pvalues(p, method)
-    return np.where(np.isfinite(adj), adj <= alpha, False)
-
-
 # ----------------------------------------------------------------------------
 # Two-sample comparison
 
@@ -754,38 +745,6 @@ def compare_seed_means(a, b, *, confidence: float = 0.95, alternative: str = "tw
         df = max(na, nb) - 1
         method = "seed-borrowed-variance"
     return _comparison(a.mean(), b.mean(), se, df, confidence, alternative, method, na, nb)
-
-
-def compare_runs(
-    a,
-    b,
-    *,
-    weights_a=None,
-    weights_b=None,
-    confidence: float = 0.95,
-    alternative: str = "two-sided",  # "greater": H1 is mean_b > mean_a
-) -> Comparison:
-    """Late-window mean of b vs a, each side a list of per-seed window-mean series.
-
-    One seed per side: :func:`compare_series`. Otherwise each seed is reduced to its
-    weighted mean and :func:`compare_seed_means` is used.
-    """
-    a, b = list(a), list(b)
-    wa = [None] * len(a) if weights_a is None else list(weights_a)
-    wb = [None] * len(b) if weights_b is None else list(weights_b)
-    if len(a) == 0 or len(b) == 0:
-        raise InconclusiveError("a side has no runs")
-    if len(a) == 1 and len(b) == 1:
-        return compare_series(a[0], b[0], weights_a=wa[0], weights_b=wb[0], confidence=confidence,
-                              alternative=alternative)
-
-    def seed_mean(y, w):
-        y, _, w = _clean_windows(y, None, w)
-        return float(w @ y / w.sum()) if y.size else math.nan
-
-    ma = [seed_mean(y, w) for y, w in zip(a, wa)]
-    mb = [seed_mean(y, w) for y, w in zip(b, wb)]
-    return compare_seed_means(ma, mb, confidence=confidence, alternative=alternative)
 
 
 # ----------------------------------------------------------------------------
@@ -1012,8 +971,7 @@ __all__ = [
     "SPIKE_WINDOW", "TAU_MIN_BLOCKS",
     "AR1_PHI_MAX", "BatchMeans", "Comparison", "PooledAR1", "ar1_correlation", "ar1_mean_error", "ar1_mean_factors",
     "pooled_ar1", "Equivalence", "LevelShift", "Moments", "Spikes", "Trend",
-    "adjust_pvalues", "batch_means", "batch_starts", "coarsen_moments", "combine",
-    "compare_runs", "compare_seed_means", "compare_series", "detect_spikes",
-    "effective_sample_size", "equivalence", "integrated_autocorr_time", "level_shift",
-    "merge_moments", "moments", "reject", "trend",
+    "adjust_pvalues", "batch_means", "batch_starts", "coarsen_moments", "compare_seed_means", "compare_series",
+    "detect_spikes", "equivalence", "integrated_autocorr_time", "level_shift", "merge_groups", "merge_moments",
+    "moments", "trend",
 ]

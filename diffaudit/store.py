@@ -27,7 +27,11 @@ import json
 import os
 from pathlib import Path
 
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
 from diffaudit.errors import RunFormatError
+from diffaudit.runformat import PARQUET_COMPRESSION
 
 CACHE_ENV = "DIFFAUDIT_CACHE"  # where remote runs are copied (default ~/.cache/diffaudit/runs)
 
@@ -45,8 +49,6 @@ def local_path(path) -> Path:
 
 
 def _fs(url: str):
-    import pyarrow.fs as pafs
-
     try:
         return pafs.FileSystem.from_uri(url)
     except Exception as e:  # pyarrow raises ArrowInvalid, OSError, ... with the reason
@@ -64,8 +66,6 @@ class RemoteStore:
         return f"{self.root}/{rel}" if rel else self.root
 
     def exists(self, rel: str) -> bool:
-        import pyarrow.fs as pafs
-
         return self.fs.get_file_info(self._p(rel)).type != pafs.FileType.NotFound
 
     def put(self, rel: str, data: bytes) -> None:
@@ -78,8 +78,6 @@ class RemoteStore:
 
     def list(self, rel: str = "") -> list[tuple[str, int]]:
         """(path relative to the run, size) of every object under ``rel``."""
-        import pyarrow.fs as pafs
-
         base = self._p(rel)
         try:
             infos = self.fs.get_file_info(pafs.FileSelector(base, recursive=True, allow_not_found=True))
@@ -92,10 +90,6 @@ class RemoteStore:
         self.put(rel, (json.dumps(obj, indent=1, sort_keys=True, default=str, allow_nan=False) + "\n").encode())
 
     def put_table(self, rel: str, table) -> None:
-        import pyarrow.parquet as pq
-
-        from diffaudit.runformat import PARQUET_COMPRESSION
-
         buf = io.BytesIO()
         pq.write_table(table, buf, compression=PARQUET_COMPRESSION)
         self.put(rel, buf.getvalue())

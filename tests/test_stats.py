@@ -102,7 +102,7 @@ def test_coarsen_pairwise_combine_and_empty_groups():
     # elementwise pairwise merge (two ranks of the same windows)
     a = st.Moments(n[:50], mu[:50], m2[:50])
     b = st.Moments(n[50:], mu[50:], m2[50:])
-    ab = st.combine(a, b)
+    ab = st.merge_moments(np.stack([a.count, b.count]), np.stack([a.mean, b.mean]), np.stack([a.m2, b.m2]), axis=0)
     for j in range(50):
         ref = st.moments(np.concatenate([x[10 * j:10 * j + 10][keep[10 * j:10 * j + 10]],
                                          x[500 + 10 * j:510 + 10 * j]]))
@@ -119,17 +119,22 @@ def test_coarsen_pairwise_combine_and_empty_groups():
 # Effective sample size, batch means
 
 
+def _ess(y):
+    """n / tau: the number of independent values a correlated series is worth."""
+    return len(y) / st.integrated_autocorr_time(y)
+
+
 def test_ess_of_ar1_matches_theory():
     rng = np.random.default_rng(3)
     n, phi = 20_000, 0.9
     expected = n * (1 - phi) / (1 + phi)  # 1052.6
-    ess = [st.effective_sample_size(y) for y in ar1(rng, n, phi, size=8)]
+    ess = [_ess(y) for y in ar1(rng, n, phi, size=8)]
     assert np.mean(ess) == pytest.approx(expected, rel=0.1)
     assert all(abs(e / expected - 1) < 0.3 for e in ess)
-    white = st.effective_sample_size(rng.standard_normal(n))
+    white = _ess(rng.standard_normal(n))
     assert white == pytest.approx(n, rel=0.1)
     # a trend is signal, not correlation: detrending keeps ESS near n
-    assert st.effective_sample_size(rng.standard_normal(n) + np.linspace(0, 10, n)) > 0.8 * n
+    assert _ess(rng.standard_normal(n) + np.linspace(0, 10, n)) > 0.8 * n
     assert st.integrated_autocorr_time(np.ones(100)) == 1.0
 
 
@@ -202,9 +207,9 @@ def test_trend_false_positive_rate_across_bins_with_by():
     for _ in range(runs):
         ys = 0.5 + ar1(rng, n, 0.9, sd=0.02, size=bins)  # no slope in any bin
         p = np.array([st.trend(y, x).p_value for y in ys])
-        any_rej += st.reject(p, 0.05, "by").any()
+        any_rej += (st.adjust_pvalues(p, "by") <= 0.05).any()
         pn = np.array([sps.kendalltau(x, y).pvalue for y in ys[:20]])  # naive, first 20 bins
-        naive_any += st.reject(pn, 0.05, "by").any()
+        naive_any += (st.adjust_pvalues(pn, "by") <= 0.05).any()
     assert any_rej / runs <= 0.05
     assert naive_any / runs > 0.5
 
@@ -291,7 +296,7 @@ def test_adjusted_pvalues_against_reference():
     withnan = np.append(p, np.nan)
     adj = st.adjust_pvalues(withnan, "holm")
     assert np.isnan(adj[-1]) and np.allclose(adj[:-1], holm)
-    assert not st.reject(withnan)[-1]
+    assert not st.adjust_pvalues(withnan, "by")[-1] <= 0.05
     with pytest.raises(DataError):
         st.adjust_pvalues(p, "bonferroni-ish")
 
@@ -344,11 +349,14 @@ def test_compare_seeds_false_positive_rate_and_power():
     def seeds(level, k):  # each seed settles at its own level: 1% seed-to-seed spread
         return [late_window(rng, level * (1 + 0.01 * rng.standard_normal())) for _ in range(k)]
 
-    fp = sum(st.compare_runs(seeds(0.2, 4), seeds(0.2, 4)).p_value < 0.05 for _ in range(200))
+    def compare(a, b):  # each seed reduced to its late mean, then Welch's t over seeds
+        return st.compare_seed_means([y.mean() for y in a], [y.mean() for y in b])
+
+    fp = sum(compare(seeds(0.2, 4), seeds(0.2, 4)).p_value < 0.05 for _ in range(200))
     assert fp / 200 <= 0.08
     hits = 0
     for _ in range(50):
-        c = st.compare_runs(seeds(0.2, 4), seeds(0.206, 4))
+        c = compare(seeds(0.2, 4), seeds(0.206, 4))
         hits += c.p_value < 0.05
     assert hits / 50 >= 0.8 and c.method == "seed-welch"
     one = st.compare_seed_means([0.2], [0.2, 0.201, 0.199])

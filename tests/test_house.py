@@ -1,0 +1,109 @@
+"""The house's rules, read from the source: which module may import which, and no edge hidden in a function.
+
+The module map (README, "How the code is organised"): files -> frames (runformat, noise, validate, store,
+load, lifecycle) -> engines that return frozen dataclasses (summary, timeprobe, reference, units, analysis,
+findings, gate with gate_options and sides, watch) -> the presentation package (diffaudit.present) -> the CLI.
+Arrows only point forward: an engine never imports the presentation, the presentation never imports the CLI,
+and the shared vocabulary (diffaudit.words) imports nothing of its own.
+"""
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import diffaudit
+
+ROOT = Path(diffaudit.__file__).parent
+
+
+def _modules():
+    for p in sorted(ROOT.rglob("*.py")):
+        rel = p.relative_to(ROOT.parent).with_suffix("")
+        name = ".".join(rel.parts).removesuffix(".__init__")
+        yield name, ast.parse(p.read_text(encoding="utf-8"))
+
+
+def _imports(tree, *, top_level_only: bool):
+    """Imported module names; function bodies skipped when top_level_only (TYPE_CHECKING blocks always skipped)."""
+    out = []
+
+    def visit(node, in_function):
+        for child in ast.iter_child_nodes(node):
+            if isinstance(child, ast.If) and "TYPE_CHECKING" in ast.unparse(child.test):
+                continue
+            inner = in_function or isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef))
+            if isinstance(child, ast.Import) and not (top_level_only and in_function):
+                out.extend((a.name, in_function) for a in child.names)
+            elif isinstance(child, ast.ImportFrom) and child.level == 0 and not (top_level_only and in_function):
+                out.append((child.module, in_function))
+            visit(child, inner)
+
+    visit(tree, False)
+    return out
+
+
+MODULES = dict(_modules())
+ENGINES = [m for m in MODULES if not m.startswith(("diffaudit.cli", "diffaudit.present"))]
+
+# Imports inside a function, each with its reason; every other import is at the top of its module.
+DEFERRED = {
+    ("diffaudit", "diffaudit.load"): "`import diffaudit` stays light; diffaudit.load_run loads polars on first use",
+    ("diffaudit.optimum", "torch"): "torch is optional: the GPU backend of the empirical L*",
+    ("diffaudit.present.tensorboard", "tensorboard.compat.proto"): "the optional tensorboard extra",
+    ("diffaudit.present.tensorboard", "tensorboard.summary.writer.event_file_writer"): "the optional tensorboard extra",
+    ("diffaudit.cli", "diffaudit.sides"): "`diffaudit --help` imports no polars",
+    ("diffaudit.cli.report", "diffaudit.present.html"): "matplotlib and jinja2 only when a page is asked for",
+    ("diffaudit.cli.compare", "diffaudit.present.html"): "matplotlib and jinja2 only when a page is asked for",
+    ("diffaudit.cli.watch", "diffaudit.present.html"): "matplotlib and jinja2 only when a page is asked for",
+    ("diffaudit.cli.summary", "diffaudit.analysis"): "summary's start-up: the analysis only for --tensorboard",
+    ("diffaudit.cli.summary", "diffaudit.present.markdown"): "summary's start-up: only for --tensorboard",
+    ("diffaudit.cli.summary", "diffaudit.present.tensorboard"): "summary's start-up: only for --tensorboard",
+    ("diffaudit.cli.optimum", "tqdm"): "the progress bar only on a terminal",
+}
+
+
+def test_no_import_hides_inside_a_function():
+    found = {(m, name) for m, tree in MODULES.items() for name, inside in _imports(tree, top_level_only=False) if inside}
+    assert found == set(DEFERRED), f"new: {sorted(found - set(DEFERRED))}; gone: {sorted(set(DEFERRED) - found)}"
+
+
+@pytest.mark.parametrize("module", ENGINES)
+def test_engines_never_import_the_presentation_or_the_cli(module):
+    names = [n for n, _ in _imports(MODULES[module], top_level_only=False)]
+    bad = [n for n in names if n.startswith(("diffaudit.present", "diffaudit.cli", "click", "jinja2", "matplotlib"))]
+    assert not bad, f"{module} imports {bad}: engines return data; formatting lives in diffaudit.present"
+
+
+@pytest.mark.parametrize("module", [m for m in MODULES if m.startswith("diffaudit.present")])
+def test_the_presentation_never_imports_the_cli(module):
+    names = [n for n, _ in _imports(MODULES[module], top_level_only=False)]
+    assert not [n for n in names if n.startswith(("diffaudit.cli", "click"))]
+
+
+def test_only_the_logger_imports_torch_at_module_level():
+    users = sorted(m for m, tree in MODULES.items() if any(n == "torch" for n, inside in
+                                                           _imports(tree, top_level_only=False) if not inside))
+    assert users == ["diffaudit.logger"]
+
+
+def test_the_vocabulary_imports_nothing_of_its_own():
+    assert [n for n, _ in _imports(MODULES["diffaudit.words"], top_level_only=False) if n != "__future__"] == ["math"]
+    assert not {"numpy", "polars"} & _loaded("import diffaudit.words")
+
+
+def _loaded(code: str) -> set[str]:
+    out = subprocess.run([sys.executable, "-c", code + "; import sys; print(' '.join(sorted(sys.modules)))"],
+                         capture_output=True, text=True, check=True).stdout.split()
+    return set(out)
+
+
+def test_help_and_the_light_commands_load_no_heavy_module():
+    help_mods = _loaded("from diffaudit.cli import main, COMMANDS")
+    assert not {"polars", "numpy", "scipy", "matplotlib", "jinja2", "torch"} & help_mods
+    summary = _loaded("import diffaudit.cli.summary")
+    assert not {"scipy", "matplotlib", "jinja2", "torch", "diffaudit.analysis", "diffaudit.present.html"} & summary
+    report = _loaded("import diffaudit.cli.report")  # a page is drawn only when asked for
+    assert not {"matplotlib", "jinja2", "torch"} & report
