@@ -278,7 +278,7 @@ def fit_allowance(families: list[Family], cmp) -> gate.Allowance:
             ch.append(row_ch)
             se.append(row_se)
             ratio.append(row_r)
-            for c in v.by_metric(gate._GROUP_METRIC):
+            for c in v.by_metric(gate.GROUP_METRIC):
                 gch.append(c.change)
                 gse.append(c.details["se"])
         if not ch:

@@ -5,14 +5,8 @@ The analyzer side (this package without ``diffaudit.logger``) never imports torc
 
 from __future__ import annotations
 
-from importlib.metadata import PackageNotFoundError, version as _version
-
-try:
-    __version__ = _version("diffaudit")
-except PackageNotFoundError:  # running from a source tree that was never installed
-    __version__ = "0.0.0+unknown"
-
-from diffaudit.errors import DiffauditError  # noqa: E402
+from diffaudit._version import __version__  # a constant: no package-metadata lookup at start-up
+from diffaudit.errors import DiffauditError
 
 
 def load_run(path, *, strict: bool = False, allow_empty: bool = False):

@@ -166,11 +166,11 @@ SEED_SPEED_SD = 0.055  # of log(steps to reach the loss level) (digits_mlp 5.5%,
 SEED_CLIP_SD = 0.63  # of the log-odds of the clip rate (patches_conv 0.63, digits_mlp 0.46; as sds of the rate 0.033 and 0.0013)
 CLIP_POINTS = 10_000  # per-step clip indicators are averaged into at most this many windows before testing
 
-_GROUP_METRIC = "loss_mean"  # aggregates of bins: mean relative change over a group, under the loss rule
+GROUP_METRIC = "loss_mean"  # aggregates of bins: mean relative change over a group, under the loss rule
 STATUSES = ("pass", "regression", "inconclusive", "off")
 
 __all__ = [
-    "ALPHA", "CORRECTION", "CORRECTIONS", "DEFAULT_ALLOWANCE", "LAG_SHARE", "MAX_LAG", "MIN_WINDOWS", "SEED_BIN_SD",
+    "ALPHA", "CORRECTION", "CORRECTIONS", "DEFAULT_ALLOWANCE", "GROUP_METRIC", "LAG_SHARE", "MAX_LAG", "MIN_WINDOWS", "SEED_BIN_SD",
     "SEED_CLIP_SD", "SEED_FLOOR_SD", "SEED_MEAN_SD", "SEED_SPEED_SD", "TOLERANCE", "UNITS", "WINDOW",
     "Allowance", "Check", "Rule", "Side", "Verdict", "Window",
     "block_means", "compare", "decide", "seed_stats", "single_run_stats", "load_side", "parse_alpha", "parse_rule",
@@ -1329,6 +1329,6 @@ def _overall(checks: list[Check], sides: tuple[Side, Side], nblocks: int) -> tup
     if not tested:
         why = next((c.reason for c in bins if c.reason), "no noise bin could be compared")
         return "inconclusive", f"inconclusive: no noise bin could be compared ({why})"
-    other = [c.name for c in checks if c.metric not in ("loss", "excess", _GROUP_METRIC) and c.status == "pass"]
+    other = [c.name for c in checks if c.metric not in ("loss", "excess", GROUP_METRIC) and c.status == "pass"]
     return "pass", (f"pass: no regression in {len(tested)} noise bins"
                     + (f", {', '.join(dict.fromkeys(other))}" if other else ""))

@@ -880,13 +880,17 @@ def ar1_correlation(n: int, phi: float) -> np.ndarray:
 
 @lru_cache(maxsize=512)
 def _ar1_mean_factors(n: int, phi: float) -> tuple[float, float]:
+    # With S = ar1_correlation(n, phi) and C = I - 11'/n: Var(mean) = 1'S1 / n^2, E[s^2] = tr(CS) / (n - 1),
+    # and the Satterthwaite df of s^2 is tr(CS)^2 / tr(CSCS). With c = S1 (S is symmetric), tr(CS) = n - 1'c/n
+    # and tr(CSCS) = |S|_F^2 - 2 c'c / n + (1'c)^2 / n^2: O(n^2), no n x n product (tests check the matrix form).
     S = ar1_correlation(n, phi)
-    C = np.eye(n) - 1.0 / n
-    CS = C @ S
-    tr = float(np.trace(CS))
-    var_mean = float(S.sum()) / n**2  # Var(mean) / sigma^2
+    c = S.sum(axis=1)
+    total = float(c.sum())
+    tr = n - total / n
+    tr2 = float(np.sum(S * S)) - 2.0 * float(c @ c) / n + total * total / n**2
+    var_mean = total / n**2  # Var(mean) / sigma^2
     naive = tr / (n - 1) / n  # E[s^2 / n] / sigma^2
-    return var_mean / naive, tr * tr / float(np.trace(CS @ CS))
+    return var_mean / naive, tr * tr / tr2
 
 
 def ar1_mean_factors(n: int, phi: float) -> tuple[float, float]:
@@ -905,16 +909,26 @@ def _detrender(n: int, degree: int) -> np.ndarray:
     return np.eye(n) - X @ np.linalg.pinv(X)
 
 
+def _lag_sums(X: np.ndarray) -> np.ndarray:
+    """s[k] = sum of the entries of X with |i - j| = k, so that sum(X * ar1_correlation(n, phi)) = sum_k s[k] phi^k."""
+    n = X.shape[0]
+    return np.array([np.trace(X) if k == 0 else np.trace(X, k) + np.trace(X, -k) for k in range(n)])
+
+
 @lru_cache(maxsize=64)
 def _expected_lag1(n: int, degree: int) -> tuple[np.ndarray, np.ndarray]:
-    """Grid of phi and the expected pooled lag-1 autocorrelation of detrended AR(1) series of length n."""
+    """Grid of phi and the expected pooled lag-1 autocorrelation of detrended AR(1) series of length n.
+
+    rho(phi) = tr(M A M R) / tr(M R) with R = ar1_correlation(n, phi), M the detrender and A the symmetric
+    lag-1 operator. R depends on |i - j| only, so each trace is a polynomial in phi whose coefficients are
+    the lag sums of M A M and of M: O(n^2) once, then O(n) per phi (tests check the trace form).
+    """
     M = _detrender(n, degree)
-    A = np.zeros((n, n))
-    A[np.arange(n - 1), np.arange(1, n)] = 0.5
-    A = A + A.T
-    MAM = M @ A @ M
+    AM = 0.5 * (np.vstack([M[1:], np.zeros((1, n))]) + np.vstack([np.zeros((1, n)), M[:-1]]))  # A @ M, A banded
+    MAM = M @ AM
     phis = np.linspace(0.0, AR1_PHI_MAX, 199)
-    rho = np.array([np.trace(MAM @ ar1_correlation(n, p)) / np.trace(M @ ar1_correlation(n, p)) for p in phis])
+    powers = phis[:, None] ** np.arange(n)[None, :]
+    rho = (powers @ _lag_sums(MAM)) / (powers @ _lag_sums(M))
     rho = np.maximum.accumulate(rho)  # monotone for interpolation (it is, up to rounding)
     return phis, rho
 

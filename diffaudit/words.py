@@ -118,6 +118,8 @@ def p_value(p, *, missing: str = MISSING) -> str:
     p = _scalar(p)
     if is_missing(p) or math.isinf(p):
         return missing
+    if p < 1e-300:
+        return "<1e-300"  # below what a double resolves: the data are far from the limit
     return f"{p:.2g}" if p >= 1e-4 else f"{p:.1e}"
 
 

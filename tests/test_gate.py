@@ -24,7 +24,7 @@ from _cli import one_line_error
 from click.testing import CliRunner
 
 from diffaudit import gate, gate_options
-from diffaudit.present import html, junit, markdown
+from diffaudit.present import cells, html, junit, markdown
 from diffaudit import runformat as rf
 from diffaudit.cli import main
 from diffaudit.errors import DiffauditError, MismatchError
@@ -427,6 +427,26 @@ def test_injected_rise_in_two_bins_is_flagged_and_named(corpus, findings):
         assert {c.bin for c in v.regressions if c.metric == "loss"} == bins, v.summary
         for c in v.regressions:
             assert c.change == pytest.approx(0.40, rel=1e-6) and c.lo < 0.40 < c.hi
+
+
+@needs_corpus
+def test_the_verdict_reads_in_one_sentence_and_the_page_leads_with_it(corpus, findings):
+    """The bins that regressed, as noise levels, and the span of their changes: one sentence, however many bins;
+    the compare page says it before any figure, and its first figure is the per-bin change."""
+    a = corpus(healthy(5))
+    v = gate.compare(a, inject(a, {4, 15}, 1.40), findings_of=findings)
+    assert cells.headline(v) == "regression: late loss up in 2 of 20 noise bins: bins 4, 15 (t 200-249, 750-799), by +40%"
+    wide = inject(a, range(12), 1.60)  # 12 bins: no bullet per bin before the picture
+    v = gate.compare(a, wide, findings_of=findings)
+    line = cells.headline(v)
+    assert line.startswith("regression: late loss up in 12 of 20 noise bins: bins 0-11 (t 0-599), by +60%"), line
+    assert line.count(";") <= 3 and "\n" not in line
+    page = html.compare_page(v, [a], [wide])
+    start = page.index('<main')
+    assert page.index("Late loss up in 12 of 20", 0) < page.index('id="figure-bins"') < page.index('id="figure-levels"')
+    assert "<li>" not in page[start:page.index('id="figure-bins"')]
+    assert page.index('id="figure-curves"') > page.index('id="figure-levels"')  # drawn from the runs given
+    assert 'id="figure-curves"' not in html.compare_page(v)  # no runs, no training-loss curves; the rest stands
 
 
 @needs_corpus

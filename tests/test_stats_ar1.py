@@ -55,3 +55,35 @@ def test_pooled_estimate_needs_values():
         stats.pooled_ar1(np.zeros((3, 4)))
     with pytest.raises(InconclusiveError):
         stats.pooled_ar1(np.full((3, 10), np.nan))  # rows with a gap are left out
+
+
+# ----------------------------------------------------------------------------
+# The O(n^2) forms of the AR(1) factors against the matrix products they replace
+
+
+def _mean_factors_by_matrices(n, phi):
+    S = stats.ar1_correlation(n, phi)
+    C = np.eye(n) - 1.0 / n
+    CS = C @ S
+    tr = float(np.trace(CS))
+    return (float(S.sum()) / n**2) / (tr / (n - 1) / n), tr * tr / float(np.trace(CS @ CS))
+
+
+def _expected_lag1_by_matrices(n, degree):
+    M = stats._detrender(n, degree)
+    A = np.zeros((n, n))
+    A[np.arange(n - 1), np.arange(1, n)] = 0.5
+    A = A + A.T
+    MAM = M @ A @ M
+    phis = np.linspace(0.0, stats.AR1_PHI_MAX, 199)
+    rho = [np.trace(MAM @ stats.ar1_correlation(n, p)) / np.trace(M @ stats.ar1_correlation(n, p)) for p in phis]
+    return np.maximum.accumulate(rho)
+
+
+@pytest.mark.parametrize("n", [5, 12, 57, 160])
+def test_ar1_factors_match_their_matrix_definitions(n):
+    for phi in (0.0, 0.35, 0.9, stats.AR1_PHI_MAX):
+        assert stats._ar1_mean_factors(n, phi) == pytest.approx(_mean_factors_by_matrices(n, phi), rel=1e-9)
+    for degree in (1, 2):
+        np.testing.assert_allclose(stats._expected_lag1(n, degree)[1], _expected_lag1_by_matrices(n, degree),
+                                   rtol=0, atol=1e-12)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 
-from diffaudit.gate import Check, Verdict
+from diffaudit.gate import GROUP_METRIC, Check, Verdict
 from diffaudit.words import MISSING, bin_ranges, change_text, describe_bins, num, p_value, pct
 
 COLUMNS = ("check", "baseline", "candidate", "change", "interval", "p (adj.)", "limit", "result")
@@ -91,13 +91,15 @@ def _span(checks: list[Check]) -> str:
     if not v:
         return ""
     rel = checks[0].relative
-    return change_text(v[0], rel) if v[0] == v[-1] else f"{change_text(v[0], rel)} to {change_text(v[-1], rel)}"
+    lo, hi = change_text(v[0], rel), change_text(v[-1], rel)
+    return lo if lo == hi else f"{lo} to {hi}"
 
 
 def headline(v: Verdict) -> str:
     """The verdict in one sentence: which noise levels regressed and by how much, and any other regression.
 
-    'regression: late loss in 12 of 50 noise bins (bins 0-11 (t 0-239), +3.1% to +8.4%); clip rate +6.2% (limit +5%)'.
+    'regression: late loss up in 12 of 50 noise bins: bins 0-11 (t 0-239), by +3.1% to +8.4%; clip rate +0.062
+    (limit +0.05)'.
     A pass or an inconclusive verdict reads as the gate's own summary.
     """
     reg = v.regressions
@@ -113,9 +115,16 @@ def headline(v: Verdict) -> str:
         where = (describe_bins(v.process.kind, v.process.bin_edges(), bins) if v.process is not None
                  else "bins " + bin_ranges(bins))
         count = f"{len(hit)} of {of} noise bins" if of else f"{len(hit)} noise bins"
-        parts.append(f"{what} in {count} ({where}; {_span(hit)})")
+        parts.append(f"{what} up in {count}: {where}, by {_span(hit)}")
+    binned = any(c.metric == "loss" and c.bin is not None for c in reg)
     for c in reg:
-        if c.bin is None:
-            plain = c.metric == "findings" or c.change is None
-            parts.append(c.name if plain else f"{c.name} {change(c)} (limit {limit(c)})")
+        if c.bin is not None or c.metric == "findings" or (binned and c.metric == GROUP_METRIC):
+            continue  # bins are said above; a group of them regresses with them; findings are listed below
+        if c.change is not None and math.isinf(c.change):
+            parts.append(f"{c.name}: never reached")
+        else:
+            parts.append(c.name if c.change is None else f"{c.name} {change(c)} (limit {limit(c)})")
+    new = [c.name.removeprefix("finding ") for c in reg if c.metric == "findings"]
+    if new:
+        parts.append(f"new finding{'s' if len(new) > 1 else ''} {', '.join(new)}")
     return "regression: " + "; ".join(parts)

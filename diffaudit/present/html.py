@@ -992,7 +992,8 @@ def compare_page(v: Verdict, baseline=(), candidate=(), *, generated: str | None
         head.append(Item("progress lag absorbed", fmt_pct(v.lag)))
     sections = [Section("figures", "Per-bin change and curves"), Section("checks", "Checks"),
                 Section("notes", "Notes")]
-    ctx = dict(verdict=v, headline=cells.headline(v), level=_STATUS_LEVEL[v.status], head=head, figures=figs,
+    sentence = cells.headline(v).removeprefix(f"{v.status}: ")  # the banner's label says the status
+    ctx = dict(verdict=v, headline=sentence[:1].upper() + sentence[1:], level=_STATUS_LEVEL[v.status], head=head, figures=figs,
                checks_table=table, reasons=[(cells.name(c), c.reason) for c in v.regressions], notes=list(v.notes),
                sections=sections,
                settings=[Item(k, json.dumps(x) if not isinstance(x, str) else x) for k, x in v.settings.items()])
