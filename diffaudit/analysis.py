@@ -51,7 +51,6 @@ from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
 import polars as pl
-from scipy import stats as sps
 
 from diffaudit import stats
 from diffaudit.errors import DiffauditError
@@ -668,7 +667,7 @@ def _normal_equivalent(t: np.ndarray, df: np.ndarray) -> np.ndarray:
     ok = np.isfinite(t)
     tt, dd = t[ok], np.where(np.isfinite(df[ok]), df[ok], 1e9)
     # through the tail on the far side, so large |t| keep their precision
-    out[ok] = np.where(tt >= 0, sps.norm.isf(sps.t.sf(tt, dd)), -sps.norm.isf(sps.t.cdf(tt, dd)))
+    out[ok] = np.where(tt >= 0, stats.norm_isf(stats.t_sf(tt, dd)), -stats.norm_isf(stats.t_cdf(tt, dd)))
     return out
 
 

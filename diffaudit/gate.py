@@ -128,7 +128,6 @@ from typing import Callable, Iterable, Sequence
 
 import numpy as np
 import polars as pl
-from scipy import stats as sps
 
 from diffaudit import stats
 from diffaudit.errors import DataError, DiffauditError, InconclusiveError, MismatchError
@@ -661,11 +660,11 @@ def _one_sided(diff: float, se: float, df: float) -> float:
     if not (se > 0) or not math.isfinite(se):
         return 0.0 if diff > 0 else 1.0
     tval = diff / se
-    return float(sps.norm.sf(tval) if not math.isfinite(df) else sps.t.sf(tval, df))
+    return float(stats.norm_sf(tval) if not math.isfinite(df) else stats.t_sf(tval, df))
 
 
 def _tq(alpha: float, df: float) -> float:
-    return float(sps.norm.isf(alpha / 2) if not math.isfinite(df) else sps.t.isf(alpha / 2, df))
+    return float(stats.norm_isf(alpha / 2) if not math.isfinite(df) else stats.t_isf(alpha / 2, df))
 
 
 @dataclass(frozen=True)
@@ -1138,8 +1137,8 @@ def _speed_check(base, cand, rule, lo, hi, window, alpha, single, allowance: All
     if single:
         if allowance.speed > 0:
             sd = math.sqrt(2.0) * allowance.speed
-            p = float(sps.norm.sf((float(lb[0] - la[0]) - lim) / sd))
-            zq = float(sps.norm.isf(alpha / 2))
+            p = float(stats.norm_sf((float(lb[0] - la[0]) - lim) / sd))
+            zq = float(stats.norm_isf(alpha / 2))
             d = float(lb[0] - la[0])
             lo_, hi_ = to_change(d - zq * sd), to_change(d + zq * sd)
             sig, sig_words = p <= alpha, (f"one run per side: p = {p_value(p)} against the seed-to-seed spread of the "

@@ -107,3 +107,5 @@ def test_help_and_the_light_commands_load_no_heavy_module():
     assert not {"scipy", "matplotlib", "jinja2", "torch", "diffaudit.analysis", "diffaudit.present.html"} & summary
     report = _loaded("import diffaudit.cli.report")  # a page is drawn only when asked for
     assert not {"matplotlib", "jinja2", "torch"} & report
+    compare = _loaded("import diffaudit.cli.compare")  # t and normal tails come from scipy.special (fast to import)
+    assert not {"scipy.stats", "matplotlib", "jinja2", "torch"} & (report | compare)

@@ -446,3 +446,34 @@ def test_level_shift_explosion_and_healthy_decay():
     assert flat.z == 0 and flat.ratio == 1
     with pytest.raises(InconclusiveError):
         st.level_shift([1.0, 2.0, 3.0])
+
+
+# ----------------------------------------------------------------------------
+# The distributions and FDR adjustments diffaudit computes through scipy.special, against scipy.stats
+
+
+def test_distributions_match_scipy_stats():
+    from scipy import stats as sps
+
+    x = np.array([-40.0, -3.2, -0.4, 0.0, 0.7, 2.5, 12.0])
+    for df in (1.0, 2.5, 7.0, 80.0, np.inf):
+        np.testing.assert_allclose(st.t_sf(x, df), sps.t.sf(x, df), rtol=1e-10, atol=1e-300)
+        np.testing.assert_allclose(st.t_cdf(x, df), sps.t.cdf(x, df), rtol=1e-10, atol=1e-300)
+        q = np.array([1e-12, 0.01, 0.025, 0.5, 0.975])
+        np.testing.assert_allclose(st.t_ppf(q, df), sps.t.ppf(q, df), rtol=1e-9)
+        np.testing.assert_allclose(st.t_isf(q, df), sps.t.isf(q, df), rtol=1e-9)
+    np.testing.assert_allclose(st.norm_sf(x), sps.norm.sf(x), rtol=1e-12, atol=1e-300)
+    np.testing.assert_allclose(st.norm_isf(np.array([1e-300, 1e-9, 0.05, 0.5])), sps.norm.isf([1e-300, 1e-9, 0.05, 0.5]),
+                               rtol=1e-12, atol=1e-15)
+
+
+@pytest.mark.parametrize("method", ["bh", "by"])
+def test_fdr_adjustment_matches_scipy(method):
+    from scipy import stats as sps
+
+    rng = np.random.default_rng(4)
+    for m in (1, 2, 7, 50, 400):
+        p = np.concatenate([rng.uniform(size=m - m // 5), rng.uniform(0, 1e-4, size=m // 5)])
+        p[rng.integers(0, m, size=min(3, m))] = 0.5  # ties
+        np.testing.assert_allclose(st.adjust_pvalues(p, method), sps.false_discovery_control(p, method=method),
+                                   rtol=1e-12)
