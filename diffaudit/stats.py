@@ -923,12 +923,19 @@ def ar1_correlation(n: int, phi: float) -> np.ndarray:
 def _ar1_mean_factors(n: int, phi: float) -> tuple[float, float]:
     # With S = ar1_correlation(n, phi) and C = I - 11'/n: Var(mean) = 1'S1 / n^2, E[s^2] = tr(CS) / (n - 1),
     # and the Satterthwaite df of s^2 is tr(CS)^2 / tr(CSCS). With c = S1 (S is symmetric), tr(CS) = n - 1'c/n
-    # and tr(CSCS) = |S|_F^2 - 2 c'c / n + (1'c)^2 / n^2: O(n^2), no n x n product (tests check the matrix form).
-    S = ar1_correlation(n, phi)
-    c = S.sum(axis=1)
+    # and tr(CSCS) = |S|_F^2 - 2 c'c / n + (1'c)^2 / n^2, and each of c, 1'c and |S|_F^2 is a geometric sum:
+    # O(n), no n x n matrix (tests check the matrix form).
+    i = np.arange(n, dtype=np.float64)
+    k = np.arange(1, n, dtype=np.float64)
+    if phi == 0.0:
+        c = np.ones(n)
+        frob = float(n)
+    else:
+        c = (2.0 - phi ** (i + 1) - phi ** (n - i)) / (1.0 - phi) - 1.0  # row sums of phi^|i-j|
+        frob = n + 2.0 * float(np.sum((n - k) * phi ** (2 * k)))
     total = float(c.sum())
     tr = n - total / n
-    tr2 = float(np.sum(S * S)) - 2.0 * float(c @ c) / n + total * total / n**2
+    tr2 = frob - 2.0 * float(c @ c) / n + total * total / n**2
     var_mean = total / n**2  # Var(mean) / sigma^2
     naive = tr / (n - 1) / n  # E[s^2 / n] / sigma^2
     return var_mean / naive, tr * tr / tr2
@@ -944,32 +951,56 @@ def ar1_mean_factors(n: int, phi: float) -> tuple[float, float]:
     return _ar1_mean_factors(n, round(phi, 4))
 
 
-def _detrender(n: int, degree: int) -> np.ndarray:
+@lru_cache(maxsize=64)
+def _trend_basis(n: int, degree: int) -> np.ndarray:
+    """An orthonormal basis Q (n x degree+1) of the polynomials of ``degree`` in time; the detrender is I - QQ'."""
     t = np.linspace(-1.0, 1.0, n)
-    X = np.vander(t, degree + 1)
-    return np.eye(n) - X @ np.linalg.pinv(X)
+    q, _ = np.linalg.qr(np.vander(t, degree + 1))
+    return q
 
 
-def _lag_sums(X: np.ndarray) -> np.ndarray:
-    """s[k] = sum of the entries of X with |i - j| = k, so that sum(X * ar1_correlation(n, phi)) = sum_k s[k] phi^k."""
-    n = X.shape[0]
-    return np.array([np.trace(X) if k == 0 else np.trace(X, k) + np.trace(X, -k) for k in range(n)])
+def _detrend(z: np.ndarray, degree: int) -> np.ndarray:
+    """Each row of z less its least-squares polynomial of ``degree`` in time (O(n) per row)."""
+    q = _trend_basis(z.shape[1], degree)
+    return z - (z @ q) @ q.T
+
+
+def _xlag(u: np.ndarray, v: np.ndarray) -> np.ndarray:
+    """s[k] = sum over |i - j| = k of u_i v_j (the lag sums of u v'), k = 0..n-1, by FFT."""
+    n = u.size
+    size = 1 << int(2 * n - 1).bit_length()
+    c = np.fft.irfft(np.fft.rfft(u, size) * np.conj(np.fft.rfft(v, size)), size)  # c[m] = sum_j u_{j+m} v_j
+    out = c[:n].copy()
+    out[1:] += c[size - n + 1:][::-1]
+    return out
 
 
 @lru_cache(maxsize=64)
 def _expected_lag1(n: int, degree: int) -> tuple[np.ndarray, np.ndarray]:
     """Grid of phi and the expected pooled lag-1 autocorrelation of detrended AR(1) series of length n.
 
-    rho(phi) = tr(M A M R) / tr(M R) with R = ar1_correlation(n, phi), M the detrender and A the symmetric
-    lag-1 operator. R depends on |i - j| only, so each trace is a polynomial in phi whose coefficients are
-    the lag sums of M A M and of M: O(n^2) once, then O(n) per phi (tests check the trace form).
+    rho(phi) = tr(M A M R) / tr(M R), with R = ar1_correlation(n, phi), M = I - QQ' the detrender and A the
+    symmetric lag-1 operator. R depends on |i - j| only, so each trace is sum_k s[k] phi^k over the lag sums
+    s of M A M and of M; with P = QQ' of rank degree + 1, MAM = A - PA - AP + PAP, and every lag sum comes
+    from a few cross-correlations of n-vectors (FFT): no n x n matrix, so 20,000 blocks take milliseconds
+    (tests check the trace form).
     """
-    M = _detrender(n, degree)
-    AM = 0.5 * (np.vstack([M[1:], np.zeros((1, n))]) + np.vstack([np.zeros((1, n)), M[:-1]]))  # A @ M, A banded
-    MAM = M @ AM
+    q = _trend_basis(n, degree)
+    r = q.shape[1]
+    aq = 0.5 * (np.vstack([q[1:], np.zeros((1, r))]) + np.vstack([np.zeros((1, r)), q[:-1]]))  # A Q
+    b = q.T @ aq  # Q'AQ
+    s_p = sum(_xlag(q[:, a], q[:, a]) for a in range(r))  # lag sums of P = sum_a q_a q_a'
+    s_m = -s_p
+    s_m[0] += n
+    s_pa = sum(_xlag(q[:, a], aq[:, a]) for a in range(r))  # of P A = sum_a q_a (A q_a)'; A P has the same
+    s_pap = sum(b[a, c] * _xlag(q[:, a], q[:, c]) for a in range(r) for c in range(r))
+    s_mam = s_pap - 2.0 * s_pa
+    if n > 1:
+        s_mam[1] += n - 1  # A: 0.5 on both neighbouring diagonals
     phis = np.linspace(0.0, AR1_PHI_MAX, 199)
-    powers = phis[:, None] ** np.arange(n)[None, :]
-    rho = (powers @ _lag_sums(MAM)) / (powers @ _lag_sums(M))
+    with np.errstate(under="ignore"):
+        powers = phis[:, None] ** np.arange(n)[None, :]
+    rho = (powers @ s_mam) / (powers @ s_m)
     rho = np.maximum.accumulate(rho)  # monotone for interpolation (it is, up to rounding)
     return phis, rho
 
@@ -1001,7 +1032,7 @@ def pooled_ar1(z, *, degree: int | None = None) -> PooledAR1:
     if n < 5 or z.shape[0] == 0:
         raise InconclusiveError(f"{z.shape[0]} complete series of {n} values: too few to estimate a correlation")
     deg = (2 if n >= 12 else 1) if degree is None else int(degree)
-    e = z @ _detrender(n, deg).T
+    e = _detrend(z, deg)
     den = float(np.sum(e * e))
     if den <= 0:
         return PooledAR1(0.0, 0.0, n, int(z.shape[0]), deg)

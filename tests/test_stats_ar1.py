@@ -69,8 +69,14 @@ def _mean_factors_by_matrices(n, phi):
     return (float(S.sum()) / n**2) / (tr / (n - 1) / n), tr * tr / float(np.trace(CS @ CS))
 
 
+def _detrender(n, degree):
+    t = np.linspace(-1.0, 1.0, n)
+    X = np.vander(t, degree + 1)
+    return np.eye(n) - X @ np.linalg.pinv(X)
+
+
 def _expected_lag1_by_matrices(n, degree):
-    M = stats._detrender(n, degree)
+    M = _detrender(n, degree)
     A = np.zeros((n, n))
     A[np.arange(n - 1), np.arange(1, n)] = 0.5
     A = A + A.T
@@ -80,10 +86,22 @@ def _expected_lag1_by_matrices(n, degree):
     return np.maximum.accumulate(rho)
 
 
-@pytest.mark.parametrize("n", [5, 12, 57, 160])
+@pytest.mark.parametrize("n", [2, 5, 12, 57, 160])
 def test_ar1_factors_match_their_matrix_definitions(n):
     for phi in (0.0, 0.35, 0.9, stats.AR1_PHI_MAX):
         assert stats._ar1_mean_factors(n, phi) == pytest.approx(_mean_factors_by_matrices(n, phi), rel=1e-9)
     for degree in (1, 2):
-        np.testing.assert_allclose(stats._expected_lag1(n, degree)[1], _expected_lag1_by_matrices(n, degree),
-                                   rtol=0, atol=1e-12)
+        if n > degree + 2:
+            np.testing.assert_allclose(stats._expected_lag1(n, degree)[1], _expected_lag1_by_matrices(n, degree),
+                                       rtol=0, atol=1e-10)
+    z = np.random.default_rng(n).standard_normal((3, n))
+    np.testing.assert_allclose(stats._detrend(z, 1), z @ _detrender(n, 1).T, atol=1e-12)
+
+
+def test_ar1_factors_of_a_long_series():
+    """20,000 blocks (a 1,000,000-step run; the dense forms needed 3 GB): the known large-n limits."""
+    phis, rho = stats._expected_lag1(20_000, 2)
+    inflation, df = stats.ar1_mean_factors(20_000, 0.5)
+    assert np.all(np.diff(rho) >= 0) and rho[0] == pytest.approx(0.0, abs=1e-3)
+    assert np.interp(0.5, phis, rho) == pytest.approx(0.5, abs=2e-3)  # detrending barely biases a long series
+    assert inflation == pytest.approx(3.0, rel=1e-3)  # (1 + phi) / (1 - phi) for a long AR(1) series
