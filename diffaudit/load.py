@@ -23,6 +23,8 @@ parallel formula in float64; per-step rows are merged into one row per step
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import json
 import os
 import stat
@@ -325,6 +327,94 @@ def _read_part(kind: str, f: Path, limit: int) -> tuple[pa.Table, list[str]]:
         raise _Damage(str(e)) from None
 
 
+FAST_READ_MIN_PARTS = 1  # a single part is read by the careful reader either way
+
+
+def _read_all_at_once(kind: str, files: list[Path], limit: int) -> tuple[pl.DataFrame, list[str]] | None:
+    """Every part of one kind in one multi-threaded polars read, when every footer passes the careful reader's
+    checks (a regular, non-empty file; a readable footer; rows within the limit; an acceptable schema) and all
+    parts share one schema: the common case, a run its own logger wrote. None sends the caller to the
+    part-by-part reader, which then names what is wrong; so does any error of the read itself. Polars can
+    panic on a damaged page, printing from Rust: its stderr is silenced for the read, and the part-by-part
+    reader (pyarrow, which raises instead) takes over.
+    """
+    schema, drop, counts = None, [], []
+    for f in files:
+        try:
+            fh = open_regular(f)
+        except RunFormatError:
+            return None
+        with fh:
+            try:
+                if os.fstat(fh.fileno()).st_size == 0:
+                    return None
+                pf = pq.ParquetFile(fh)
+                n, s = _footer_rows(pf), pf.schema_arrow
+            except Exception:
+                return None
+        if n > limit:
+            return None
+        if schema is None:
+            why, drop = schema_violation(kind, s)
+            if why:
+                return None
+            schema = s
+        elif not s.equals(schema):
+            return None
+        counts.append(n)
+    try:
+        with _silenced_stderr():
+            df = pl.read_parquet([str(f) for f in files], glob=False, hive_partitioning=False,
+                                 columns=[n for n in schema.names if n not in drop])
+        if df.height != sum(counts):
+            return None
+        df = df.with_columns(_cast_to_format(kind, df))
+    except BaseException as e:  # polars' errors, and its PanicException (a BaseException)
+        if isinstance(e, (KeyboardInterrupt, SystemExit, MemoryError)):
+            raise
+        return None
+    part = np.repeat(np.arange(len(files), dtype=np.int32), counts)
+    return df.with_columns(pl.Series("_part", part, dtype=pl.Int32)), list(drop)
+
+
+def _cast_to_format(kind: str, df: pl.DataFrame) -> list[pl.Expr]:
+    """The casts :func:`diffaudit.validate.conform` makes, in polars: known columns to the format's types,
+    a logged scalar to a float (strict: a value that does not fit raises)."""
+    known = dict(_format_dtypes(kind))
+    out = []
+    for name, dtype in df.schema.items():
+        want = known.get(name)
+        if want is None and kind == "steps" and dtype != pl.Boolean:
+            want = pl.Float64
+        if want is not None and dtype != want:
+            out.append(pl.col(name).cast(want, strict=True))
+    return out
+
+
+@functools.lru_cache(maxsize=None)
+def _format_dtypes(kind: str) -> tuple:
+    schemas = [rf.SCHEMAS[kind]] + ([rf.STEPS_OPTIONAL] if kind == "steps" else [])
+    return tuple((n, d) for s in schemas for n, d in pl.from_arrow(s.empty_table()).schema.items())
+
+
+@contextlib.contextmanager
+def _silenced_stderr():
+    """File descriptor 2 to /dev/null for the duration (output written from native code, which Python cannot catch)."""
+    try:
+        saved = os.dup(2)
+    except OSError:
+        yield
+        return
+    try:
+        null = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(null, 2)
+        os.close(null)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
 # Columns that identify a row: a later part repeating rows of an earlier one is a copy, not new data.
 _ROW_KEYS = {
     "steps": ["rank", "segment", "step", "time"],
@@ -344,6 +434,27 @@ def _read_kind(kind: str, files: list[Path], info: RunMeta, problems: list[Probl
     if not files:
         return None
     limit = max_part_rows(kind, info)
+    fast = _read_all_at_once(kind, files, limit) if cache is None and len(files) > FAST_READ_MIN_PARTS else None
+    if fast is not None:
+        df, dropped = fast
+        _note_dropped(kind, dropped, files, problems)
+    else:
+        df = _read_part_by_part(kind, files, limit, problems, strict, cache)
+    if df is None:
+        return None
+    return _check_rows(kind, df, files, info, problems, strict)
+
+
+def _note_dropped(kind: str, dropped, files: list[Path], problems: list[Problem]) -> None:
+    if dropped:
+        what = (f"logged scalar(s) {', '.join(sorted(dropped))} have names reserved for the format's own columns"
+                if kind == "steps" else f"column(s) {', '.join(sorted(dropped))} are not columns of a {kind} part")
+        problems.append(Problem(str(files[0].parent), f"{what}; ignored"))
+
+
+def _read_part_by_part(kind: str, files: list[Path], limit: int, problems: list[Problem], strict: bool,
+                       cache: dict | None) -> pl.DataFrame | None:
+    """The careful reader: each part on its own (pyarrow), a damaged one named and skipped."""
     tables, dropped = [], set()
 
     def read(f):
@@ -374,16 +485,18 @@ def _read_kind(kind: str, files: list[Path], info: RunMeta, problems: list[Probl
         table, drop = got
         tables.append(table.append_column("_part", pa.array(np.full(table.num_rows, i, np.int32))))
         dropped.update(drop)
-    if dropped:
-        what = (f"logged scalar(s) {', '.join(sorted(dropped))} have names reserved for the format's own columns"
-                if kind == "steps" else f"column(s) {', '.join(sorted(dropped))} are not columns of a {kind} part")
-        problems.append(Problem(str(files[0].parent), f"{what}; ignored"))
+    _note_dropped(kind, dropped, files, problems)
     if not tables:
         return None
     try:  # one frame: parts with other user scalars get nulls for the columns they lack
-        df = pl.from_arrow(pa.concat_tables(tables, promote_options="permissive"))
+        return pl.from_arrow(pa.concat_tables(tables, promote_options="permissive"))
     except (pa.ArrowInvalid, pa.ArrowTypeError):  # a user scalar bool in one part, float in another
-        df = pl.concat([pl.from_arrow(t) for t in tables], how="diagonal_relaxed")
+        return pl.concat([pl.from_arrow(t) for t in tables], how="diagonal_relaxed")
+
+
+def _check_rows(kind: str, df: pl.DataFrame, files: list[Path], info: RunMeta, problems: list[Problem],
+                strict: bool) -> pl.DataFrame:
+    """Every row against the format's invariants; a part with any bad row, or repeating another's rows, is dropped."""
     rules = invariants(kind, info)
     if kind != "optimum":
         named = [rf.PART_RE.match(f.name) for f in files]
