@@ -13,7 +13,7 @@ so start-up, imports, reading and writing all count, as a user sees them:
   3. ``diffaudit report RUN --json FILE``     vs a bare read: ``import polars;
      pl.scan_parquet(<steps parts>).collect(); pl.scan_parquet(<bins parts>).collect()``
      of the same RUN, a 1,000,000-step run                                          target <= 3x
-  4. ``diffaudit compare BASE CAND --json`` of two 1,000,000-step runs
+  4. ``diffaudit compare BASE CAND --json FILE`` of two 1,000,000-step runs
      vs ``diffaudit report BASE --json FILE`` of one (the measurement of 3)         target <= 1.5x
 
 How: the two runs are the synthetic ones ``benchmarks/bench_gate.py --keep DIR``
@@ -28,8 +28,7 @@ figure is the median of its rounds and each ratio the ratio of two medians. The
 first on PYTHONPATH, OMP_NUM_THREADS=1 unless set, and bytecode cached (under
 /tmp/diffaudit-bench/pycache) as an installed package has it, even where
 PYTHONDONTWRITEBYTECODE is set; the warm-up also runs report and compare on the
-small run, so no measured process compiles anything. ``compare --json`` prints
-to stdout (sent to /dev/null) unless ``compare --help`` shows it takes a FILE.
+small run, so no measured process compiles anything.
 
 Prints a table and exits 0 (a benchmark, not a test); --check exits 1 if any
 ratio is over its target. A process that runs past --timeout (default 600 s) is
@@ -41,7 +40,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 import shutil
 import statistics
 import subprocess
@@ -106,12 +104,6 @@ def make_runs(root: Path, steps: int, cached: bool) -> tuple[Path, Path]:
     return a, b
 
 
-def compare_takes_file(cli: list[str]) -> bool:
-    """Whether `compare --json` takes a FILE today (else it is a flag that prints to stdout)."""
-    out = subprocess.run(cli + ["compare", "--help"], env=ENV, capture_output=True, text=True).stdout
-    return re.search(r"--json\s+(FILE|PATH|TEXT|FILENAME)\b", out) is not None
-
-
 def run_once(name: str, argv: list[str], ok_codes: tuple, timeout: float | None = None) -> float | None:
     """Wall seconds of one fresh process, or None if it ran past `timeout` (then it is killed)."""
     t = time.perf_counter()
@@ -148,8 +140,7 @@ def main(argv=None) -> int:
     py = [sys.executable, "-c"]
     bare = ("import polars as pl, sys; pl.scan_parquet(sys.argv[1] + '/parts/steps-*.parquet').collect(); "
             "pl.scan_parquet(sys.argv[1] + '/parts/bins-*.parquet').collect()")
-    cmp_file = compare_takes_file(cli)
-    cmp_argv = cli + ["compare", str(base), str(cand), "--json"] + ([str(out / "compare.json")] if cmp_file else [])
+    cmp_argv = cli + ["compare", str(base), str(cand), "--json", str(out / "compare.json")]
 
     # name -> (argv, accepted exit codes); compare exits 1 on a regression (the candidate has one), 3 inconclusive
     cmds = {
@@ -169,13 +160,13 @@ def main(argv=None) -> int:
         run_once(name, *cmds[name])
     run_once("bare scan (candidate)", py + [bare, str(cand)], (0,))
     run_once("report (small run)", cli + ["report", str(args.summary_run), "--json", str(out / "small.json")], (0,))
-    small = [str(args.summary_run)] * 2 + ["--json"] + ([str(out / "small-compare.json")] if cmp_file else [])
+    small = [str(args.summary_run)] * 2 + ["--json", str(out / "small-compare.json")]
     run_once("compare (small run)", cli + ["compare"] + small, (0, 1, 3))
 
     names = list(cmds)
     times = {n: [] for n in names}
     print(f"{args.repeat} interleaved rounds of {len(names)} processes ({args.steps:,}-step runs; "
-          f"compare --json {'FILE' if cmp_file else '> /dev/null'}) ...", flush=True)
+          "every output to a file) ...", flush=True)
     slow = set()  # commands that ran past --timeout: a lower bound, not run again
     for r in range(args.repeat):
         k = r % len(names)

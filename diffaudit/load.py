@@ -494,6 +494,32 @@ def _read_part_by_part(kind: str, files: list[Path], limit: int, problems: list[
         return pl.concat([pl.from_arrow(t) for t in tables], how="diagonal_relaxed")
 
 
+def _overlapping_parts(kind: str, df: pl.DataFrame) -> pl.DataFrame:
+    """The rows of the parts whose steps overlap another part's of the same rank and segment: only those can
+    repeat another part's rows (a row's keys hold its rank, segment and step), so the copy check looks at
+    them alone. A logger writes no overlapping parts; a copied or re-sent part overlaps its original."""
+    lo, hi = ("step_lo", "step_hi") if kind == "bins" else ("step", "step")
+    span = (df.group_by("_part").agg(pl.col("rank").first(), pl.col("segment").first(), pl.col(lo).min().alias("lo"),
+                                     pl.col(hi).max().alias("hi"), pl.col("rank").n_unique().alias("nr"),
+                                     pl.col("segment").n_unique().alias("ns"))
+            .sort("rank", "segment", "lo"))
+    part, rank, seg = span["_part"].to_numpy(), span["rank"].to_numpy(), span["segment"].to_numpy()
+    start, end = span["lo"].to_numpy(), span["hi"].to_numpy()
+    mixed = (span["nr"].to_numpy() > 1) | (span["ns"].to_numpy() > 1)  # rows of several ranks: check it whole
+    same = np.r_[False, (rank[1:] == rank[:-1]) & (seg[1:] == seg[:-1])]
+    reach = np.empty(end.size, end.dtype)  # the furthest step any earlier part of the group reaches
+    for i in range(end.size):
+        reach[i] = max(reach[i - 1], end[i - 1]) if same[i] else np.iinfo(np.int64).min
+    group = np.cumsum(~same)  # one id per (rank, segment)
+    overlapping = np.unique(group[same & (start <= reach)])  # a group in which some part overlaps an earlier one
+    hit = np.isin(group, overlapping) | mixed  # all of such a group's parts are checked
+    if not hit.any():
+        return df.clear()
+    if hit.all():
+        return df
+    return df.filter(pl.col("_part").is_in(part[hit].tolist()))
+
+
 def _check_rows(kind: str, df: pl.DataFrame, files: list[Path], info: RunMeta, problems: list[Problem],
                 strict: bool) -> pl.DataFrame:
     """Every row against the format's invariants; a part with any bad row, or repeating another's rows, is dropped."""
@@ -507,7 +533,7 @@ def _check_rows(kind: str, df: pl.DataFrame, files: list[Path], info: RunMeta, p
     bad = first_violations(df, rules)
     if kind in _ROW_KEYS:
         keys = _ROW_KEYS[kind]
-        first = df.select(pl.col("_part"), pl.col("_part").min().over(keys).alias("_first"))
+        first = _overlapping_parts(kind, df).select(pl.col("_part"), pl.col("_part").min().over(keys).alias("_first"))
         copies = (first.filter(pl.col("_first") < pl.col("_part")).group_by("_part")
                   .agg(pl.len().alias("n"), pl.col("_first").min()))
         for part, n, src in copies.iter_rows():

@@ -509,6 +509,21 @@ def test_case9_a_duplicated_part_is_named_as_a_copy(run):
     assert _steps_line(res) == "steps 0..39: 40 logged"
 
 
+def test_case9_a_copy_of_a_middle_part_is_named_whatever_lies_between(run):
+    """The copy check looks only at parts whose steps overlap within a rank and segment: a copy of the second of
+    four parts, written last, overlaps it (not its neighbour in the file order) and is still named; bins too."""
+    for kind in ("steps", "bins"):
+        src = parts(run, kind)[1]
+        copy = run / "parts" / rf.part_name(kind, 0, 1, 90)
+        copy.write_bytes(src.read_bytes())
+    res = run_cli("summary", run)
+    named = sorted(w.split(": damaged part skipped: ")[0] for w in _warnings(res))
+    assert named == sorted(f"warning: {run / 'parts' / rf.part_name(k, 0, 1, 90)}" for k in ("steps", "bins"))
+    assert all(f"of {parts(run, 'steps')[1].name}" in w or f"of {parts(run, 'bins')[1].name}" in w
+               for w in _warnings(res))
+    assert _steps_line(res) == "steps 0..39: 40 logged"
+
+
 def test_case9_backward_steps_are_named_as_an_epoch_local_counter(tmp_path, linear_alpha_bar):
     import torch
 
