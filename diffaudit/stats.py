@@ -73,7 +73,7 @@ are several seeds per side: then the seed-to-seed spread is the noise, which is
 the honest question ("is B worse than another seed of A would be?").
 
 *Long per-step series.* Spikes are points far from a rolling median in units of
-a rolling MAD (``scipy.ndimage.median_filter``, C speed: 1e6 points in ~0.15 s).
+a rolling MAD (:func:`median_filter`, polars' rolling median: 1e6 points in ~0.1 s).
 Both are robust to the spikes themselves (50% breakdown) and follow the slow
 trend of a loss curve. Non-finite values are removed in one place
 (``_split_finite``), reported by position, and never reach a median. A zero
@@ -89,7 +89,8 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 import numpy as np
-from scipy import ndimage, special
+import polars as pl
+from scipy import special
 
 from diffaudit.errors import DataError, InconclusiveError
 
@@ -792,6 +793,18 @@ def compare_seed_means(a, b, *, confidence: float = 0.95, alternative: str = "tw
 # Long per-step series: spikes and level shifts
 
 
+def median_filter(v: np.ndarray, window: int) -> np.ndarray:
+    """The rolling median over ``window`` (odd) points centred on each point, the series mirrored at both ends
+    (about the end point, which is not repeated: scipy.ndimage's "mirror"). Polars' rolling median (C speed,
+    1e6 points in ~0.1 s): scipy.ndimage would cost ~0.3 s of import for this one function."""
+    v = np.asarray(v, np.float64)
+    if v.size < 2:
+        return v.copy()
+    h = window // 2
+    padded = np.pad(v, h, mode="reflect")  # numpy's "reflect" is scipy's "mirror"
+    return pl.Series(padded).rolling_median(window_size=2 * h + 1).to_numpy()[2 * h:]
+
+
 def _scale_floor(v: np.ndarray) -> float:
     """Smallest robust scale used anywhere: keeps z finite where a MAD is 0."""
     mag = float(np.median(np.abs(v))) if v.size else 0.0
@@ -807,7 +820,7 @@ def detect_spikes(
 ) -> Spikes:
     """Spikes of a per-step series: robust z = (x - rolling median) / (1.4826 rolling MAD).
 
-    Vectorized (two C median filters). Non-finite points are dropped before the
+    Vectorized (two rolling medians). Non-finite points are dropped before the
     filters (the window spans finite neighbours) and reported in `.nonfinite`.
     For a multiplicative series (grad norm) pass ``np.log(x)``.
     """
@@ -821,9 +834,9 @@ def detect_spikes(
         return Spikes(empty, np.empty(0), empty, empty, empty, bad, n, threshold, window)
     # "mirror", not "nearest": repeating the edge value would make it the median
     # and the MAD 0 near both ends, and flag ordinary points there
-    med = ndimage.median_filter(v, size=window, mode="mirror")
+    med = median_filter(v, window)
     dev = v - med
-    mad = ndimage.median_filter(np.abs(dev), size=window, mode="mirror")
+    mad = median_filter(np.abs(dev), window)
     scale = np.maximum(MAD_TO_SIGMA * mad, _scale_floor(v))
     z = dev / scale
     if side == "upper":
@@ -1059,5 +1072,5 @@ __all__ = [
     "pooled_ar1", "Equivalence", "LevelShift", "Moments", "Spikes", "Trend",
     "adjust_pvalues", "batch_means", "batch_starts", "coarsen_moments", "compare_seed_means", "compare_series",
     "detect_spikes", "equivalence", "integrated_autocorr_time", "level_shift", "merge_groups", "merge_moments",
-    "moments", "norm_isf", "norm_sf", "t_cdf", "t_isf", "t_ppf", "t_sf", "trend",
+    "median_filter", "moments", "norm_isf", "norm_sf", "t_cdf", "t_isf", "t_ppf", "t_sf", "trend",
 ]

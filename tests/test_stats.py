@@ -477,3 +477,19 @@ def test_fdr_adjustment_matches_scipy(method):
         p[rng.integers(0, m, size=min(3, m))] = 0.5  # ties
         np.testing.assert_allclose(st.adjust_pvalues(p, method), sps.false_discovery_control(p, method=method),
                                    rtol=1e-12)
+
+
+@pytest.mark.parametrize("n, window", [(1, 5), (2, 3), (3, 5), (7, 5), (50, 101), (1000, 101), (5000, 31)])
+def test_median_filter_is_scipy_mirror_median_filter(n, window):
+    from scipy import ndimage
+
+    v = np.random.default_rng(n).standard_normal(n) * np.exp(np.linspace(0, 3, n))
+    np.testing.assert_array_equal(st.median_filter(v, window), ndimage.median_filter(v, size=window, mode="mirror"))
+
+
+def test_median_filter_of_a_series_shorter_than_its_window_stays_within_its_values():
+    # (scipy.ndimage returns uninitialized memory for 2 points and a window of 5; this returns medians of values)
+    for n in (2, 3, 4):
+        v = np.random.default_rng(n).standard_normal(n)
+        m = st.median_filter(v, 101)
+        assert m.shape == v.shape and np.all((m >= v.min()) & (m <= v.max()))
