@@ -122,7 +122,9 @@ be tested.
 from __future__ import annotations
 
 import math
+import os
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from typing import Callable, Iterable, Sequence
 
@@ -345,10 +347,22 @@ def compare(
     if wider:
         notes.append(f"compared over the steps every run logged, {lo:,}-{hi:,} ({'; '.join(wider)})")
 
+    # each run's findings (a whole analysis per run) are worked out on other threads while the statistics
+    # below run: polars and numpy release the GIL, so on two cores most of that time is hidden
+    with ThreadPoolExecutor(max_workers=min(len(base) + len(cand), os.cpu_count() or 1)) as pool:
+        found = [] if rules_["findings"].off else [pool.submit(findings_of or _default_findings, r) for r in base + cand]
+        status, summary, rest = _statistics(base, cand, sides, rules_, win, alpha, correction, min_windows, max_lag,
+                                            single, unit, allowance, overlap, notes, found)
+    return Verdict(status, summary, notes=tuple(notes), **rest, **common)
+
+
+def _statistics(base, cand, sides, rules_, win, alpha, correction, min_windows, max_lag, single, unit, allowance,
+                overlap, notes, found):
+    """Every check over the matched steps: (status, summary, the Verdict's other fields); notes are appended."""
+    lo, hi = overlap
     grid = _block_grid(base + cand, lo, hi)
     sel = _select_window(grid, win, lo, hi, min_windows, notes)
     lstar, lstar_kind = _lstar(base, cand, notes)
-    findings_of = findings_of or _default_findings
     checks: list[Check] = []
     lag = None
     if sel is None:
@@ -374,15 +388,15 @@ def compare(
         checks.append(_speed_check(base, cand, rules_["steps"], lo, hi, window, alpha, single, allowance))
     checks.append(_clip_check(base, cand, rules_["clip_rate"], lo, hi, alpha, single, allowance))
     checks.append(_nonfinite_check(base, cand, rules_["nonfinite"], lo, hi))
-    checks += _findings_checks(base, cand, rules_["findings"], findings_of, notes)
+    checks += _findings_checks(base, cand, rules_["findings"], found)
     if lag and lag > 0:
         whose = "the candidate's per-bin levels are" if single else "on average, the candidate seeds' levels are"
         notes.append(f"progress lag absorbed: {whose} consistent with being {pct(lag)} of the matched steps "
                      f"behind the baseline ({lag * (hi - lo + 1):,.0f} steps); per-bin changes are shown after removing it "
                      "(speed is judged by its own check)")
     status, summary = _overall(checks, sides, nblocks)
-    return Verdict(status, summary, checks=tuple(checks), notes=tuple(notes), matched=overlap, window=window,
-                   window_blocks=nblocks, lag=lag, lstar_kind=lstar_kind, **common)
+    return status, summary, dict(checks=tuple(checks), matched=overlap, window=window, window_blocks=nblocks, lag=lag,
+                                 lstar_kind=lstar_kind)
 
 
 def _single_run_note(al: Allowance, max_lag: float) -> str:
@@ -1041,9 +1055,14 @@ def _level_check(metric, rule, k, words, va, vb, adj, diff, se, tq, p, q, alpha,
 
 
 def _steps_in(r: Run, lo: int, hi: int) -> pl.DataFrame:
+    """The run's per-step rows with lo <= step <= hi, in step order (a slice, no copy, when already in order)."""
     s = r.steps
     if s.height == 0:
         return s
+    step = s["step"]
+    if step.is_sorted():
+        a, b = int(step.search_sorted(lo, "left")), int(step.search_sorted(hi, "right"))
+        return s.slice(a, b - a)
     return s.filter((pl.col("step") >= lo) & (pl.col("step") <= hi)).sort("step")
 
 
@@ -1261,23 +1280,21 @@ def _default_findings(run: Run):
     return analyze(run).findings
 
 
-def _findings_checks(base, cand, rule, findings_of, notes) -> list[Check]:
+def _findings_checks(base, cand, rule, found) -> list[Check]:
+    """Findings new in the candidate; ``found`` holds one future of findings per run (baseline runs first)."""
     name = "findings"
     if rule.off:
         return [Check("findings", name, "off", "rule off", rule=str(rule))]
     rank = {s: i for i, s in enumerate(SEVERITIES)}
     per_run = []
     try:
-        for r in base + cand:
+        for future in found:
             per_run.append({})
-            for f in findings_of(r):
+            for f in future.result():
                 sev = str(getattr(f, "severity", "info"))
                 fid = str(getattr(f, "id", "?"))
                 if rank.get(sev, 0) >= rank.get(per_run[-1].get(fid, ("info", ""))[0], 0) or fid not in per_run[-1]:
                     per_run[-1][fid] = (sev, str(getattr(f, "message", "")))
-    except ModuleNotFoundError as e:
-        notes.append(f"findings not compared: {e.name} is not available")
-        return [Check("findings", name, "off", "the analyzer (diffaudit.analysis) is not available", rule=str(rule))]
     except DiffauditError as e:
         return [Check("findings", name, "inconclusive", f"analysis failed: {e}", rule=str(rule))]
     R0 = len(base)

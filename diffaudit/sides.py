@@ -5,6 +5,7 @@ from __future__ import annotations
 import glob
 import os
 import re
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from diffaudit.errors import DiffauditError, RunFormatError
@@ -61,3 +62,16 @@ def load_side(spec, *, role: str = "baseline", strict: bool = False) -> list[Run
     return [load_run(p, strict=strict) for p in resolve_side(spec, role=role)]
 
 
+
+
+def load_sides(baseline, candidate, *, strict: bool = False) -> tuple[list[Run], list[Run]]:
+    """Every run of both sides, read two at a time (polars and pyarrow read without the GIL, so on two cores
+    the second run's read hides behind the first's checks). Both sides are resolved before anything is read;
+    an error names the first bad run in the order given, baseline first."""
+    paths = resolve_side(baseline, role="baseline")
+    n_base = len(paths)
+    paths = paths + resolve_side(candidate, role="candidate")
+    with ThreadPoolExecutor(max_workers=min(2, len(paths))) as pool:
+        futures = [pool.submit(load_run, p, strict=strict) for p in paths]
+        runs = [f.result() for f in futures]
+    return runs[:n_base], runs[n_base:]

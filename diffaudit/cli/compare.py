@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from diffaudit import gate, gate_options as opts
-from diffaudit.sides import load_side
+from diffaudit.sides import load_sides
 from diffaudit.cli import (EXIT_FAIL, EXIT_INCONCLUSIVE, EXIT_OK, STRICT, any_stdout, main, output_option, warn_problems,
                            write_output)
 from diffaudit.present import document, text
@@ -96,8 +96,7 @@ def compare(baseline, candidate, tolerance, alpha, window, min_windows, rules, m
     win = opts.parse_window(window)
     parsed = [opts.parse_rule(r) for r in rules]
     lag = opts.parse_tolerance(max_lag, option="--max-lag")
-    base = load_side(baseline, role="baseline", strict=strict)
-    cand = load_side(candidate, role="candidate", strict=strict)
+    base, cand = load_sides(baseline, candidate, strict=strict)
     warn_problems(base + cand)
     v = gate.compare(base, cand, tolerance=tol, alpha=lvl, window=win, rules=parsed, correction=correction,
                      min_windows=min_windows, max_lag=lag, force=force, unit=unit)
