@@ -47,6 +47,7 @@ filters over the per-step loss. Deterministic: no random numbers anywhere.
 from __future__ import annotations
 
 import math
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
@@ -420,8 +421,13 @@ def analyze(
     phases, sel = _phases(grid, late_fraction, phase_fraction, trend_fraction)
     ref = reference_lstar(run)
     lg, le, le_se, problems = ref.gaussian, ref.empirical, ref.empirical_se, [ref.problem] if ref.problem else []
-    table, late_total, weights = _bin_table(run, grid, sel, lg, le, le_se, th)
     steps = run.steps.sort("step") if run.steps.height else run.steps
+    # the spike detector reads only the per-step series: it runs on a second thread while the bins are worked
+    # out (its rolling medians and the bins' numpy and polars work release the GIL)
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        spikes = pool.submit(_spikes, steps)
+        table, late_total, weights = _bin_table(run, grid, sel, lg, le, le_se, th)
+        spikes = spikes.result()
     loss = _loss_summary(steps, grid, sel, weights, table, lg, le, late_total, th)
     ev_series, ev, ev_cols = _eval(run, grid, weights, late_fraction)
     table = table.with_columns(*[pl.Series(k, v, nan_to_null=True) for k, v in ev_cols.items()])
@@ -436,7 +442,7 @@ def analyze(
         eval_series=ev_series,
         loss=loss,
         profile=_profile(table),
-        spikes=_spikes(steps),
+        spikes=spikes,
         clip=_clip(run, steps, late_fraction, trend_fraction),
         nonfinite=_nonfinite(run, steps),
         schedule=_schedule(run),

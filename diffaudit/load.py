@@ -143,7 +143,7 @@ def load_run(path, *, strict: bool = False, allow_empty: bool = False, cache: di
     process, schedule = _read_process(p, info)
     problems: list[Problem] = []
     files = _list_parts(p, problems, strict)
-    tables = {kind: _read_kind(kind, fs, info, problems, strict, cache) for kind, fs in files.items()}
+    tables = _read_kinds(files, info, problems, strict, cache)
     markers = _segment_markers(p, problems)
     run = _assemble(p, info.raw, process, schedule, tables, problems, markers=markers, files=files, strict=strict)
     run.info = info
@@ -152,6 +152,18 @@ def load_run(path, *, strict: bool = False, allow_empty: bool = False, cache: di
         detail = f" ({len(problems)} problem(s), first: {problems[0]})" if problems else ""
         raise RunFormatError(f"{p}: the run has no logged steps yet{detail}")
     return run
+
+
+def _read_kinds(files: dict, info: RunMeta, problems: list[Problem], strict: bool, cache) -> dict:
+    """Every kind of part, the kinds read side by side (one kind's footer checks in Python overlap another's
+    reading, which releases the GIL); problems are kept in kind order, and the first error in kind order is raised."""
+    found = {kind: [] for kind in files}
+    with ThreadPoolExecutor(max_workers=min(2, max(len(files), 1))) as pool:
+        futures = {kind: pool.submit(_read_kind, kind, fs, info, found[kind], strict, cache) for kind, fs in files.items()}
+        tables = {kind: f.result() for kind, f in futures.items()}
+    for kind in files:
+        problems.extend(found[kind])
+    return tables
 
 
 def _damaged(problems: list[Problem], strict: bool, where, why: str) -> None:
