@@ -429,9 +429,14 @@ def _spikes(a: "Analysis", th: Thresholds) -> Finding | None:
     if not (several or huge):
         return None
     top = ", ".join(f"step {e['step']} ({num(e['ratio'])}x)" for e in S.events[:3])
+    if S.n_events:
+        said = (f"{S.n_events} loss spike events in {S.n_steps:,} steps ({num(S.events_per_10k)} per 10k steps); "
+                f"largest: {top}")
+    else:  # one blow-up, beyond what the run's own tail explains, and no run of events around it
+        said = f"one loss spike in {S.n_steps:,} steps: {num(S.max_ratio)}x its running median at step {S.max_ratio_step}"
     return _finding(
         _R["loss.spikes"], "warn" if (many or huge) else "info",
-        f"{S.n_events} loss spike events in {S.n_steps:,} steps ({num(S.events_per_10k)} per 10k steps); largest: {top}",
+        said,
         "lower the learning rate or tighten gradient clipping; look for bad batches at the spike steps",
         {"n_events": S.n_events, "events_per_10k": S.events_per_10k, "steps": [e["step"] for e in S.events[:20]],
          "ratios": [e["ratio"] for e in S.events[:20]], "max_grad_ratio": S.max_grad_ratio},

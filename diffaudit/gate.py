@@ -523,7 +523,7 @@ def _overlap(runs: list[Run]) -> tuple[int, int] | None:
 
 
 @dataclass(frozen=True, eq=False)
-class _Grid:
+class _MatchedBlocks:
     """Per-run, per-bin late statistics on blocks shared by every run."""
 
     start: np.ndarray  # (K,) first step of each block
@@ -533,7 +533,7 @@ class _Grid:
     nonfinite: np.ndarray  # (R,) non-finite samples in the bins over the matched steps
 
 
-def _block_grid(runs: list[Run], lo: int, hi: int) -> _Grid:
+def _block_grid(runs: list[Run], lo: int, hi: int) -> _MatchedBlocks:
     """Regroup each run's train windows inside [lo, hi] into blocks that start where every run starts a window."""
     nb = runs[0].process.num_bins
     frames = []
@@ -570,11 +570,11 @@ def _block_grid(runs: list[Run], lo: int, hi: int) -> _Grid:
     with np.errstate(invalid="ignore", divide="ignore"):
         mean = np.where(count > 0, total / count, np.nan)
     if K == 0:
-        return _Grid(np.zeros(0, np.int64), np.zeros(0, np.int64), count[:, :, :0], mean[:, :, :0], nonfinite)
-    return _Grid(cuts.astype(np.int64), end, count, mean, nonfinite)
+        return _MatchedBlocks(np.zeros(0, np.int64), np.zeros(0, np.int64), count[:, :, :0], mean[:, :, :0], nonfinite)
+    return _MatchedBlocks(cuts.astype(np.int64), end, count, mean, nonfinite)
 
 
-def _select_window(grid: _Grid, win: Window, lo: int, hi: int, min_windows: int, notes: list[str]) -> np.ndarray | None:
+def _select_window(grid: _MatchedBlocks, win: Window, lo: int, hi: int, min_windows: int, notes: list[str]) -> np.ndarray | None:
     """Indices of the blocks in the late window, widened to ``min_windows`` blocks if it holds fewer."""
     K = grid.start.size
     if K == 0:
