@@ -28,6 +28,7 @@ import functools
 import json
 import os
 import stat
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -409,22 +410,34 @@ def _format_dtypes(kind: str) -> tuple:
     return tuple((n, d) for s in schemas for n, d in pl.from_arrow(s.empty_table()).schema.items())
 
 
+_SILENCE = threading.Lock()
+_silenced = [0, -1]  # readers inside _silenced_stderr, and the saved descriptor of the real stderr
+
+
 @contextlib.contextmanager
 def _silenced_stderr():
-    """File descriptor 2 to /dev/null for the duration (output written from native code, which Python cannot catch)."""
+    """File descriptor 2 to /dev/null while any reader is inside (output written from native code, which Python
+    cannot catch). Counted under a lock: two kinds read side by side must not save each other's /dev/null."""
+    with _SILENCE:
+        if _silenced[0] == 0:
+            try:
+                saved = os.dup(2)
+                null = os.open(os.devnull, os.O_WRONLY)
+                os.dup2(null, 2)
+                os.close(null)
+                _silenced[1] = saved
+            except OSError:
+                _silenced[1] = -1
+        _silenced[0] += 1
     try:
-        saved = os.dup(2)
-    except OSError:
-        yield
-        return
-    try:
-        null = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(null, 2)
-        os.close(null)
         yield
     finally:
-        os.dup2(saved, 2)
-        os.close(saved)
+        with _SILENCE:
+            _silenced[0] -= 1
+            if _silenced[0] == 0 and _silenced[1] >= 0:
+                os.dup2(_silenced[1], 2)
+                os.close(_silenced[1])
+                _silenced[1] = -1
 
 
 # Columns that identify a row: a later part repeating rows of an earlier one is a copy, not new data.

@@ -623,6 +623,22 @@ def test_cli_report_text_json_and_fail_on(tmp_path):
     assert json.loads(res.stdout)["verdict"] == "warnings"
 
 
+def test_cli_every_output_takes_a_file_or_stdout_and_only_one_takes_stdout(tmp_path):
+    path = write_run(tmp_path / "r", Sim(clip_prob=lambda s: np.full(s.shape, 0.8)))
+    md = tmp_path / "out" / "summary.md"  # folders are made
+    res = _cli("report", path, "--markdown", md, "--json", "-")
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout)["verdict"] == "warnings"  # stdout holds the JSON alone
+    text = md.read_text()
+    assert text.startswith("## diffaudit report: r ") and "`clip.rate_high`" in text and "**verdict: warnings" in text
+    res = _cli("report", path, "--markdown", "-")
+    assert res.stdout.startswith("## diffaudit report") and "verdict: warnings" not in res.stdout.split("\n")[0]
+    res = _cli("report", path, "--json", "-", "--markdown", "-")
+    assert res.exit_code == 2
+    assert "--json and --markdown both write to stdout" in res.output
+    assert not list(tmp_path.glob("**/.*.tmp"))  # written through a temporary file that is renamed, none left
+
+
 def test_cli_report_exported_parquet(tmp_path):
     path = write_run(tmp_path / "r", Sim())
     out = tmp_path / "r.parquet"

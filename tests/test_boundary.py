@@ -631,3 +631,15 @@ def test_case2_relative_outputs_are_resolved_against_the_run(run, monkeypatch):
     one_line_error(run_cli("export", "..", "-o", "-"), "-o/--output -: lies inside the input run ..")
     one_line_error(run_cli("report", "..", "--json", "../run.json"), "--json ../run.json: lies inside the input run")
     assert snapshot(run) == before
+
+
+def test_stderr_survives_kinds_read_side_by_side(capfd):
+    """Each kind's bulk read silences fd 2 (polars may print a panic from Rust); two kinds read at once must
+    not leave it silenced (the second reader once saved the first one's /dev/null and 'restored' it)."""
+    from diffaudit.load import load_run
+
+    for i in range(30):
+        load_run(os.path.join(os.path.dirname(__file__), "..", "sample_logs", "healthy_seed0"))
+        os.write(2, f"still here {i}\n".encode())
+    err = capfd.readouterr().err
+    assert all(f"still here {i}" in err for i in range(30)), err
