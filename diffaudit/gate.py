@@ -142,7 +142,7 @@ from diffaudit.gate_options import (ALPHA, CORRECTION, CORRECTIONS, MAX_LAG, MET
                                     TOLERANCE, UNITS, WINDOW, Rule, Window, parse_alpha, parse_rule, parse_tolerance,
                                     parse_window, rule_set)
 from diffaudit.sides import load_side, resolve_side
-from diffaudit.words import bin_ranges, bin_span, change_text, json_float, p_value, pct, process_words
+from diffaudit.words import bin_ranges, bin_span, change_text, json_float, p_is, pct, process_words
 
 # ----------------------------------------------------------------------------
 # Defaults
@@ -1019,7 +1019,7 @@ def _group_check(rule, name, members, ch, se, df, p, q, alpha, level_a, level_b)
     over = rule.exceeded(ch)
     sig = q <= alpha
     said = f"{change_text(ch, True)} averaged over {bins.size} bins ({bin_ranges(bins.tolist())})"
-    status, reason = _decide(said, rule, over, sig, f"q = {p_value(q)}", f"q = {p_value(q)} > {alpha:g}")
+    status, reason = _decide(said, rule, over, sig, p_is("q", q), f"{p_is('q', q)} > {alpha:g}")
     return Check("loss_mean", f"loss, {name}", status, reason, rule=str(rule),
                  baseline=float(np.nanmean(level_a[members])), candidate=float(np.nanmean(level_b[members])),
                  change=float(ch), relative=True, lo=float(ch - tq * se), hi=float(ch + tq * se), p=float(p),
@@ -1044,7 +1044,7 @@ def _level_check(metric, rule, k, words, va, vb, adj, diff, se, tq, p, q, alpha,
     sig = over and q <= alpha
     lagged = details.get("lag_adjustment", 0.0) != 0.0
     said = f"{change_text(ch, rule.relative)}" + (f" after the progress lag (raw {change_text(raw, rule.relative)})" if lagged else "")
-    status, reason = _decide(said, rule, over, sig, f"q = {p_value(q)}", f"q = {p_value(q)} > {alpha:g}")
+    status, reason = _decide(said, rule, over, sig, p_is("q", q), f"{p_is('q', q)} > {alpha:g}")
     return Check(metric, name, status, reason, rule=str(rule), baseline=float(va), candidate=float(vb),
                  change=float(ch), relative=rule.relative, lo=float(c_lo), hi=float(c_hi), p=float(p), q=float(q),
                  limit=rule.limit, bin=k, noise_levels=words, details=details)
@@ -1160,7 +1160,7 @@ def _speed_check(base, cand, rule, lo, hi, window, alpha, single, allowance: All
             zq = float(stats.norm_isf(alpha / 2))
             d = float(lb[0] - la[0])
             lo_, hi_ = to_change(d - zq * sd), to_change(d + zq * sd)
-            sig, sig_words = p <= alpha, (f"one run per side: p = {p_value(p)} against the seed-to-seed spread of the "
+            sig, sig_words = p <= alpha, (f"one run per side: {p_is('p', p)} against the seed-to-seed spread of the "
                                           f"crossing step ({pct(allowance.speed)} per run, learned on healthy seeds)")
         else:
             sig, sig_words = True, "one run per side, no seed allowance: the limit alone decides"
@@ -1172,7 +1172,7 @@ def _speed_check(base, cand, rule, lo, hi, window, alpha, single, allowance: All
         p = _p_above(c.diff, c.se, c.df, lim)
         tq = _tq(alpha, c.df) if c.se > 0 else 0.0
         lo_, hi_ = to_change(c.diff - tq * c.se), to_change(c.diff + tq * c.se)
-        sig, sig_words = p <= alpha, f"p = {p_value(p)} over seeds"
+        sig, sig_words = p <= alpha, f"{p_is('p', p)} over seeds"
     over = rule.exceeded(ch)
     said = f"{va:,.0f} -> {vb:,.0f} steps ({change_text(ch, rule.relative)})"
     status, reason = _decide(said, rule, over, sig, sig_words, sig_words)
@@ -1228,7 +1228,7 @@ def _clip_check(base, cand, rule, lo, hi, alpha, single, allowance: Allowance) -
     lo_, hi_ = (c.diff - tq * se) / scale, (c.diff + tq * se) / scale
     over = rule.exceeded(ch)
     said = f"{pct(va)} -> {pct(vb)} of steps clipped ({change_text(ch, rule.relative)})"
-    status, reason = _decide(said, rule, over, p <= alpha, f"p = {p_value(p)}", f"p = {p_value(p)}")
+    status, reason = _decide(said, rule, over, p <= alpha, p_is("p", p), p_is("p", p))
     return Check("clip_rate", name, status, reason, rule=str(rule), baseline=va, candidate=vb, change=ch,
                  relative=rule.relative, lo=lo_, hi=hi_, p=p, limit=rule.limit,
                  details={"runs": [float(v) for v in rates], "method": c.method})

@@ -123,6 +123,12 @@ def p_value(p, *, missing: str = MISSING) -> str:
     return f"{p:.2g}" if p >= 1e-4 else f"{p:.1e}"
 
 
+def p_is(name: str, p) -> str:
+    """'q = 0.043', 'p < 1e-300': a p-value in a sentence, the relation right where a value is a bound."""
+    text = p_value(p)
+    return f"{name} < {text[1:]}" if text.startswith("<") else f"{name} = {text}"
+
+
 def json_float(v):
     """A float for JSON: NaN and infinities become None."""
     v = _scalar(v)

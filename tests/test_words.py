@@ -73,3 +73,9 @@ def test_noise_levels_in_each_process_unit():
     flow = Process("flow", "flow", 10)
     assert words.describe_bins("flow", flow.bin_edges(), [0, 1]) == "bins 0-1 (t 0-0.2)"
     assert words.process_words(vp) == "vp/epsilon, 20 bins"
+
+
+def test_a_p_value_in_a_sentence_keeps_its_relation():
+    assert words.p_is("q", 0.0432) == "q = 0.043"
+    assert words.p_is("p", 0.0) == "p < 1e-300" and words.p_value(0.0) == "<1e-300"
+    assert words.p_is("q", None) == "q = -"
