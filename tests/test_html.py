@@ -14,7 +14,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from diffaudit.present import html as render
+from diffaudit.present import html as htmlpage
 from diffaudit.present import plots
 from diffaudit import runformat as rf
 from diffaudit.analysis import analyze
@@ -135,7 +135,7 @@ def synthetic(tmp_path_factory):
 @pytest.fixture(scope="module")
 def page(synthetic):
     run, analysis = synthetic
-    return render.report_page(run, analysis)
+    return htmlpage.report_page(run, analysis)
 
 
 class _Collector(html.parser.HTMLParser):
@@ -244,9 +244,9 @@ def test_finding_views_sort_by_severity_and_keep_order_within_one(synthetic):
     run, _ = synthetic
     fs = [Finding("a.info", "info", "A", "m", "r"), Finding("b.warn", "warn", "B", "m", "r"),
           Finding("c.fail", "fail", "C", "m", "r", {"x": 1.5}, (0, 1, 2)), Finding("d.warn", "warn", "D", "m", "r")]
-    views = render.finding_views(fs, run.process)
+    views = htmlpage.finding_views(fs, run.process)
     assert [v.id for v in views] == ["c.fail", "b.warn", "d.warn", "a.info"]
-    assert views[0].evidence == [render.Item("x", "1.5")] and views[0].bins == "bins 0-2 (t 0-149)"
+    assert views[0].evidence == [htmlpage.Item("x", "1.5")] and views[0].bins == "bins 0-2 (t 0-149)"
 
 
 def test_report_states_terminal_snr_and_probe_interval(page):
@@ -273,22 +273,22 @@ def test_metadata_lists_segments_config_and_scalars(synthetic, page):
 
 
 def test_numbers_read_the_same_everywhere():
-    f = render.fmt_num
+    f = htmlpage.fmt_num
     assert [f(0), f(12345), f(11320.5), f(0.5), f(3.14159), f(-0.00012), f(2.5e6)] == \
         ["0", "12,345", "11,320", "0.5", "3.142", "-1.2e-4", "2.5e6"]
-    assert f(None) == f(float("nan")) == render.MISSING and f(True) == "yes"
-    assert [render.fmt_pct(v) for v in (0.5, 0.0333, 12.3, 7e-8)] == ["50%", "3.33%", "1,230%", "7e-6%"]
+    assert f(None) == f(float("nan")) == htmlpage.MISSING and f(True) == "yes"
+    assert [htmlpage.fmt_pct(v) for v in (0.5, 0.0333, 12.3, 7e-8)] == ["50%", "3.33%", "1,230%", "7e-6%"]
 
 
 def test_finding_bins_in_noise_level_words(synthetic):
     run, _ = synthetic  # 20 bins of 50 timesteps
-    assert render.describe_bins((0, 1, 2, 3, 7), run.process) == "bins 0-3, 7 (t 0-199, 350-399)"
-    assert render.describe_bins((19,), run.process) == "bin 19 (t 950-999)"
-    assert render.describe_bins((), run.process) == ""  # a finding about the whole run names no bins
+    assert htmlpage.describe_bins((0, 1, 2, 3, 7), run.process) == "bins 0-3, 7 (t 0-199, 350-399)"
+    assert htmlpage.describe_bins((19,), run.process) == "bin 19 (t 950-999)"
+    assert htmlpage.describe_bins((), run.process) == ""  # a finding about the whole run names no bins
 
 
 def test_templates_resolve_and_severity_colours_match_the_figures():
-    css = render._load_template("style.css")
+    css = htmlpage._load_template("style.css")
     for sev, color in plots.SEVERITY_COLORS.items():
         assert f"--{sev}: {color};" in css
 
@@ -327,7 +327,7 @@ def test_plot_functions_return_valid_images(synthetic):
 @pytest.mark.parametrize("kind", ["flow", "edm"])
 def test_report_of_continuous_processes(tmp_path, kind):
     run = load_run(make_synthetic_run(tmp_path / kind, steps=3000, kind=kind, probe_every=500))
-    page = render.report_page(run, analyze(run))
+    page = htmlpage.report_page(run, analyze(run))
     ids = {a.get("id") for _, a in _parse(page).tags}
     assert all(s in ids for s in SECTION_IDS)
     text = " ".join("".join(_parse(page).text).split())
@@ -384,7 +384,7 @@ def test_long_run_stays_small_and_renders_fast(tmp_path):
         run = load_run(make_synthetic_run(tmp_path / str(steps), steps=steps, num_bins=100, window=100))
         analysis = analyze(run)
         t0 = time.perf_counter()
-        page = render.report_page(run, analysis)
+        page = htmlpage.report_page(run, analysis)
         seconds[steps] = time.perf_counter() - t0
         sizes[steps] = len(page.encode())
     # Step series are reduced to pixel columns and the heatmap to the analysis's few hundred time rows,
