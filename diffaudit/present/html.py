@@ -1,4 +1,4 @@
-"""Analysis results -> one self-contained HTML page (jinja2 templates + matplotlib figures).
+"""The two pages: a run's report and the gate's verdict, each one self-contained HTML file (jinja2 + matplotlib).
 
 Rendering is the last step of the one-way flow (files -> frames -> dataclasses ->
 HTML): it reads a loaded :class:`~diffaudit.load.Run` and its analysis, builds
