@@ -742,6 +742,22 @@ def _segment_starts(steps: pl.DataFrame, bins: pl.DataFrame, created: dict | Non
     return pl.DataFrame(rows, schema=segs.schema)
 
 
+def _has_repeated_keys(df: pl.DataFrame, keys: list[str]) -> bool:
+    """Whether two rows share ``keys``: O(n) when the rows are already in key order (parts read in name order
+    usually are), a hash of every key otherwise."""
+    cols = [df[k].to_numpy() for k in keys]
+    same_as_previous = np.ones(df.height - 1, bool)
+    ascending = np.zeros(df.height - 1, bool)  # strictly after the previous row, by the keys in order
+    for c in reversed(cols):  # lexicographic: the first key decides, ties go to the next
+        ascending = (c[1:] > c[:-1]) | ((c[1:] == c[:-1]) & ascending)
+        same_as_previous &= c[1:] == c[:-1]
+    if ascending.all():
+        return False  # strictly increasing: no repeat
+    if (ascending | same_as_previous).all():
+        return True  # in order, and some row repeats the one before it
+    return df.select(keys).n_unique() != df.height
+
+
 def _collapse_split_steps(steps: pl.DataFrame, path, problems: list[Problem], files=None) -> pl.DataFrame:
     """Merge rows of one (rank, segment, step) found more than once, and say why there were several.
 
@@ -751,7 +767,7 @@ def _collapse_split_steps(steps: pl.DataFrame, path, problems: list[Problem], fi
     steps share a number, and their rows are merged because they cannot be told apart.
     """
     keys = ["rank", "segment", "step"]
-    if steps.height == 0 or steps.select(keys).n_unique() == steps.height:
+    if steps.height == 0 or not _has_repeated_keys(steps, keys):
         return steps
     dup = steps.filter(pl.struct(keys).is_duplicated())
     if "_part" in steps.columns:

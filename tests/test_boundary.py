@@ -643,3 +643,26 @@ def test_stderr_survives_kinds_read_side_by_side(capfd):
         os.write(2, f"still here {i}\n".encode())
     err = capfd.readouterr().err
     assert all(f"still here {i}" in err for i in range(30)), err
+
+
+def test_repeated_step_keys_are_found_in_order_or_not():
+    """The loader's O(n) test for a (rank, segment, step) seen twice, against counting distinct keys."""
+    import numpy as np
+    import polars as pl
+
+    from diffaudit.load import _has_repeated_keys
+
+    rng = np.random.default_rng(0)
+    keys = ["rank", "segment", "step"]
+    seen = set()
+    for _ in range(2000):
+        n = int(rng.integers(1, 12))
+        df = pl.DataFrame({"rank": rng.integers(0, 2, n), "segment": rng.integers(1, 3, n), "step": rng.integers(0, 5, n)})
+        if rng.random() < 0.3:
+            df = df.unique(keys)
+        if rng.random() < 0.6:
+            df = df.sort(keys)
+        want = df.select(keys).n_unique() != df.height
+        assert _has_repeated_keys(df, keys) == want, df
+        seen.add(want)
+    assert seen == {True, False}
