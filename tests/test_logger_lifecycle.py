@@ -1,6 +1,5 @@
 """The logger's lifecycle, evaluation kinds and timestep checks: what a reader needs to read a run honestly."""
 
-import json
 import math
 import os
 import signal

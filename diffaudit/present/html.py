@@ -119,10 +119,6 @@ def render_page(template: str, **context) -> str:
 # Numbers: the shared vocabulary (diffaudit.words), with the page's own mark for a missing value
 
 
-def _is_missing(v) -> bool:
-    return words.is_missing(v)
-
-
 def fmt_num(v, digits: int = 4) -> str:
     """A number for people: ints with separators, floats to ``digits`` significant digits, missing as a dash."""
     return words.num(v, digits, missing=MISSING)
@@ -134,7 +130,7 @@ def fmt_pct(v, digits: int = 3) -> str:
 
 
 def fmt_step(v) -> str:
-    return MISSING if _is_missing(v) else f"{int(v):,}"
+    return MISSING if words.is_missing(v) else f"{int(v):,}"
 
 
 def fmt_value(v, depth: int = 0) -> str:
@@ -802,21 +798,21 @@ def _uneven(coverage: pl.Series) -> bool:
 
 
 def _sign_class(v) -> str:
-    if _is_missing(v):
+    if words.is_missing(v):
         return ""
     return "above" if v > 0 else "below"
 
 
 def _q_class(q) -> str:
-    return "sig" if not _is_missing(q) and q < 0.05 else ""
+    return "sig" if not words.is_missing(q) and q < 0.05 else ""
 
 
 def _change_cell(r) -> Cell:
     c = r.get("rel_change")
-    if _is_missing(c):
+    if words.is_missing(c):
         return Cell(MISSING)
     lo, hi = r.get("rel_lo"), r.get("rel_hi")
-    ci = "" if _is_missing(lo) or _is_missing(hi) else f"[{_signed_pct(lo)}, {_signed_pct(hi)}]"
+    ci = "" if words.is_missing(lo) or words.is_missing(hi) else f"[{_signed_pct(lo)}, {_signed_pct(hi)}]"
     return Cell(_signed_pct(c), note=ci)
 
 
