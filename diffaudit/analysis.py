@@ -606,10 +606,11 @@ def _bin_table(run: Run, grid: _Grid, sel: dict, lg, le, le_se, th: Thresholds):
 
 
 def _curve_residuals(y: np.ndarray, x: np.ndarray) -> np.ndarray:
-    """y less a cubic in log(step): the loss curve's fall (fast, then slow) is signal, not noise."""
+    """y less a cubic in log(step): the loss curve's fall (fast, then slow) is signal, not noise.
+    y is one series, or one series per column (all at the steps x)."""
     lx = np.log1p(np.maximum(x - x.min(), 0.0) + (x.max() - x.min()) / max(x.size, 1))
     t = (lx - lx.mean()) / max(float(np.ptp(lx)), 1e-12)
-    basis = np.vander(t, min(4, y.size - 1))
+    basis = np.vander(t, min(4, y.shape[0] - 1))
     return y - basis @ np.linalg.lstsq(basis, y, rcond=None)[0]
 
 
@@ -629,40 +630,59 @@ def _late_se(grid: _Grid, late, ln, lvar) -> tuple[np.ndarray, np.ndarray]:
     follows a loss curve's fast-then-slow fall by factors, so the fall itself is
     not taken for noise (scaled back by the late level). The degrees of freedom
     are the series' effective sample size less one (k - 1 without a series).
+    Bins with windows at the same steps (usually all of them) are computed together.
     """
     nb = grid.n.shape[1]
     with np.errstate(invalid="ignore", divide="ignore"):
         se = np.sqrt(lvar / ln)
     df = np.full(nb, np.inf)
+    have = (grid.n > 0) & np.isfinite(grid.mean)
+    m = late[:, None] & have
+    k = m.sum(axis=0)
+    late_corr = stats.correlations(grid.mean, m)
+    series_tau = _series_tau(grid, have)
     for b in range(nb):
-        have = (grid.n[:, b] > 0) & np.isfinite(grid.mean[:, b])
-        m = late & have
-        k = int(m.sum())
-        if k < 2:
+        if k[b] < 2:
             continue
-        y, w = grid.mean[m, b], grid.n[m, b]
+        y, w = grid.mean[m[:, b], b], grid.n[m[:, b], b]
         cand = [se[b]]
-        if k >= stats.MIN_BATCHES:
+        if k[b] >= stats.MIN_BATCHES:
             try:
-                cand.append(stats.batch_means(y, weights=w).se)
+                cand.append(stats.batch_means(y, weights=w, correlation=tuple(c[b] for c in late_corr)).se)
             except DiffauditError:
                 pass
         else:
-            cand.append(float(np.std(y, ddof=1)) / math.sqrt(k))
-        df[b] = k - 1.0
-        if have.sum() >= 6:
-            y_all = grid.mean[have, b]
-            if np.all(y_all > 0):  # a loss falls by factors: its curve and its noise are read in log space
-                r = _curve_residuals(np.log(y_all), grid.x[have])
-                scale = float(np.average(y, weights=w)) ** 2
-            else:
-                r = _curve_residuals(y_all, grid.x[have])
-                scale = 1.0
-            tau = stats.integrated_autocorr_time(r, conservative=True)
-            cand.append(math.sqrt(scale * float(r @ r) / max(r.size - 4, 1) * tau / k))
+            cand.append(float(np.std(y, ddof=1)) / math.sqrt(k[b]))
+        df[b] = k[b] - 1.0
+        if b in series_tau:
+            r, tau = series_tau[b]
+            scale = float(np.average(y, weights=w)) ** 2 if np.all(grid.mean[have[:, b], b] > 0) else 1.0
+            cand.append(math.sqrt(scale * float(r @ r) / max(r.size - 4, 1) * tau / k[b]))
             df[b] = max(r.size / tau - 1.0, 1.0)
         se[b] = np.nanmax(cand)
     return se, df
+
+
+def _series_tau(grid: _Grid, have: np.ndarray) -> dict[int, tuple[np.ndarray, float]]:
+    """{bin: (residuals of its whole window series about the loss curve, their conservative tau)} for bins
+    with >= 6 windows; log window means where all are positive. Bins with windows at the same steps share
+    one least-squares fit and one FFT."""
+    out = {}
+    if have.shape[0] < 6 or have.shape[1] == 0:
+        return out
+    for bins in stats.same_columns(have):
+        rows = have[:, bins[0]]
+        if rows.sum() < 6:
+            continue
+        y = grid.mean[np.ix_(rows, bins)]
+        positive = np.all(y > 0, axis=0)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            y = np.where(positive, np.log(np.where(positive, y, 1.0)), y)
+        r = _curve_residuals(y, grid.x[rows])
+        tau = stats.correlations(r, np.ones(r.shape, bool))[2]
+        for i, b in enumerate(bins):
+            out[int(b)] = (r[:, i], float(tau[i]))
+    return out
 
 
 def _normal_equivalent(t: np.ndarray, df: np.ndarray) -> np.ndarray:
@@ -700,10 +720,11 @@ def _bin_trends(grid: _Grid, trend_rows, th: Thresholds) -> dict[str, np.ndarray
     out = {k: np.full(nb, np.nan) for k in ("slope", "slope_lo", "slope_hi", "rel_change", "rel_lo", "rel_hi",
                                               "p_value", "tost_p")}
     x, n, mean, span = _trend_windows(grid, trend_rows)
+    corr = stats.correlations(mean, (n > 0) & np.isfinite(x)[:, None])  # all bins' at once
     for b in range(nb):
         try:
             eq = stats.equivalence(mean[:, b], x, weights=n[:, b], margin=th.stagnation_margin,
-                                   per_steps=max(span, 1.0), alpha=th.alpha)
+                                   per_steps=max(span, 1.0), alpha=th.alpha, correlation=tuple(c[b] for c in corr))
         except DiffauditError:  # too few windows, or a zero level
             continue
         tr = eq.trend
@@ -915,11 +936,11 @@ def _spikes(steps: pl.DataFrame) -> SpikeSummary:
         return replace(empty, events_per_10k=0.0)
     with np.errstate(divide="ignore", invalid="ignore"):
         ll = np.where(pos_ok, np.log(loss), np.nan)
-    every = stats.detect_spikes(ll, threshold=-math.inf)  # the robust z of every finite step
+    every = stats.robust_z(ll)  # the robust z of every finite step, filtered once
     thr, tail = spike_threshold(every.z, every.z.size)
     lone, _ = spike_threshold(every.z, every.z.size, false_events=SPIKE_FALSE_SINGLE)
     # candidates at the fixed threshold: the largest excursions (a blow-up is one, on any noise) ...
-    cand = stats.detect_spikes(ll)
+    cand = stats.spikes_at(every)
     fin_pos = np.flatnonzero(np.isfinite(ll))
     v = loss[fin_pos]
     half = every.window // 2

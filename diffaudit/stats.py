@@ -399,56 +399,92 @@ def batch_starts(n: int, k: int) -> np.ndarray:
 # Autocorrelation and batch means
 
 
-def _geyer(v: np.ndarray) -> tuple[float, float]:
-    """(tau, Gamma_1) of a centred series: Geyer's initial monotone sequence estimate of
-    tau = 1 + 2 sum rho_h, and Gamma_1 = sum h rho_h over the same lags (not clamped)."""
-    n = v.size
-    f = np.fft.rfft(v, 2 * n)
-    acov = np.fft.irfft(f * np.conj(f), 2 * n)[:n]
-    if acov[0] <= 0:  # constant series: no correlation to measure
-        return 1.0, 0.0
-    rho = acov / acov[0]
+def _geyer(v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(tau, Gamma_1) of each centred row of v: Geyer's initial monotone sequence estimate of
+    tau = 1 + 2 sum rho_h, and Gamma_1 = sum h rho_h over the same lags (not clamped).
+    All rows in one FFT; each row's sums stop at its own first non-positive pair."""
+    r, n = v.shape
+    f = np.fft.rfft(v, 2 * n, axis=1)
+    acov = np.fft.irfft(f * np.conj(f), 2 * n, axis=1)[:, :n]
+    flat = acov[:, 0] <= 0  # a constant series: no correlation to measure
+    rho = acov / np.where(flat, 1.0, acov[:, 0])[:, None]
     m = n // 2
-    gamma = rho[: 2 * m : 2] + rho[1 : 2 * m : 2]
-    nonpos = np.flatnonzero(gamma <= 0)
-    kept = nonpos[0] if nonpos.size else m
-    gamma = np.minimum.accumulate(gamma[:kept])
-    lags = np.arange(1, 2 * kept)
-    return -1.0 + 2.0 * float(gamma.sum()), float(lags @ rho[lags])
+    gamma = rho[:, : 2 * m : 2] + rho[:, 1 : 2 * m : 2]
+    nonpos = gamma <= 0
+    kept = np.where(nonpos.any(axis=1), nonpos.argmax(axis=1), m)
+    gamma = np.where(np.arange(m) < kept[:, None], np.minimum.accumulate(gamma, axis=1), 0.0)
+    lags = np.arange(n)
+    inside = (lags >= 1) & (lags < 2 * kept[:, None])
+    tau = np.where(flat, 1.0, -1.0 + 2.0 * gamma.sum(axis=1))
+    return tau, np.where(flat, 0.0, np.where(inside, lags * rho, 0.0).sum(axis=1))
 
 
-def _correlation(y) -> tuple[float, float, float]:
-    """(tau, Gamma_1, conservative tau) of the finite values of y, a quadratic removed.
+def _correlation_rows(v: np.ndarray, pos: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(tau, Gamma_1, conservative tau) of each row of v (finite values at positions pos), a quadratic removed.
 
     The conservative tau also looks at block means of 2, 4, 8, ... values (at
     least ``TAU_MIN_BLOCKS`` blocks) and keeps the largest long-run variance seen.
     """
-    v, pos, _ = _split_finite(y)
-    n = v.size
+    r, n = v.shape
+    ones = np.ones(r)
     if n < 4:
-        return 1.0, 0.0, 1.0
+        return ones, np.zeros(r), ones.copy()
     # A trend is signal, not correlation. A loss curve bends, so a straight line
     # leaves a bow that reads as strong correlation; a quadratic takes the bend
     # and only ~3 of the n degrees of freedom of any slow noise.
     t = (pos - pos.mean()) / max(float(np.ptp(pos)), 1.0)
     basis = np.vander(t, min(3, n - 1))
-    mag = float(np.max(np.abs(v)))
-    v = v - basis @ np.linalg.solve(basis.T @ basis, basis.T @ v)
-    var0 = float(v @ v) / n
-    if var0 <= (1e-12 * mag) ** 2:  # constant up to the rounding of the fit
-        return 1.0, 0.0, 1.0
+    mag = np.max(np.abs(v), axis=1)
+    v = v - (basis @ np.linalg.solve(basis.T @ basis, basis.T @ v.T)).T
+    var0 = np.einsum("ij,ij->i", v, v) / n
+    still = var0 <= (1e-12 * mag) ** 2  # constant up to the rounding of the fit
+    var0 = np.where(still, 1.0, var0)
     tau, gamma1 = _geyer(v)
     cons = tau
     b = 2
     while n // b >= TAU_MIN_BLOCKS:
         nb = n // b
-        blocks = v[: nb * b].reshape(nb, b).mean(axis=1)
-        blocks = blocks - blocks.mean()
+        blocks = v[:, : nb * b].reshape(r, nb, b).mean(axis=2)
+        blocks = blocks - blocks.mean(axis=1, keepdims=True)
         # long-run variance seen at this level, in units of the per-value variance
-        cons = max(cons, b * float(blocks @ blocks) / nb * _geyer(blocks)[0] / var0)
+        cons = np.maximum(cons, b * np.einsum("ij,ij->i", blocks, blocks) / nb * _geyer(blocks)[0] / var0)
         b *= 2
-    clamp = lambda t_: float(min(max(t_, 1.0), n))  # noqa: E731
-    return clamp(tau), max(gamma1, 0.0), clamp(cons)
+    clamp = lambda t_: np.where(still, 1.0, np.clip(t_, 1.0, n))  # noqa: E731
+    return clamp(tau), np.where(still, 0.0, np.maximum(gamma1, 0.0)), clamp(cons)
+
+
+def _correlation(y) -> tuple[float, float, float]:
+    """(tau, Gamma_1, conservative tau) of the finite values of y, a quadratic removed (one row of
+    :func:`_correlation_rows`)."""
+    v, pos, _ = _split_finite(y)
+    return tuple(float(a[0]) for a in _correlation_rows(v[None, :], pos))
+
+
+def same_columns(mask: np.ndarray) -> list[np.ndarray]:
+    """The columns of a 2-D boolean mask, grouped by equal content (first appearance first)."""
+    packed = np.packbits(mask, axis=0)
+    groups: dict[bytes, list[int]] = {}
+    for j in range(mask.shape[1]):
+        groups.setdefault(packed[:, j].tobytes(), []).append(j)
+    return [np.array(js) for js in groups.values()]
+
+
+def correlations(y, keep) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(tau, Gamma_1, conservative tau) of each column of ``y`` over the rows ``keep`` marks, each column
+    taken as one series of its kept values, as :func:`batch_means` takes its cleaned windows (pass the result
+    to it as ``correlation=``). Columns that keep the same rows share one FFT: a run's bins usually all do."""
+    y = np.asarray(y, np.float64)
+    keep = np.asarray(keep, bool) & np.isfinite(y)
+    out = tuple(np.ones(y.shape[1]) for _ in range(3))
+    out[1][:] = 0.0
+    if y.size == 0:
+        return out
+    for js in same_columns(keep):
+        rows = np.flatnonzero(keep[:, js[0]])
+        got = _correlation_rows(y[np.ix_(rows, js)].T, np.arange(rows.size, dtype=np.float64))
+        for o, a in zip(out, got):
+            o[js] = a
+    return out
 
 
 def integrated_autocorr_time(y, *, conservative: bool = False) -> float:
@@ -477,17 +513,19 @@ def batch_means(
     batch_tau: float = BATCH_TAU,  # batches span at least this many autocorrelation times
     min_batches: int = MIN_BATCHES,
     max_batches: int = MAX_BATCHES,
+    correlation: tuple[float, float, float] | None = None,  # (tau, Gamma_1, conservative tau); None = measure
 ) -> BatchMeans:
     """Cut a series of window means into contiguous batches; mean and an honest standard error.
 
     Windows with a non-finite mean or zero weight are dropped first. Raises
-    InconclusiveError when fewer windows than `min_batches` remain.
+    InconclusiveError when fewer windows than `min_batches` remain. ``correlation``
+    is the series' own, measured before for many series at once (:func:`correlations`).
     """
     y, x, w = _clean_windows(y, x, weights)
     n = y.size
     if n < max(min_batches, 2):
         raise InconclusiveError(f"{n} usable windows, at least {max(min_batches, 2)} needed")
-    tau, gamma1, tau_cons = _correlation(y)
+    tau, gamma1, tau_cons = _correlation(y) if correlation is None else correlation
     # long enough for tau, and for the correlation length Gamma_1 / tau, which a slow
     # component with a small share of the variance makes much longer than tau
     need = max(batch_tau * tau_cons, BATCH_LENGTH * gamma1 / tau, 1.0)
@@ -649,11 +687,12 @@ def equivalence(
     batch_tau: float = BATCH_TAU,
     min_batches: int = MIN_BATCHES,
     max_batches: int = MAX_BATCHES,
+    correlation: tuple[float, float, float] | None = None,  # as batch_means takes it
 ) -> Equivalence:
     """Stagnation test (TOST): is the slope shown to lie within +-margin * level per `per_steps`?"""
     bm = batch_means(
         y, x, weights=weights, n_batches=n_batches, batch_tau=batch_tau,
-        min_batches=min_batches, max_batches=max_batches,
+        min_batches=min_batches, max_batches=max_batches, correlation=correlation,
     )
     tr = _trend_from_batches(bm, confidence, per_steps)
     if not tr.level > 0:
@@ -811,34 +850,42 @@ def _scale_floor(v: np.ndarray) -> float:
     return max(1e-12 * mag, np.finfo(np.float64).tiny)
 
 
-def detect_spikes(
-    x,
-    *,
-    window: int = SPIKE_WINDOW,  # points in the rolling median / MAD (odd; forced odd)
-    threshold: float = SPIKE_THRESHOLD,  # robust z beyond which a point is a spike
-    side: str = "upper",  # "upper" (loss, grad norm), "lower" or "both"
-) -> Spikes:
-    """Spikes of a per-step series: robust z = (x - rolling median) / (1.4826 rolling MAD).
+@dataclass(frozen=True)
+class RobustZ:
+    """The robust z of every finite point of a per-step series (input of :func:`spikes_at`)."""
 
-    Vectorized (two rolling medians). Non-finite points are dropped before the
-    filters (the window spans finite neighbours) and reported in `.nonfinite`.
-    For a multiplicative series (grad norm) pass ``np.log(x)``.
-    """
-    if side not in ("upper", "lower", "both"):
-        raise DataError(f"side must be 'upper', 'lower' or 'both', got {side!r}")
+    z: np.ndarray  # (x - rolling median) / (1.4826 rolling MAD), one per finite point
+    pos: np.ndarray  # their positions in the input series
+    nonfinite: np.ndarray  # positions of NaN / inf values, ignored
+    n: int  # length of the input
+    window: int
+
+
+def robust_z(x, *, window: int = SPIKE_WINDOW) -> RobustZ:
+    """Robust z of each finite point: (x - rolling median) / (1.4826 rolling MAD) over ``window`` finite
+    neighbours (odd; forced odd). Vectorized (two rolling medians). For a multiplicative series (grad norm)
+    pass ``np.log(x)``."""
     v, pos, bad = _split_finite(x)
     n = int(np.asarray(x).shape[0])
-    empty = np.empty(0, np.intp)
     window = max(int(window) | 1, 3)
     if v.size == 0:
-        return Spikes(empty, np.empty(0), empty, empty, empty, bad, n, threshold, window)
+        return RobustZ(np.empty(0), pos, bad, n, window)
     # "mirror", not "nearest": repeating the edge value would make it the median
     # and the MAD 0 near both ends, and flag ordinary points there
     med = median_filter(v, window)
     dev = v - med
     mad = median_filter(np.abs(dev), window)
     scale = np.maximum(MAD_TO_SIGMA * mad, _scale_floor(v))
-    z = dev / scale
+    return RobustZ(dev / scale, pos, bad, n, window)
+
+
+def spikes_at(rz: RobustZ, threshold: float = SPIKE_THRESHOLD, side: str = "upper") -> Spikes:
+    """The points of ``rz`` beyond ``threshold`` ("upper", "lower" or "both" sides), and their events: runs of
+    consecutive finite points, each with the position of its largest |z|."""
+    if side not in ("upper", "lower", "both"):
+        raise DataError(f"side must be 'upper', 'lower' or 'both', got {side!r}")
+    z, pos = rz.z, rz.pos
+    empty = np.empty(0, np.intp)
     if side == "upper":
         hit = z > threshold
     elif side == "lower":
@@ -847,7 +894,7 @@ def detect_spikes(
         hit = np.abs(z) > threshold
     fi = np.flatnonzero(hit)  # indices into the finite values
     if fi.size == 0:
-        return Spikes(empty, np.empty(0), empty, empty, empty, bad, n, threshold, window)
+        return Spikes(empty, np.empty(0), empty, empty, empty, rz.nonfinite, rz.n, threshold, rz.window)
     new = np.ones(fi.size, bool)
     new[1:] = np.diff(fi) > 1
     starts = np.flatnonzero(new)
@@ -859,8 +906,26 @@ def detect_spikes(
     peak = fi[order[starts]]
     return Spikes(
         indices=pos[fi], z=z[fi], event_start=pos[fi[starts]], event_end=pos[fi[ends]],
-        event_peak=pos[peak], nonfinite=bad, n=n, threshold=threshold, window=window,
+        event_peak=pos[peak], nonfinite=rz.nonfinite, n=rz.n, threshold=threshold, window=rz.window,
     )
+
+
+def detect_spikes(
+    x,
+    *,
+    window: int = SPIKE_WINDOW,  # points in the rolling median / MAD (odd; forced odd)
+    threshold: float = SPIKE_THRESHOLD,  # robust z beyond which a point is a spike
+    side: str = "upper",  # "upper" (loss, grad norm), "lower" or "both"
+) -> Spikes:
+    """Spikes of a per-step series: robust z = (x - rolling median) / (1.4826 rolling MAD) beyond ``threshold``.
+
+    Non-finite points are dropped before the filters (the window spans finite
+    neighbours) and reported in `.nonfinite`. :func:`robust_z` then :func:`spikes_at`,
+    which read one series at several thresholds without filtering it again.
+    """
+    if side not in ("upper", "lower", "both"):
+        raise DataError(f"side must be 'upper', 'lower' or 'both', got {side!r}")
+    return spikes_at(robust_z(x, window=window), threshold, side)
 
 
 def level_shift(
@@ -1071,6 +1136,7 @@ __all__ = [
     "AR1_PHI_MAX", "BatchMeans", "Comparison", "PooledAR1", "ar1_correlation", "ar1_mean_error", "ar1_mean_factors",
     "pooled_ar1", "Equivalence", "LevelShift", "Moments", "Spikes", "Trend",
     "adjust_pvalues", "batch_means", "batch_starts", "coarsen_moments", "compare_seed_means", "compare_series",
-    "detect_spikes", "equivalence", "integrated_autocorr_time", "level_shift", "merge_groups", "merge_moments",
+    "correlations", "same_columns",
+    "RobustZ", "detect_spikes", "equivalence", "robust_z", "spikes_at", "integrated_autocorr_time", "level_shift", "merge_groups", "merge_moments",
     "median_filter", "moments", "norm_isf", "norm_sf", "t_cdf", "t_isf", "t_ppf", "t_sf", "trend",
 ]

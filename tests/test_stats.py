@@ -138,6 +138,75 @@ def test_ess_of_ar1_matches_theory():
     assert st.integrated_autocorr_time(np.ones(100)) == 1.0
 
 
+def _geyer_by_hand(y):
+    """(tau, Gamma_1, conservative tau) from the definitions, one lag at a time (no FFT, no vectorizing)."""
+    def geyer(v):
+        n = len(v)
+        acov = [float(np.dot(v[: n - h], v[h:])) for h in range(n)]
+        if acov[0] <= 0:
+            return 1.0, 0.0
+        rho = [a / acov[0] for a in acov]
+        tau, g1, prev, h = -1.0, 0.0, math.inf, 0
+        while 2 * h + 1 < n:
+            pair = rho[2 * h] + rho[2 * h + 1]
+            if pair <= 0:
+                break
+            prev = min(prev, pair)
+            tau += 2 * prev
+            g1 += (2 * h) * rho[2 * h] + (2 * h + 1) * rho[2 * h + 1]
+            h += 1
+        return tau, g1
+
+    y = np.asarray(y, float)
+    y = y[np.isfinite(y)]
+    n = y.size
+    pos = np.flatnonzero(np.isfinite(y)).astype(float)
+    t = (pos - pos.mean()) / max(np.ptp(pos), 1.0)
+    v = y - np.polyval(np.polyfit(t, y, 2), t)
+    var0 = float(v @ v) / n
+    if var0 <= (1e-12 * np.max(np.abs(y))) ** 2:  # constant up to the rounding of the fit
+        return 1.0, 0.0, 1.0
+    tau, g1 = geyer(v)
+    cons, b = tau, 2
+    while n // b >= st.TAU_MIN_BLOCKS:
+        blocks = v[: n // b * b].reshape(-1, b).mean(axis=1)
+        blocks -= blocks.mean()
+        cons = max(cons, b * float(blocks @ blocks) / blocks.size * geyer(blocks)[0] / var0)
+        b *= 2
+    return min(max(tau, 1.0), n), max(g1, 0.0), min(max(cons, 1.0), n)
+
+
+@pytest.mark.parametrize("phi,n", [(0.0, 700), (0.6, 2_000), (0.95, 1_500), (0.99, 300), (0.3, 9)])
+def test_correlation_matches_the_definitions_one_lag_at_a_time(phi, n):
+    rng = np.random.default_rng(int(phi * 100) + n)
+    y = 1.0 + np.linspace(0, 0.5, n) ** 2 + ar1(rng, n, phi, sd=0.1)
+    assert st._correlation(y) == pytest.approx(_geyer_by_hand(y), rel=1e-9)
+
+
+def test_correlations_of_many_columns_equal_each_column_alone():
+    """Columns that keep the same rows go through one FFT, each with its own truncation lag and block levels:
+    every column's figures must equal those of its own series, whatever the other columns hold."""
+    rng = np.random.default_rng(31)
+    W = 600
+    y = np.stack([1 + ar1(rng, W, phi, sd=s) for phi, s in
+                  [(0.0, 0.1), (0.5, 0.1), (0.9, 0.01), (0.99, 1.0), (0.7, 0.1), (0.2, 0.1)]], axis=1)
+    y[:, 4] = 3.0  # a constant column beside correlated ones
+    keep = np.ones(y.shape, bool)
+    keep[::7, 5] = False  # a column with its own rows
+    y[100, 1] = np.nan  # a NaN is dropped like a window batch_means drops
+    got = st.correlations(y, keep)
+    for j in range(y.shape[1]):
+        alone = _geyer_by_hand(y[keep[:, j] & np.isfinite(y[:, j]), j])
+        assert tuple(g[j] for g in got) == pytest.approx(alone, rel=1e-9), j
+    assert got[0][4] == got[2][4] == 1.0 and got[1][4] == 0.0
+    groups = st.same_columns(keep & np.isfinite(y))
+    assert sorted(map(list, groups)) == [[0, 2, 3, 4], [1], [5]]
+    # batch_means with the measured correlation is batch_means measuring it itself
+    given, measured = st.batch_means(y[:, 3], correlation=tuple(g[3] for g in got)), st.batch_means(y[:, 3])
+    assert given.n_batches == measured.n_batches
+    assert (given.se, given.tau) == pytest.approx((measured.se, measured.tau), rel=1e-12)  # one FFT or many
+
+
 def test_batch_means_standard_error_is_honest_under_autocorrelation():
     rng = np.random.default_rng(4)
     ys = 2.0 + ar1(rng, 1000, 0.9, sd=0.1, size=300)
@@ -429,6 +498,22 @@ def test_spike_events_group_consecutive_points():
     y[1002] = np.nan
     s = st.detect_spikes(y)
     assert s.event_start.tolist() == [1000] and s.event_end.tolist() == [1003]
+
+
+def test_one_filtering_read_at_several_thresholds():
+    y = np.random.default_rng(21).standard_normal(20_000)
+    y[[500, 501, 9000]] += [12, 30, 15]
+    y[7] = np.nan
+    rz = st.robust_z(y)
+    assert rz.z.size == 19_999 and rz.nonfinite.tolist() == [7]
+    for thr, side in [(8.0, "upper"), (5.0, "both"), (3.0, "lower"), (-math.inf, "upper")]:
+        a, b = st.spikes_at(rz, thr, side), st.detect_spikes(y, threshold=thr, side=side)
+        for f in ("indices", "z", "event_start", "event_end", "event_peak", "nonfinite"):
+            assert np.array_equal(getattr(a, f), getattr(b, f)), (thr, side, f)
+    assert st.spikes_at(rz, 8.0).indices.tolist() == [500, 501, 9000]
+    assert st.spikes_at(rz, 20.0).event_peak.tolist() == [501]
+    with pytest.raises(DataError, match="side"):
+        st.spikes_at(rz, 8.0, "up")
 
 
 def test_level_shift_explosion_and_healthy_decay():
