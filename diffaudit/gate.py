@@ -350,7 +350,7 @@ def compare(
     # each run's findings (a whole analysis per run) are worked out on other threads while the statistics
     # below run: polars and numpy release the GIL, so on two cores most of that time is hidden
     with ThreadPoolExecutor(max_workers=min(len(base) + len(cand), os.cpu_count() or 1)) as pool:
-        found = [] if rules_["findings"].off else [pool.submit(findings_of or _default_findings, r) for r in base + cand]
+        found = [] if rules_["findings"].off else [pool.submit(findings_of or run_findings, r) for r in base + cand]
         status, summary, rest = _statistics(base, cand, sides, rules_, win, alpha, correction, min_windows, max_lag,
                                             single, unit, allowance, overlap, notes, found)
     return Verdict(status, summary, notes=tuple(notes), **rest, **common)
@@ -478,7 +478,7 @@ def _in_lstar_units(base: list[Run], cand: list[Run], findings_of):
             conv.append(info)
             converted.append(c)
         out.append(converted)
-    inner = findings_of or _default_findings
+    inner = findings_of or run_findings
     return out[0], out[1], conversion_notes(conv), (lambda run: inner(original.get(id(run), run)))
 
 
@@ -1276,7 +1276,8 @@ def _nonfinite_check(base, cand, rule, lo, hi) -> Check:
 # Findings
 
 
-def _default_findings(run: Run):
+def run_findings(run: Run):
+    """The findings of one run, as the findings rule reads them (a whole analysis)."""
     return analyze(run).findings
 
 

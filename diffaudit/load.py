@@ -519,15 +519,33 @@ def _read_part_by_part(kind: str, files: list[Path], limit: int, problems: list[
         return pl.concat([pl.from_arrow(t) for t in tables], how="diagonal_relaxed")
 
 
-def _overlapping_parts(kind: str, df: pl.DataFrame) -> pl.DataFrame:
+def _part_spans(kind: str, df: pl.DataFrame, rules: list[tuple[str, pl.Expr]], names: dict | None) -> pl.DataFrame:
+    """One pass over the rows, one row per part: ``_bad`` (some row breaks an invariant, or holds another rank or
+    segment than ``names`` gives the part), and for parts with ranks its rank, segment and step span."""
+    broken = pl.any_horizontal([r.fill_null(False) for _, r in rules]).any().alias("_bad") if rules else pl.lit(False)
+    aggs = [broken]
+    if names is not None:
+        lo, hi = ("step_lo", "step_hi") if kind == "bins" else ("step", "step")
+        aggs += [pl.col("rank").first(), pl.col("segment").first(), pl.col(lo).min().alias("lo"),
+                 pl.col(hi).max().alias("hi"), pl.col("rank").n_unique().alias("nr"),
+                 pl.col("segment").n_unique().alias("ns"), pl.col("rank").min().alias("rmin"),
+                 pl.col("rank").max().alias("rmax"), pl.col("segment").min().alias("smin"),
+                 pl.col("segment").max().alias("smax")]
+    span = df.group_by("_part").agg(aggs)
+    if names is None:
+        return span
+    name_rank = pl.col("_part").replace_strict({i: r for i, (r, _) in names.items()}, return_dtype=pl.Int64)
+    name_seg = pl.col("_part").replace_strict({i: g for i, (_, g) in names.items()}, return_dtype=pl.Int64)
+    elsewhere = ((pl.col("rmin") != name_rank) | (pl.col("rmax") != name_rank)  # nulls: the "missing" rules' job
+                 | (pl.col("smin") != name_seg) | (pl.col("smax") != name_seg)).fill_null(False)
+    return span.with_columns(pl.col("_bad") | elsewhere)
+
+
+def _overlapping_parts(df: pl.DataFrame, span: pl.DataFrame) -> pl.DataFrame:
     """The rows of the parts whose steps overlap another part's of the same rank and segment: only those can
     repeat another part's rows (a row's keys hold its rank, segment and step), so the copy check looks at
     them alone. A logger writes no overlapping parts; a copied or re-sent part overlaps its original."""
-    lo, hi = ("step_lo", "step_hi") if kind == "bins" else ("step", "step")
-    span = (df.group_by("_part").agg(pl.col("rank").first(), pl.col("segment").first(), pl.col(lo).min().alias("lo"),
-                                     pl.col(hi).max().alias("hi"), pl.col("rank").n_unique().alias("nr"),
-                                     pl.col("segment").n_unique().alias("ns"))
-            .sort("rank", "segment", "lo"))
+    span = span.sort("rank", "segment", "lo")
     part, rank, seg = span["_part"].to_numpy(), span["rank"].to_numpy(), span["segment"].to_numpy()
     start, end = span["lo"].to_numpy(), span["hi"].to_numpy()
     mixed = (span["nr"].to_numpy() > 1) | (span["ns"].to_numpy() > 1)  # rows of several ranks: check it whole
@@ -547,18 +565,28 @@ def _overlapping_parts(kind: str, df: pl.DataFrame) -> pl.DataFrame:
 
 def _check_rows(kind: str, df: pl.DataFrame, files: list[Path], info: RunMeta, problems: list[Problem],
                 strict: bool) -> pl.DataFrame:
-    """Every row against the format's invariants; a part with any bad row, or repeating another's rows, is dropped."""
+    """Every row against the format's invariants; a part with any bad row, or repeating another's rows, is dropped.
+
+    One pass finds the parts with a bad row (usually none); the words for each come from those parts' rows alone.
+    """
     rules = invariants(kind, info)
+    names = None
     if kind != "optimum":
         named = [rf.PART_RE.match(f.name) for f in files]
+        names = {i: (int(m["rank"]), int(m["segment"])) for i, m in enumerate(named)}
         by_part = lambda key: pl.col("_part").replace_strict(  # noqa: E731
             {i: int(m[key]) for i, m in enumerate(named)}, return_dtype=pl.Int32)
-        rules.insert(0, ("rows of another rank or segment than the file name says (a part of another run, or "
-                         "a renamed file)", (pl.col("rank") != by_part("rank")) | (pl.col("segment") != by_part("segment"))))
-    bad = first_violations(df, rules)
+    span = _part_spans(kind, df, rules, names)
+    suspect = span.filter(pl.col("_bad"))["_part"].to_list()
+    bad = {}
+    if suspect:
+        if names is not None:
+            rules.insert(0, ("rows of another rank or segment than the file name says (a part of another run, or "
+                             "a renamed file)", (pl.col("rank") != by_part("rank")) | (pl.col("segment") != by_part("segment"))))
+        bad = first_violations(df.filter(pl.col("_part").is_in(suspect)), rules)
     if kind in _ROW_KEYS:
         keys = _ROW_KEYS[kind]
-        first = _overlapping_parts(kind, df).select(pl.col("_part"), pl.col("_part").min().over(keys).alias("_first"))
+        first = _overlapping_parts(df, span).select(pl.col("_part"), pl.col("_part").min().over(keys).alias("_first"))
         copies = (first.filter(pl.col("_first") < pl.col("_part")).group_by("_part")
                   .agg(pl.len().alias("n"), pl.col("_first").min()))
         for part, n, src in copies.iter_rows():

@@ -535,3 +535,23 @@ def test_effective_df_and_untested_bins_when_blocks_are_few():
     st = gate.single_run_stats(a, a * (1 + drift), np.arange(K) * 100.0 + 50, np.arange(K - 3, K), 600.0)
     untested = [w for w in st.why if w]
     assert untested and all("independent blocks" in w for w in untested)
+
+
+def test_sides_are_read_in_turn_and_each_run_is_handed_over_before_the_next_is_read(monkeypatch):
+    """compare starts a run's findings as soon as that run is read: load_sides must call `each` on a run before
+    it reads the next, baseline first; and a side that names nothing is refused before any run is read."""
+    from diffaudit import sides
+    from diffaudit.errors import RunFormatError
+
+    samples = CORPUS.parent
+    events = []
+    real = sides.load_run
+    monkeypatch.setattr(sides, "load_run", lambda p, strict=False: events.append(("read", Path(p).name)) or real(p, strict=strict))
+    base, cand = sides.load_sides(samples / "healthy_seed0", samples / "lr_high",
+                                  each=lambda run: events.append(("each", run.path.name)))
+    assert events == [("read", "healthy_seed0"), ("each", "healthy_seed0"), ("read", "lr_high"), ("each", "lr_high")]
+    assert [r.path.name for r in base + cand] == ["healthy_seed0", "lr_high"]
+    events.clear()
+    with pytest.raises(RunFormatError, match="candidate .*no such file"):
+        sides.load_sides(samples / "healthy_seed0", samples / "no_such_run", each=lambda run: events.append(run))
+    assert events == []

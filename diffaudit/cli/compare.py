@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
+
 import click
 
 from diffaudit import gate, gate_options as opts
@@ -96,10 +98,20 @@ def compare(baseline, candidate, tolerance, alpha, window, min_windows, rules, m
     win = opts.parse_window(window)
     parsed = [opts.parse_rule(r) for r in rules]
     lag = opts.parse_tolerance(max_lag, option="--max-lag")
-    base, cand = load_sides(baseline, candidate, strict=strict)
-    warn_problems(base + cand)
-    v = gate.compare(base, cand, tolerance=tol, alpha=lvl, window=win, rules=parsed, correction=correction,
-                     min_windows=min_windows, max_lag=lag, force=force, unit=unit)
+    # each run's findings (a whole analysis) start on another thread as soon as it is read, beside the next
+    # read and then the gate's statistics
+    started = {}
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        start = None if opts.rule_set(tol, parsed)["findings"].off else (
+            lambda run: started.setdefault(id(run), pool.submit(gate.run_findings, run)))
+        try:
+            base, cand = load_sides(baseline, candidate, strict=strict, each=start)
+            warn_problems(base + cand)
+            v = gate.compare(base, cand, tolerance=tol, alpha=lvl, window=win, rules=parsed, correction=correction,
+                             min_windows=min_windows, max_lag=lag, force=force, unit=unit,
+                             findings_of=lambda run: started[id(run)].result())
+        finally:
+            pool.shutdown(wait=False, cancel_futures=True)  # an error: do not start the analyses still queued
     if json_out:
         write_output(json_out, document.dumps(document.verdict_document(v)), "JSON verdict")
     if junit:
