@@ -349,6 +349,11 @@ def merge_groups(group, count, mean, m2, size: int) -> Moments:
     n = np.where(ok, n, 0.0)
     mu = np.where(ok, mu, 0.0)
     s = np.where(ok & np.isfinite(s), s, 0.0)
+    if g.size and g[0] >= 0 and g[-1] < size and np.all(g[1:] > g[:-1]):
+        # every group of one row at most (one rank's windows, in order): nothing to merge, the rows are the groups
+        N, M, M2 = np.zeros(size), np.full(size, np.nan), np.zeros(size)
+        N[g], M[g], M2[g] = n, np.where(ok, mu, np.nan), s
+        return Moments(N, np.where(N > 0, M, np.nan), M2)
     N = np.bincount(g, n, size)
     with np.errstate(invalid="ignore", divide="ignore"):
         M = np.where(N > 0, np.bincount(g, n * mu, size) / N, 0.0)

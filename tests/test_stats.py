@@ -85,6 +85,23 @@ def test_merge_any_split_property(n, ncuts, loc, seed):
     assert merged.m2 == pytest.approx(ref.m2, rel=1e-11, abs=1e-300)
 
 
+def test_merge_groups_of_one_row_each_is_the_rows_themselves():
+    """Groups of at most one row, in order (a single rank's windows), skip the merge: the result must be what
+    the general merge gives for the same rows in another order, empty and non-finite rows included."""
+    rng = np.random.default_rng(12)
+    g = np.sort(rng.choice(50, 30, replace=False))
+    n = rng.integers(0, 5, g.size).astype(float)
+    mu = rng.normal(size=g.size)
+    m2 = rng.uniform(0, 2, g.size)
+    mu[3], m2[4] = np.nan, np.inf
+    fast = st.merge_groups(g, n, mu, m2, 50)
+    order = rng.permutation(g.size)  # not increasing: the general path
+    slow = st.merge_groups(g[order], n[order], mu[order], m2[order], 50)
+    for f in ("count", "mean", "m2"):
+        assert np.allclose(getattr(fast, f), getattr(slow, f), rtol=1e-13, atol=0, equal_nan=True), f
+    assert fast.count[g[3]] == 0 and np.isnan(fast.mean[g[3]]) and fast.m2[g[4]] == 0
+
+
 def test_coarsen_pairwise_combine_and_empty_groups():
     rng = np.random.default_rng(2)
     x = 5.0 + rng.standard_normal(1000)
