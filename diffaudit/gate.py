@@ -754,12 +754,14 @@ def _cap_lag(lag: float, raw: np.ndarray, elastic: np.ndarray, falling: np.ndarr
     return math.copysign(min(abs(lag), LAG_SHARE * min(abs(r), tolerance) / e), lag)
 
 
-def _window_error(z: np.ndarray, x: np.ndarray, phi: float | None) -> tuple[float, float, float, bool]:
-    """(mean, se, df, by batch means) of a window series: batch means where they are reliable, else AR(1) with phi."""
+def _window_error(z: np.ndarray, x: np.ndarray, phi: float | None,
+                  correlation: tuple | None = None) -> tuple[float, float, float, bool]:
+    """(mean, se, df, by batch means) of a window series: batch means where they are reliable, else AR(1) with phi.
+    ``correlation``: the series' own (:func:`stats.correlations`), measured for every bin at once."""
     ok = np.isfinite(z)
     z, x = z[ok], x[ok]
     n = z.size
-    bm = stats.batch_means(z, x, min_batches=min(stats.MIN_BATCHES, n))
+    bm = stats.batch_means(z, x, min_batches=min(stats.MIN_BATCHES, n), correlation=correlation)
     if bm.reliable:
         return bm.mean, bm.se, float(bm.df), True
     mean, se, df = stats.ar1_mean_error(z, phi)
@@ -799,6 +801,8 @@ def single_run_stats(a: np.ndarray, b: np.ndarray, x: np.ndarray, sel: np.ndarra
     var_w = np.full(nb, np.nan)
     df_w = np.full(nb, np.nan)
     used_ar1 = 0
+    window = z[:, sel].T
+    corr = stats.correlations(window, np.isfinite(window) & np.isfinite(xw)[:, None])  # every bin's, at once
     for k in range(nb):
         nk = int(wboth[k].sum())
         if nk < MIN_TEST_BLOCKS:
@@ -809,7 +813,7 @@ def single_run_stats(a: np.ndarray, b: np.ndarray, x: np.ndarray, sel: np.ndarra
             why[k] = f"baseline late loss {level_a[k]:.4g} is not positive: a relative change is undefined"
             continue
         try:
-            m, se, df, by_bm = _window_error(z[k, sel], xw, phi)
+            m, se, df, by_bm = _window_error(z[k, sel], xw, phi, tuple(c[k] for c in corr))
         except (InconclusiveError, DataError) as e:
             why[k] = str(e)
             continue
