@@ -156,11 +156,16 @@ def load_run(path, *, strict: bool = False, allow_empty: bool = False, cache: di
 
 
 def _read_kinds(files: dict, info: RunMeta, problems: list[Problem], strict: bool, cache) -> dict:
-    """Every kind of part, the kinds read side by side (one kind's footer checks in Python overlap another's
-    reading, which releases the GIL); problems are kept in kind order, and the first error in kind order is raised."""
+    """Every kind of part, pipelined: the footers of one kind are checked (Python, holding the GIL) while the
+    kind before it is read (polars, without the GIL); problems are kept in kind order, and the first error in
+    kind order is raised."""
     found = {kind: [] for kind in files}
     with ThreadPoolExecutor(max_workers=min(2, max(len(files), 1))) as pool:
-        futures = {kind: pool.submit(_read_kind, kind, fs, info, found[kind], strict, cache) for kind, fs in files.items()}
+        futures = {}
+        for kind, fs in files.items():
+            limit = max_part_rows(kind, info) if fs else 0
+            footers = _checked_footers(kind, fs, limit) if cache is None and len(fs) > FAST_READ_MIN_PARTS else None
+            futures[kind] = pool.submit(_read_kind, kind, fs, info, found[kind], strict, cache, footers)
         tables = {kind: f.result() for kind, f in futures.items()}
     for kind in files:
         problems.extend(found[kind])
@@ -343,14 +348,11 @@ def _read_part(kind: str, f: Path, limit: int) -> tuple[pa.Table, list[str]]:
 FAST_READ_MIN_PARTS = 1  # a single part is read by the careful reader either way
 
 
-def _read_all_at_once(kind: str, files: list[Path], limit: int) -> tuple[pl.DataFrame, list[str]] | None:
-    """Every part of one kind in one multi-threaded polars read, when every footer passes the careful reader's
-    checks (a regular, non-empty file; a readable footer; rows within the limit; an acceptable schema) and all
-    parts share one schema: the common case, a run its own logger wrote. None sends the caller to the
-    part-by-part reader, which then names what is wrong; so does any error of the read itself. Polars can
-    panic on a damaged page, printing from Rust: its stderr is silenced for the read, and the part-by-part
-    reader (pyarrow, which raises instead) takes over.
-    """
+def _checked_footers(kind: str, files: list[Path], limit: int) -> tuple[list, list[str], list[int]] | None:
+    """(column names, dropped columns, rows per part) when every part of one kind passes the careful reader's
+    footer checks (a regular, non-empty file; a readable footer; rows within the limit; an acceptable schema)
+    and all share one schema: the common case, a run its own logger wrote. None sends the kind to the
+    part-by-part reader, which then names what is wrong."""
     schema, drop, counts = None, [], []
     for f in files:
         try:
@@ -375,10 +377,20 @@ def _read_all_at_once(kind: str, files: list[Path], limit: int) -> tuple[pl.Data
         elif not s.equals(schema):
             return None
         counts.append(n)
+    return list(schema.names), list(drop), counts
+
+
+def _read_all_at_once(kind: str, files: list[Path], footers: tuple) -> tuple[pl.DataFrame, list[str]] | None:
+    """Every part of one kind in one multi-threaded polars read, once :func:`_checked_footers` passed them.
+    None sends the caller to the part-by-part reader; so does any error of the read. Polars can panic on a
+    damaged page, printing from Rust: its stderr is silenced for the read, and the part-by-part reader
+    (pyarrow, which raises instead) takes over.
+    """
+    names, drop, counts = footers
     try:
         with _silenced_stderr():
             df = pl.read_parquet([str(f) for f in files], glob=False, hive_partitioning=False,
-                                 columns=[n for n in schema.names if n not in drop])
+                                 columns=[n for n in names if n not in drop])
         if df.height != sum(counts):
             return None
         df = df.with_columns(_cast_to_format(kind, df))
@@ -449,17 +461,18 @@ _ROW_KEYS = {
 
 
 def _read_kind(kind: str, files: list[Path], info: RunMeta, problems: list[Problem], strict: bool,
-               cache: dict | None = None) -> pl.DataFrame | None:
+               cache: dict | None = None, footers: tuple | None = None) -> pl.DataFrame | None:
     """Every usable part of one kind in one frame (column ``_part``: index into ``files``); damaged parts named.
 
-    Each part's footer is checked first (regular file, row count, schema); the parts that pass are
-    read and stacked; then every row is checked against the format's invariants and a part with
-    any bad row is dropped whole.
+    Each part's footer is checked first (regular file, row count, schema; ``footers`` when
+    :func:`_checked_footers` passed them all already); the parts that pass are read and stacked;
+    then every row is checked against the format's invariants and a part with any bad row is
+    dropped whole.
     """
     if not files:
         return None
     limit = max_part_rows(kind, info)
-    fast = _read_all_at_once(kind, files, limit) if cache is None and len(files) > FAST_READ_MIN_PARTS else None
+    fast = _read_all_at_once(kind, files, footers) if footers is not None else None
     if fast is not None:
         df, dropped = fast
         _note_dropped(kind, dropped, files, problems)
