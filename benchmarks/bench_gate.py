@@ -129,7 +129,7 @@ def main(argv=None) -> int:
             print(f"python API, run {i + 1}: load both {float(load_s):.2f} s + compare {float(cmp_s):.2f} s = "
                   f"{float(load_s) + float(cmp_s):.2f} s; peak RSS {int(rss):,} MB; verdict {status}: {regs}")
         t = time.perf_counter()
-        cli = subprocess.run([sys.executable, "-c", "import sys; from diffaudit.cli import main; sys.exit(main())",
+        cli = subprocess.run([sys.executable, "-c", "from diffaudit.cli import run; run()",
                               "compare", str(a), str(b), "--json", "-"], capture_output=True, text=True)
         wall = time.perf_counter() - t
         rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024

@@ -76,7 +76,7 @@ def _diffaudit() -> list[str]:
     found = shutil.which("diffaudit")
     if found:
         return [found]
-    return [sys.executable, "-c", "import sys; from diffaudit.cli import main; sys.exit(main())"]
+    return [sys.executable, "-c", "from diffaudit.cli import run; run()"]
 
 
 def make_runs(root: Path, steps: int, cached: bool) -> tuple[Path, Path]:

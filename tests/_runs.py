@@ -77,7 +77,7 @@ def set_column(table: pa.Table, name: str, array) -> pa.Table:
 
 def cli_subprocess(*args, timeout=60, stdin=None):
     """Run the real ``diffaudit`` entry point in a child process, with a timeout (a hang fails the test)."""
-    code = "import sys; from diffaudit.cli import main; sys.exit(main())"
+    code = "from diffaudit.cli import run; run()"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     env.pop("DIFFAUDIT_DEBUG", None)
     p = subprocess.run([sys.executable, "-c", code, *map(str, args)], capture_output=True, text=True,

@@ -459,7 +459,7 @@ def test_case7_an_unreadable_parts_directory_is_one_line_exit_2(run, monkeypatch
 
 
 def test_case7_summary_into_a_closed_pipe_is_not_a_traceback(run):
-    code = "import sys; from diffaudit.cli import main; sys.exit(main())"
+    code = "from diffaudit.cli import run; run()"
     p = subprocess.Popen([sys.executable, "-c", code, "summary", str(run), "--rows", "10"],
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={**os.environ, "OMP_NUM_THREADS": "1"})
     p.stdout.close()  # the reader (`head -1`) is gone before anything is written
@@ -469,7 +469,7 @@ def test_case7_summary_into_a_closed_pipe_is_not_a_traceback(run):
 
 
 def test_case7_summary_piped_into_head_in_a_shell(run):
-    cmd = f"{sys.executable} -c 'import sys; from diffaudit.cli import main; sys.exit(main())' summary '{run}' | head -1"
+    cmd = f"{sys.executable} -c 'from diffaudit.cli import run; run()' summary '{run}' | head -1"
     p = subprocess.run(["bash", "-o", "pipefail", "-c", cmd], capture_output=True, text=True, timeout=60)
     assert p.stdout.startswith("run run ") and "Traceback" not in p.stderr and "Exception" not in p.stderr
 

@@ -220,6 +220,32 @@ def main():
     """
 
 
+def run() -> None:
+    """The ``diffaudit`` console script: the CLI, then an immediate exit once stdout and stderr are flushed.
+
+    A command's work is done when it returns: its files are written, closed and renamed into place
+    (:func:`write_output`). Python's own shutdown would then free every frame and array of the runs
+    it read, one object at a time: 0.2-0.25 s of a ``report`` on a 1,000,000-step run on the 2-core
+    machine, more for ``compare``. ``os._exit`` skips that. ``main`` (what tests call in-process) exits
+    the usual way.
+    """
+    try:
+        main()
+        code = 0
+    except SystemExit as e:
+        code = e.code
+    if code is None:
+        code = 0
+    if not isinstance(code, int):  # a message for Python to print: leave the usual way
+        raise SystemExit(code)
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # a reader that is gone, or a closed stream: nothing more can be said
+            pass
+    os._exit(code)
+
+
 # ----------------------------------------------------------------------------
 # What every command shares: --strict, output options, warnings, writing outputs
 
@@ -270,4 +296,4 @@ def write_output(path: str, text: str, what: str) -> None:
 
 
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+    run()
