@@ -422,42 +422,52 @@ def analyze(
     ref = reference_lstar(run)
     lg, le, le_se, problems = ref.gaussian, ref.empirical, ref.empirical_se, [ref.problem] if ref.problem else []
     steps = run.steps.sort("step") if run.steps.height else run.steps
-    # the spike detector reads only the per-step series: it runs on a second thread while the bins are worked
-    # out (its rolling medians and the bins' numpy and polars work release the GIL)
+    # What reads only the per-step series (spikes, clipping, gradient flow, the plotted series) and the run's
+    # lifecycle is worked out on a second thread while this one works out the bins: about half the work each,
+    # and their numpy and polars calls release the GIL.
     with ThreadPoolExecutor(max_workers=1) as pool:
-        spikes = pool.submit(_spikes, steps)
+        per_step = pool.submit(_per_step, run, steps, late_fraction, trend_fraction, max_points, th, now)
         table, late_total, weights = _bin_table(run, grid, sel, lg, le, le_se, th)
-        spikes = spikes.result()
-    loss = _loss_summary(steps, grid, sel, weights, table, lg, le, late_total, th)
-    ev_series, ev, ev_cols = _eval(run, grid, weights, late_fraction)
-    table = table.with_columns(*[pl.Series(k, v, nan_to_null=True) for k, v in ev_cols.items()])
-    probes = _probes(run)
-    table = _attach_probes(table, probes)
+        loss = _loss_summary(steps, grid, sel, weights, table, lg, le, late_total, th)
+        ev_series, ev, ev_cols = _eval(run, grid, weights, late_fraction)
+        table = table.with_columns(*[pl.Series(k, v, nan_to_null=True) for k, v in ev_cols.items()])
+        probes = _probes(run)
+        table = _attach_probes(table, probes)
+        by_bin = dict(bin_series=_bin_series(grid, lg, max_time_rows), schedule=_schedule(run),
+                      ema=_ema(run, grid, weights, late_fraction), time_probe=_time_probe(run.bins))
+        per_step = per_step.result()
+    lc = per_step.pop("lifecycle")
     analysis = Analysis(
         run=_run_info(run, grid, problems),
         phases=phases,
         bins=table,
-        bin_series=_bin_series(grid, lg, max_time_rows),
-        series=_step_series(steps, max_points),
         eval_series=ev_series,
         loss=loss,
         profile=_profile(table),
-        spikes=spikes,
-        clip=_clip(run, steps, late_fraction, trend_fraction),
-        nonfinite=_nonfinite(run, steps),
-        schedule=_schedule(run),
         probes=probes,
         eval=ev,
         settings=settings,
-        ema=_ema(run, grid, weights, late_fraction),
-        timesteps=_timesteps(run, steps),
-        grad_flow=_grad_flow(steps, late_fraction, th),
-        time_probe=_time_probe(run.bins),
+        lifecycle=lc,
+        early=_early(lc, loss, th),
+        **by_bin,
+        **per_step,
     )
-    lc = _lifecycle(run, now=now)
-    analysis = replace(analysis, lifecycle=lc, early=_early(lc, loss, th))
     found = evaluate(analysis, th)
     return replace(analysis, findings=found, verdict=_verdict(found))
+
+
+def _per_step(run: Run, steps: pl.DataFrame, late_fraction: float, trend_fraction: float, max_points: int,
+              th: Thresholds, now: float | None) -> dict:
+    """The parts of the analysis that read the per-step series (and the run's lifecycle), not the bins."""
+    return dict(
+        spikes=_spikes(steps),
+        series=_step_series(steps, max_points),
+        clip=_clip(run, steps, late_fraction, trend_fraction),
+        nonfinite=_nonfinite(run, steps),
+        timesteps=_timesteps(run, steps),
+        grad_flow=_grad_flow(steps, late_fraction, th),
+        lifecycle=_lifecycle(run, now=now),
+    )
 
 
 # ----------------------------------------------------------------------------
