@@ -393,7 +393,9 @@ def _read_all_at_once(kind: str, files: list[Path], footers: tuple) -> tuple[pl.
                                  columns=[n for n in names if n not in drop])
         if df.height != sum(counts):
             return None
-        df = df.with_columns(_cast_to_format(kind, df))
+        # one chunk per column now, on this kind's thread: every later step wants it, and a drop on the main
+        # thread would otherwise do it there (~0.06 s for 1,000,000 bins rows read from 1,000 parts)
+        df = df.rechunk().with_columns(_cast_to_format(kind, df))
     except BaseException as e:  # polars' errors, and its PanicException (a BaseException)
         if isinstance(e, (KeyboardInterrupt, SystemExit, MemoryError)):
             raise
