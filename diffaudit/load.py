@@ -306,9 +306,7 @@ class _Damage(Exception):
 
 
 def _footer_rows(pf) -> int:
-    # the file's count and its row groups' could disagree in a forged footer: the larger one is what a read costs
-    md = pf.metadata
-    return max(md.num_rows, sum(md.row_group(i).num_rows for i in range(md.num_row_groups)))
+    return _metadata_rows(pf.metadata)
 
 
 def _read_part(kind: str, f: Path, limit: int) -> tuple[pa.Table, list[str]]:
@@ -352,32 +350,76 @@ def _checked_footers(kind: str, files: list[Path], limit: int) -> tuple[list, li
     """(column names, dropped columns, rows per part) when every part of one kind passes the careful reader's
     footer checks (a regular, non-empty file; a readable footer; rows within the limit; an acceptable schema)
     and all share one schema: the common case, a run its own logger wrote. None sends the kind to the
-    part-by-part reader, which then names what is wrong."""
-    schema, drop, counts = None, [], []
+    part-by-part reader, which then names what is wrong.
+
+    Per part: one read of the file's tail into memory, parsed there (no Python file object for pyarrow to
+    call back into: ~20% less time, all of it holding the GIL); the first part's schema is checked as Arrow
+    sees it, the others must carry the same Parquet schema and the same Arrow schema record.
+    """
+    first, names, drop, counts = None, [], [], []
     for f in files:
-        try:
-            fh = open_regular(f)
-        except RunFormatError:
+        tail = _footer_bytes(f)
+        if tail is None:
             return None
-        with fh:
-            try:
-                if os.fstat(fh.fileno()).st_size == 0:
-                    return None
-                pf = pq.ParquetFile(fh)
-                n, s = _footer_rows(pf), pf.schema_arrow
-            except Exception:
-                return None
+        try:
+            md = pq.read_metadata(pa.py_buffer(tail))
+            n = _metadata_rows(md)
+        except Exception:
+            return None
         if n > limit:
             return None
-        if schema is None:
-            why, drop = schema_violation(kind, s)
+        if first is None:
+            try:
+                schema = pq.ParquetFile(pa.BufferReader(tail)).schema_arrow
+            except Exception:
+                return None
+            why, drop = schema_violation(kind, schema)
             if why:
                 return None
-            schema = s
-        elif not s.equals(schema):
+            first, names = md, list(schema.names)
+        elif not (md.schema.equals(first.schema) and _arrow_record(md) == _arrow_record(first)):
             return None
         counts.append(n)
-    return list(schema.names), list(drop), counts
+    return names, list(drop), counts
+
+
+FOOTER_READ = 1 << 16  # bytes read from a part's end: its footer, whole, for any part a logger writes
+
+
+def _footer_bytes(f: Path) -> bytes | None:
+    """The last bytes of a part, holding its whole footer; None if it is not a regular, non-empty file or cannot
+    be read (then the careful reader says why). Opened without following a FIFO's wait (O_NONBLOCK)."""
+    try:
+        fd = os.open(f, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    except OSError:
+        return None
+    try:
+        st = os.fstat(fd)
+        size = st.st_size
+        if not stat.S_ISREG(st.st_mode) or size < 12:  # "PAR1", a footer length, "PAR1" at least
+            return None
+        tail = os.pread(fd, min(size, FOOTER_READ), max(size - FOOTER_READ, 0))
+        footer = int.from_bytes(tail[-8:-4], "little") + 8 if len(tail) >= 8 else size + 1
+        if footer > len(tail) and footer <= size:  # a footer longer than the first read
+            tail = os.pread(fd, footer, size - footer)
+        return tail
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+
+
+def _metadata_rows(md) -> int:
+    # the file's count and its row groups' could disagree in a forged footer: the larger one is what a read costs
+    if md.num_row_groups == 1:
+        return max(md.num_rows, md.row_group(0).num_rows)
+    return max(md.num_rows, sum(md.row_group(i).num_rows for i in range(md.num_row_groups)))
+
+
+def _arrow_record(md) -> bytes | None:
+    """The Arrow schema pyarrow stored in a part's footer (types Parquet alone does not keep), if any."""
+    kv = md.metadata
+    return kv.get(b"ARROW:schema") if kv else None
 
 
 def _read_all_at_once(kind: str, files: list[Path], footers: tuple) -> tuple[pl.DataFrame, list[str]] | None:

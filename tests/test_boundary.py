@@ -186,6 +186,40 @@ def test_case3_an_export_whose_footer_claims_far_more_rows_than_its_size_is_refu
     one_line_error(run_cli("summary", tmp_path / "bomb.parquet"), "far more than a", "not read")
 
 
+def test_case3_a_footer_longer_than_the_first_read_is_read_whole_on_the_fast_path(run, monkeypatch):
+    """The fast reader reads each part's last 64 KiB for its footer; a part of many row groups has a longer one,
+    which must be read whole (not sent to the careful reader, not misread)."""
+    from diffaudit import load
+
+    before = diffaudit.load_run(run)
+    f = parts(run, "bins")[0]
+    pq.write_table(pq.read_table(f), f, row_group_size=1)  # one row group per row
+    monkeypatch.setattr(load, "FOOTER_READ", 4096)  # the footer is ~40 KB: longer than the first read
+    data = f.read_bytes()
+    assert int.from_bytes(data[-8:-4], "little") > load.FOOTER_READ
+    monkeypatch.setattr(load, "_read_part_by_part", lambda *a, **k: pytest.fail("left the fast path"))
+    after = diffaudit.load_run(run)
+    assert after.bins.equals(before.bins) and after.steps.equals(before.steps) and not after.problems
+
+
+def test_case3_parts_whose_arrow_schema_records_differ_go_to_the_careful_reader(run, monkeypatch):
+    """Two parts with one Parquet schema but different Arrow types (a string column stored as large_string)
+    are not read as one by the fast reader; the careful reader casts each to the format."""
+    from diffaudit import load
+
+    before = diffaudit.load_run(run)
+    f = parts(run, "bins")[0]
+    t = pq.read_table(f)
+    pq.write_table(t.cast(pa.schema([fld.with_type(pa.large_string()) if fld.name == "split" else fld
+                                     for fld in t.schema])), f)
+    careful = []
+    real = load._read_part_by_part
+    monkeypatch.setattr(load, "_read_part_by_part", lambda kind, *a, **k: careful.append(kind) or real(kind, *a, **k))
+    after = diffaudit.load_run(run)
+    assert careful == ["bins"]
+    assert after.bins.equals(before.bins) and not after.problems
+
+
 # ----------------------------------------------------------------------------
 # 4. FIFOs never hang a command
 
