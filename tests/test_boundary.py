@@ -187,7 +187,7 @@ def test_case3_an_export_whose_footer_claims_far_more_rows_than_its_size_is_refu
 
 
 def test_case3_a_footer_longer_than_the_first_read_is_read_whole_on_the_fast_path(run, monkeypatch):
-    """The fast reader reads each part's last 64 KiB for its footer; a part of many row groups has a longer one,
+    """The fast reader reads each part's last 8 KiB for its footer; a part of many row groups has a longer one,
     which must be read whole (not sent to the careful reader, not misread)."""
     from diffaudit import load
 
