@@ -541,7 +541,7 @@ def _block_grid(runs: list[Run], lo: int, hi: int) -> _MatchedBlocks:
         tb = r.train_bins
         tb = tb.filter((pl.col("step_lo") >= lo) & (pl.col("step_hi") <= hi)) if tb.height else tb
         frames.append(tb.select("step_lo", "step_hi", "bin", "count", "mean", "nonfinite"))
-    starts = [np.unique(f["step_lo"].to_numpy()) for f in frames]
+    starts = [_unique(f["step_lo"].to_numpy()) for f in frames]
     cuts = starts[0]
     for s in starts[1:]:
         cuts = np.intersect1d(cuts, s, assume_unique=True)
@@ -565,13 +565,29 @@ def _block_grid(runs: list[Run], lo: int, hi: int) -> _MatchedBlocks:
         idx = b[good] * K + blk[good]
         count[i] += np.bincount(idx, weights=n[good], minlength=nb * K).reshape(nb, K)
         total[i] += np.bincount(idx, weights=(n * np.where(good, m, 0.0))[good], minlength=nb * K).reshape(nb, K)
-        np.maximum.at(end, blk[ok], f["step_hi"].to_numpy()[ok])
+        _max_into(end, blk[ok], f["step_hi"].to_numpy()[ok])
         nonfinite[i] = float(f["nonfinite"].fill_null(0).sum())
     with np.errstate(invalid="ignore", divide="ignore"):
         mean = np.where(count > 0, total / count, np.nan)
     if K == 0:
         return _MatchedBlocks(np.zeros(0, np.int64), np.zeros(0, np.int64), count[:, :, :0], mean[:, :, :0], nonfinite)
     return _MatchedBlocks(cuts.astype(np.int64), end, count, mean, nonfinite)
+
+
+def _unique(a: np.ndarray) -> np.ndarray:
+    """np.unique, in O(n) when ``a`` is already in order (a run's windows are)."""
+    if a.size and np.all(a[1:] >= a[:-1]):
+        return a[np.r_[True, a[1:] != a[:-1]]]
+    return np.unique(a)
+
+
+def _max_into(out: np.ndarray, index: np.ndarray, values: np.ndarray) -> None:
+    """out[index] = max(out[index], values) over repeated indices: one maximum per run of equal indices when
+    they are in order (np.maximum.at alone takes ~50 ms for 1,000,000 rows)."""
+    if index.size and np.all(index[1:] >= index[:-1]):
+        first = np.r_[0, np.flatnonzero(index[1:] != index[:-1]) + 1]
+        index, values = index[first], np.maximum.reduceat(values, first)
+    np.maximum.at(out, index, values)
 
 
 def _select_window(grid: _MatchedBlocks, win: Window, lo: int, hi: int, min_windows: int, notes: list[str]) -> np.ndarray | None:

@@ -555,3 +555,19 @@ def test_sides_are_read_in_turn_and_each_run_is_handed_over_before_the_next_is_r
     with pytest.raises(RunFormatError, match="candidate .*no such file"):
         sides.load_sides(samples / "healthy_seed0", samples / "no_such_run", each=lambda run: events.append(run))
     assert events == []
+
+
+def test_block_grid_helpers_equal_numpy_in_and_out_of_order():
+    """_unique and _max_into take an O(n) path when their input is in order (a run's windows): both paths must
+    give what np.unique and np.maximum.at give."""
+    rng = np.random.default_rng(0)
+    for trial in range(300):
+        a = np.sort(rng.integers(0, 20, rng.integers(0, 50)))
+        if trial % 3 == 0:
+            a = rng.permutation(a)
+        assert np.array_equal(gate._unique(a), np.unique(a))
+        v = rng.normal(size=a.size)
+        got, want = np.full(20, -np.inf), np.full(20, -np.inf)
+        gate._max_into(got, a, v)
+        np.maximum.at(want, a, v)
+        assert np.array_equal(got, want)
