@@ -651,8 +651,8 @@ def trend(
     return _trend_from_batches(bm, confidence, per_steps)
 
 
-def _trend_from_batches(bm: BatchMeans, confidence: float, per_steps: float) -> Trend:
-    sen = _SenTest(bm)
+def _trend_from_batches(bm: BatchMeans, confidence: float, per_steps: float, sen: _SenTest | None = None) -> Trend:
+    sen = sen or _SenTest(bm)
     slope = float(np.median(sen.slopes))
     intercept = float(np.median(bm.means) - slope * np.median(bm.x))
     lo, hi = sen.interval((1.0 - confidence) / 2)
@@ -699,11 +699,11 @@ def equivalence(
         y, x, weights=weights, n_batches=n_batches, batch_tau=batch_tau,
         min_batches=min_batches, max_batches=max_batches, correlation=correlation,
     )
-    tr = _trend_from_batches(bm, confidence, per_steps)
+    sen = _SenTest(bm)  # one set of pairwise slopes for the trend and the two one-sided tests
+    tr = _trend_from_batches(bm, confidence, per_steps, sen)
     if not tr.level > 0:
         raise InconclusiveError(f"level {tr.level:g} is not positive: a relative margin is meaningless")
     delta = margin * tr.level / per_steps
-    sen = _SenTest(bm)
     p = max(sen.p_below(-delta), sen.p_above(delta))
     lo, hi = sen.interval(alpha)
     scale = per_steps / tr.level
