@@ -101,17 +101,19 @@ def compare(baseline, candidate, tolerance, alpha, window, min_windows, rules, m
     # each run's findings (a whole analysis) start on another thread as soon as it is read, beside the next
     # read and then the gate's statistics
     started = {}
-    with ThreadPoolExecutor(max_workers=1) as pool:
-        start = None if opts.rule_set(tol, parsed)["findings"].off else (
-            lambda run: started.setdefault(id(run), pool.submit(gate.run_findings, run)))
-        try:
-            base, cand = load_sides(baseline, candidate, strict=strict, each=start)
-            warn_problems(base + cand)
-            v = gate.compare(base, cand, tolerance=tol, alpha=lvl, window=win, rules=parsed, correction=correction,
-                             min_windows=min_windows, max_lag=lag, force=force, unit=unit,
-                             findings_of=lambda run: started[id(run)].result())
-        finally:
-            pool.shutdown(wait=False, cancel_futures=True)  # an error: do not start the analyses still queued
+    pool = ThreadPoolExecutor(max_workers=1)
+    start = None if opts.rule_set(tol, parsed)["findings"].off else (
+        lambda run: started.setdefault(id(run), pool.submit(gate.run_findings, run)))
+    try:
+        base, cand = load_sides(baseline, candidate, strict=strict, each=start)
+        warn_problems(base + cand)
+        v = gate.compare(base, cand, tolerance=tol, alpha=lvl, window=win, rules=parsed, correction=correction,
+                         min_windows=min_windows, max_lag=lag, force=force, unit=unit,
+                         findings_of=lambda run: started[id(run)].result())
+    finally:
+        # on success every analysis is done (the verdict waited for them); on an error (a damaged candidate,
+        # say) the one under way is not waited for and the queued ones do not start: the error shows at once
+        pool.shutdown(wait=False, cancel_futures=True)
     if json_out:
         write_output(json_out, document.dumps(document.verdict_document(v)), "JSON verdict")
     if junit:
