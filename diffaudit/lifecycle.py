@@ -37,7 +37,6 @@ import time
 from datetime import datetime
 from dataclasses import dataclass
 
-import numpy as np
 import polars as pl
 
 STATES = ("finished", "failed", "in_progress", "ended", "unknown")
@@ -151,15 +150,16 @@ def lifecycle(run, *, now: float | None = None, flush_every: int | None = None) 
 
     last_write = cadence = None
     if steps.height and "time" in steps.columns:
-        t = steps["time"].cast(pl.Float64).drop_nulls().to_numpy()
-        t = t[np.isfinite(t)]
-        if t.size:
-            last_write = float(t.max())
-            dt = np.diff(np.sort(t))
-            dt = dt[dt > 0]
-            if dt.size:
+        # in polars: numpy's median imports numpy.ma (~15 ms of a `summary`'s start-up)
+        t = steps["time"].cast(pl.Float64).drop_nulls()
+        t = t.filter(t.is_finite()).sort()
+        if t.len():
+            last_write = float(t[-1])
+            dt = t.diff().drop_nulls()
+            dt = dt.filter(dt > 0)
+            if dt.len():
                 fe = flush_every or meta.get("flush_every") or DEFAULT_FLUSH_EVERY
-                cadence = float(np.median(dt)) * float(fe)
+                cadence = float(dt.median()) * float(fe)
     if last_write is None:  # no step written yet: the run's creation is its last sign of life
         last_write = _created(meta)
     since = now - last_write if last_write is not None else None

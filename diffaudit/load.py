@@ -443,8 +443,9 @@ def _read_all_at_once(kind: str, files: list[Path], footers: tuple) -> tuple[pl.
         if isinstance(e, (KeyboardInterrupt, SystemExit, MemoryError)):
             raise
         return None
-    part = np.repeat(np.arange(len(files), dtype=np.int32), counts)
-    return df.with_columns(pl.Series("_part", part, dtype=pl.Int32)), list(drop)
+    # the part index of each row, built in polars: a Series made from a numpy array imports numpy.ma (~15 ms)
+    part = pl.int_range(len(files), dtype=pl.Int32).repeat_by(pl.Series(counts, dtype=pl.UInt32)).explode()
+    return df.with_columns(pl.select(part.alias("_part")).to_series()), list(drop)
 
 
 def _cast_to_format(kind: str, df: pl.DataFrame) -> list[pl.Expr]:
@@ -614,8 +615,9 @@ def _overlapping_parts(df: pl.DataFrame, span: pl.DataFrame) -> pl.DataFrame:
     for i in range(end.size):
         reach[i] = max(reach[i - 1], end[i - 1]) if same[i] else np.iinfo(np.int64).min
     group = np.cumsum(~same)  # one id per (rank, segment)
-    overlapping = np.unique(group[same & (start <= reach)])  # a group in which some part overlaps an earlier one
-    hit = np.isin(group, overlapping) | mixed  # all of such a group's parts are checked
+    overlapping = np.zeros(int(group.max()) + 1 if group.size else 0, bool)
+    overlapping[group[same & (start <= reach)]] = True  # a group in which some part overlaps an earlier one
+    hit = overlapping[group] | mixed  # all of such a group's parts are checked
     if not hit.any():
         return df.clear()
     if hit.all():

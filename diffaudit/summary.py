@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -53,13 +54,12 @@ def summarize(run: Run, *, max_rows: int = 20, recent_fraction: float = 0.1) -> 
     first = int(steps.min()) if steps.size else None
     last = int(steps.max()) if steps.size else None
     missing = (last - first + 1 - steps.size) if steps.size else 0
-    loss = s["loss"].cast(pl.Float64).to_numpy() if s.height else np.array([])
     k = max(1, steps.size // 20)
     clip = s["clipped"].drop_nulls() if s.height else pl.Series([], dtype=pl.Boolean)
     tb = run.train_bins
     recent, recent_from = [], None
     if tb.height:
-        his = np.unique(tb["step_hi"].to_numpy())
+        his = tb["step_hi"].unique().sort().to_numpy()  # polars: np.unique would import numpy.ma (~15 ms)
         cut = his[int(np.floor((1 - recent_fraction) * (his.size - 1)))]
         recent_from = int(tb.filter(pl.col("step_hi") >= cut)["step_lo"].min())
         recent = _coarse_rows(run, tb.filter(pl.col("step_hi") >= cut), max_rows)
@@ -79,8 +79,8 @@ def summarize(run: Run, *, max_rows: int = 20, recent_fraction: float = 0.1) -> 
         problems=[str(p) for p in run.problems],
         nonfinite=int(s["nonfinite"].sum()) if s.height else 0,
         clip_rate=float(clip.mean()) if clip.len() else None,
-        first_loss=float(np.nanmedian(loss[:k])) if loss.size else None,
-        last_loss=float(np.nanmedian(loss[-k:])) if loss.size else None,
+        first_loss=_median(s["loss"].head(k)) if s.height else None,
+        last_loss=_median(s["loss"].tail(k)) if s.height else None,
         eval_windows=int(run.eval_bins["step_lo"].n_unique()) if run.eval_bins.height else 0,
         probe_steps=int(run.probes["step"].n_unique()) if run.probes.height else 0,
         recent_from_step=recent_from,
@@ -102,3 +102,9 @@ def _coarse_rows(run: Run, bins: pl.DataFrame, max_rows: int) -> list[BinRow]:
         std = float(np.sqrt(r["m2"] / (n - 1))) if n > 1 and r["m2"] is not None else float("nan")
         rows.append(BinRow(lo, hi, float(edges[lo]), float(edges[hi]), n, float(r["mean"]) if n else float("nan"), std))
     return rows
+
+
+def _median(x: pl.Series) -> float:
+    """The median of the finite and NaN-free values (NaN if none), in polars: numpy's imports numpy.ma (~15 ms)."""
+    m = x.cast(pl.Float64).fill_nan(None).median()
+    return math.nan if m is None else float(m)
