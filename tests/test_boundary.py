@@ -202,6 +202,27 @@ def test_case3_a_footer_longer_than_the_first_read_is_read_whole_on_the_fast_pat
     assert after.bins.equals(before.bins) and after.steps.equals(before.steps) and not after.problems
 
 
+def test_case3_a_part_with_no_rows_is_read_on_the_fast_path_and_counts_for_nothing(run, monkeypatch):
+    """A part may hold no rows; the fast reader numbers each row by its part from the footers' counts, and an
+    empty part must shift no row to another part (the copy check and the file-name check read that number)."""
+    from diffaudit import load
+
+    before = diffaudit.load_run(run)
+    bins = parts(run, "bins")
+    for i, f in reversed(list(enumerate(bins))):  # sequence numbers 0, 2, 4, ...: room for a part between two
+        f.rename(run / "parts" / rf.part_name("bins", 0, 1, 2 * i))
+    empty = run / "parts" / rf.part_name("bins", 0, 1, 3)
+    pq.write_table(pq.read_table(run / "parts" / rf.part_name("bins", 0, 1, 0)).slice(0, 0), empty)
+    assert parts(run, "bins").index(empty) == 2 and len(bins) >= 3
+    files = parts(run, "bins")
+    footers = load._checked_footers("bins", files, load.max_part_rows("bins", load._read_meta(run)))
+    df, _ = load._read_all_at_once("bins", files, footers)
+    assert df["_part"].to_list() == [i for i, f in enumerate(files) for _ in range(pq.read_metadata(f).num_rows)]
+    monkeypatch.setattr(load, "_read_part_by_part", lambda *a, **k: pytest.fail("left the fast path"))
+    after = diffaudit.load_run(run)
+    assert after.bins.equals(before.bins) and not after.problems
+
+
 def test_case3_parts_whose_arrow_schema_records_differ_go_to_the_careful_reader(run, monkeypatch):
     """Two parts with one Parquet schema but different Arrow types (a string column stored as large_string)
     are not read as one by the fast reader; the careful reader casts each to the format."""
