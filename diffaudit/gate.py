@@ -1297,8 +1297,8 @@ def _nonfinite_check(base, cand, rule, lo, hi) -> Check:
 
 
 def run_findings(run: Run):
-    """The findings of one run, as the findings rule reads them (a whole analysis)."""
-    return analyze(run).findings
+    """The findings of one run, as the findings rule reads them (an analysis without what only pages draw)."""
+    return analyze(run, plots=False).findings
 
 
 def _findings_checks(base, cand, rule, found) -> list[Check]:

@@ -683,3 +683,22 @@ def test_cli_report_html(tmp_path):
     assert res.exit_code == 0, res.output
     html = out.read_text()
     assert html.startswith("<!") and "clip" in html.lower()
+
+
+_SAMPLES = Path(__file__).resolve().parents[1] / "sample_logs"
+
+
+@pytest.mark.parametrize("name", ["corpus/clip_tight", "corpus/fp16_overflow", "corpus/frozen", "corpus/healthy_s00",
+                                  "lr_high", "resumed", "families/patches_edm/lr_high", "families/shapes_mlp/overflow",
+                                  "families/digits_conv_flow/no_time"])
+def test_an_analysis_without_plots_finds_what_a_whole_one_finds(name):
+    """The gate's findings rule analyses each run with plots=False: no detector may read what that leaves out,
+    on runs whose findings are of every kind (clipping, overflow, frozen, healthy, exploding, restarts, EDM)."""
+    run = diffaudit.load_run(_SAMPLES / name)
+    whole, lean = analyze(run, now=2e9), analyze(run, now=2e9, plots=False)
+    assert whole.findings and json.dumps(report_document(whole)["findings"], sort_keys=True) == json.dumps(
+        report_document(lean)["findings"], sort_keys=True)
+    assert whole.verdict == lean.verdict
+    assert lean.series.height == 0 and lean.series.columns[:3] == ["step_lo", "step_hi", "steps"]
+    assert lean.bin_series.height == 0 and "excess" in lean.bin_series.columns
+    assert whole.series.height > 0 and whole.bin_series.height > 0
