@@ -156,16 +156,15 @@ def load_run(path, *, strict: bool = False, allow_empty: bool = False, cache: di
 
 
 def _read_kinds(files: dict, info: RunMeta, problems: list[Problem], strict: bool, cache) -> dict:
-    """Every kind of part, pipelined: the footers of one kind are checked (Python, holding the GIL) while the
-    kind before it is read (polars, without the GIL); problems are kept in kind order, and the first error in
-    kind order is raised."""
+    """Every kind of part, two kinds read side by side (polars reads without the GIL); problems are kept in kind
+    order, and the first error in kind order is raised."""
     found = {kind: [] for kind in files}
     with ThreadPoolExecutor(max_workers=min(2, max(len(files), 1))) as pool:
         futures = {}
         for kind, fs in files.items():
             limit = max_part_rows(kind, info) if fs else 0
-            footers = _checked_footers(kind, fs, limit) if cache is None and len(fs) > FAST_READ_MIN_PARTS else None
-            futures[kind] = pool.submit(_read_kind, kind, fs, info, found[kind], strict, cache, footers)
+            first = _first_part(kind, fs, limit) if cache is None and len(fs) > FAST_READ_MIN_PARTS else None
+            futures[kind] = pool.submit(_read_kind, kind, fs, info, found[kind], strict, cache, first)
         tables = {kind: f.result() for kind, f in futures.items()}
     for kind in files:
         problems.extend(found[kind])
@@ -346,41 +345,31 @@ def _read_part(kind: str, f: Path, limit: int) -> tuple[pa.Table, list[str]]:
 FAST_READ_MIN_PARTS = 1  # a single part is read by the careful reader either way
 
 
-def _checked_footers(kind: str, files: list[Path], limit: int) -> tuple[list, list[str], list[int]] | None:
-    """(column names, dropped columns, rows per part) when every part of one kind passes the careful reader's
-    footer checks (a regular, non-empty file; a readable footer; rows within the limit; an acceptable schema)
-    and all share one schema: the common case, a run its own logger wrote. None sends the kind to the
-    part-by-part reader, which then names what is wrong.
+def _first_part(kind: str, files: list[Path], limit: int) -> tuple[list[str], list[str]] | None:
+    """(column names, dropped columns) of the first part of one kind when its footer passes the careful reader's
+    checks (a regular, non-empty file; a readable footer; rows within the limit; an acceptable schema): the
+    schema the fast reader holds every other part to. None sends the kind to the part-by-part reader, which
+    then names what is wrong.
 
-    Per part: one read of the file's last 8 KiB into memory, parsed there (no Python file object for pyarrow to
-    call back into: ~20% less time, all of it holding the GIL); the first part's schema is checked as Arrow
-    sees it, the others must carry the same Parquet schema and the same Arrow schema record.
+    One footer, read from the part's last bytes into memory and parsed there. The other parts' footers are
+    polars' to read, in its own threads, as it reads their pages (:func:`_read_all_at_once`): checking each in
+    Python first held the GIL for ~0.15 s per 1,000 parts, time nothing else could use.
     """
-    first, names, drop, counts = None, [], [], []
-    for f in files:
-        tail = _footer_bytes(f)
-        if tail is None:
-            return None
-        try:
-            md = pq.read_metadata(pa.py_buffer(tail))
-            n = _metadata_rows(md)
-        except Exception:
-            return None
-        if n > limit:
-            return None
-        if first is None:
-            try:
-                schema = pq.ParquetFile(pa.BufferReader(tail)).schema_arrow
-            except Exception:
-                return None
-            why, drop = schema_violation(kind, schema)
-            if why:
-                return None
-            first, names = md, list(schema.names)
-        elif not (md.schema.equals(first.schema) and _arrow_record(md) == _arrow_record(first)):
-            return None
-        counts.append(n)
-    return names, list(drop), counts
+    tail = _footer_bytes(files[0])
+    if tail is None:
+        return None
+    try:
+        pf = pq.ParquetFile(pa.BufferReader(tail))
+        n = _metadata_rows(pf.metadata)
+        schema = pf.schema_arrow
+    except Exception:
+        return None
+    if n > limit:
+        return None
+    why, drop = schema_violation(kind, schema)
+    if why:
+        return None
+    return list(schema.names), list(drop)
 
 
 FOOTER_READ = 1 << 13  # bytes read from a part's end; a logger's part has a footer of ~2.7 KB
@@ -415,37 +404,38 @@ def _metadata_rows(md) -> int:
     return max(md.num_rows, sum(md.row_group(i).num_rows for i in range(md.num_row_groups)))
 
 
-def _arrow_record(md) -> bytes | None:
-    """The Arrow schema pyarrow stored in a part's footer (types Parquet alone does not keep), if any."""
-    kv = md.metadata
-    return kv.get(b"ARROW:schema") if kv else None
+def _read_all_at_once(kind: str, files: list[Path], first: tuple, limit: int) -> tuple[pl.DataFrame, list[str]] | None:
+    """Every part of one kind in one multi-threaded polars read, held to the first part's schema
+    (:func:`_first_part`). None sends the caller to the part-by-part reader; so does any error of the read.
 
-
-def _read_all_at_once(kind: str, files: list[Path], footers: tuple) -> tuple[pl.DataFrame, list[str]] | None:
-    """Every part of one kind in one multi-threaded polars read, once :func:`_checked_footers` passed them.
-    None sends the caller to the part-by-part reader; so does any error of the read. Polars can panic on a
+    Polars raises for a part whose columns or types differ from the first's (a column missing, an extra one,
+    another type), as the careful reader needs to see them. Each row's part comes from its file's path. The
+    read stops after ``limit`` rows per part in all, so a part whose footer claims far more rows than a
+    part can hold (a decompression bomb) costs no more than parts at the limit would; any part over its limit
+    sends the kind to the careful reader, which refuses that part unread and names it. Polars can panic on a
     damaged page, printing from Rust: its stderr is silenced for the read, and the part-by-part reader
     (pyarrow, which raises instead) takes over.
     """
-    names, drop, counts = footers
+    names, drop = first
+    paths = [str(f) for f in files]
+    keep = [n for n in names if n not in drop]
     try:
         with _silenced_stderr():
-            df = pl.read_parquet([str(f) for f in files], glob=False, hive_partitioning=False,
-                                 columns=[n for n in names if n not in drop])
-        if df.height != sum(counts):
+            df = (pl.scan_parquet(paths, glob=False, hive_partitioning=False, include_file_paths="_path",
+                                  n_rows=limit * len(paths) + 1)
+                  .select(*keep, pl.col("_path").cast(pl.Enum(paths)).to_physical().cast(pl.Int32).alias("_part"))
+                  .collect())
+        counts = np.bincount(df["_part"].to_numpy(), minlength=len(paths))
+        if counts.size != len(paths) or counts.max(initial=0) > limit:
             return None
         # one chunk per column now, on this kind's thread: every later step wants it, and a drop on the main
         # thread would otherwise do it there (~0.06 s for 1,000,000 bins rows read from 1,000 parts)
-        df = df.rechunk().with_columns(_cast_to_format(kind, df))
+        df = df.rechunk().with_columns(_cast_to_format(kind, df.select(keep)))
     except BaseException as e:  # polars' errors, and its PanicException (a BaseException)
         if isinstance(e, (KeyboardInterrupt, SystemExit, MemoryError)):
             raise
         return None
-    # the part index of each row: how many parts end at or before it (in polars: a Series made from a numpy
-    # array imports numpy.ma, ~15 ms of a summary's start-up)
-    ends = pl.Series(counts, dtype=pl.Int64).cum_sum()
-    part = ends.search_sorted(pl.int_range(df.height, eager=True), side="right").cast(pl.Int32).alias("_part")
-    return df.with_columns(part), list(drop)
+    return df, list(drop)
 
 
 def _cast_to_format(kind: str, df: pl.DataFrame) -> list[pl.Expr]:
@@ -507,18 +497,19 @@ _ROW_KEYS = {
 
 
 def _read_kind(kind: str, files: list[Path], info: RunMeta, problems: list[Problem], strict: bool,
-               cache: dict | None = None, footers: tuple | None = None) -> pl.DataFrame | None:
+               cache: dict | None = None, first: tuple | None = None) -> pl.DataFrame | None:
     """Every usable part of one kind in one frame (column ``_part``: index into ``files``); damaged parts named.
 
-    Each part's footer is checked first (regular file, row count, schema; ``footers`` when
-    :func:`_checked_footers` passed them all already); the parts that pass are read and stacked;
+    With ``first`` (the first part's schema, from :func:`_first_part`) all parts are read at once when they
+    share it; otherwise each part's footer is checked first (regular file, row count, schema), the parts that
+    pass are read and stacked;
     then every row is checked against the format's invariants and a part with any bad row is
     dropped whole.
     """
     if not files:
         return None
     limit = max_part_rows(kind, info)
-    fast = _read_all_at_once(kind, files, footers) if footers is not None else None
+    fast = _read_all_at_once(kind, files, first, limit) if first is not None else None
     if fast is not None:
         df, dropped = fast
         _note_dropped(kind, dropped, files, problems)

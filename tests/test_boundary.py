@@ -10,6 +10,7 @@ import sys
 import xml.etree.ElementTree as ET
 
 import numpy as np
+import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -156,13 +157,17 @@ def test_case3_a_bins_part_with_millions_of_rows_is_skipped_unread(run, monkeypa
     _bomb(bomb, pq.read_table(last), 4_000_000)
     assert bomb.stat().st_size < 2_000_000
     before = snapshot(run)
-    # the bomb's pages are never decoded: neither a pyarrow read nor a polars scan ever sees the file
-    seen = []
+    # the careful reader never reads the bomb's pages; the fast reader, which reads all parts in one scan, stops
+    # after as many rows as the parts could hold at their limit, then sends the kind to the careful reader
+    seen, capped = [], []
     real_read, real_scan = pq.ParquetFile.read, __import__("polars").scan_parquet
     monkeypatch.setattr(pq.ParquetFile, "read", lambda self, *a, **k: seen.append(self.metadata.num_rows) or real_read(self, *a, **k))
-    monkeypatch.setattr("polars.scan_parquet", lambda src, **k: seen.extend(map(str, src)) or real_scan(src, **k))
+    monkeypatch.setattr("polars.scan_parquet",
+                        lambda src, **k: capped.append((len(src), k.get("n_rows"))) or real_scan(src, **k))
     loaded = diffaudit.load_run(run)
-    assert str(bomb) not in seen and 4_000_000 not in seen and len(seen) >= 1
+    assert 4_000_000 not in seen and len(seen) >= 1
+    n_bins = len(parts(run, "bins"))
+    assert (n_bins, 65_536 * n_bins + 1) in capped and 65_536 * n_bins + 1 < 4_000_000
     monkeypatch.undo()
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     out = subprocess.run([sys.executable, "-c", _PEAK_RSS, str(run)], capture_output=True, text=True, timeout=120, env=env)
@@ -203,8 +208,8 @@ def test_case3_a_footer_longer_than_the_first_read_is_read_whole_on_the_fast_pat
 
 
 def test_case3_a_part_with_no_rows_is_read_on_the_fast_path_and_counts_for_nothing(run, monkeypatch):
-    """A part may hold no rows; the fast reader numbers each row by its part from the footers' counts, and an
-    empty part must shift no row to another part (the copy check and the file-name check read that number)."""
+    """A part may hold no rows; the fast reader numbers each row by its part (its file's path), and an empty
+    part must shift no row to another part (the copy check and the file-name check read that number)."""
     from diffaudit import load
 
     before = diffaudit.load_run(run)
@@ -215,30 +220,53 @@ def test_case3_a_part_with_no_rows_is_read_on_the_fast_path_and_counts_for_nothi
     pq.write_table(pq.read_table(run / "parts" / rf.part_name("bins", 0, 1, 0)).slice(0, 0), empty)
     assert parts(run, "bins").index(empty) == 2 and len(bins) >= 3
     files = parts(run, "bins")
-    footers = load._checked_footers("bins", files, load.max_part_rows("bins", load._read_meta(run)))
-    df, _ = load._read_all_at_once("bins", files, footers)
+    limit = load.max_part_rows("bins", load._read_meta(run))
+    df, _ = load._read_all_at_once("bins", files, load._first_part("bins", files, limit), limit)
     assert df["_part"].to_list() == [i for i, f in enumerate(files) for _ in range(pq.read_metadata(f).num_rows)]
     monkeypatch.setattr(load, "_read_part_by_part", lambda *a, **k: pytest.fail("left the fast path"))
     after = diffaudit.load_run(run)
     assert after.bins.equals(before.bins) and not after.problems
 
 
-def test_case3_parts_whose_arrow_schema_records_differ_go_to_the_careful_reader(run, monkeypatch):
-    """Two parts with one Parquet schema but different Arrow types (a string column stored as large_string)
-    are not read as one by the fast reader; the careful reader casts each to the format."""
-    from diffaudit import load
-
+def test_case3_parts_whose_arrow_types_differ_are_read_as_the_format_says(run):
+    """Two parts with one Parquet schema but different Arrow types (a string column stored as large_string):
+    whichever reader takes them, the column comes out in the format's type and the rows are the same."""
     before = diffaudit.load_run(run)
     f = parts(run, "bins")[0]
     t = pq.read_table(f)
     pq.write_table(t.cast(pa.schema([fld.with_type(pa.large_string()) if fld.name == "split" else fld
                                      for fld in t.schema])), f)
+    after = diffaudit.load_run(run)
+    assert after.bins.equals(before.bins) and not after.problems
+
+
+@pytest.mark.parametrize("change", ["extra column", "missing column", "other type"])
+def test_case3_a_part_with_another_schema_than_the_first_goes_to_the_careful_reader(run, monkeypatch, change):
+    """The fast reader holds every part to the first one's schema; a part with another (a user scalar logged
+    from some step on, or only until some step; a column of another type) sends the kind to the careful
+    reader, which reads each part with its own columns."""
+    from diffaudit import load
+
+    steps = parts(run, "steps")
+    f = steps[0] if change == "missing column" else steps[-1]  # a scalar only the first part has
+    t = pq.read_table(f)
+    if change == "other type":
+        t = t.set_column(t.schema.get_field_index("lr"), "lr", t["lr"].cast(pa.float32()))
+    else:
+        t = t.append_column("ema_loss", pa.array(np.linspace(1.0, 2.0, t.num_rows)))
+    pq.write_table(t, f)
     careful = []
     real = load._read_part_by_part
     monkeypatch.setattr(load, "_read_part_by_part", lambda kind, *a, **k: careful.append(kind) or real(kind, *a, **k))
-    after = diffaudit.load_run(run)
-    assert careful == ["bins"]
-    assert after.bins.equals(before.bins) and not after.problems
+    got = diffaudit.load_run(run)
+    assert careful == ["steps"] and not got.problems
+    mine = got.steps.filter(pl.col("step").is_in(t["step"].to_pylist()))
+    assert mine.height == t.num_rows and got.steps.height == sum(pq.read_metadata(p).num_rows for p in steps)
+    if change == "other type":
+        assert mine["lr"].dtype == pl.Float64 and mine["lr"].to_list() == pytest.approx(t["lr"].to_pylist())
+    else:
+        assert mine["ema_loss"].to_list() == pytest.approx(np.linspace(1.0, 2.0, t.num_rows).tolist())
+        assert got.steps["ema_loss"].null_count() == got.steps.height - t.num_rows
 
 
 # ----------------------------------------------------------------------------
