@@ -32,19 +32,21 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import polars as pl
-import pyarrow as pa
-import pyarrow.parquet as pq
 
 from diffaudit import runformat as rf
 from diffaudit.errors import DiffauditError, RunFormatError
 from diffaudit.noise import Process
 from diffaudit.store import is_url, local_path, sync_run
-from diffaudit.validate import (MAX_SCHEDULE_ROWS, RunMeta, conform, file_kind, first_violations, invariants,
-                                loads, max_export_rows, max_part_rows, open_regular, parse_meta, read_json_file,
-                                schema_violation)
+from diffaudit.validate import (MAX_SCHEDULE_ROWS, RunMeta, arrow_types, conform, file_kind, first_violations,
+                                invariants, loads, max_export_rows, max_part_rows, open_regular, parse_meta,
+                                polars_types, read_json_file, schema_violation)
+
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 EXPORT_META_KEY = b"diffaudit.run"
 EXPORT_SCHEDULE_KEY = b"diffaudit.schedule"
@@ -113,7 +115,7 @@ class Run:
 
     @property
     def extra_scalars(self) -> list[str]:
-        fixed = set(rf.STEPS_SCHEMA.names) | set(rf.STEPS_OPTIONAL.names) | {"n_ranks"}
+        fixed = set(rf.names(rf.STEPS_COLUMNS)) | set(rf.names(rf.STEPS_OPTIONAL_COLUMNS)) | {"n_ranks"}
         return [c for c in self.steps.columns if c not in fixed]
 
 
@@ -162,8 +164,7 @@ def _read_kinds(files: dict, info: RunMeta, problems: list[Problem], strict: boo
     with ThreadPoolExecutor(max_workers=min(2, max(len(files), 1))) as pool:
         futures = {}
         for kind, fs in files.items():
-            limit = max_part_rows(kind, info) if fs else 0
-            first = _first_part(kind, fs, limit) if cache is None and len(fs) > FAST_READ_MIN_PARTS else None
+            first = _first_part(kind, fs) if cache is None and len(fs) > FAST_READ_MIN_PARTS else None
             futures[kind] = pool.submit(_read_kind, kind, fs, info, found[kind], strict, cache, first)
         tables = {kind: f.result() for kind, f in futures.items()}
     for kind in files:
@@ -226,25 +227,33 @@ def _process(info: RunMeta, alpha_bar, one_minus, where) -> Process:
 
 
 def _read_schedule(sf: Path) -> pl.DataFrame:
-    with open_regular(sf, "schedule") as f:
-        try:
-            pf = pq.ParquetFile(f)
-            n = _footer_rows(pf)
-        except Exception as e:
-            raise RunFormatError(f"{sf}: cannot be read ({_short(e)})") from None
-        if n > MAX_SCHEDULE_ROWS:
-            raise RunFormatError(f"{sf}: {n:,} rows, more timesteps than any schedule has ({MAX_SCHEDULE_ROWS:,})")
-        names = pf.schema_arrow.names
-        for col in ("alpha_bar", "one_minus_alpha_bar"):
-            if col not in names:
-                raise RunFormatError(f"{sf}: schedule has no column {col!r}")
-            typ = pf.schema_arrow.field(col).type
-            if not pa.types.is_floating(typ):
-                raise RunFormatError(f"{sf}: schedule column {col!r} has type {typ}, expected float64")
-        try:
-            return pl.from_arrow(pf.read().replace_schema_metadata(None))
-        except Exception as e:
-            raise RunFormatError(f"{sf}: cannot be read ({_short(e)})") from None
+    """The schedule file: a regular file, at most MAX_SCHEDULE_ROWS rows (counted from its footer, before any
+    page is read), float alpha_bar and one_minus_alpha_bar columns."""
+    open_regular(sf, "schedule").close()  # a FIFO or a directory is named, not opened by polars
+    try:
+        with _silenced_stderr():
+            lf = pl.scan_parquet(sf, glob=False, hive_partitioning=False)
+            n = lf.select(pl.len()).collect().item()
+            schema = lf.collect_schema()
+    except BaseException as e:  # polars' errors, and its PanicException (a BaseException)
+        if isinstance(e, (KeyboardInterrupt, SystemExit, MemoryError)):
+            raise
+        raise RunFormatError(f"{sf}: cannot be read ({_short(e)})") from None
+    if n > MAX_SCHEDULE_ROWS:
+        raise RunFormatError(f"{sf}: {n:,} rows, more timesteps than any schedule has ({MAX_SCHEDULE_ROWS:,})")
+    types = dict(polars_types(schema))
+    for col in ("alpha_bar", "one_minus_alpha_bar"):
+        if col not in types:
+            raise RunFormatError(f"{sf}: schedule has no column {col!r}")
+        if not schema[col].is_float():
+            raise RunFormatError(f"{sf}: schedule column {col!r} has type {types[col]}, expected float64")
+    try:
+        with _silenced_stderr():
+            return lf.collect()
+    except BaseException as e:
+        if isinstance(e, (KeyboardInterrupt, SystemExit, MemoryError)):
+            raise
+        raise RunFormatError(f"{sf}: cannot be read ({_short(e)})") from None
 
 
 def _schedule_arrays(schedule: pl.DataFrame, where) -> tuple[np.ndarray, np.ndarray]:
@@ -314,6 +323,8 @@ def _read_part(kind: str, f: Path, limit: int) -> tuple[pa.Table, list[str]]:
     pyarrow, not a polars scan: a damaged page raises a Python exception here, where polars'
     streaming reader can panic (and print a Rust backtrace) before it does.
     """
+    import pyarrow.parquet as pq  # the careful reader's: a run its own logger wrote never needs pyarrow
+
     try:
         fh = open_regular(f)
     except RunFormatError as e:
@@ -329,7 +340,7 @@ def _read_part(kind: str, f: Path, limit: int) -> tuple[pa.Table, list[str]]:
             raise _Damage(f"not a readable Parquet file ({_short(e)})") from None
         if n > limit:
             raise _Damage(f"{n:,} rows, more than a {kind} part of this run can hold ({limit:,}); not read")
-        why, drop = schema_violation(kind, schema)
+        why, drop = schema_violation(kind, arrow_types(schema))
         if why:
             raise _Damage(why)
         try:
@@ -345,58 +356,26 @@ def _read_part(kind: str, f: Path, limit: int) -> tuple[pa.Table, list[str]]:
 FAST_READ_MIN_PARTS = 1  # a single part is read by the careful reader either way
 
 
-def _first_part(kind: str, files: list[Path], limit: int) -> tuple[list[str], list[str]] | None:
-    """(column names, dropped columns) of the first part of one kind when its footer passes the careful reader's
-    checks (a regular, non-empty file; a readable footer; rows within the limit; an acceptable schema): the
-    schema the fast reader holds every other part to. None sends the kind to the part-by-part reader, which
-    then names what is wrong.
+def _first_part(kind: str, files: list[Path]) -> tuple[list[str], list[str]] | None:
+    """(column names, dropped columns) of the first part of one kind when its schema passes the careful reader's
+    checks: the schema the fast reader holds every other part to. None sends the kind to the part-by-part
+    reader, which then names what is wrong.
 
-    One footer, read from the part's last bytes into memory and parsed there. The other parts' footers are
-    polars' to read, in its own threads, as it reads their pages (:func:`_read_all_at_once`): checking each in
-    Python first held the GIL for ~0.15 s per 1,000 parts, time nothing else could use.
+    Polars reads this footer and, as it reads their pages, every other part's (:func:`_read_all_at_once`), in
+    its own threads: checking each in Python first held the GIL for ~0.15 s per 1,000 parts, and pyarrow, which
+    parsed them, takes ~0.07 s to import.
     """
-    tail = _footer_bytes(files[0])
-    if tail is None:
-        return None
     try:
-        pf = pq.ParquetFile(pa.BufferReader(tail))
-        n = _metadata_rows(pf.metadata)
-        schema = pf.schema_arrow
-    except Exception:
+        with _silenced_stderr():
+            schema = pl.read_parquet_schema(files[0])
+    except BaseException as e:  # polars' errors (a duplicate column name among them), and its PanicException
+        if isinstance(e, (KeyboardInterrupt, SystemExit, MemoryError)):
+            raise
         return None
-    if n > limit:
-        return None
-    why, drop = schema_violation(kind, schema)
+    why, drop = schema_violation(kind, polars_types(schema))
     if why:
         return None
-    return list(schema.names), list(drop)
-
-
-FOOTER_READ = 1 << 13  # bytes read from a part's end; a logger's part has a footer of ~2.7 KB
-
-
-def _footer_bytes(f: Path) -> bytes | None:
-    """The last bytes of a part, holding its whole footer (read again at its length when longer than FOOTER_READ);
-    None if it is not a regular, non-empty file or cannot be read (then the careful reader says why). Opened
-    without waiting on a FIFO (O_NONBLOCK)."""
-    try:
-        fd = os.open(f, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
-    except OSError:
-        return None
-    try:
-        st = os.fstat(fd)
-        size = st.st_size
-        if not stat.S_ISREG(st.st_mode) or size < 12:  # "PAR1", a footer length, "PAR1" at least
-            return None
-        tail = os.pread(fd, min(size, FOOTER_READ), max(size - FOOTER_READ, 0))
-        footer = int.from_bytes(tail[-8:-4], "little") + 8 if len(tail) >= 8 else size + 1
-        if footer > len(tail) and footer <= size:  # a footer longer than the first read
-            tail = os.pread(fd, footer, size - footer)
-        return tail
-    except OSError:
-        return None
-    finally:
-        os.close(fd)
+    return list(schema), list(drop)
 
 
 def _metadata_rows(md) -> int:
@@ -454,8 +433,12 @@ def _cast_to_format(kind: str, df: pl.DataFrame) -> list[pl.Expr]:
 
 @functools.lru_cache(maxsize=None)
 def _format_dtypes(kind: str) -> tuple:
-    schemas = [rf.SCHEMAS[kind]] + ([rf.STEPS_OPTIONAL] if kind == "steps" else [])
-    return tuple((n, d) for s in schemas for n, d in pl.from_arrow(s.empty_table()).schema.items())
+    columns = rf.COLUMNS[kind] + (rf.STEPS_OPTIONAL_COLUMNS if kind == "steps" else ())
+    return tuple((n, _POLARS[t]) for n, t in columns)
+
+
+_POLARS = {"int64": pl.Int64, "int32": pl.Int32, "float64": pl.Float64, "float32": pl.Float32, "bool": pl.Boolean,
+           "string": pl.String}
 
 
 _SILENCE = threading.Lock()
@@ -530,6 +513,8 @@ def _note_dropped(kind: str, dropped, files: list[Path], problems: list[Problem]
 def _read_part_by_part(kind: str, files: list[Path], limit: int, problems: list[Problem], strict: bool,
                        cache: dict | None) -> pl.DataFrame | None:
     """The careful reader: each part on its own (pyarrow), a damaged one named and skipped."""
+    import pyarrow as pa
+
     tables, dropped = [], set()
 
     def read(f):
@@ -659,7 +644,7 @@ def _short(e: Exception) -> str:
 
 
 def _empty(kind: str) -> pl.DataFrame:
-    return pl.from_arrow(rf.SCHEMAS[kind].empty_table())
+    return pl.DataFrame(schema={n: _POLARS[t] for n, t in rf.COLUMNS[kind]})
 
 
 def _assemble(path, meta, process, schedule, tables, problems, resolved: bool = False, markers: dict | None = None,
@@ -1024,6 +1009,9 @@ def _bins_with_rank(run: Run) -> pl.DataFrame:
 
 def _load_export(p: Path, strict: bool = False, allow_empty: bool = True) -> Run:
     """An exported run: its metadata checked like run.json, each of its tables like a part."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
     with open_regular(p, "exported run") as fh:
         size = os.fstat(fh.fileno()).st_size
         if size == 0:
@@ -1100,19 +1088,18 @@ def _export_table(p: Path, sub: pl.DataFrame, kind: str, info: RunMeta, problems
     """The rows of one table of an export, checked like a part of that kind (or None, named, when damaged)."""
     if sub.height == 0:
         return None
-    names = rf.SCHEMAS[kind].names
+    names = rf.names(rf.COLUMNS[kind])
     keep = [c for c in sub.columns if c != "table" and (c in names or sub[c].null_count() < sub.height)]
     sub = sub.select(keep)
     # stacking tables gave shared columns a common type (a float `bin` beside a float scalar): undo it if exact
-    for f in rf.SCHEMAS[kind]:
-        c = f.name
-        if c in sub.columns and pa.types.is_integer(f.type) and sub[c].dtype.is_float():
+    for c, typ in rf.COLUMNS[kind]:
+        if c in sub.columns and typ.startswith("int") and sub[c].dtype.is_float():
             v = sub[c].drop_nulls()
             if v.len() == 0 or bool((v.is_finite() & (v == v.floor())).all()):
                 sub = sub.with_columns(pl.col(c).cast(pl.Int64, strict=False))
     where = f"{p} (table {kind})"
     table = sub.to_arrow()
-    why, drop = schema_violation(kind, table.schema)
+    why, drop = schema_violation(kind, arrow_types(table.schema))
     if why is None:
         try:
             table = conform(kind, table, drop)

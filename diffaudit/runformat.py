@@ -25,10 +25,12 @@ import re
 import uuid
 from pathlib import Path
 
-import pyarrow as pa
-import pyarrow.parquet as pq
+from typing import TYPE_CHECKING
 
 from diffaudit.errors import RunFormatError
+
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 FORMAT_NAME = "diffaudit-run"
 FORMAT_VERSION = 1  # bump on incompatible change; readers refuse newer versions
@@ -66,77 +68,99 @@ PARQUET_COMPRESSION = "zstd"
 
 # ----------------------------------------------------------------------------
 # Schemas. Columns listed here are required in every part of that kind; steps
-# parts may carry extra float64 columns (the user's own scalars).
+# parts may carry extra float64 columns (the user's own scalars). Each column is
+# (name, type) with the type named as Arrow prints it (float64 for double); the
+# pyarrow schemas (STEPS_SCHEMA, ..., SCHEMAS) are built from these on first use,
+# so a reader that never writes or reads through pyarrow never imports it.
 
-STEPS_SCHEMA = pa.schema(
-    [
-        ("step", pa.int64()),
-        ("segment", pa.int32()),
-        ("rank", pa.int32()),
-        ("time", pa.float64()),  # unix seconds when log() was first called for this step
-        ("loss", pa.float32()),  # mean of the finite per-sample losses of the step (all micro-batches)
-        ("count", pa.int32()),  # finite per-sample losses in the step
-        ("nonfinite", pa.int32()),  # NaN/Inf per-sample losses in the step (excluded from loss)
-        ("grad_norm", pa.float32()),  # pre-clip total gradient norm, null if not given
-        ("clip_threshold", pa.float32()),
-        ("clipped", pa.bool_()),  # grad_norm > clip_threshold, null if either is missing
-        ("lr", pa.float64()),
-        ("loss_scale", pa.float32()),
-        ("wloss", pa.float32()),  # weighted mean sum(w*l)/sum(w), null without weights
-    ]
+STEPS_COLUMNS = (
+    ("step", "int64"),
+    ("segment", "int32"),
+    ("rank", "int32"),
+    ("time", "float64"),  # unix seconds when log() was first called for this step
+    ("loss", "float32"),  # mean of the finite per-sample losses of the step (all micro-batches)
+    ("count", "int32"),  # finite per-sample losses in the step
+    ("nonfinite", "int32"),  # NaN/Inf per-sample losses in the step (excluded from loss)
+    ("grad_norm", "float32"),  # pre-clip total gradient norm, null if not given
+    ("clip_threshold", "float32"),
+    ("clipped", "bool"),  # grad_norm > clip_threshold, null if either is missing
+    ("lr", "float64"),
+    ("loss_scale", "float32"),
+    ("wloss", "float32"),  # weighted mean sum(w*l)/sum(w), null without weights
 )
 
 # Optional logger columns of steps parts (absent in runs of older loggers): timestep checks.
-STEPS_OPTIONAL = pa.schema(
-    [
-        ("bad_t", pa.int32()),  # samples whose timestep cannot belong to the process (excluded from every statistic)
-        ("t_min", pa.float64()),  # smallest and largest raw timestep logged in the step (train split)
-        ("t_max", pa.float64()),
-    ]
+STEPS_OPTIONAL_COLUMNS = (
+    ("bad_t", "int32"),  # samples whose timestep cannot belong to the process (excluded from every statistic)
+    ("t_min", "float64"),  # smallest and largest raw timestep logged in the step (train split)
+    ("t_max", "float64"),
 )
 
-BINS_SCHEMA = pa.schema(
-    [
-        ("split", pa.string()),  # one of SPLITS
-        ("rank", pa.int32()),
-        ("segment", pa.int32()),
-        ("step_lo", pa.int64()),  # first and last step that contributed to this window
-        ("step_hi", pa.int64()),
-        ("bin", pa.int32()),
-        ("count", pa.int64()),  # finite samples
-        ("mean", pa.float64()),
-        ("m2", pa.float64()),  # sum of squared deviations from mean (Welford/Chan)
-        ("min", pa.float32()),
-        ("max", pa.float32()),
-        ("nonfinite", pa.int64()),
-        ("wsum", pa.float64()),  # sum of per-sample weights, null without weights
-        ("wmean", pa.float64()),  # weighted mean loss, null without weights
-    ]
+BINS_COLUMNS = (
+    ("split", "string"),  # one of SPLITS
+    ("rank", "int32"),
+    ("segment", "int32"),
+    ("step_lo", "int64"),  # first and last step that contributed to this window
+    ("step_hi", "int64"),
+    ("bin", "int32"),
+    ("count", "int64"),  # finite samples
+    ("mean", "float64"),
+    ("m2", "float64"),  # sum of squared deviations from mean (Welford/Chan)
+    ("min", "float32"),
+    ("max", "float32"),
+    ("nonfinite", "int64"),
+    ("wsum", "float64"),  # sum of per-sample weights, null without weights
+    ("wmean", "float64"),  # weighted mean loss, null without weights
 )
 
-PROBES_SCHEMA = pa.schema(
-    [
-        ("rank", pa.int32()),
-        ("segment", pa.int32()),
-        ("step", pa.int64()),
-        ("probe_bin", pa.int32()),
-        ("bin_lo", pa.int32()),  # the probe bin covers fine bins [bin_lo, bin_hi)
-        ("bin_hi", pa.int32()),
-        ("count", pa.int32()),
-        ("grad_norm", pa.float32()),  # norm of the gradient of this bin's mean loss; null if count == 0
-    ]
+PROBES_COLUMNS = (
+    ("rank", "int32"),
+    ("segment", "int32"),
+    ("step", "int64"),
+    ("probe_bin", "int32"),
+    ("bin_lo", "int32"),  # the probe bin covers fine bins [bin_lo, bin_hi)
+    ("bin_hi", "int32"),
+    ("count", "int32"),
+    ("grad_norm", "float32"),  # norm of the gradient of this bin's mean loss; null if count == 0
 )
 
-OPTIMUM_SCHEMA = pa.schema(
-    [
-        ("bin", pa.int32()),
-        ("loss_opt", pa.float64()),
-        ("stderr", pa.float64()),
-        ("n", pa.int64()),
-    ]
+OPTIMUM_COLUMNS = (
+    ("bin", "int32"),
+    ("loss_opt", "float64"),
+    ("stderr", "float64"),
+    ("n", "int64"),
 )
 
-SCHEMAS = {"steps": STEPS_SCHEMA, "bins": BINS_SCHEMA, "probes": PROBES_SCHEMA, "optimum": OPTIMUM_SCHEMA}
+COLUMNS = {"steps": STEPS_COLUMNS, "bins": BINS_COLUMNS, "probes": PROBES_COLUMNS, "optimum": OPTIMUM_COLUMNS}
+_ARROW_SCHEMAS = {"STEPS_SCHEMA": STEPS_COLUMNS, "BINS_SCHEMA": BINS_COLUMNS, "PROBES_SCHEMA": PROBES_COLUMNS,
+                  "OPTIMUM_SCHEMA": OPTIMUM_COLUMNS, "STEPS_OPTIONAL": STEPS_OPTIONAL_COLUMNS}
+
+
+def names(columns) -> list[str]:
+    """The names of a column spec (``STEPS_COLUMNS``, ...)."""
+    return [n for n, _ in columns]
+
+
+def arrow_schema(columns):
+    """The pyarrow schema of a column spec."""
+    import pyarrow as pa
+
+    types = {"int64": pa.int64, "int32": pa.int32, "float64": pa.float64, "float32": pa.float32, "bool": pa.bool_,
+             "string": pa.string}
+    return pa.schema([(n, types[t]()) for n, t in columns])
+
+
+def __getattr__(name: str):
+    """STEPS_SCHEMA, BINS_SCHEMA, PROBES_SCHEMA, OPTIMUM_SCHEMA, STEPS_OPTIONAL and SCHEMAS as pyarrow schemas,
+    built (and pyarrow imported) on first use."""
+    if name in _ARROW_SCHEMAS:
+        value = arrow_schema(_ARROW_SCHEMAS[name])
+    elif name == "SCHEMAS":
+        value = {kind: __getattr__(f"{kind.upper()}_SCHEMA") for kind in COLUMNS}
+    else:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    globals()[name] = value
+    return value
 
 
 # ----------------------------------------------------------------------------
@@ -178,6 +202,8 @@ def _fsync_dir(path: Path) -> None:
 
 def write_table_atomic(table: pa.Table, path: Path, metadata: dict | None = None) -> None:
     """Write a Parquet file so that ``path`` either does not exist or is complete."""
+    import pyarrow.parquet as pq
+
     path = Path(path)
     tmp = path.with_name("." + path.name + f".{os.getpid()}" + TMP_SUFFIX)
     if metadata:
@@ -230,6 +256,9 @@ def write_optimum_part(run_dir, result, *, metadata: dict) -> Path:
     run_dir = Path(run_dir)
     if not (run_dir / RUN_JSON).is_file():
         raise RunFormatError(f"{run_dir}: not a run directory (no {RUN_JSON})")
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
     cols = result.as_dict()
     table = pa.table(
         {
@@ -238,8 +267,8 @@ def write_optimum_part(run_dir, result, *, metadata: dict) -> Path:
             "stderr": pa.array(cols["stderr"], pa.float64()),
             "n": pa.array(cols["n"], pa.int64()),
         },
-        schema=OPTIMUM_SCHEMA,
-    )
+        schema=arrow_schema(OPTIMUM_COLUMNS),
+)
     info = {**metadata, "estimator": result.estimator, "subset_size": int(result.subset_size)}
     table = table.replace_schema_metadata({"diffaudit.optimum": json.dumps(info, sort_keys=True, default=str)})
     parts = run_dir / PARTS_DIR

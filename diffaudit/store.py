@@ -14,6 +14,8 @@ credentials come from pyarrow (``pyarrow.fs.FileSystem.from_uri``): the usual
 environment (AWS_* variables, AWS_ENDPOINT_URL for S3-compatible servers,
 GOOGLE_APPLICATION_CREDENTIALS, ...).
 
+pyarrow is imported only when a remote location is opened: reading a local run never needs it.
+
 Readers (every command) copy a remote run into a local cache once
 (:func:`sync_run`): parts are immutable, so a later read fetches only the objects
 that are new, and the local loader reads the copy.
@@ -26,9 +28,6 @@ import io
 import json
 import os
 from pathlib import Path
-
-import pyarrow.fs as pafs
-import pyarrow.parquet as pq
 
 from diffaudit.errors import RunFormatError
 from diffaudit.runformat import PARQUET_COMPRESSION
@@ -49,6 +48,8 @@ def local_path(path) -> Path:
 
 
 def _fs(url: str):
+    import pyarrow.fs as pafs  # object storage only: a local run never needs it
+
     try:
         return pafs.FileSystem.from_uri(url)
     except Exception as e:  # pyarrow raises ArrowInvalid, OSError, ... with the reason
@@ -66,6 +67,8 @@ class RemoteStore:
         return f"{self.root}/{rel}" if rel else self.root
 
     def exists(self, rel: str) -> bool:
+        import pyarrow.fs as pafs
+
         return self.fs.get_file_info(self._p(rel)).type != pafs.FileType.NotFound
 
     def put(self, rel: str, data: bytes) -> None:
@@ -78,6 +81,8 @@ class RemoteStore:
 
     def list(self, rel: str = "") -> list[tuple[str, int]]:
         """(path relative to the run, size) of every object under ``rel``."""
+        import pyarrow.fs as pafs
+
         base = self._p(rel)
         try:
             infos = self.fs.get_file_info(pafs.FileSelector(base, recursive=True, allow_not_found=True))
@@ -90,6 +95,8 @@ class RemoteStore:
         self.put(rel, (json.dumps(obj, indent=1, sort_keys=True, default=str, allow_nan=False) + "\n").encode())
 
     def put_table(self, rel: str, table) -> None:
+        import pyarrow.parquet as pq
+
         buf = io.BytesIO()
         pq.write_table(table, buf, compression=PARQUET_COMPRESSION)
         self.put(rel, buf.getvalue())

@@ -11,9 +11,12 @@ used before it is checked here. Two outcomes only:
 
 Reads are bounded: files are opened only if they are regular files (a FIFO would
 block forever), JSON only up to :data:`MAX_JSON_BYTES` and :data:`MAX_JSON_DEPTH`,
-and a part only if its footer's row count is one the run's steps, windows and bins
-can produce (:func:`max_part_rows`), so a decompression bomb is refused before
-it is materialised.
+and a part's rows to what the run's steps, windows and bins can produce
+(:func:`max_part_rows`): the careful reader refuses a part whose footer claims more
+before reading a page, and the fast reader, one scan of all parts, stops after that
+many rows per part in all, so a decompression bomb is never materialised.
+Schemas are checked as (name, type name) pairs (:func:`schema_violation`), from
+pyarrow's view of a part (:func:`arrow_types`) or polars' (:func:`polars_types`).
 """
 
 from __future__ import annotations
@@ -23,13 +26,16 @@ import math
 import os
 import stat
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import polars as pl
-import pyarrow as pa
 
 from diffaudit import runformat as rf
 from diffaudit.errors import RunFormatError
 from diffaudit.noise import PREDICTIONS, PROCESSES
+
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 MAX_JSON_BYTES = 64 << 20  # run.json with a data_spectrum of 10^6 eigenvalues is ~25 MB
 MAX_JSON_DEPTH = 100  # nesting of run.json (the user's config included), markers and export metadata
@@ -268,64 +274,82 @@ def max_export_rows(size_bytes: int) -> int:
 # Parts: schema
 
 
-def _integer(t) -> bool:
-    return pa.types.is_integer(t)
+_INTEGERS = frozenset(f"{s}int{b}" for s in ("", "u") for b in (8, 16, 32, 64))
+_FLOATS = frozenset({"float16", "float32", "float64"})
+_STRINGS = frozenset({"string", "large_string", "string_view"})
 
 
-def _fits(expected: pa.DataType, got: pa.DataType) -> bool:
+def _arrow_name(t) -> str:
+    return {"double": "float64", "float": "float32", "halffloat": "float16"}.get(str(t), str(t))
+
+
+def arrow_types(schema) -> list[tuple[str, str]]:
+    """(name, type name) of each column of a pyarrow schema, types named as the format names them."""
+    return [(f.name, _arrow_name(f.type)) for f in schema]
+
+
+def polars_types(schema) -> list[tuple[str, str]]:
+    """(name, type name) of each column of a polars schema, types named as the format (and Arrow) name them."""
+    named = {"boolean": "bool", "str": "string", "utf8": "string"}
+    out = []
+    for n, dtype in schema.items():
+        t = str(dtype).lower()
+        out.append((n, named.get(t, t)))
+    return out
+
+
+def _fits(expected: str, got: str) -> bool:
     """Whether a stored column type can stand for the schema's type without changing meaning."""
     if expected == got:
         return True
-    if pa.types.is_integer(expected):
-        return _integer(got)
-    if pa.types.is_floating(expected):
-        return pa.types.is_floating(got) or _integer(got)
-    if pa.types.is_string(expected):
-        return pa.types.is_string(got) or pa.types.is_large_string(got) or str(got) == "string_view"
+    if expected in _INTEGERS:
+        return got in _INTEGERS
+    if expected in _FLOATS:
+        return got in _FLOATS or got in _INTEGERS
+    if expected == "string":
+        return got in _STRINGS
     return False
-
-
-def _typename(t: pa.DataType) -> str:
-    return {"double": "float64", "float": "float32", "halffloat": "float16"}.get(str(t), str(t))
 
 
 # Names a user scalar in a steps part may not have: another table's columns, the export's `table`,
 # the loader's own. An old logger accepted some; the column is dropped (and named), the steps kept.
 RESERVED_STEPS_EXTRAS = frozenset(
-    {n for s in rf.SCHEMAS.values() for n in s.names} - set(rf.STEPS_SCHEMA.names) - set(rf.STEPS_OPTIONAL.names)
-    | {"table", "n_ranks", "_part"}
+    {n for cols in rf.COLUMNS.values() for n, _ in cols} - set(rf.names(rf.STEPS_COLUMNS))
+    - set(rf.names(rf.STEPS_OPTIONAL_COLUMNS)) | {"table", "n_ranks", "_part"}
 )
 
 
-def schema_violation(kind: str, schema: pa.Schema) -> tuple[str | None, list[str]]:
-    """(why the part is damaged or None, reserved extra columns to drop) from its footer's schema."""
-    required = rf.SCHEMAS[kind]
-    missing = [n for n in required.names if n not in schema.names]
+def schema_violation(kind: str, columns: list[tuple[str, str]]) -> tuple[str | None, list[str]]:
+    """(why the part is damaged or None, reserved extra columns to drop) from its footer's schema, given as
+    (name, type name) pairs (:func:`arrow_types` or :func:`polars_types`)."""
+    required = dict(rf.COLUMNS[kind])
+    names = [n for n, _ in columns]
+    missing = [n for n in required if n not in names]
     if missing:
         return f"not a {kind} part (missing column(s) {', '.join(missing)})", []
-    if len(set(schema.names)) != len(schema.names):
+    if len(set(names)) != len(names):
         return "a column name appears twice", []
-    optional = rf.STEPS_OPTIONAL if kind == "steps" else pa.schema([])
+    optional = dict(rf.STEPS_OPTIONAL_COLUMNS) if kind == "steps" else {}
     drop = []
-    for f in schema:
-        want = required.field(f.name).type if f.name in required.names else (
-            optional.field(f.name).type if f.name in optional.names else None)
+    for name, typ in columns:
+        want = required.get(name, optional.get(name))
         if want is not None:
-            if not _fits(want, f.type):
-                return f"column {f.name!r} has type {_typename(f.type)}, expected {_typename(want)}", []
+            if not _fits(want, typ):
+                return f"column {name!r} has type {typ}, expected {want}", []
         elif kind != "steps":
-            drop.append(f.name)  # not a column of this kind: never read
+            drop.append(name)  # not a column of this kind: never read
         else:
-            if f.name in RESERVED_STEPS_EXTRAS or f.name.startswith("_"):
-                drop.append(f.name)
-            elif not (pa.types.is_floating(f.type) or _integer(f.type) or pa.types.is_boolean(f.type)
-                      or pa.types.is_null(f.type)):
-                return f"logged scalar {f.name!r} has type {_typename(f.type)}, expected a number", []
+            if name in RESERVED_STEPS_EXTRAS or name.startswith("_"):
+                drop.append(name)
+            elif not (typ in _FLOATS or typ in _INTEGERS or typ in ("bool", "null")):
+                return f"logged scalar {name!r} has type {typ}, expected a number", []
     return None, drop
 
 
 def conform(kind: str, table: pa.Table, drop: list[str]) -> pa.Table:
     """The part with its known columns cast to the schema's types (checked by :func:`schema_violation`)."""
+    import pyarrow as pa  # the careful reader's: the fast reader never imports pyarrow
+
     if drop:
         table = table.drop_columns(drop)
     known = {f.name: f.type for f in rf.SCHEMAS[kind]}
@@ -340,7 +364,7 @@ def conform(kind: str, table: pa.Table, drop: list[str]) -> pa.Table:
             try:
                 col = col.cast(want)  # a safe cast: an integer out of the column's range raises
             except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as e:
-                raise ValueError(f"column {name!r} does not fit {_typename(want)} ({str(e).splitlines()[0][:80]})") from None
+                raise ValueError(f"column {name!r} does not fit {_arrow_name(want)} ({str(e).splitlines()[0][:80]})") from None
         cols.append(col)
         names.append(name)
     return pa.table(cols, names=names)

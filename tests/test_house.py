@@ -62,6 +62,15 @@ DEFERRED = {
     ("diffaudit.cli.summary", "diffaudit.present.markdown"): "summary's start-up: only for --tensorboard",
     ("diffaudit.cli.summary", "diffaudit.present.tensorboard"): "summary's start-up: only for --tensorboard",
     ("diffaudit.cli.optimum", "tqdm"): "the progress bar only on a terminal",
+    # pyarrow (~0.07 s to import) only where a file is written, a part is damaged or a run lives elsewhere:
+    # reading a run its logger wrote is polars' alone
+    ("diffaudit.runformat", "pyarrow"): "pyarrow schemas and writes: the logger's and the exporter's",
+    ("diffaudit.runformat", "pyarrow.parquet"): "writes: the logger's and the exporter's",
+    ("diffaudit.validate", "pyarrow"): "the careful reader's casts (a part with another schema than the first)",
+    ("diffaudit.load", "pyarrow"): "the careful reader and exported runs",
+    ("diffaudit.load", "pyarrow.parquet"): "the careful reader and exported runs",
+    ("diffaudit.store", "pyarrow.fs"): "object storage only",
+    ("diffaudit.store", "pyarrow.parquet"): "object storage only",
 }
 
 
@@ -105,6 +114,9 @@ def test_help_and_the_light_commands_load_no_heavy_module():
     assert not {"polars", "numpy", "scipy", "matplotlib", "jinja2", "torch"} & help_mods
     summary = _loaded("import diffaudit.cli.summary")
     assert not {"scipy", "matplotlib", "jinja2", "torch", "diffaudit.analysis", "diffaudit.present.html"} & summary
+    sample = Path(__file__).resolve().parents[1] / "sample_logs" / "healthy_seed0"
+    read = _loaded(f"import diffaudit; diffaudit.load_run({str(sample)!r})")  # a run its logger wrote: polars alone
+    assert "polars" in read and not {"pyarrow", "pyarrow.parquet"} & read
     report = _loaded("import diffaudit.cli.report")  # a page is drawn only when asked for
     assert not {"matplotlib", "jinja2", "torch"} & report
     compare = _loaded("import diffaudit.cli.compare")  # t and normal tails come from scipy.special (fast to import)
