@@ -231,14 +231,12 @@ def _read_schedule(sf: Path) -> pl.DataFrame:
     page is read), float alpha_bar and one_minus_alpha_bar columns."""
     open_regular(sf, "schedule").close()  # a FIFO or a directory is named, not opened by polars
     try:
-        with _silenced_stderr():
+        with _polars_read():
             lf = pl.scan_parquet(sf, glob=False, hive_partitioning=False)
             n = lf.select(pl.len()).collect().item()
             schema = lf.collect_schema()
-    except BaseException as e:  # polars' errors, and its PanicException (a BaseException)
-        if isinstance(e, (KeyboardInterrupt, SystemExit, MemoryError)):
-            raise
-        raise RunFormatError(f"{sf}: cannot be read ({_short(e)})") from None
+    except _ReadFailed as e:
+        raise RunFormatError(f"{sf}: cannot be read ({e})") from None
     if n > MAX_SCHEDULE_ROWS:
         raise RunFormatError(f"{sf}: {n:,} rows, more timesteps than any schedule has ({MAX_SCHEDULE_ROWS:,})")
     types = dict(polars_types(schema))
@@ -248,12 +246,10 @@ def _read_schedule(sf: Path) -> pl.DataFrame:
         if not schema[col].is_float():
             raise RunFormatError(f"{sf}: schedule column {col!r} has type {types[col]}, expected float64")
     try:
-        with _silenced_stderr():
+        with _polars_read():
             return lf.collect()
-    except BaseException as e:
-        if isinstance(e, (KeyboardInterrupt, SystemExit, MemoryError)):
-            raise
-        raise RunFormatError(f"{sf}: cannot be read ({_short(e)})") from None
+    except _ReadFailed as e:
+        raise RunFormatError(f"{sf}: cannot be read ({e})") from None
 
 
 def _schedule_arrays(schedule: pl.DataFrame, where) -> tuple[np.ndarray, np.ndarray]:
@@ -366,11 +362,9 @@ def _first_part(kind: str, files: list[Path]) -> tuple[list[str], list[str]] | N
     parsed them, takes ~0.07 s to import.
     """
     try:
-        with _silenced_stderr():
-            schema = pl.read_parquet_schema(files[0])
-    except BaseException as e:  # polars' errors (a duplicate column name among them), and its PanicException
-        if isinstance(e, (KeyboardInterrupt, SystemExit, MemoryError)):
-            raise
+        with _polars_read():
+            schema = pl.read_parquet_schema(files[0])  # raises on a duplicate column name, among others
+    except _ReadFailed:
         return None
     why, drop = schema_violation(kind, polars_types(schema))
     if why:
@@ -399,20 +393,18 @@ def _read_all_at_once(kind: str, files: list[Path], first: tuple, limit: int) ->
     paths = [str(f) for f in files]
     keep = [n for n in names if n not in drop]
     try:
-        with _silenced_stderr():
+        with _polars_read():
             df = (pl.scan_parquet(paths, glob=False, hive_partitioning=False, include_file_paths="_path",
                                   n_rows=limit * len(paths) + 1)
                   .select(*keep, pl.col("_path").cast(pl.Enum(paths)).to_physical().cast(pl.Int32).alias("_part"))
                   .collect())
-        counts = np.bincount(df["_part"].to_numpy(), minlength=len(paths))
-        if counts.size != len(paths) or counts.max(initial=0) > limit:
-            return None
-        # one chunk per column now, on this kind's thread: every later step wants it, and a drop on the main
-        # thread would otherwise do it there (~0.06 s for 1,000,000 bins rows read from 1,000 parts)
-        df = df.rechunk().with_columns(_cast_to_format(kind, df.select(keep)))
-    except BaseException as e:  # polars' errors, and its PanicException (a BaseException)
-        if isinstance(e, (KeyboardInterrupt, SystemExit, MemoryError)):
-            raise
+            counts = np.bincount(df["_part"].to_numpy(), minlength=len(paths))
+            if counts.size != len(paths) or counts.max(initial=0) > limit:
+                return None
+            # one chunk per column now, on this kind's thread: every later step wants it, and a drop on the main
+            # thread would otherwise do it there (~0.06 s for 1,000,000 bins rows read from 1,000 parts)
+            df = df.rechunk().with_columns(_cast_to_format(kind, df.select(keep)))
+    except _ReadFailed:
         return None
     return df, list(drop)
 
@@ -443,6 +435,23 @@ _POLARS = {"int64": pl.Int64, "int32": pl.Int32, "float64": pl.Float64, "float32
 
 _SILENCE = threading.Lock()
 _silenced = [0, -1]  # readers inside _silenced_stderr, and the saved descriptor of the real stderr
+
+
+class _ReadFailed(Exception):
+    """A polars read failed: its error or panic, in words (internal to this module)."""
+
+
+@contextlib.contextmanager
+def _polars_read():
+    """A polars read, its stderr silenced (:func:`_silenced_stderr`); any error it raises, its PanicException (a
+    BaseException) included, comes out as :class:`_ReadFailed`. Interrupts and MemoryError pass unchanged."""
+    with _silenced_stderr():
+        try:
+            yield
+        except (KeyboardInterrupt, SystemExit, MemoryError):
+            raise
+        except BaseException as e:
+            raise _ReadFailed(_short(e)) from None
 
 
 @contextlib.contextmanager
