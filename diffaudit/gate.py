@@ -554,6 +554,12 @@ def _block_grid(runs: list[Run], lo: int, hi: int) -> _MatchedBlocks:
     for i, f in enumerate(frames):
         if f.height == 0 or K == 0:
             continue
+        nonfinite[i] = float(f["nonfinite"].fill_null(0).sum())
+        whole = _whole_windows(f, nb, cuts)
+        if whole is not None:
+            count[i], total[i] = whole[0], whole[1]
+            np.maximum(end, whole[2], out=end)
+            continue
         slo = f["step_lo"].to_numpy()
         blk = np.searchsorted(cuts, slo, side="right") - 1
         ok = blk >= 0
@@ -566,12 +572,39 @@ def _block_grid(runs: list[Run], lo: int, hi: int) -> _MatchedBlocks:
         count[i] += np.bincount(idx, weights=n[good], minlength=nb * K).reshape(nb, K)
         total[i] += np.bincount(idx, weights=(n * np.where(good, m, 0.0))[good], minlength=nb * K).reshape(nb, K)
         _max_into(end, blk[ok], f["step_hi"].to_numpy()[ok])
-        nonfinite[i] = float(f["nonfinite"].fill_null(0).sum())
     with np.errstate(invalid="ignore", divide="ignore"):
         mean = np.where(count > 0, total / count, np.nan)
     if K == 0:
         return _MatchedBlocks(np.zeros(0, np.int64), np.zeros(0, np.int64), count[:, :, :0], mean[:, :, :0], nonfinite)
     return _MatchedBlocks(cuts.astype(np.int64), end, count, mean, nonfinite)
+
+
+def _whole_windows(f: pl.DataFrame, nb: int, cuts: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """(count, count x mean) per (bin, block) and each block's last step, for rows that are whole windows in
+    step order, bins 0..nb-1 in each (what the logger writes and a load leaves): the rows are then a
+    (window, bin) array, and a block is a run of consecutive windows, summed with one ``np.add.reduceat``
+    instead of scattered row by row (~0.1 s of 1,000,000 rows). None for any other layout (the general path).
+    """
+    W = f.height // nb
+    if W == 0 or W * nb != f.height:
+        return None
+    b = f["bin"].to_numpy().reshape(W, nb)
+    slo = f["step_lo"].to_numpy().reshape(W, nb)
+    starts = slo[:, 0]
+    if not (np.array_equal(b, np.broadcast_to(np.arange(nb), (W, nb))) and np.all(slo == starts[:, None])
+            and np.all(starts[1:] >= starts[:-1])):
+        return None
+    wblk = np.searchsorted(cuts, starts, side="right") - 1
+    first = np.searchsorted(wblk, np.arange(cuts.size))  # each block's first window: every cut starts one
+    n = f["count"].fill_null(0).to_numpy().astype(np.float64).reshape(W, nb)
+    m = f["mean"].fill_null(np.nan).to_numpy().astype(np.float64).reshape(W, nb)
+    with np.errstate(invalid="ignore"):
+        good = (n > 0) & np.isfinite(m)
+        cw = np.where(good, n, 0.0)
+        tw = np.where(good, n * m, 0.0)
+    last = f["step_hi"].to_numpy().reshape(W, nb).max(axis=1)
+    return (np.add.reduceat(cw, first, axis=0).T, np.add.reduceat(tw, first, axis=0).T,
+            np.maximum.reduceat(last, first))
 
 
 def _unique(a: np.ndarray) -> np.ndarray:

@@ -571,3 +571,38 @@ def test_block_grid_helpers_equal_numpy_in_and_out_of_order():
         gate._max_into(got, a, v)
         np.maximum.at(want, a, v)
         assert np.array_equal(got, want)
+
+
+def test_block_grid_of_whole_windows_equals_the_row_by_row_path(tmp_path, monkeypatch):
+    """Rows that are whole windows in order (every run the logger writes) are regrouped as a (window, bin)
+    array; any other layout goes row by row. Both must give the same blocks: nested and shifted windows,
+    empty and non-finite cells, a window missing a bin, ranges that cut through windows."""
+    a = load_run(write_run(tmp_path / "a", window=50))
+    b = load_run(write_run(tmp_path / "b", window=200, seed=1))
+    c = load_run(write_run(tmp_path / "c", window=100, first=300, steps=700, seed=2))
+    rng = np.random.default_rng(3)
+    mean, count = a.bins["mean"].to_numpy().copy(), a.bins["count"].to_numpy().copy()
+    mean[rng.choice(mean.size, 20, replace=False)] = np.nan
+    count[rng.choice(count.size, 20, replace=False)] = 0
+    a.bins = a.bins.with_columns(pl.Series("mean", mean), pl.Series("count", count))
+    gappy = load_run(write_run(tmp_path / "d", window=100, seed=4))
+    gappy.bins = gappy.bins.filter(~((pl.col("step_lo") == 500) & (pl.col("bin") == 7)))
+    taken = []
+    whole = gate._whole_windows
+
+    def spy(f, nb, cuts):
+        out = whole(f, nb, cuts)
+        taken.append(out is not None)
+        return out
+
+    for runs in ([a, b], [b, a, c], [a, gappy], [c, c]):
+        for lo, hi in ((0, 999), (120, 899), (300, 999)):
+            monkeypatch.setattr(gate, "_whole_windows", spy)
+            fast = gate._block_grid(runs, lo, hi)
+            monkeypatch.setattr(gate, "_whole_windows", lambda f, nb, cuts: None)
+            slow = gate._block_grid(runs, lo, hi)
+            assert fast.start.tolist() == slow.start.tolist() and fast.end.tolist() == slow.end.tolist()
+            np.testing.assert_allclose(fast.count, slow.count, rtol=1e-12)
+            np.testing.assert_allclose(fast.mean, slow.mean, rtol=1e-12)
+            np.testing.assert_array_equal(fast.nonfinite, slow.nonfinite)
+    assert any(taken) and not all(taken)  # both paths were taken
