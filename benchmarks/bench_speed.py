@@ -16,6 +16,11 @@ so start-up, imports, reading and writing all count, as a user sees them:
   4. ``diffaudit compare BASE CAND --json FILE`` of two 1,000,000-step runs
      vs ``diffaudit report BASE --json FILE`` of one (the measurement of 3)         target <= 1.5x
 
+And one reference ratio, no target: a process with compare's imports that only reads
+(``load_run``) both runs, against one that reads one. It is what compare / report would
+be if the findings analyses and the gate cost nothing: on two cores a read already keeps
+both busy, so two reads take about twice one, and only the fixed start-up is shared.
+
 How: the two runs are the synthetic ones ``benchmarks/bench_gate.py --keep DIR``
 writes (logger format and defaults: a bins window of 100 steps, a part every
 1,000 steps, 100 bins; the candidate has 3 bins 5% worse), made once with its
@@ -141,6 +146,9 @@ def main(argv=None) -> int:
     bare = ("import polars as pl, sys; pl.scan_parquet(sys.argv[1] + '/parts/steps-*.parquet').collect(); "
             "pl.scan_parquet(sys.argv[1] + '/parts/bins-*.parquet').collect()")
     cmp_argv = cli + ["compare", str(base), str(cand), "--json", str(out / "compare.json")]
+    # reading alone, with compare's imports: the floor of compare / report if findings and the gate were free
+    reads = ("import sys, diffaudit.cli.compare; from diffaudit.load import load_run\n"
+             "for p in sys.argv[1:]: load_run(p)")
 
     # name -> (argv, accepted exit codes); compare exits 1 on a regression (the candidate has one), 3 inconclusive
     cmds = {
@@ -150,6 +158,8 @@ def main(argv=None) -> int:
         "bare scan (1 run)": (py + [bare, str(base)], (0,)),
         "report --json": (cli + ["report", str(base), "--json", str(out / "report.json")], (0,)),
         "compare --json": (cmp_argv, (0, 1, 3)),
+        "read 1 run": (py + [reads, str(base)], (0,)),
+        "read 2 runs": (py + [reads, str(base), str(cand)], (0,)),
     }
     # (numerator, denominator, target)
     pairs = [("diffaudit --help", "import polars", 1.5), ("summary (small run)", "import polars", 1.5),
@@ -199,6 +209,10 @@ def main(argv=None) -> int:
         over |= bad
         shown = "?" if unknown else (">" if lower else "") + format(ratio, ".2f")
         print(f"{num:<{w}} / {den:<{w}}  {shown:>6}  {'<= ' + format(target, 'g'):>7}  {'OVER' if bad else 'ok'}")
+    if not ({"read 1 run", "read 2 runs"} & slow):
+        floor = med["read 2 runs"] / med["read 1 run"]
+        print(f"{'read 2 runs':<{w}} / {'read 1 run':<{w}}  {floor:6.2f}  (reference: compare / report if the analyses "
+              "and the gate cost nothing)")
     print(f"\n{'OVER a target' if over else 'all within targets'} ({sys.executable}, OMP_NUM_THREADS="
           f"{ENV['OMP_NUM_THREADS']}, {os.cpu_count()} CPUs)")
     return 1 if (args.check and over) else 0
