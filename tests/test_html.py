@@ -392,3 +392,20 @@ def test_long_run_stays_small_and_renders_fast(tmp_path):
     assert sizes[200_000] < 1.15 * sizes[50_000], sizes
     assert sizes[200_000] < SIZE_LIMIT / 3, f"{sizes[200_000] / 1e6:.2f} MB for 200,000 steps"
     assert seconds[200_000] < 30, f"rendering took {seconds[200_000]:.1f} s"
+
+
+def test_trend_note_and_table_use_the_levels_the_trends_were_tested_at(synthetic):
+    """The note under the trend table and its highlighted q-values follow the analysis's own alpha and
+    stagnation margin, not the defaults."""
+    run, default = synthetic
+    assert "q < 0.05" in htmlpage.trend_note(default) and "±5%" in htmlpage.trend_note(default)
+    strict = analyze(run, alpha=0.01, stagnation_margin=0.1)
+    note = htmlpage.trend_note(strict)
+    assert "q < 0.01" in note and "±10%" in note and "0.05" not in note
+    q = strict.bins["q_value"].to_numpy()
+    between = [i for i, v in enumerate(q) if 0.01 <= v < 0.05]
+    assert between  # a bin the default level would mark and 0.01 does not
+    table = htmlpage.bin_table(run, strict)
+    col = table.columns.index("q")
+    assert all(table.rows[i][col].cls == "" for i in between)
+    assert all(table.rows[i][col].cls == "sig" for i, v in enumerate(q) if v < 0.01)

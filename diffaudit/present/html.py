@@ -321,10 +321,15 @@ def build_report(run, analysis) -> ReportPage:
     )
 
 
+def _trend_levels(a) -> tuple[float, float]:
+    """(alpha, stagnation margin) the analysis tested its trends at."""
+    th = a.settings["thresholds"]
+    return th["alpha"], th["stagnation_margin"]
+
+
 def trend_note(a) -> str:
     t = a.phases.trend
-    alpha = a.settings.get("alpha", 0.05)
-    margin = a.settings.get("stagnation_margin")
+    alpha, margin = _trend_levels(a)
     where = f" (the trend stretch, {_span_text(t)})" if t else ""
     flat = f", flat: the change is shown to lie within ±{fmt_pct(margin)}" if margin is not None else ""
     return (f"Change: relative change of the bin's loss over the last part of training{where}, Theil–Sen on batch "
@@ -754,6 +759,7 @@ _TREND_CLASS = {"increasing": "above", "decreasing": "good", "flat": "muted", "i
 def bin_table(run, a) -> Table:
     """One row per noise bin: levels by phase, L*, excess, the trend over the trend stretch (from the analysis)."""
     df = a.bins
+    alpha = _trend_levels(a)[0]
     if df.height == 0:
         return Table([], [], [], [], ["The run has no per-bin statistics."])
     has = {c for c in df.columns if df[c].null_count() < df.height}
@@ -777,8 +783,8 @@ def bin_table(run, a) -> Table:
         spec += [("L*\u00a0emp.", _col_desc("lstar_emp"), True, lambda r: Cell(fmt_num(r.get("lstar_emp"))))]
     spec += [
         ("change", _col_desc("rel_change") + " [95% interval]", True, _change_cell),
-        ("q", _col_desc("q_value"), True, lambda r: Cell(fmt_num(r.get("q_value"), 2), _q_class(r.get("q_value")))),
-        ("flat\u00a0q", _col_desc("tost_q"), True, lambda r: Cell(fmt_num(r.get("tost_q"), 2), _q_class(r.get("tost_q")))),
+        ("q", _col_desc("q_value"), True, lambda r: Cell(fmt_num(r.get("q_value"), 2), _q_class(r.get("q_value"), alpha))),
+        ("flat\u00a0q", _col_desc("tost_q"), True, lambda r: Cell(fmt_num(r.get("tost_q"), 2), _q_class(r.get("tost_q"), alpha))),
         ("trend", _col_desc("trend"), False, lambda r: Cell(str(r.get("trend") or MISSING), _TREND_CLASS.get(r.get("trend"), ""))),
     ]
     if "coverage" in has and _uneven(df["coverage"]):  # only worth a column when the sampler is not uniform
@@ -803,8 +809,8 @@ def _sign_class(v) -> str:
     return "above" if v > 0 else "below"
 
 
-def _q_class(q) -> str:
-    return "sig" if not words.is_missing(q) and q < 0.05 else ""
+def _q_class(q, alpha: float) -> str:
+    return "sig" if not words.is_missing(q) and q < alpha else ""
 
 
 def _change_cell(r) -> Cell:
