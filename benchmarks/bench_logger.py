@@ -8,7 +8,7 @@ Prints figures; asserts nothing about time. Runs on CPU (small model) and on CUD
 Modes compared on the same training step, interleaved in rounds so drift hits all alike:
   none       no logging
   diffaudit  RunLogger.log() with the pre-clip grad-norm tensor from clip_grad_norm_
-  seed       the seed chapter's habits: per-sample .tolist() into Python dicts and a per-parameter
+  seed       a naive monitor's habits: per-sample .tolist() into Python dicts and a per-parameter
              .item() grad-norm loop (each a host sync)
 Only needs torch, numpy and pyarrow (not polars), so it runs on a bare GPU box with PYTHONPATH=.
 """
@@ -76,7 +76,7 @@ class ConvDenoiser(nn.Module):
 
 
 class SeedMonitor:
-    """The seed chapter's GradientMonitor + per-step .item() habits (for comparison only)."""
+    """A naive gradient monitor: per-sample .tolist() and per-step .item() habits, each a host sync (for comparison only)."""
 
     def __init__(self, T: int, bins: int):
         self.T, self.bins = T, bins

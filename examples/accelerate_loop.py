@@ -16,7 +16,6 @@ test can check the merged statistics against a single float64 computation.
 from __future__ import annotations
 
 import argparse
-import os
 from pathlib import Path
 
 import numpy as np
@@ -47,13 +46,13 @@ def main(argv=None) -> int:
         import torch.distributed as dist
 
         dist.init_process_group("gloo")
-        rank, world = dist.get_rank(), dist.get_world_size()
+        rank = dist.get_rank()
         accelerator = None
     else:
         from accelerate import Accelerator
 
         accelerator = Accelerator(cpu=True)
-        rank, world = accelerator.process_index, accelerator.num_processes
+        rank = accelerator.process_index
 
     torch.manual_seed(0)  # the same initial weights on every rank
     x = data()

@@ -11,7 +11,7 @@ family             data                     model        target      habits     
 patches_conv       8x8 grey patches of      conv net     epsilon     EMA 0.999 + live held-out      calibration
                    sklearn's two photos                              eval, warm-up + cosine decay,
                                                                      data_spectrum
-shapes_mlp         synthetic 8x8 shapes     MLP          v (HF       EMA 0.9999 (the seed chapter's held out
+shapes_mlp         synthetic 8x8 shapes     MLP          v (HF       EMA 0.9999 (a common           held out
                                                          diffusers   default), warm-up + linear
                                                          scheduler)  decay, data_var only
 digits_conv_flow   sklearn 8x8 digits       conv net     flow        logit-normal t, constant lr    held out
@@ -51,7 +51,7 @@ import os
 import shutil
 import sys
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np

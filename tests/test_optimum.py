@@ -77,12 +77,12 @@ def test_closed_form_matches_brute_force_monte_carlo(prediction, variances):
         assert se <= 0.02 * mc + 1e-12  # a precise enough reference to tell a wrong formula apart
 
 
-def test_seed_erratum_eps_loss_at_abar_0_9():
-    # the seed chapter's d(1 - abar / (1 - abar + abar / s2)) gives -0.36 here
+def test_tutorial_formula_goes_negative_at_abar_0_9():
+    # the tutorial formula d(1 - abar / (1 - abar + abar / s2)) gives -0.36 here
     abar, s2 = 0.9, 1.6
-    seed_formula = 1 - abar / (1 - abar + abar / s2)
+    tutorial_formula = 1 - abar / (1 - abar + abar / s2)
     got = float(opt.gaussian_optimal_loss(math.sqrt(abar), math.sqrt(1 - abar), prediction="epsilon", data_var=s2))
-    assert seed_formula == pytest.approx(-0.358, abs=1e-3)
+    assert tutorial_formula == pytest.approx(-0.358, abs=1e-3)
     assert got == pytest.approx(abar * s2 / (abar * s2 + 1 - abar), rel=1e-14)
     assert round(got, 3) == 0.935
     mc, se = _brute_force_linear("epsilon", math.sqrt(abar), math.sqrt(1 - abar), np.array([s2]),
@@ -166,7 +166,7 @@ def test_bin_gaussian_averages_over_the_timesteps_of_each_bin(linear_alpha_bar):
     a = linear_alpha_bar.reshape(10, 100)  # bin k holds timesteps 100k .. 100k + 99
     want = np.mean(a * 0.5 / (a * 0.5 + 1 - a), axis=1)
     np.testing.assert_allclose(got, want, rtol=1e-12)
-    assert np.all(np.diff(got) < 0)  # eps-prediction: highest at low noise (seed erratum 2)
+    assert np.all(np.diff(got) < 0)  # eps-prediction: highest at low noise
 
 
 def test_bin_gaussian_edm_and_flow_are_finite_and_ordered():
