@@ -35,10 +35,17 @@ _METRIC_WORDS = {
     "loss": "late loss per noise bin",
     "excess": "late excess over L* per noise bin",
     "steps": "steps to reach the baseline's loss level",
-    "clip_rate": "clip rate",
-    "nonfinite": "non-finite losses",
-    "findings": "findings new in the candidate",
+    "clip_rate": "rise of the share of clipped steps",
+    "nonfinite": "rise of the non-finite losses per run",
+    "findings": "findings new in the candidate at this severity or above",
 }
+
+
+
+def rule_lines() -> list[str]:
+    """One line per metric for ``compare --help``: its default rule and what it limits (from the defaults above)."""
+    default = {"loss": f"loss:{pct(TOLERANCE)}", **{r.split(":", 1)[0]: r for r in DEFAULT_RULES}}
+    return [f"  {default[m]:<18} {_METRIC_WORDS[m]}" for m in METRICS]
 
 # ----------------------------------------------------------------------------
 # Rules and windows: small objects parsed from compact strings

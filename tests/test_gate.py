@@ -606,3 +606,14 @@ def test_block_grid_of_whole_windows_equals_the_row_by_row_path(tmp_path, monkey
             np.testing.assert_allclose(fast.mean, slow.mean, rtol=1e-12)
             np.testing.assert_array_equal(fast.nonfinite, slow.nonfinite)
     assert any(taken) and not all(taken)  # both paths were taken
+
+
+def test_compare_help_shows_the_library_defaults():
+    """The rules and window in ``compare --help`` come from gate_options, so a changed default shows there."""
+    from diffaudit.words import pct
+
+    out = CliRunner().invoke(main, ["compare", "--help"], terminal_width=200).output
+    for rule in (f"loss:{pct(gate_options.TOLERANCE)}",) + gate_options.DEFAULT_RULES:
+        assert rule in out
+    assert f"Windows (--window): {gate_options.WINDOW} (the default" in out
+    assert f"[default: {pct(gate_options.TOLERANCE)}]" in out

@@ -36,17 +36,14 @@ the candidate. A bin regresses only if its rise is significantly above
 different prediction targets (each loss divided by its own L*).
 
 \b
-Rules (--rule, repeatable; the last one per metric wins):
-  loss:2%            late loss per bin (same as --tolerance 2%)
-  excess:10%         late excess over L* per bin (default off)
-  steps:25%          steps to reach the baseline's loss level (default 25%)
-  clip_rate:+0.05    absolute rise of the share of clipped steps (default)
-  nonfinite:+0       non-finite losses per run (default: any increase)
-  findings:fail      new findings at this severity (info, warn, fail) or off
-A limit with % is relative, one without (+0.05) absolute; METRIC:off disables.
+Rules (--rule, repeatable; the last one per metric wins), the defaults:
+{rules}
+A limit with % is relative (loss:1%), one without absolute (clip_rate:+0.1);
+METRIC:off disables a rule; findings takes a severity (info, warn, fail);
+--tolerance is the loss rule's limit.
 
 \b
-Windows (--window): last:20% (default; a share of the matched steps),
+Windows (--window): {window} (the default; a share of the matched steps),
 last:5000 (steps), from:80000, steps:80000-100000. The window is widened to
 --min-windows matched blocks when it holds fewer.
 
@@ -61,7 +58,7 @@ Examples:
   diffaudit compare runs/main runs/pr --json verdict.json     # or --json - for stdout
   diffaudit compare "base/seed*" runs/pr --rule loss:1% --html compare.html
   diffaudit compare --unit lstar runs/eps runs/vpred
-"""
+""".format(rules="\n".join(opts.rule_lines()), window=opts.WINDOW)
 
 
 @main.command(help=HELP, short_help="Gate on a regression: compare CANDIDATE run(s) with BASELINE run(s).")

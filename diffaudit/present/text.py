@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from diffaudit.analysis import Analysis
 from diffaudit.findings import SEVERITIES
+from diffaudit import gate_options as opts
 from diffaudit.gate import Verdict
 from diffaudit.present import cells
 
@@ -54,7 +55,7 @@ def verdict_text(v: Verdict, *, everything: bool = False) -> str:
     if v.window is not None:
         lines.append(f"late window: steps {v.window[0]:,}-{v.window[1]:,} ({v.window_blocks} matched blocks); "
                      f"noise model: {cells.noise_model_words(v)}; "
-                     f"{cells.CORRECTION_WORDS.get(v.settings.get('correction'), 'Holm')} across bins "
+                     f"{cells.CORRECTION_WORDS[v.settings.get('correction') or opts.CORRECTION]} across bins "
                      f"at alpha {v.settings.get('alpha'):g}")
     for n in v.notes:
         lines.append(f"note: {n}")
