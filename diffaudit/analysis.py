@@ -35,7 +35,7 @@ never by a ratio in one bin: at the highest noise levels both numbers are tiny
 and a large ratio there changes nothing.
 
 *The step series.* Spikes are found on the log of the per-step loss with a
-rolling median / MAD (:func:`diffaudit.stats.detect_spikes`); a lasting blow-up
+rolling median / MAD (:func:`diffaudit.stats.robust_z`, :func:`~diffaudit.stats.spikes_at`); a lasting blow-up
 by the median of the last 10% of steps against the best earlier block
 (:func:`diffaudit.stats.level_shift`). Both are robust to the spikes themselves.
 
@@ -57,9 +57,11 @@ from diffaudit import stats
 from diffaudit.errors import DiffauditError
 from diffaudit.findings import Finding, Thresholds, evaluate, verdict as _verdict
 from diffaudit.lifecycle import Lifecycle, lifecycle as _lifecycle
+from diffaudit.noise import timestep_cause
 from diffaudit.timeprobe import TimeProbe, time_probe as _time_probe
 from diffaudit.load import Run
 from diffaudit.reference import reference_lstar, statistics_source
+from diffaudit.words import json_float
 
 # ----------------------------------------------------------------------------
 # Defaults
@@ -67,7 +69,6 @@ from diffaudit.reference import reference_lstar, statistics_source
 LATE_FRACTION = 0.2  # the late phase: the last fifth of the logged steps
 PHASE_FRACTION = 0.2  # width of the early and middle phases, as a fraction of the steps
 TREND_FRACTION = 0.5  # trends and stagnation are judged on the last half of training
-STAGNATION_MARGIN = 0.05  # +-relative change over the trend stretch that counts as flat
 MAX_POINTS = 2000  # rows of the downsampled per-step series (for plots)
 MAX_TIME_ROWS = 200  # time rows of the per-bin heatmap series
 MAX_SPIKE_EVENTS = 50  # spike events kept (largest first)
@@ -647,7 +648,7 @@ def _late_se(grid: _Grid, late, ln, lvar) -> tuple[np.ndarray, np.ndarray]:
     fewer than ``stats.MIN_BATCHES`` late windows, their plain spread); and, with
     >= 6 windows, the long-run variance of the bin's whole window series over the
     k late windows: the variance of its residuals times their conservative
-    integrated autocorrelation time (:func:`stats.integrated_autocorr_time`). The
+    integrated autocorrelation time (:func:`stats.correlations`). The
     residuals are those of the log window means about a cubic in log(step), which
     follows a loss curve's fast-then-slow fall by factors, so the fall itself is
     not taken for noise (scaled back by the late level). The degrees of freedom
@@ -813,7 +814,7 @@ def _loss_summary(steps, grid, sel, weights, table, lg, le, late_total, th) -> L
             ls = stats.level_shift(loss, frac=0.1, reference="best")
             fin = loss[np.isfinite(loss)]
             f.update(first_level=float(np.median(fin[: ls.block])), best_level=ls.ref_level,
-                     late_level=ls.late_level, late_over_best=_num(ls.ratio), shift_z=_num(ls.z))
+                     late_level=ls.late_level, late_over_best=json_float(ls.ratio), shift_z=json_float(ls.z))
         except DiffauditError:
             pass
     if grid.W:
@@ -822,7 +823,7 @@ def _loss_summary(steps, grid, sel, weights, table, lg, le, late_total, th) -> L
         with np.errstate(invalid="ignore", divide="ignore"):
             ae = np.nansum(agg[e] * n[e]) / np.sum(n[e][np.isfinite(agg[e])])
             al = np.nansum(agg[l] * n[l]) / np.sum(n[l][np.isfinite(agg[l])])
-        f["late_over_early"] = _num(al / ae) if ae > 0 else None
+        f["late_over_early"] = json_float(al / ae) if ae > 0 else None
         idx = np.flatnonzero(sel["trend"])
         f["trend_from"], f["trend_to"] = int(grid.step_lo[idx].min()), int(grid.step_hi[idx].max())
         x, tn, tmean, span = _trend_windows(grid, sel["trend"])
@@ -831,9 +832,9 @@ def _loss_summary(steps, grid, sel, weights, table, lg, le, late_total, th) -> L
             eq = stats.equivalence(tagg, x, weights=tw, margin=th.stagnation_margin,
                                    per_steps=max(span, 1.0), alpha=th.alpha)
             tr = eq.trend
-            f.update(trend_rel=_num(tr.rel_slope), trend_lo=_num(tr.rel_lo), trend_hi=_num(tr.rel_hi),
-                     trend_p=_num(tr.p_value), tost_p=_num(eq.p_value), tost_lo=_num(eq.rel_lo),
-                     tost_hi=_num(eq.rel_hi), stagnant=bool(eq.equivalent))
+            f.update(trend_rel=json_float(tr.rel_slope), trend_lo=json_float(tr.rel_lo), trend_hi=json_float(tr.rel_hi),
+                     trend_p=json_float(tr.p_value), tost_p=json_float(eq.p_value), tost_lo=json_float(eq.rel_lo),
+                     tost_hi=json_float(eq.rel_hi), stagnant=bool(eq.equivalent))
         except DiffauditError:
             pass
     f["late_total"] = late_total
@@ -867,13 +868,6 @@ def _profile(table: pl.DataFrame) -> ProfileSummary:
         lstar_min=float(g.min()), lstar_max=float(g.max()),
         lstar_rel_range=cv_g,
     )
-
-
-def _num(v) -> float | None:
-    if v is None:
-        return None
-    v = float(v)
-    return v if math.isfinite(v) else None
 
 
 # ----------------------------------------------------------------------------
@@ -1103,7 +1097,7 @@ def _clip(run: Run, steps, late_fraction, trend_fraction) -> ClipSummary:
         early_rate=float(cl[early].mean()) if early.any() else None,
         late_rate=float(cl[late].mean()) if late.any() else None,
         late_grad_median=float(np.median(lg)) if lg.size else None,
-        rise=_num(rise), rise_lo=_num(rise_lo), rise_hi=_num(rise_hi), rise_p=_num(rise_p),
+        rise=json_float(rise), rise_lo=json_float(rise_lo), rise_hi=json_float(rise_hi), rise_p=json_float(rise_p),
     )
 
 
@@ -1280,9 +1274,9 @@ def _eval(run: Run, grid: _Grid, weights, late_fraction) -> tuple[pl.DataFrame, 
         acc = np.cumsum(contrib[order]) / contrib.sum()
         worst = sorted(int(b) for b in order[: int(np.searchsorted(acc, 0.8)) + 1] if contrib[b] > 0)
     return series, EvalSummary(
-        n_windows=eg.W, late_from_step=int(es[late].min()), gap_share=_num(gap_share),
-        gap_z=_num(gap / se) if se > 0 else None, eval_rise=_num(eval_rise),
-        best_step=int(es[best]) if best is not None else None, gap_growth=_num(gap_growth),
+        n_windows=eg.W, late_from_step=int(es[late].min()), gap_share=json_float(gap_share),
+        gap_z=json_float(gap / se) if se > 0 else None, eval_rise=json_float(eval_rise),
+        best_step=int(es[best]) if best is not None else None, gap_growth=json_float(gap_growth),
         worst_bins=tuple(worst),
     ), cols
 
@@ -1303,7 +1297,7 @@ def _ema(run: Run, grid: _Grid, weights, late_fraction) -> EmaSummary:
         if ok.any():
             ema_vs_train = float(lvl_m[ok][-1] / lvl_t[ok][-1] - 1.0)
     if not common.size:
-        return EmaSummary(mg.W, 0, eg.W == 0, None, None, None, None, _num(ema_vs_train))
+        return EmaSummary(mg.W, 0, eg.W == 0, None, None, None, None, json_float(ema_vs_train))
     im = np.searchsorted(mg.step_hi, common)
     ie = np.searchsorted(eg.step_hi, common)
     s0 = float(grid.step_lo.min()) if grid.W else float(common.min())
@@ -1327,8 +1321,8 @@ def _ema(run: Run, grid: _Grid, weights, late_fraction) -> EmaSummary:
     lm, le = _levels(mg.n[im], mg.mean[im], eg.n[ie], eg.mean[ie], weights)
     fin = np.flatnonzero(np.isfinite(lm) & np.isfinite(le) & (le > 0))
     first = float(lm[fin[0]] / le[fin[0]] - 1.0) if fin.size else None
-    return EmaSummary(mg.W, int(common.size), False, int(common[late].min()), _num(gap), _num(gap_z),
-                      _num(first), _num(ema_vs_train))
+    return EmaSummary(mg.W, int(common.size), False, int(common[late].min()), json_float(gap), json_float(gap_z),
+                      json_float(first), json_float(ema_vs_train))
 
 
 def _levels(na, ma, nb_, mb, weights) -> tuple[np.ndarray, np.ndarray]:
@@ -1340,32 +1334,6 @@ def _levels(na, ma, nb_, mb, weights) -> tuple[np.ndarray, np.ndarray]:
         a = (w * np.where(have, ma, 0.0)).sum(axis=1) / ws
         b = (w * np.where(have, mb, 0.0)).sum(axis=1) / ws
     return np.where(ws > 0, a, np.nan), np.where(ws > 0, b, np.nan)
-
-
-def timestep_cause(process, lo: float | None, hi: float | None) -> tuple[str, str]:
-    """(the valid range, the likeliest reason timesteps fall outside it), in words."""
-    p = process
-    if p.kind == "vp":
-        valid = f"integers 0 to {p.num_timesteps - 1}"
-    elif p.kind == "flow":
-        valid = "t in [0, 1]"
-    else:
-        valid = f"sigma in [{p.sigma_min / 10:g}, {p.sigma_max * 10:g}]"
-    if lo is None or hi is None or not (math.isfinite(lo) and math.isfinite(hi)):
-        return valid, "non-finite timesteps (NaN or inf reached the sampler)"
-    if p.kind == "flow" and 1 < hi <= 1000.0 and lo >= 0:
-        return valid, "they look scaled by 1000 (pass t in [0, 1], not t*1000)"
-    if p.kind == "vp" and 0 <= lo and hi < 1:
-        return valid, f"they look like fractions of the schedule (pass the integer t, i.e. t*{p.num_timesteps})"
-    if p.kind == "vp" and hi >= p.num_timesteps:
-        return valid, f"t reaches {hi:g} >= T = {p.num_timesteps} (an off-by-one, or another schedule's length)"
-    if p.kind == "vp":
-        return valid, "fractional or negative timesteps (pass the integer t the scheduler used)"
-    if p.kind == "edm" and lo <= 0:
-        return valid, "sigma must be positive (pass sigma, not log sigma or t)"
-    if p.kind == "edm":
-        return valid, f"sigma spans {lo:g} to {hi:g}: another noise range than the run's (check sigma_min/sigma_max)"
-    return valid, "flow t outside [0, 1] (negative, or another parametrisation)"
 
 
 def _timesteps(run: Run, steps: pl.DataFrame) -> TimestepSummary:
@@ -1382,7 +1350,7 @@ def _timesteps(run: Run, steps: pl.DataFrame) -> TimestepSummary:
     valid, cause = timestep_cause(run.process, lo, hi)
     return TimestepSummary(
         available=True, bad_samples=nb, share=nb / total if total else None, bad_steps=int(idx.size),
-        first_step=int(steps["step"][int(idx[0])]) if idx.size else None, t_min=_num(lo), t_max=_num(hi),
+        first_step=int(steps["step"][int(idx[0])]) if idx.size else None, t_min=json_float(lo), t_max=json_float(hi),
         valid=valid, cause=cause if nb else None,
     )
 

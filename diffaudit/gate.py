@@ -3,8 +3,8 @@
 :func:`compare` matches two sides (one run each, or several seeds each) on the
 steps and noise bins both logged, runs a fixed set of checks, and returns a
 :class:`Verdict` of frozen dataclasses. Nothing here prints or picks an exit
-code; the renderers at the end turn a verdict into JSON, JUnit XML, Markdown
-or HTML.
+code; :mod:`diffaudit.present` turns a verdict into text, JSON, JUnit XML,
+Markdown or HTML.
 
 What is compared
 ----------------
@@ -168,7 +168,6 @@ SEED_CLIP_SD = 0.63  # of the log-odds of the clip rate (patches_conv 0.63, digi
 CLIP_POINTS = 10_000  # per-step clip indicators are averaged into at most this many windows before testing
 
 GROUP_METRIC = "loss_mean"  # aggregates of bins: mean relative change over a group, under the loss rule
-STATUSES = ("pass", "regression", "inconclusive", "off")
 
 __all__ = [
     "ALPHA", "CORRECTION", "CORRECTIONS", "DEFAULT_ALLOWANCE", "GROUP_METRIC", "LAG_SHARE", "MAX_LAG", "MIN_WINDOWS", "SEED_BIN_SD",

@@ -47,7 +47,7 @@ import torch
 from diffaudit import __version__
 from diffaudit import runformat as rf
 from diffaudit.errors import DataError, RunFormatError, ScheduleError
-from diffaudit.noise import DEFAULT_PREDICTION, Process, schedule_from_betas
+from diffaudit.noise import DEFAULT_PREDICTION, EDM_SIGMA_SLACK, Process, schedule_from_betas, timestep_cause
 from diffaudit.store import RemoteStore, is_url, local_path
 
 # columns of the per-(window, bin) accumulator; _C_BADT counts samples whose timestep cannot
@@ -68,8 +68,6 @@ _RESERVED = (
     | {"n_ranks", "split", "table"}
 ) - set(_FIXED_SCALARS)
 _SCALAR_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_.]{0,63}$")
-# how far outside [sigma_min, sigma_max] an EDM sigma may lie before it is not a noise level of this run
-_EDM_SLACK = 10.0
 
 
 # ----------------------------------------------------------------------------
@@ -393,7 +391,7 @@ class RunLogger:
         elif p.kind == "flow":
             ok = (tf >= 0) & (tf <= 1)
         else:
-            ok = (tf >= p.sigma_min / _EDM_SLACK) & (tf <= p.sigma_max * _EDM_SLACK)
+            ok = (tf >= p.sigma_min / EDM_SIGMA_SLACK) & (tf <= p.sigma_max * EDM_SIGMA_SLACK)
         return ~ok  # NaN fails every comparison, so it is bad too
 
     def _refuse_bad_timesteps(self, t: torch.Tensor) -> None:
@@ -404,8 +402,9 @@ class RunLogger:
         p = self.process
         tf = t.reshape(-1).to(torch.float64)
         lo, hi = float(tf.min()), float(tf.max())
+        valid, cause = timestep_cause(p, lo, hi)
         raise DataError(f"timesteps: {n_bad} of {tf.numel()} value(s) cannot belong to this {p.kind} process "
-                        f"({_valid_range_words(p)}; got {lo:.6g} to {hi:.6g}): {_timestep_cause(p, lo, hi)} "
+                        f"({valid}; got {lo:.6g} to {hi:.6g}): {cause} "
                         f"(check_timesteps='count' logs them as excluded instead of raising)")
 
     def _grow_eval(self, split: str) -> None:
@@ -930,29 +929,6 @@ class RunLogger:
 
 # ----------------------------------------------------------------------------
 # Helpers
-
-
-def _valid_range_words(p: Process) -> str:
-    if p.kind == "vp":
-        return f"integers 0 to {p.num_timesteps - 1}"
-    if p.kind == "flow":
-        return "t in [0, 1]"
-    return f"sigma in [{p.sigma_min / _EDM_SLACK:g}, {p.sigma_max * _EDM_SLACK:g}]"
-
-
-def _timestep_cause(p: Process, lo: float, hi: float) -> str:
-    """The likeliest reason timesteps fall outside the process, in words."""
-    if p.kind == "flow" and hi > 1 and hi <= 1000.0 and lo >= 0:
-        return "they look scaled by 1000 (pass t in [0, 1], not t*1000)"
-    if p.kind == "vp" and 0 <= lo and hi < 1:
-        return f"they look like fractions of the schedule (pass integer t, i.e. t*{p.num_timesteps})"
-    if p.kind == "vp" and hi >= p.num_timesteps:
-        return f"t reaches {hi:g} >= T = {p.num_timesteps} (an off-by-one, or another schedule's length)"
-    if p.kind == "vp":
-        return "fractional or negative timesteps (pass the integer t the scheduler used)"
-    if p.kind == "edm" and lo <= 0:
-        return "sigma must be positive (pass sigma, not log sigma or t)"
-    return "pass the noise level the process uses"
 
 
 def _to_numpy(x) -> np.ndarray:

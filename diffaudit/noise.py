@@ -295,3 +295,34 @@ class Process:
                 np.allclose(self.alpha_bar, other.alpha_bar, rtol=1e-6, atol=1e-9)
             )
         return bool(np.allclose(self._edges, other._edges))
+
+
+# how far outside [sigma_min, sigma_max] an EDM sigma may lie and still be a noise level of the run
+EDM_SIGMA_SLACK = 10.0
+
+
+def timestep_cause(process, lo: float | None, hi: float | None) -> tuple[str, str]:
+    """(the valid range, the likeliest reason timesteps from ``lo`` to ``hi`` fall outside it), in words: what the
+    logger says when it refuses them and what the analysis says of a run that logged them."""
+    p = process
+    if p.kind == "vp":
+        valid = f"integers 0 to {p.num_timesteps - 1}"
+    elif p.kind == "flow":
+        valid = "t in [0, 1]"
+    else:
+        valid = f"sigma in [{p.sigma_min / EDM_SIGMA_SLACK:g}, {p.sigma_max * EDM_SIGMA_SLACK:g}]"
+    if lo is None or hi is None or not (math.isfinite(lo) and math.isfinite(hi)):
+        return valid, "non-finite timesteps (NaN or inf reached the sampler)"
+    if p.kind == "flow" and 1 < hi <= 1000.0 and lo >= 0:
+        return valid, "they look scaled by 1000 (pass t in [0, 1], not t*1000)"
+    if p.kind == "vp" and 0 <= lo and hi < 1:
+        return valid, f"they look like fractions of the schedule (pass the integer t, i.e. t*{p.num_timesteps})"
+    if p.kind == "vp" and hi >= p.num_timesteps:
+        return valid, f"t reaches {hi:g} >= T = {p.num_timesteps} (an off-by-one, or another schedule's length)"
+    if p.kind == "vp":
+        return valid, "fractional or negative timesteps (pass the integer t the scheduler used)"
+    if p.kind == "edm" and lo <= 0:
+        return valid, "sigma must be positive (pass sigma, not log sigma or t)"
+    if p.kind == "edm":
+        return valid, f"sigma spans {lo:g} to {hi:g}: another noise range than the run's (check sigma_min/sigma_max)"
+    return valid, "flow t outside [0, 1] (negative, or another parametrisation)"

@@ -53,13 +53,6 @@ CLOSE_STATUSES = ("finished", "failed")  # failed: the logger's `with` block exi
 # training samples' loss with the noise level the network is told shifted half the range away, and
 # with the true one, both binned by the true noise level.
 SPLITS = ("train", "eval", "ema", "probe_t", "probe_true")
-SPLIT_WORDS = {
-    "train": "training batches, live weights",
-    "eval": "held-out data, live weights",
-    "ema": "EMA weights (held-out data)",
-    "probe_t": "training samples, the network told a far-away noise level",
-    "probe_true": "the same samples, the network told the true noise level",
-}
 
 # More noise-level bins than this is a mistake (a flow run with t*1000 bins, say), not a resolution:
 # the logger and the loader refuse it rather than allocate or draw them.

@@ -182,11 +182,6 @@ class BatchMeans:
     batch_corr: float  # estimated correlation of adjacent batch means (corrected for in `se`)
     reliable: bool  # batches as long as wanted (BATCH_TAU * tau, BATCH_LENGTH * Gamma_1 / tau)
 
-    @property
-    def n_eff(self) -> float:
-        """Effective sample size n / tau of the series."""
-        return self.n / self.tau
-
 
 @dataclass(frozen=True, eq=False)
 class Trend:

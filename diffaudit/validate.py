@@ -7,7 +7,8 @@ used before it is checked here. Two outcomes only:
 - ``run.json`` (or an export's metadata) that breaks the format is fatal: one
   :class:`~diffaudit.errors.RunFormatError` line naming the file and the field.
 - A part that breaks its schema or an invariant is *damaged*: the loader skips it
-  and names it (fatal with ``--strict``). :func:`part_violation` says why, in words.
+  and names it (fatal with ``--strict``). :func:`schema_violation` and
+  :func:`first_violations` (over the rules of :func:`invariants`) say why, in words.
 
 Reads are bounded: files are opened only if they are regular files (a FIFO would
 block forever), JSON only up to :data:`MAX_JSON_BYTES` and :data:`MAX_JSON_DEPTH`,

@@ -19,7 +19,8 @@ import pytest
 
 import diffaudit
 from _midrun import read_at
-from diffaudit.analysis import _Grid, _late_se, _normal_equivalent, _spikes, analyze, timestep_cause
+from diffaudit.analysis import _Grid, _late_se, _normal_equivalent, _spikes, analyze
+from diffaudit.noise import timestep_cause
 from diffaudit.findings import CONVERGENCE_FINDINGS, Thresholds, _R, at_or_above, weighting_advice
 from diffaudit.lifecycle import lifecycle
 from diffaudit.noise import Process

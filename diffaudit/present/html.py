@@ -68,9 +68,9 @@ def _template_dir() -> Path | None:
 
 
 def _load_template(name: str) -> str:
-    # Installed (wheel): templates ship as the package diffaudit.templates. An
-    # editable install maps that package onto the top-level templates/ folder,
-    # which has no __init__.py and so does not always import: fall back to the file.
+    # Installed (wheel or editable): the top-level templates/ folder ships as the package
+    # diffaudit.templates (pyproject's package-dir). Run from a source checkout without an
+    # install (PYTHONPATH=., as the benchmarks do) that package does not exist: read the folder.
     try:
         res = importlib.resources.files("diffaudit.templates").joinpath(name)
         if res.is_file():
@@ -87,8 +87,8 @@ def _load_template(name: str) -> str:
 def environment() -> jinja2.Environment:
     """The jinja2 environment of every diffaudit page (autoescaped, strict about undefined names).
 
-    ``gate`` renders its compare page with it: ``environment().get_template("compare.html.j2")``
-    extending ``base.html.j2``; ``num``/``pct``/``step`` filters and the ``ui`` macros
+    :func:`report_page` and :func:`compare_page` render with it (``report.html.j2`` and
+    ``compare.html.j2``, each extending ``base.html.j2``); ``num``/``pct``/``step`` filters and the ``ui`` macros
     in base.html.j2 are available to any template.
     """
     env = jinja2.Environment(

@@ -2,8 +2,8 @@
 
 Every function here takes plain arrays (or small dataclasses of arrays) and
 returns an :class:`Image`; none of them knows about runs or analyses, so the
-report (``render``) and the compare page (``gate``) draw with the same helpers,
-one run or several overlaid.
+report page and the compare page (:mod:`diffaudit.present.html`) draw with the
+same helpers, one run or several overlaid.
 
 Why no pyplot: pyplot keeps a global registry of open figures and a "current
 axes"; a library that renders reports inside someone else's process must not
