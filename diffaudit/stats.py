@@ -422,8 +422,15 @@ def _geyer(v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 def _correlation_rows(v: np.ndarray, pos: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(tau, Gamma_1, conservative tau) of each row of v (finite values at positions pos), a quadratic removed.
 
-    The conservative tau also looks at block means of 2, 4, 8, ... values (at
-    least ``TAU_MIN_BLOCKS`` blocks) and keeps the largest long-run variance seen.
+    tau (1 <= tau <= n; n / tau is the effective sample size) is Geyer's initial
+    monotone sequence: pairs rho_2m + rho_2m+1 of sample autocorrelations summed
+    up to the first non-positive pair and forced to be non-increasing. That
+    truncation also hides a slow component with a small share of the variance
+    (optimizer drift under sampling noise), each of whose lags is lost in the
+    noise although it can carry much of the variance of a mean; so the
+    conservative tau also looks at block means of 2, 4, 8, ... values (at least
+    ``TAU_MIN_BLOCKS`` blocks), where the white part averages away and the slow
+    part shows, and keeps the largest long-run variance seen.
     """
     r, n = v.shape
     ones = np.ones(r)
@@ -485,23 +492,6 @@ def correlations(y, keep) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         for o, a in zip(out, got):
             o[js] = a
     return out
-
-
-def integrated_autocorr_time(y, *, conservative: bool = False) -> float:
-    """Integrated autocorrelation time tau (1 <= tau <= n) of a series: n / tau is its ESS.
-
-    Geyer's initial monotone sequence on the series less a fitted quadratic in
-    time (NaNs dropped, their neighbours joined): pairs rho_2m + rho_2m+1 of
-    sample autocorrelations are summed up to the first non-positive pair and
-    forced to be non-increasing. That truncation
-    also hides a slow component with a small share of the variance (optimizer
-    drift under sampling noise), each of whose lags is lost in the noise although
-    it can carry much of the variance of a mean; ``conservative=True`` also
-    estimates tau from block means of 2, 4, 8, ... values, where the white part
-    averages away and the slow part shows, and returns the largest estimate.
-    """
-    tau, _, cons = _correlation(y)
-    return cons if conservative else tau
 
 
 def batch_means(
@@ -910,24 +900,6 @@ def spikes_at(rz: RobustZ, threshold: float = SPIKE_THRESHOLD, side: str = "uppe
     )
 
 
-def detect_spikes(
-    x,
-    *,
-    window: int = SPIKE_WINDOW,  # points in the rolling median / MAD (odd; forced odd)
-    threshold: float = SPIKE_THRESHOLD,  # robust z beyond which a point is a spike
-    side: str = "upper",  # "upper" (loss, grad norm), "lower" or "both"
-) -> Spikes:
-    """Spikes of a per-step series: robust z = (x - rolling median) / (1.4826 rolling MAD) beyond ``threshold``.
-
-    Non-finite points are dropped before the filters (the window spans finite
-    neighbours) and reported in `.nonfinite`. :func:`robust_z` then :func:`spikes_at`,
-    which read one series at several thresholds without filtering it again.
-    """
-    if side not in ("upper", "lower", "both"):
-        raise DataError(f"side must be 'upper', 'lower' or 'both', got {side!r}")
-    return spikes_at(robust_z(x, window=window), threshold, side)
-
-
 def level_shift(
     x,
     *,
@@ -991,15 +963,9 @@ def level_shift(
 AR1_PHI_MAX = 0.99  # the largest AR(1) coefficient the pooled estimate returns
 
 
-def ar1_correlation(n: int, phi: float) -> np.ndarray:
-    """The n x n correlation matrix phi^|i-j| of an AR(1) series."""
-    i = np.arange(int(n))
-    return float(phi) ** np.abs(i[:, None] - i[None, :])
-
-
 @lru_cache(maxsize=512)
 def _ar1_mean_factors(n: int, phi: float) -> tuple[float, float]:
-    # With S = ar1_correlation(n, phi) and C = I - 11'/n: Var(mean) = 1'S1 / n^2, E[s^2] = tr(CS) / (n - 1),
+    # With S the AR(1) correlation matrix phi^|i-j| (n x n) and C = I - 11'/n: Var(mean) = 1'S1 / n^2, E[s^2] = tr(CS) / (n - 1),
     # and the Satterthwaite df of s^2 is tr(CS)^2 / tr(CSCS). With c = S1 (S is symmetric), tr(CS) = n - 1'c/n
     # and tr(CSCS) = |S|_F^2 - 2 c'c / n + (1'c)^2 / n^2, and each of c, 1'c and |S|_F^2 is a geometric sum:
     # O(n), no n x n matrix (tests check the matrix form).
@@ -1057,7 +1023,7 @@ def _xlag(u: np.ndarray, v: np.ndarray) -> np.ndarray:
 def _expected_lag1(n: int, degree: int) -> tuple[np.ndarray, np.ndarray]:
     """Grid of phi and the expected pooled lag-1 autocorrelation of detrended AR(1) series of length n.
 
-    rho(phi) = tr(M A M R) / tr(M R), with R = ar1_correlation(n, phi), M = I - QQ' the detrender and A the
+    rho(phi) = tr(M A M R) / tr(M R), with R the AR(1) correlation matrix phi^|i-j|, M = I - QQ' the detrender and A the
     symmetric lag-1 operator. R depends on |i - j| only, so each trace is sum_k s[k] phi^k over the lag sums
     s of M A M and of M; with P = QQ' of rank degree + 1, MAM = A - PA - AP + PAP, and every lag sum comes
     from a few cross-correlations of n-vectors (FFT): no n x n matrix, so 20,000 blocks take milliseconds
@@ -1137,10 +1103,10 @@ def ar1_mean_error(y, phi: float) -> tuple[float, float, float]:
 __all__ = [
     "BATCH_LENGTH", "BATCH_TAU", "MAD_TO_SIGMA", "MAX_BATCHES", "MIN_BATCHES", "SPIKE_THRESHOLD",
     "SPIKE_WINDOW", "TAU_MIN_BLOCKS",
-    "AR1_PHI_MAX", "BatchMeans", "Comparison", "PooledAR1", "ar1_correlation", "ar1_mean_error", "ar1_mean_factors",
+    "AR1_PHI_MAX", "BatchMeans", "Comparison", "PooledAR1", "ar1_mean_error", "ar1_mean_factors",
     "pooled_ar1", "Equivalence", "LevelShift", "Moments", "Spikes", "Trend",
     "adjust_pvalues", "batch_means", "batch_starts", "coarsen_moments", "compare_seed_means", "compare_series",
     "correlations", "same_columns",
-    "RobustZ", "detect_spikes", "equivalence", "robust_z", "spikes_at", "integrated_autocorr_time", "level_shift", "merge_groups", "merge_moments",
+    "RobustZ", "equivalence", "robust_z", "spikes_at", "level_shift", "merge_groups", "merge_moments",
     "median_filter", "moments", "norm_isf", "norm_sf", "t_cdf", "t_isf", "t_ppf", "t_sf", "trend",
 ]

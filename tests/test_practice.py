@@ -19,6 +19,7 @@ import pytest
 
 import diffaudit
 from _midrun import read_at
+from _stats import detect_spikes
 from diffaudit.analysis import _Grid, _late_se, _normal_equivalent, _spikes, analyze
 from diffaudit.noise import timestep_cause
 from diffaudit.findings import CONVERGENCE_FINDINGS, Thresholds, _R, at_or_above, weighting_advice
@@ -374,7 +375,7 @@ def test_heavy_tailed_healthy_step_noise_does_not_warn(df):
     # the fixed threshold would have found events on nearly every t(3) run
     if df == 3:
         assert np.median([s.threshold for s in runs]) > 20
-        fixed = sum(diffaudit.stats.detect_spikes(np.log(_loss_series(rng, 10_000, 3)["loss"].to_numpy())).n_events >= 3
+        fixed = sum(detect_spikes(np.log(_loss_series(rng, 10_000, 3)["loss"].to_numpy())).n_events >= 3
                     for _ in range(20))
         assert fixed >= 15
 

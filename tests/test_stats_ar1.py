@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from scipy import stats as sps
 
+from _stats import ar1_correlation
 from diffaudit import stats
 from diffaudit.errors import InconclusiveError
 
@@ -62,7 +63,7 @@ def test_pooled_estimate_needs_values():
 
 
 def _mean_factors_by_matrices(n, phi):
-    S = stats.ar1_correlation(n, phi)
+    S = ar1_correlation(n, phi)
     C = np.eye(n) - 1.0 / n
     CS = C @ S
     tr = float(np.trace(CS))
@@ -82,7 +83,7 @@ def _expected_lag1_by_matrices(n, degree):
     A = A + A.T
     MAM = M @ A @ M
     phis = np.linspace(0.0, stats.AR1_PHI_MAX, 199)
-    rho = [np.trace(MAM @ stats.ar1_correlation(n, p)) / np.trace(M @ stats.ar1_correlation(n, p)) for p in phis]
+    rho = [np.trace(MAM @ ar1_correlation(n, p)) / np.trace(M @ ar1_correlation(n, p)) for p in phis]
     return np.maximum.accumulate(rho)
 
 
