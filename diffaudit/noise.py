@@ -242,11 +242,15 @@ class Process:
             return 0.5 * (e[:-1] + e[1:])
         return np.sqrt(e[:-1] * e[1:])
 
-    def bin_log_snr(self) -> np.ndarray:
-        """log(alpha^2 / sigma^2) at each bin's representative timestep."""
-        a, s = self.alpha_sigma(self.bin_centers())
+    def log_snr(self, t) -> np.ndarray:
+        """log(alpha_t^2 / sigma_t^2) at timesteps t (vp: integers; flow: t in [0, 1]; edm: sigma); +-inf at the ends."""
+        a, s = self.alpha_sigma(t)
         with np.errstate(divide="ignore"):
             return 2.0 * (np.log(a) - np.log(s))
+
+    def bin_log_snr(self) -> np.ndarray:
+        """log(alpha^2 / sigma^2) at each bin's representative timestep."""
+        return self.log_snr(self.bin_centers())
 
     def target_coefficients(self, t) -> tuple[np.ndarray, np.ndarray]:
         """(c_x, c_eps) of the prediction target y = c_x x0 + c_eps eps at timesteps t (see :func:`target_coefficients`)."""

@@ -56,8 +56,9 @@ class Reference:
         return bool(np.isfinite(self.empirical).any())
 
 
-def data_statistics(meta: dict) -> dict | None:
-    """The keyword the Gaussian L* takes from run.json: {"spectrum": ...} or {"data_var": ...}; None if neither."""
+def lstar_statistics(meta: dict) -> dict | None:
+    """The keyword the Gaussian L* takes from run.json: {"spectrum": ...} or {"data_var": ...}; None if neither.
+    (Not :func:`diffaudit.datastats.data_statistics`, which computes those numbers from training samples.)"""
     if meta.get("data_spectrum") is not None:
         return {"spectrum": np.asarray(meta["data_spectrum"], np.float64)}
     if meta.get("data_var") is not None:
@@ -74,7 +75,7 @@ def statistics_source(meta: dict) -> str:
 
 def data_variance(meta: dict) -> float | None:
     """The mean per-element variance of the run's data (the spectrum's mean when a spectrum is given)."""
-    stats = data_statistics(meta)
+    stats = lstar_statistics(meta)
     if stats is None:
         return None
     return float(np.mean(stats["spectrum"])) if "spectrum" in stats else stats["data_var"]
@@ -85,7 +86,7 @@ def reference_lstar(run: Run) -> Reference:
     nb = run.process.num_bins
     gaussian, problem = np.full(nb, np.nan), None
     try:
-        stats = data_statistics(run.meta)
+        stats = lstar_statistics(run.meta)
         if stats is not None:
             gaussian = np.asarray(bin_gaussian_optimal_loss(run.process, **stats), np.float64)
     except (DiffauditError, ValueError, TypeError) as e:

@@ -39,7 +39,7 @@ import polars as pl
 from diffaudit.errors import MismatchError
 from diffaudit.load import Run
 from diffaudit.optimum import gaussian_optimal_loss
-from diffaudit.reference import data_statistics, reference_lstar
+from diffaudit.reference import lstar_statistics, reference_lstar
 from diffaudit.words import bin_ranges
 
 UNIT = "lstar"  # run.meta["unit"] of a converted run
@@ -58,7 +58,7 @@ class Conversion:
 
 def _lstar_per_bin(run: Run) -> tuple[np.ndarray, np.ndarray]:
     """The run's Gaussian L* per bin (its reference) and, per bin, max / min of L*(t) over the bin's timesteps."""
-    kw = data_statistics(run.meta)
+    kw = lstar_statistics(run.meta)
     if kw is None:
         raise MismatchError(f"{run.path}: comparing in L* units needs the data statistics in run.json "
                             f"(data_var or data_spectrum; see diffaudit.datastats.data_statistics)")

@@ -531,16 +531,12 @@ def noise_axis(process) -> NoiseAxis:
     if process.kind == "vp":
         T = process.num_timesteps
         grid = np.arange(T, dtype=np.float64)
-        with np.errstate(divide="ignore"):
-            snr = np.log(process.alpha_bar) - np.log(process.one_minus_alpha_bar)
-        return NoiseAxis("timestep t   (more noise →)", "linear", 0.0, float(T), grid, snr)
+        return NoiseAxis("timestep t   (more noise →)", "linear", 0.0, float(T), grid, process.log_snr(grid))
     if process.kind == "flow":
         grid = np.linspace(0.0, 1.0, 401)
-        with np.errstate(divide="ignore"):
-            snr = 2.0 * (np.log1p(-grid) - np.log(grid))
-        return NoiseAxis("flow time t   (more noise →)", "linear", 0.0, 1.0, grid, snr)
+        return NoiseAxis("flow time t   (more noise →)", "linear", 0.0, 1.0, grid, process.log_snr(grid))
     grid = np.exp(np.linspace(math.log(e[0]), math.log(e[-1]), 401))
-    return NoiseAxis("noise level σ   (more noise →)", "log", float(e[0]), float(e[-1]), grid, -2.0 * np.log(grid))
+    return NoiseAxis("noise level σ   (more noise →)", "log", float(e[0]), float(e[-1]), grid, process.log_snr(grid))
 
 
 def _noise_x(ax, axis: NoiseAxis, *, snr: bool = True) -> None:
