@@ -428,7 +428,7 @@ def analyze(
     phases, sel = _phases(grid, late_fraction, phase_fraction, trend_fraction)
     ref = reference_lstar(run)
     lg, le, le_se, problems = ref.gaussian, ref.empirical, ref.empirical_se, [ref.problem] if ref.problem else []
-    steps = run.steps.sort("step") if run.steps.height else run.steps
+    steps = run.steps if run.steps.height == 0 or run.steps["step"].is_sorted() else run.steps.sort("step")
     # What reads only the per-step series (spikes, clipping, gradient flow, the plotted series) and the run's
     # lifecycle is worked out on a second thread while this one works out the bins: about half the work each,
     # and their numpy and polars calls release the GIL.
@@ -925,19 +925,27 @@ def spike_threshold(z: np.ndarray, n: int | None = None, *, false_events: float 
     t(3) tail over 10,000 steps asks for ~35. ``false_events`` overrides
     ``SPIKE_FALSE_EVENTS`` (a lone spike is held to ``SPIKE_FALSE_SINGLE``).
     """
+    return spike_thresholds(z, n, (SPIKE_FALSE_EVENTS if false_events is None else false_events,))[0]
+
+
+def spike_thresholds(z: np.ndarray, n: int | None, false_events: tuple[float, ...]) -> list[tuple[float, float | None]]:
+    """:func:`spike_threshold` at several ``false_events``, the tail fitted once."""
     z = np.asarray(z, np.float64)
     z = z[np.isfinite(z)]
     n = int(n or z.size)
     base = stats.SPIKE_THRESHOLD
     if z.size < 200:
-        return base, None
+        return [(base, None)] * len(false_events)
     q_lo, q_hi = np.quantile(z, [1 - SPIKE_TAIL_LO, 1 - SPIKE_TAIL_HI])
     if not (q_lo > 0 and q_hi > q_lo):
-        return base, None
+        return [(base, None)] * len(false_events)
     a = math.log(SPIKE_TAIL_LO / SPIKE_TAIL_HI) / math.log(q_hi / q_lo)
-    p = (SPIKE_FALSE_EVENTS if false_events is None else false_events) / max(n, 1)
-    thr = q_hi * (SPIKE_TAIL_HI / p) ** (1.0 / a) if p < SPIKE_TAIL_HI else q_hi
-    return float(max(base, min(thr, SPIKE_MAX_THRESHOLD))), float(a)
+    out = []
+    for events in false_events:
+        p = events / max(n, 1)
+        thr = q_hi * (SPIKE_TAIL_HI / p) ** (1.0 / a) if p < SPIKE_TAIL_HI else q_hi
+        out.append((float(max(base, min(thr, SPIKE_MAX_THRESHOLD))), float(a)))
+    return out
 
 
 def _spikes(steps: pl.DataFrame) -> SpikeSummary:
@@ -953,8 +961,7 @@ def _spikes(steps: pl.DataFrame) -> SpikeSummary:
     with np.errstate(divide="ignore", invalid="ignore"):
         ll = np.where(pos_ok, np.log(loss), np.nan)
     every = stats.robust_z(ll)  # the robust z of every finite step, filtered once
-    thr, tail = spike_threshold(every.z, every.z.size)
-    lone, _ = spike_threshold(every.z, every.z.size, false_events=SPIKE_FALSE_SINGLE)
+    (thr, tail), (lone, _) = spike_thresholds(every.z, every.z.size, (SPIKE_FALSE_EVENTS, SPIKE_FALSE_SINGLE))
     # candidates at the fixed threshold: the largest excursions (a blow-up is one, on any noise) ...
     cand = stats.spikes_at(every)
     fin_pos = np.flatnonzero(np.isfinite(ll))
