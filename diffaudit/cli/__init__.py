@@ -148,7 +148,7 @@ COMMANDS = {
     "compare": ("diffaudit.cli.compare", "Gate on a regression: compare CANDIDATE run(s) with BASELINE run(s)."),
     "watch": ("diffaudit.cli.watch", "Follow a run while it trains; exit 1 as soon as training is broken."),
     "optimum": ("diffaudit.cli.optimum", "The empirical L* of the training set per noise bin, stored in the run."),
-    "export": ("diffaudit.cli.summary", "A run as one .parquet file, or as TensorBoard events."),
+    "export": ("diffaudit.cli.export", "A run as one .parquet file, or as TensorBoard events."),
 }
 
 
