@@ -36,7 +36,9 @@ Exit codes: 0 ok / no regression, 1 regression or --fail-on finding,
 # Parameters of the commands that name what they read and what they write (by click parameter name).
 INPUT_PARAMS = ("run", "run_path", "data", "baseline", "candidate")
 OUTPUT_PARAMS = ("html", "json_out", "junit", "markdown", "markdown_out", "output", "tensorboard")
-TEXT_OUTPUTS = ("html", "json_out", "junit", "markdown", "markdown_out")  # '-' means stdout for these; a file elsewhere
+TEXT_OUTPUTS = ("html", "json_out", "junit", "markdown", "markdown_out")  # '-' means stdout for these (see output_option)
+# export's -o (binary Parquet) and --tensorboard (a folder), watch's -o (a page rewritten at every change): files only,
+# '-' refused before anything runs (not_stdout)
 
 
 # ----------------------------------------------------------------------------
@@ -256,6 +258,17 @@ def output_option(*decls: str, what: str):
     """An option that names an output file, the one convention of every command: FILE, or '-' for stdout."""
     return click.option(*decls, type=click.Path(dir_okay=False, allow_dash=True, path_type=str), metavar="FILE",
                         default=None, help=f"Write {what} to FILE ('-' for stdout).")
+
+
+def not_stdout(why: str, want: str = "a file name"):
+    """A click callback for an output that can only be a file or a folder: '-' is refused (exit 2), saying why."""
+
+    def check(ctx, param, value):
+        if value == "-":
+            raise DiffauditError(f"{'/'.join(param.opts)} -: {why}; give {want}")
+        return value
+
+    return check
 
 
 def any_stdout(*paths) -> bool:

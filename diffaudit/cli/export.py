@@ -4,16 +4,19 @@ from __future__ import annotations
 
 import click
 
-from diffaudit.cli import STRICT, main, warn_problems
+from diffaudit.cli import STRICT, main, not_stdout, warn_problems
 from diffaudit.load import export_run, load_run
 
 
 @main.command()
 @click.argument("run", type=click.Path(path_type=str))
-@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=str), help="The .parquet file to write.")
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=str), metavar="FILE",
+              callback=not_stdout("an export is a binary Parquet file, not text for stdout"),
+              help="The .parquet file to write (a file: not '-', Parquet is binary).")
 @click.option("--tensorboard", type=click.Path(file_okay=False, path_type=str), metavar="DIR",
+              callback=not_stdout("TensorBoard events are a folder of files, not text for stdout", "a folder"),
               help="Also (or only) write TensorBoard events here: per-noise-level loss and excess over L*, clip rate, "
-                   "grad norm, your scalars, and the findings as text (needs the tensorboard extra).")
+                   "grad norm, your scalars, and the findings as text (needs the tensorboard extra; a folder, not '-').")
 @STRICT
 def export(run, output, tensorboard, strict):
     """Write RUN as one self-describing .parquet file (for CI artifacts), or as TensorBoard events.

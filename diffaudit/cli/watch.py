@@ -6,7 +6,7 @@ import time
 
 import click
 
-from diffaudit.cli import EXIT_FAIL, EXIT_INCONCLUSIVE, EXIT_OK, STRICT, main, write_output
+from diffaudit.cli import EXIT_FAIL, EXIT_INCONCLUSIVE, EXIT_OK, STRICT, main, not_stdout, write_output
 from diffaudit.findings import at_or_above
 from diffaudit.present.text import MARK, PROVISIONAL_MARK
 from diffaudit.watch import DEFAULT_INTERVAL, Watcher
@@ -24,8 +24,10 @@ def _line(c) -> str:
 @click.argument("run", type=click.Path(path_type=str))
 @click.option("--interval", type=click.FloatRange(min=0.1), default=DEFAULT_INTERVAL, show_default=True,
               help="Seconds between polls; a poll that finds no new file does no other work.")
-@click.option("-o", "--html", "html", type=click.Path(dir_okay=False, path_type=str),
-              help="Rewrite this self-contained HTML report (atomically) whenever the run changes.")
+@click.option("-o", "--html", "html", type=click.Path(dir_okay=False, path_type=str), metavar="FILE",
+              callback=not_stdout("watch rewrites the page at every change and prints its status lines on stdout"),
+              help="Rewrite this self-contained HTML report (atomically) whenever the run changes. A file, not '-': "
+                   "the page is rewritten at every change and stdout holds the status lines.")
 @click.option("--fail-on", type=click.Choice(["fail", "warn", "never"]), default="fail", show_default=True,
               help="Exit 1 as soon as a finding at this level fires (provisional ones never count).")
 @click.option("--timeout", type=click.FloatRange(min=0), default=None,
