@@ -38,3 +38,48 @@ def test_the_help_of_a_file_only_output_says_it_is_not_stdout(command, option):
 def test_the_readme_says_which_outputs_take_stdout():
     readme = " ".join((Path(__file__).resolve().parents[1] / "README.md").read_text().split())
     assert "`export -o`/`--tensorboard` and `watch -o` write files only" in readme
+
+
+# ----------------------------------------------------------------------------
+# The commands' text comes from diffaudit.present; what it counts, from the library
+
+
+def test_summary_prints_the_presentation_of_the_library_summary():
+    import diffaudit
+    from diffaudit.present.text import recent_loss_lines, summary_lines
+    from diffaudit.summary import summarize
+
+    s = summarize(diffaudit.load_run(LOGS / "resumed"), max_rows=4)
+    assert (s.segments, s.ranks, s.restarts, s.lifecycle.state) == (2, 1, 1, "finished")
+    lines = summary_lines(s)
+    assert "segments 2 (restarts: 1), ranks 1" in lines[3] and lines[2] == f"state: {s.lifecycle.words}"
+    table = recent_loss_lines(s)
+    assert table[0] == "" and len(table) == 3 + 4  # blank, title, header, one row per merged group
+    res = run_cli("summary", LOGS / "resumed", "--rows", 4)
+    assert res.exit_code == 0 and res.output.splitlines() == lines + table, res.output
+
+
+def test_watch_change_lines():
+    from diffaudit.present.text import watch_change_line
+    from diffaudit.watch import Change
+
+    assert watch_change_line(Change("cleared", "loss.spikes", None, "warn")) == "  cleared  loss.spikes (was warn)"
+    assert watch_change_line(Change("appeared", "a.b", "fail", None, "m")) == "  [FAIL] new          a.b: m"
+    assert watch_change_line(Change("changed", "a.b", "warn", "info", "m", provisional=True)) == \
+        "  [PROV] info -> warn a.b: m"
+
+
+def test_optimum_table_shows_the_gaussian_column_only_when_known():
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    import diffaudit
+    from diffaudit.present.text import optimum_table
+
+    process = diffaudit.load_run(RUN).process
+    k = process.num_bins
+    result = SimpleNamespace(loss_opt=np.linspace(0.1, 1, k), stderr=np.full(k, 0.01))
+    bare, full = optimum_table(process, result, None), optimum_table(process, result, np.ones(k))
+    assert len(bare) == len(full) == k + 1
+    assert "Gaussian L*" not in bare[0] and full[0].endswith("Gaussian L*") and full[1].endswith("1")

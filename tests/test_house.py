@@ -62,6 +62,7 @@ DEFERRED = {
     ("diffaudit.cli.export", "diffaudit.present.markdown"): "export -o alone: only for --tensorboard",
     ("diffaudit.cli.export", "diffaudit.present.tensorboard"): "export -o alone: only for --tensorboard",
     ("diffaudit.cli.optimum", "tqdm"): "the progress bar only on a terminal",
+    ("diffaudit.present.text", "diffaudit.present.cells"): "the compare table reads the gate: not summary's start-up",
     # pyarrow (~0.07 s to import) only where a file is written, a part is damaged or a run lives elsewhere:
     # reading a run its logger wrote is polars' alone
     ("diffaudit.runformat", "pyarrow"): "pyarrow schemas and writes: the logger's and the exporter's",
@@ -124,7 +125,8 @@ def _loaded(code: str) -> set[str]:
 def test_help_and_the_light_commands_load_no_heavy_module():
     help_mods = _loaded("from diffaudit.cli import main, COMMANDS")
     assert not {"polars", "numpy", "scipy", "matplotlib", "jinja2", "torch"} & help_mods
-    summary = _loaded("import diffaudit.cli.summary")
+    summary = _loaded("import diffaudit.cli.summary")  # its text comes from diffaudit.present.text, which stays light
+    assert "diffaudit.present.text" in summary
     assert not {"scipy", "matplotlib", "jinja2", "torch", "diffaudit.analysis", "diffaudit.present.html"} & summary
     export = _loaded("import diffaudit.cli.export")  # the analysis and the writer only for --tensorboard
     assert not {"scipy", "matplotlib", "jinja2", "torch", "diffaudit.analysis", "diffaudit.present.tensorboard"} & export

@@ -8,16 +8,8 @@ import click
 
 from diffaudit.cli import EXIT_FAIL, EXIT_INCONCLUSIVE, EXIT_OK, STRICT, main, not_stdout, write_output
 from diffaudit.findings import at_or_above
-from diffaudit.present.text import MARK, PROVISIONAL_MARK
+from diffaudit.present.text import watch_change_line, watch_update_line
 from diffaudit.watch import DEFAULT_INTERVAL, Watcher
-
-
-def _line(c) -> str:
-    if c.kind == "cleared":
-        return f"  cleared  {c.id} (was {c.before})"
-    mark = PROVISIONAL_MARK if c.provisional else MARK[c.severity]
-    what = "new" if c.kind == "appeared" else f"{c.before} -> {c.severity}"
-    return f"  [{mark}] {what:<12} {c.id}: {c.message}"
 
 
 @main.command(epilog="Example: diffaudit watch runs/exp1 -o report.html --fail-on fail && echo 'finished healthy'")
@@ -47,11 +39,10 @@ def watch(run, interval, html, fail_on, timeout, strict):
         u = watcher.poll()
         if u.changed:
             if u.state != last_state or u.changes:
-                step = "" if u.last_step is None else f" step {u.last_step:,}"
-                click.echo(f"{time.strftime('%H:%M:%S')}{step}: {u.lifecycle}; verdict {u.verdict}")
+                click.echo(watch_update_line(u, time.strftime("%H:%M:%S")))
                 last_state = u.state
             for c in u.changes:
-                click.echo(_line(c))
+                click.echo(watch_change_line(c))
             if html:
                 from diffaudit.present.html import report_page  # matplotlib and jinja2: only when a page is asked for
 
