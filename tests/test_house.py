@@ -87,6 +87,13 @@ def test_engines_never_import_the_presentation_or_the_cli(module):
     assert not bad, f"{module} imports {bad}: engines return data; formatting lives in diffaudit.present"
 
 
+@pytest.mark.parametrize("module", ENGINES)
+def test_engines_hold_no_markdown_table(module):
+    rules = [n.value for n in ast.walk(MODULES[module]) if isinstance(n, ast.Constant) and isinstance(n.value, str)
+             and "---|" in n.value]
+    assert not rules, f"{module} builds a Markdown table: that is diffaudit.present.markdown's work"
+
+
 @pytest.mark.parametrize("module", [m for m in MODULES if m.startswith("diffaudit.present")])
 def test_the_presentation_never_imports_the_cli(module):
     names = [n for n, _ in _imports(MODULES[module], top_level_only=False)]

@@ -37,7 +37,7 @@ def report_document(a: "Analysis") -> dict:
     * ``run``: :class:`RunInfo` (name, path, run_id, process, prediction, num_bins, steps, windows, ...)
     * ``verdict``: ``"healthy"``, ``"warnings"`` or ``"failing"``
     * ``findings``: most severe first, each ``{id, severity, title, message, recommendation,
-      evidence: {name: number | list | dict}, bins: [int]}``; ids are stable (findings.FINDINGS_TABLE)
+      evidence: {name: number | list | dict}, bins: [int]}``; ids are stable (findings.DETECTORS, the README's table)
     * ``bins``: one object per noise bin with the columns of :data:`BIN_COLUMNS`
     * ``phases``, ``loss``, ``profile``, ``spikes``, ``clip``, ``nonfinite``, ``schedule``,
       ``probes`` (with its per-probe-bin rows under ``bins``), ``eval`` (held-out data, live weights),
