@@ -35,6 +35,7 @@ if TYPE_CHECKING:  # analysis imports this module; the rules only read its datac
     from diffaudit.analysis import Analysis
 
 SEVERITIES = ("info", "warn", "fail")
+GATE_SEVERITIES = SEVERITIES[1:]  # what a --fail-on gate can name: an info finding asks for no action
 SEVERITY_RANK = {s: i for i, s in enumerate(SEVERITIES)}
 
 
@@ -1009,6 +1010,6 @@ def at_or_above(findings, severity: str) -> list[Finding]:
 THRESHOLD_NAMES = tuple(f.name for f in fields(Thresholds))
 
 __all__ = [
-    "CONVERGENCE_FINDINGS", "DETECTORS", "SEVERITIES", "Finding", "Detector", "Thresholds", "at_or_above",
+    "CONVERGENCE_FINDINGS", "DETECTORS", "GATE_SEVERITIES", "SEVERITIES", "Finding", "Detector", "Thresholds", "at_or_above",
     "evaluate", "min_snr_weight", "verdict", "weighting_advice",
 ]

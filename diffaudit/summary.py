@@ -11,6 +11,9 @@ import polars as pl
 from diffaudit.lifecycle import Lifecycle, lifecycle
 from diffaudit.load import Run, merge_moments
 
+MAX_ROWS = 20  # noise-level rows of the recent-loss table (fine bins merged into at most this many)
+RECENT_FRACTION = 0.1  # the last share of statistics windows that counts as recent
+
 
 @dataclass(frozen=True)
 class BinRow:
@@ -51,7 +54,8 @@ class RunSummary:
     lifecycle: Lifecycle  # the run's state as of the summary (finished, failed, in progress, ended)
 
 
-def summarize(run: Run, *, max_rows: int = 20, recent_fraction: float = 0.1, now: float | None = None) -> RunSummary:
+def summarize(run: Run, *, max_rows: int = MAX_ROWS, recent_fraction: float = RECENT_FRACTION,
+              now: float | None = None) -> RunSummary:
     """Summarize a loaded run; ``recent`` merges the last ``recent_fraction`` of windows into <= max_rows bin groups.
 
     The lifecycle is read at ``now`` (default: the current time)."""

@@ -83,3 +83,52 @@ def test_optimum_table_shows_the_gaussian_column_only_when_known():
     bare, full = optimum_table(process, result, None), optimum_table(process, result, np.ones(k))
     assert len(bare) == len(full) == k + 1
     assert "Gaussian L*" not in bare[0] and full[0].endswith("Gaussian L*") and full[1].endswith("1")
+
+
+# ----------------------------------------------------------------------------
+# Defaults and choices come from the library, never retyped
+
+
+def _param(command, name):
+    import importlib
+
+    cmd = getattr(importlib.import_module(f"diffaudit.cli.{command}"), command)
+    return next(p for p in cmd.params if p.name == name)
+
+
+def _default(func, name):
+    import inspect
+
+    return inspect.signature(func).parameters[name].default
+
+
+def test_cli_defaults_are_the_library_defaults():
+    from diffaudit import optimum, summary, watch
+
+    assert _param("summary", "rows").default == _default(summary.summarize, "max_rows") == summary.MAX_ROWS
+    f = optimum.bin_empirical_optimal_loss
+    assert _param("optimum", "samples_per_bin").default == _default(f, "samples_per_bin") == optimum.DEFAULT_SAMPLES_PER_BIN
+    assert _param("optimum", "seed").default == _default(f, "seed") == optimum.DEFAULT_SEED
+    assert _param("watch", "fail_on").default == _default(watch.stopping, "fail_on") == watch.DEFAULT_FAIL_ON
+    assert _param("watch", "interval").default == watch.DEFAULT_INTERVAL
+
+
+def test_fail_on_levels_are_the_findings_severities():
+    from diffaudit.findings import GATE_SEVERITIES, SEVERITIES
+
+    assert tuple(_param("report", "fail_on").type.choices) == GATE_SEVERITIES == ("warn", "fail")
+    assert set(GATE_SEVERITIES) < set(SEVERITIES)
+    assert tuple(_param("watch", "fail_on").type.choices) == ("fail", "warn", "never")
+
+
+def test_what_stops_a_watch():
+    from types import SimpleNamespace as F
+
+    from diffaudit.findings import SEVERITY_RANK
+    from diffaudit.watch import stopping
+
+    found = [F(id=s, severity=s, rank=SEVERITY_RANK[s], provisional=False) for s in ("info", "warn", "fail")]
+    found.append(F(id="early", severity="fail", rank=2, provisional=True))
+    assert [f.id for f in stopping(found)] == ["fail"]  # the default level; a provisional finding never counts
+    assert [f.id for f in stopping(found, "warn")] == ["warn", "fail"]
+    assert stopping(found, "never") == []

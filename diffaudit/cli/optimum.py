@@ -61,9 +61,9 @@ class _Progress:
 @click.argument("data", type=click.Path(path_type=str))
 @click.option("--run", "run_path", required=True, type=click.Path(path_type=str),
               help="The run directory to add the result to (an exported .parquet is read-only).")
-@click.option("--samples-per-bin", default=64, show_default=True, type=click.IntRange(2, None),
+@click.option("--samples-per-bin", default=opt.DEFAULT_SAMPLES_PER_BIN, show_default=True, type=click.IntRange(2, None),
               help="Monte Carlo samples (t, x0, eps) per noise bin; the standard error falls as 1/sqrt of it.")
-@click.option("--seed", default=0, show_default=True, type=click.IntRange(0, None),
+@click.option("--seed", default=opt.DEFAULT_SEED, show_default=True, type=click.IntRange(0, None),
               help="Same seed, same (t, x0, eps) draws, for every estimator and device.")
 @click.option("--estimator", type=click.Choice(opt.ESTIMATORS),
               help="exact: every posterior over all N samples; stratified: x0, its nearest candidates and a "

@@ -7,13 +7,13 @@ import click
 from diffaudit.cli import STRICT, main, warn_problems
 from diffaudit.load import load_run
 from diffaudit.present import text
-from diffaudit.summary import summarize
+from diffaudit.summary import MAX_ROWS, summarize
 
 
 @main.command()
 @click.argument("run", type=click.Path(path_type=str))
 @STRICT
-@click.option("--rows", default=20, show_default=True, type=click.IntRange(1, 1000), help="Noise-level rows in the table.")
+@click.option("--rows", default=MAX_ROWS, show_default=True, type=click.IntRange(1, 1000), help="Noise-level rows in the table.")
 def summary(run, strict, rows):
     """Print an overview of RUN: state, steps, segments, ranks, losses, recent loss per noise level.
 
