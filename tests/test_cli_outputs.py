@@ -132,3 +132,31 @@ def test_what_stops_a_watch():
     assert [f.id for f in stopping(found)] == ["fail"]  # the default level; a provisional finding never counts
     assert [f.id for f in stopping(found, "warn")] == ["warn", "fail"]
     assert stopping(found, "never") == []
+
+
+# ----------------------------------------------------------------------------
+# watch's exit codes, as documented
+
+
+@pytest.mark.parametrize("args,code", [
+    ([RUN], 0),  # finished, nothing at fail
+    ([LOGS / "lr_high"], 1),  # finished, but the loss exploded
+    ([RUN, "--fail-on", "never"], 0),
+    (["not_started_yet", "--timeout", "0"], 3),  # --timeout passed before the run finished
+])
+def test_watch_exit_codes(tmp_path, monkeypatch, args, code):
+    monkeypatch.chdir(tmp_path)
+    assert run_cli("watch", *args, "--interval", "0.1").exit_code == code
+
+
+def test_the_exit_codes_of_watch_are_documented():
+    from diffaudit.cli import EPILOG, __doc__ as doc
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text().split("### Exit codes", 1)[1]
+    rows = {ln.split("|")[1].strip(): ln for ln in readme.splitlines() if ln.startswith("| ") and ln[2].isdigit()}
+    for code in ("0", "1", "3"):
+        assert "`watch`" in rows[code], rows[code]
+    epilog = " ".join(EPILOG.split())
+    assert "1 regression, --fail-on finding or watched run failed" in epilog
+    assert "3 inconclusive or watched run ended without a close / --timeout" in epilog
+    assert doc.count("``watch``") == 3

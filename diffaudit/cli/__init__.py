@@ -1,10 +1,13 @@
 """The ``diffaudit`` command line: the only place that prints and picks exit codes.
 
 Exit codes (documented in ``diffaudit --help`` and the README):
-  0  success; for ``compare`` and ``report --fail-on``: no regression / no finding at that level
-  1  ``compare``: a regression; ``report --fail-on``: a finding at or above that severity
+  0  success; for ``compare`` and ``report --fail-on``: no regression / no finding at that level;
+     ``watch``: the run finished (a clean close) without a finding at its --fail-on level
+  1  ``compare``: a regression; ``report --fail-on``: a finding at or above that severity;
+     ``watch``: a finding at its --fail-on level fired, or the run's logger closed on an exception
   2  bad input or usage (missing or corrupt run, wrong option), one line on stderr
-  3  ``compare``: inconclusive (too little overlap or data)
+  3  ``compare``: inconclusive (too little overlap or data); ``watch``: the run ended without a close
+     (killed or crashed), or --timeout passed before it finished
   4  internal error (a bug in diffaudit: please report it); DIFFAUDIT_DEBUG=1 shows the traceback
   130 interrupted (Ctrl-C)
   141 the reader of the output went away (``| head``): what a tool killed by SIGPIPE returns
@@ -28,9 +31,10 @@ EXIT_OK, EXIT_FAIL, EXIT_USAGE, EXIT_INCONCLUSIVE, EXIT_INTERNAL = 0, 1, 2, 3, 4
 EXIT_PIPE = 141  # 128 + SIGPIPE: never 0, so a gate piped into `head` cannot pass by accident
 
 EPILOG = """\b
-Exit codes: 0 ok / no regression, 1 regression or --fail-on finding,
-2 bad input or usage, 3 inconclusive, 4 internal error, 130 interrupted,
-141 output pipe closed early.
+Exit codes: 0 ok / no regression / watched run finished, 1 regression,
+--fail-on finding or watched run failed, 2 bad input or usage,
+3 inconclusive or watched run ended without a close / --timeout,
+4 internal error, 130 interrupted, 141 output pipe closed early.
 """
 
 # Parameters of the commands that name what they read and what they write (by click parameter name).
