@@ -15,8 +15,9 @@ broken schedule); ``warn`` for what costs quality; ``info`` for what is true and
 worth knowing but asks for no action.
 
 Severities: ``fail`` > ``warn`` > ``info``. Every threshold lives in
-:class:`Thresholds`, with what it means next to it; :data:`FINDINGS_TABLE` is the
-markdown table the README copies (id, severity, what fires it, threshold).
+:class:`Thresholds`, with what it means next to it; :data:`DETECTORS` says, per id,
+its severities and what fires it (the README's table is made from it by
+:func:`diffaudit.present.markdown.findings_table`).
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ if TYPE_CHECKING:  # analysis imports this module; the rules only read its datac
     from diffaudit.analysis import Analysis
 
 SEVERITIES = ("info", "warn", "fail")
+GATE_SEVERITIES = SEVERITIES[1:]  # what a --fail-on gate can name: an info finding asks for no action
 SEVERITY_RANK = {s: i for i, s in enumerate(SEVERITIES)}
 
 
@@ -41,7 +43,7 @@ SEVERITY_RANK = {s: i for i, s in enumerate(SEVERITIES)}
 class Finding:
     """One conclusion about a run: what is wrong (or notable), the numbers behind it, what to do."""
 
-    id: str  # stable identifier, e.g. "loss.exploding" (documented in FINDINGS_TABLE)
+    id: str  # stable identifier, e.g. "loss.exploding" (documented in the README's table of DETECTORS)
     severity: str  # "info", "warn" or "fail"
     title: str  # a few words
     message: str  # one line of evidence, with numbers
@@ -1005,18 +1007,9 @@ def at_or_above(findings, severity: str) -> list[Finding]:
     return [f for f in findings if f.rank >= k]
 
 
-def findings_table() -> str:
-    """The markdown table of every finding id: severity, what fires it (with its default threshold)."""
-    lines = ["| id | severity | fires when |", "|---|---|---|"]
-    for r in DETECTORS:
-        lines.append(f"| `{r.id}` | {r.severities} | {r.fires} |")
-    return "\n".join(lines) + "\n"
-
-
-FINDINGS_TABLE = findings_table()
 THRESHOLD_NAMES = tuple(f.name for f in fields(Thresholds))
 
 __all__ = [
-    "CONVERGENCE_FINDINGS", "FINDINGS_TABLE", "DETECTORS", "SEVERITIES", "Finding", "Detector", "Thresholds", "at_or_above",
-    "evaluate", "findings_table", "min_snr_weight", "verdict", "weighting_advice",
+    "CONVERGENCE_FINDINGS", "DETECTORS", "GATE_SEVERITIES", "SEVERITIES", "Finding", "Detector", "Thresholds", "at_or_above",
+    "evaluate", "min_snr_weight", "verdict", "weighting_advice",
 ]

@@ -116,6 +116,8 @@ PREDICTIONS = ("epsilon", "sample", "v_prediction", "flow", "edm")
 ESTIMATORS = ("exact", "stratified", "cdol", "dol")
 BACKENDS = ("auto", "numpy", "torch")
 
+DEFAULT_SAMPLES_PER_BIN = 64  # Monte Carlo samples (t, x0, eps) per bin
+DEFAULT_SEED = 0  # the draws of (t, x0, eps)
 DEFAULT_SUBSET = 4096  # points per random subset of the subsampled estimators
 DEFAULT_NEIGHBORS = 64  # stratified: nearest candidates per sample that are summed exactly
 PCA_RANK = 32  # stratified: rank of the projection that ranks the candidates
@@ -906,8 +908,8 @@ def bin_empirical_optimal_loss(
     process,
     data,
     *,
-    samples_per_bin: int = 64,  # Monte Carlo samples (t, x0, eps) per bin
-    seed: int = 0,  # same seed, same (t, x0, eps) for every estimator and backend
+    samples_per_bin: int = DEFAULT_SAMPLES_PER_BIN,  # Monte Carlo samples (t, x0, eps) per bin
+    seed: int = DEFAULT_SEED,  # same seed, same (t, x0, eps) for every estimator and backend
     estimator: str = "exact",  # "exact" (all N points), or subsampled: "stratified", "cdol", "dol"
     subset_size: int | None = None,  # subsampled: points per random subset (default min(N, 4096))
     neighbors: int | None = None,  # stratified: nearest candidates summed exactly (default 64)

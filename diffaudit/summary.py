@@ -8,7 +8,11 @@ from dataclasses import dataclass
 import numpy as np
 import polars as pl
 
+from diffaudit.lifecycle import Lifecycle, lifecycle
 from diffaudit.load import Run, merge_moments
+
+MAX_ROWS = 20  # noise-level rows of the recent-loss table (fine bins merged into at most this many)
+RECENT_FRACTION = 0.1  # the last share of statistics windows that counts as recent
 
 
 @dataclass(frozen=True)
@@ -35,20 +39,26 @@ class RunSummary:
     missing_steps: int  # gaps inside [first_step, last_step]
     segments: int
     ranks: int
+    restarts: int  # segments beyond one per rank: each a resume
     superseded_rows: int
     problems: list[str]
     nonfinite: int
     clip_rate: float | None
     first_loss: float | None  # median loss of the first 5% of steps
     last_loss: float | None  # median loss of the last 5% of steps
-    eval_windows: int
+    eval_windows: int  # held-out data, live weights
+    ema_windows: int  # EMA weights' eval windows
     probe_steps: int
     recent_from_step: int | None
     recent: list[BinRow]
+    lifecycle: Lifecycle  # the run's state as of the summary (finished, failed, in progress, ended)
 
 
-def summarize(run: Run, *, max_rows: int = 20, recent_fraction: float = 0.1) -> RunSummary:
-    """Summarize a loaded run; ``recent`` merges the last ``recent_fraction`` of windows into <= max_rows bin groups."""
+def summarize(run: Run, *, max_rows: int = MAX_ROWS, recent_fraction: float = RECENT_FRACTION,
+              now: float | None = None) -> RunSummary:
+    """Summarize a loaded run; ``recent`` merges the last ``recent_fraction`` of windows into <= max_rows bin groups.
+
+    The lifecycle is read at ``now`` (default: the current time)."""
     s = run.steps
     steps = s["step"].to_numpy() if s.height else np.array([], np.int64)
     first = int(steps.min()) if steps.size else None
@@ -75,6 +85,7 @@ def summarize(run: Run, *, max_rows: int = 20, recent_fraction: float = 0.1) -> 
         missing_steps=int(missing),
         segments=int(run.segments.height),
         ranks=len(run.ranks),
+        restarts=max(int(run.segments.height) - len(run.ranks), 0),
         superseded_rows=run.superseded_rows,
         problems=[str(p) for p in run.problems],
         nonfinite=int(s["nonfinite"].sum()) if s.height else 0,
@@ -82,9 +93,11 @@ def summarize(run: Run, *, max_rows: int = 20, recent_fraction: float = 0.1) -> 
         first_loss=_median(s["loss"].head(k)) if s.height else None,
         last_loss=_median(s["loss"].tail(k)) if s.height else None,
         eval_windows=int(run.eval_bins["step_lo"].n_unique()) if run.eval_bins.height else 0,
+        ema_windows=int(run.ema_bins["step_lo"].n_unique()) if run.ema_bins.height else 0,
         probe_steps=int(run.probes["step"].n_unique()) if run.probes.height else 0,
         recent_from_step=recent_from,
         recent=recent,
+        lifecycle=lifecycle(run, now=now),
     )
 
 

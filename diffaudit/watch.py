@@ -19,9 +19,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from diffaudit.analysis import analyze
+from diffaudit.findings import GATE_SEVERITIES, at_or_above
 from diffaudit.load import load_run
 
 DEFAULT_INTERVAL = 30.0  # seconds between polls
+FAIL_ON = (*reversed(GATE_SEVERITIES), "never")  # the levels that stop a watch, most severe first; never: none
+DEFAULT_FAIL_ON = "fail"  # stop when training is broken, not when it merely costs quality
 
 
 @dataclass(frozen=True)
@@ -65,6 +68,14 @@ def _fingerprint(path: Path) -> tuple:
         except OSError:
             continue
     return tuple(sorted(out))
+
+
+def stopping(findings, fail_on: str = DEFAULT_FAIL_ON) -> list:
+    """The findings that stop a watch at level ``fail_on`` (one of :data:`FAIL_ON`): those at or above it, except
+    provisional ones (early in a run, a finding that needs a converged loss never counts); none for ``never``."""
+    if fail_on == "never":
+        return []
+    return [f for f in at_or_above(findings, fail_on) if not f.provisional]
 
 
 @dataclass

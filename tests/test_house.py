@@ -58,10 +58,11 @@ DEFERRED = {
     ("diffaudit.cli.report", "diffaudit.present.html"): "matplotlib and jinja2 only when a page is asked for",
     ("diffaudit.cli.compare", "diffaudit.present.html"): "matplotlib and jinja2 only when a page is asked for",
     ("diffaudit.cli.watch", "diffaudit.present.html"): "matplotlib and jinja2 only when a page is asked for",
-    ("diffaudit.cli.summary", "diffaudit.analysis"): "summary's start-up: the analysis only for --tensorboard",
-    ("diffaudit.cli.summary", "diffaudit.present.markdown"): "summary's start-up: only for --tensorboard",
-    ("diffaudit.cli.summary", "diffaudit.present.tensorboard"): "summary's start-up: only for --tensorboard",
+    ("diffaudit.cli.export", "diffaudit.analysis"): "export -o alone: the analysis (scipy) only for --tensorboard",
+    ("diffaudit.cli.export", "diffaudit.present.markdown"): "export -o alone: only for --tensorboard",
+    ("diffaudit.cli.export", "diffaudit.present.tensorboard"): "export -o alone: only for --tensorboard",
     ("diffaudit.cli.optimum", "tqdm"): "the progress bar only on a terminal",
+    ("diffaudit.present.text", "diffaudit.present.cells"): "the compare table reads the gate: not summary's start-up",
     # pyarrow (~0.07 s to import) only where a file is written, a part is damaged or a run lives elsewhere:
     # reading a run its logger wrote is polars' alone
     ("diffaudit.runformat", "pyarrow"): "pyarrow schemas and writes: the logger's and the exporter's",
@@ -86,10 +87,29 @@ def test_engines_never_import_the_presentation_or_the_cli(module):
     assert not bad, f"{module} imports {bad}: engines return data; formatting lives in diffaudit.present"
 
 
+@pytest.mark.parametrize("module", ENGINES)
+def test_engines_hold_no_markdown_table(module):
+    rules = [n.value for n in ast.walk(MODULES[module]) if isinstance(n, ast.Constant) and isinstance(n.value, str)
+             and "---|" in n.value]
+    assert not rules, f"{module} builds a Markdown table: that is diffaudit.present.markdown's work"
+
+
 @pytest.mark.parametrize("module", [m for m in MODULES if m.startswith("diffaudit.present")])
 def test_the_presentation_never_imports_the_cli(module):
     names = [n for n, _ in _imports(MODULES[module], top_level_only=False)]
     assert not [n for n in names if n.startswith(("diffaudit.cli", "click"))]
+
+
+def test_one_module_per_command():
+    from diffaudit.cli import COMMANDS, main
+
+    assert {name: module for name, (module, _) in COMMANDS.items()} == {n: f"diffaudit.cli.{n}" for n in COMMANDS}
+    assert set(COMMANDS) == {m.rsplit(".", 1)[1] for m in MODULES if m.startswith("diffaudit.cli.")}
+    for name, (module, _) in COMMANDS.items():  # each module registers its own command, and only that one
+        tree = MODULES[module]
+        registered = [d.name for d in tree.body if isinstance(d, ast.FunctionDef)
+                      and any("main.command" in ast.unparse(x) for x in d.decorator_list)]
+        assert registered == [name], f"{module} registers {registered}"
 
 
 def test_only_the_logger_imports_torch_at_module_level():
@@ -112,8 +132,11 @@ def _loaded(code: str) -> set[str]:
 def test_help_and_the_light_commands_load_no_heavy_module():
     help_mods = _loaded("from diffaudit.cli import main, COMMANDS")
     assert not {"polars", "numpy", "scipy", "matplotlib", "jinja2", "torch"} & help_mods
-    summary = _loaded("import diffaudit.cli.summary")
+    summary = _loaded("import diffaudit.cli.summary")  # its text comes from diffaudit.present.text, which stays light
+    assert "diffaudit.present.text" in summary
     assert not {"scipy", "matplotlib", "jinja2", "torch", "diffaudit.analysis", "diffaudit.present.html"} & summary
+    export = _loaded("import diffaudit.cli.export")  # the analysis and the writer only for --tensorboard
+    assert not {"scipy", "matplotlib", "jinja2", "torch", "diffaudit.analysis", "diffaudit.present.tensorboard"} & export
     sample = Path(__file__).resolve().parents[1] / "sample_logs" / "healthy_seed0"
     read = _loaded(f"import diffaudit; diffaudit.load_run({str(sample)!r})")  # a run its logger wrote: polars alone
     assert "polars" in read and not {"pyarrow", "pyarrow.parquet"} & read

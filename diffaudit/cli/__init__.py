@@ -1,10 +1,13 @@
 """The ``diffaudit`` command line: the only place that prints and picks exit codes.
 
 Exit codes (documented in ``diffaudit --help`` and the README):
-  0  success; for ``compare`` and ``report --fail-on``: no regression / no finding at that level
-  1  ``compare``: a regression; ``report --fail-on``: a finding at or above that severity
+  0  success; for ``compare`` and ``report --fail-on``: no regression / no finding at that level;
+     ``watch``: the run finished (a clean close) without a finding at its --fail-on level
+  1  ``compare``: a regression; ``report --fail-on``: a finding at or above that severity;
+     ``watch``: a finding at its --fail-on level fired, or the run's logger closed on an exception
   2  bad input or usage (missing or corrupt run, wrong option), one line on stderr
-  3  ``compare``: inconclusive (too little overlap or data)
+  3  ``compare``: inconclusive (too little overlap or data); ``watch``: the run ended without a close
+     (killed or crashed), or --timeout passed before it finished
   4  internal error (a bug in diffaudit: please report it); DIFFAUDIT_DEBUG=1 shows the traceback
   130 interrupted (Ctrl-C)
   141 the reader of the output went away (``| head``): what a tool killed by SIGPIPE returns
@@ -28,15 +31,18 @@ EXIT_OK, EXIT_FAIL, EXIT_USAGE, EXIT_INCONCLUSIVE, EXIT_INTERNAL = 0, 1, 2, 3, 4
 EXIT_PIPE = 141  # 128 + SIGPIPE: never 0, so a gate piped into `head` cannot pass by accident
 
 EPILOG = """\b
-Exit codes: 0 ok / no regression, 1 regression or --fail-on finding,
-2 bad input or usage, 3 inconclusive, 4 internal error, 130 interrupted,
-141 output pipe closed early.
+Exit codes: 0 ok / no regression / watched run finished, 1 regression,
+--fail-on finding or watched run failed, 2 bad input or usage,
+3 inconclusive or watched run ended without a close / --timeout,
+4 internal error, 130 interrupted, 141 output pipe closed early.
 """
 
 # Parameters of the commands that name what they read and what they write (by click parameter name).
 INPUT_PARAMS = ("run", "run_path", "data", "baseline", "candidate")
 OUTPUT_PARAMS = ("html", "json_out", "junit", "markdown", "markdown_out", "output", "tensorboard")
-TEXT_OUTPUTS = ("html", "json_out", "junit", "markdown", "markdown_out")  # '-' means stdout for these; a file elsewhere
+TEXT_OUTPUTS = ("html", "json_out", "junit", "markdown", "markdown_out")  # '-' means stdout for these (see output_option)
+# export's -o (binary Parquet) and --tensorboard (a folder), watch's -o (a page rewritten at every change): files only,
+# '-' refused before anything runs (not_stdout)
 
 
 # ----------------------------------------------------------------------------
@@ -148,7 +154,7 @@ COMMANDS = {
     "compare": ("diffaudit.cli.compare", "Gate on a regression: compare CANDIDATE run(s) with BASELINE run(s)."),
     "watch": ("diffaudit.cli.watch", "Follow a run while it trains; exit 1 as soon as training is broken."),
     "optimum": ("diffaudit.cli.optimum", "The empirical L* of the training set per noise bin, stored in the run."),
-    "export": ("diffaudit.cli.summary", "A run as one .parquet file, or as TensorBoard events."),
+    "export": ("diffaudit.cli.export", "A run as one .parquet file, or as TensorBoard events."),
 }
 
 
@@ -256,6 +262,17 @@ def output_option(*decls: str, what: str):
     """An option that names an output file, the one convention of every command: FILE, or '-' for stdout."""
     return click.option(*decls, type=click.Path(dir_okay=False, allow_dash=True, path_type=str), metavar="FILE",
                         default=None, help=f"Write {what} to FILE ('-' for stdout).")
+
+
+def not_stdout(why: str, want: str = "a file name"):
+    """A click callback for an output that can only be a file or a folder: '-' is refused (exit 2), saying why."""
+
+    def check(ctx, param, value):
+        if value == "-":
+            raise DiffauditError(f"{'/'.join(param.opts)} -: {why}; give {want}")
+        return value
+
+    return check
 
 
 def any_stdout(*paths) -> bool:

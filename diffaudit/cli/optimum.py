@@ -17,9 +17,9 @@ from diffaudit.cli import any_stdout, main, output_option, write_output
 from diffaudit.datafile import load_samples
 from diffaudit.errors import DiffauditError
 from diffaudit.load import load_run
-from diffaudit.present.document import dumps
+from diffaudit.present.document import dumps, optimum_document
+from diffaudit.present.text import optimum_table
 from diffaudit.reference import above_gaussian_bound, check_training_samples, reference_lstar
-from diffaudit.words import bin_spans, json_float, noise_unit
 
 def _sha256(path: str) -> str:
     h = hashlib.sha256()
@@ -53,34 +53,6 @@ class _Progress:
             self.bar.close()
 
 
-def _table(process, result, bound) -> list[str]:
-    unit = noise_unit(process.kind)
-    ranges = bin_spans(process.kind, process.bin_edges())
-    head = f"  {'bin':>4}  {unit + ' range':>15}  {'L*_emp ± stderr':>21}"
-    if bound is not None:
-        head += f"  {'Gaussian L*':>11}"
-    lines = [head]
-    for b in range(process.num_bins):
-        line = f"  {b:>4}  {ranges[b]:>15}  {result.loss_opt[b]:>10.4g} ± {result.stderr[b]:<8.2g}"
-        if bound is not None:
-            line += f"  {bound[b]:>11.4g}"
-        lines.append(line)
-    return lines
-
-
-def _json_doc(run, info: dict, process, result, bound, part) -> dict:
-    e = process.bin_edges()
-    bins = []
-    if result is not None:
-        for b in range(process.num_bins):
-            bins.append({
-                "bin": b, "t_lo": float(e[b]), "t_hi": float(e[b + 1]),
-                "loss_opt": json_float(result.loss_opt[b]), "stderr": json_float(result.stderr[b]), "n": int(result.n[b]),
-                "lstar_gauss": None if bound is None else json_float(bound[b]),
-            })  # fmt: skip
-    return {"diffaudit_version": __version__, "run": str(run.path), **info, "part": part, "bins": bins}
-
-
 # ----------------------------------------------------------------------------
 # The command
 
@@ -89,9 +61,9 @@ def _json_doc(run, info: dict, process, result, bound, part) -> dict:
 @click.argument("data", type=click.Path(path_type=str))
 @click.option("--run", "run_path", required=True, type=click.Path(path_type=str),
               help="The run directory to add the result to (an exported .parquet is read-only).")
-@click.option("--samples-per-bin", default=64, show_default=True, type=click.IntRange(2, None),
+@click.option("--samples-per-bin", default=opt.DEFAULT_SAMPLES_PER_BIN, show_default=True, type=click.IntRange(2, None),
               help="Monte Carlo samples (t, x0, eps) per noise bin; the standard error falls as 1/sqrt of it.")
-@click.option("--seed", default=0, show_default=True, type=click.IntRange(0, None),
+@click.option("--seed", default=opt.DEFAULT_SEED, show_default=True, type=click.IntRange(0, None),
               help="Same seed, same (t, x0, eps) draws, for every estimator and device.")
 @click.option("--estimator", type=click.Choice(opt.ESTIMATORS),
               help="exact: every posterior over all N samples; stratified: x0, its nearest candidates and a "
@@ -149,7 +121,7 @@ def optimum(data, run_path, samples_per_bin, seed, estimator, subset, key, colum
         echo(f"dry run: would compute {process.num_bins} bins x {samples_per_bin} samples x {k:,} points x {d:,} "
              f"values ({work:.2g} multiply-adds) and add an optimum part to {run.path}; nothing written")
         if json_out:
-            write_output(json_out, dumps(_json_doc(run, info, process, None, None, None)), "JSON plan")
+            write_output(json_out, dumps(optimum_document(run, info, process, None, None, None)), "JSON plan")
         return
 
     # exact reports each (query block x data chunk); the subsampled estimators each round of samples
@@ -182,7 +154,7 @@ def optimum(data, run_path, samples_per_bin, seed, estimator, subset, key, colum
         click.echo(f"warning: {ref.problem}", err=True)
     if not quiet:
         echo(f"computed in {seconds:.2f} s")
-        for line in _table(process, result, bound):
+        for line in optimum_table(process, result, bound):
             echo(line)
     if bound is not None:
         above = above_gaussian_bound(result.loss_opt, result.stderr, bound, samples_per_bin)
@@ -192,5 +164,5 @@ def optimum(data, run_path, samples_per_bin, seed, estimator, subset, key, colum
                        "in training?", err=True)
     echo(f"wrote {part}")
     if json_out:
-        doc = _json_doc(run, {**info, "seconds": round(seconds, 3)}, process, result, bound, str(part))
+        doc = optimum_document(run, {**info, "seconds": round(seconds, 3)}, process, result, bound, str(part))
         write_output(json_out, dumps(doc), "JSON result")

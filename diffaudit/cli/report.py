@@ -6,7 +6,7 @@ import click
 
 from diffaudit.analysis import LATE_FRACTION, analyze
 from diffaudit.cli import EXIT_FAIL, STRICT, any_stdout, main, output_option, warn_problems, write_output
-from diffaudit.findings import at_or_above
+from diffaudit.findings import GATE_SEVERITIES, at_or_above
 from diffaudit.load import load_run
 from diffaudit.present import document, markdown, text
 
@@ -16,7 +16,7 @@ from diffaudit.present import document, markdown, text
 @output_option("-o", "--html", "html", what="a self-contained HTML report")
 @output_option("--json", "json_out", what="the verdict, findings with evidence and the per-bin table as JSON")
 @output_option("--markdown", "markdown_out", what="the verdict and findings as Markdown (e.g. $GITHUB_STEP_SUMMARY)")
-@click.option("--fail-on", type=click.Choice(["warn", "fail"]),
+@click.option("--fail-on", type=click.Choice(GATE_SEVERITIES),
               help="Exit 1 if a finding at or above this severity fires (a gate on the report's own findings).")
 @click.option("--late-fraction", default=LATE_FRACTION, show_default=True, type=click.FloatRange(0.01, 1.0),
               help="Fraction of the steps, at the end, that counts as late training.")

@@ -1,20 +1,19 @@
-"""`diffaudit summary` and `diffaudit export`."""
+"""`diffaudit summary`: what a run holds, at a glance."""
 
 from __future__ import annotations
 
 import click
 
 from diffaudit.cli import STRICT, main, warn_problems
-from diffaudit.lifecycle import lifecycle
-from diffaudit.load import export_run, load_run
-from diffaudit.summary import summarize
-from diffaudit.words import bin_ranges, edge_span, noise_unit, num, pct
+from diffaudit.load import load_run
+from diffaudit.present import text
+from diffaudit.summary import MAX_ROWS, summarize
 
 
 @main.command()
 @click.argument("run", type=click.Path(path_type=str))
 @STRICT
-@click.option("--rows", default=20, show_default=True, type=click.IntRange(1, 1000), help="Noise-level rows in the table.")
+@click.option("--rows", default=MAX_ROWS, show_default=True, type=click.IntRange(1, 1000), help="Noise-level rows in the table.")
 def summary(run, strict, rows):
     """Print an overview of RUN: state, steps, segments, ranks, losses, recent loss per noise level.
 
@@ -27,60 +26,8 @@ def summary(run, strict, rows):
     """
     r = load_run(run, strict=strict)
     s = summarize(r, max_rows=rows)
-    echo = click.echo
-    echo(f"run {s.name}  (id {s.run_id})  {s.process}/{s.prediction}, {s.num_bins} noise bins")
-    if s.first_step is not None:
-        gap = f", {s.missing_steps} missing inside" if s.missing_steps else ""
-        echo(f"steps {s.first_step}..{s.last_step}: {s.steps_logged} logged{gap}")
-    echo(f"state: {lifecycle(r).words}")
-    echo(f"segments {s.segments} (restarts: {max(s.segments - s.ranks, 0)}), ranks {s.ranks}, "
-         f"rows superseded by restarts {s.superseded_rows}")
-    echo(f"loss {num(s.first_loss)} -> {num(s.last_loss)} (median of first/last 5% of steps); "
-         f"non-finite losses {s.nonfinite}; clip rate {pct(s.clip_rate)}")
-    ema = int(r.ema_bins["step_lo"].n_unique()) if r.ema_bins.height else 0
-    echo(f"eval windows {s.eval_windows} (held-out, live weights), EMA eval windows {ema}, "
-         f"gradient-probe steps {s.probe_steps}")
+    for line in text.summary_lines(s):
+        click.echo(line)
     warn_problems([s])
-    if s.recent:
-        unit = noise_unit(s.process)
-        echo(f"\nrecent loss per noise level (steps >= {s.recent_from_step}):")
-        echo(f"  {'bins':>9}  {unit + ' range':>19}  {'count':>8}  {'mean':>10}  {'std':>10}")
-        for b in s.recent:
-            rng = edge_span(s.process, b.t_lo, b.t_hi)
-            echo(f"  {bin_ranges(range(b.bin_lo, b.bin_hi)):>9}  {rng:>19}  {b.count:>8}  {num(b.mean):>10}  "
-                 f"{num(b.std, 3):>10}")
-
-
-@main.command()
-@click.argument("run", type=click.Path(path_type=str))
-@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=str), help="The .parquet file to write.")
-@click.option("--tensorboard", type=click.Path(file_okay=False, path_type=str), metavar="DIR",
-              help="Also (or only) write TensorBoard events here: per-noise-level loss and excess over L*, clip rate, "
-                   "grad norm, your scalars, and the findings as text (needs the tensorboard extra).")
-@STRICT
-def export(run, output, tensorboard, strict):
-    """Write RUN as one self-describing .parquet file (for CI artifacts), or as TensorBoard events.
-
-    \b
-    Examples:
-      diffaudit export runs/exp1 -o exp1.parquet
-      diffaudit export runs/exp1 --tensorboard tb/exp1     # then: tensorboard --logdir tb
-    """
-    if not output and not tensorboard:
-        raise click.UsageError("give -o FILE.parquet, --tensorboard DIR, or both")
-    r = load_run(run, strict=strict)
-    warn_problems([r])
-    if output:
-        out = export_run(r, output)
-        click.echo(f"wrote {out} ({r.steps.height} steps, {r.bins.height} bin rows)")
-    if tensorboard:
-        # the analysis (scipy) and the writer (tensorboard): only when events are asked for
-        from diffaudit.analysis import analyze
-        from diffaudit.present.markdown import report_markdown
-        from diffaudit.present.tensorboard import write_tensorboard
-
-        a = analyze(r)
-        lstar = a.bins["lstar_gauss"].to_numpy() if "lstar_gauss" in a.bins.columns else None
-        counts = write_tensorboard(r, tensorboard, findings_markdown=report_markdown(a, heading=False), lstar=lstar)
-        curves = sum(1 for t in counts if t.startswith("loss_by_noise/"))
-        click.echo(f"wrote TensorBoard events to {tensorboard} ({len(counts)} tags, {curves} noise levels)")
+    for line in text.recent_loss_lines(s):
+        click.echo(line)

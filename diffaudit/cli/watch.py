@@ -6,27 +6,20 @@ import time
 
 import click
 
-from diffaudit.cli import EXIT_FAIL, EXIT_INCONCLUSIVE, EXIT_OK, STRICT, main, write_output
-from diffaudit.findings import at_or_above
-from diffaudit.present.text import MARK, PROVISIONAL_MARK
-from diffaudit.watch import DEFAULT_INTERVAL, Watcher
-
-
-def _line(c) -> str:
-    if c.kind == "cleared":
-        return f"  cleared  {c.id} (was {c.before})"
-    mark = PROVISIONAL_MARK if c.provisional else MARK[c.severity]
-    what = "new" if c.kind == "appeared" else f"{c.before} -> {c.severity}"
-    return f"  [{mark}] {what:<12} {c.id}: {c.message}"
+from diffaudit.cli import EXIT_FAIL, EXIT_INCONCLUSIVE, EXIT_OK, STRICT, main, not_stdout, write_output
+from diffaudit.present.text import watch_change_line, watch_update_line
+from diffaudit.watch import DEFAULT_FAIL_ON, DEFAULT_INTERVAL, FAIL_ON, Watcher, stopping
 
 
 @main.command(epilog="Example: diffaudit watch runs/exp1 -o report.html --fail-on fail && echo 'finished healthy'")
 @click.argument("run", type=click.Path(path_type=str))
 @click.option("--interval", type=click.FloatRange(min=0.1), default=DEFAULT_INTERVAL, show_default=True,
               help="Seconds between polls; a poll that finds no new file does no other work.")
-@click.option("-o", "--html", "html", type=click.Path(dir_okay=False, path_type=str),
-              help="Rewrite this self-contained HTML report (atomically) whenever the run changes.")
-@click.option("--fail-on", type=click.Choice(["fail", "warn", "never"]), default="fail", show_default=True,
+@click.option("-o", "--html", "html", type=click.Path(dir_okay=False, path_type=str), metavar="FILE",
+              callback=not_stdout("watch rewrites the page at every change and prints its status lines on stdout"),
+              help="Rewrite this self-contained HTML report (atomically) whenever the run changes. A file, not '-': "
+                   "the page is rewritten at every change and stdout holds the status lines.")
+@click.option("--fail-on", type=click.Choice(FAIL_ON), default=DEFAULT_FAIL_ON, show_default=True,
               help="Exit 1 as soon as a finding at this level fires (provisional ones never count).")
 @click.option("--timeout", type=click.FloatRange(min=0), default=None,
               help="Stop after this many seconds (exit 3 if the run has not finished by then).")
@@ -45,21 +38,19 @@ def watch(run, interval, html, fail_on, timeout, strict):
         u = watcher.poll()
         if u.changed:
             if u.state != last_state or u.changes:
-                step = "" if u.last_step is None else f" step {u.last_step:,}"
-                click.echo(f"{time.strftime('%H:%M:%S')}{step}: {u.lifecycle}; verdict {u.verdict}")
+                click.echo(watch_update_line(u, time.strftime("%H:%M:%S")))
                 last_state = u.state
             for c in u.changes:
-                click.echo(_line(c))
+                click.echo(watch_change_line(c))
             if html:
                 from diffaudit.present.html import report_page  # matplotlib and jinja2: only when a page is asked for
 
                 write_output(html, report_page(u.run, u.analysis), "HTML report")  # atomic: a reader never sees half
-            if fail_on != "never":
-                bad = [f for f in at_or_above(u.findings, fail_on) if not f.provisional]
-                if bad:
-                    click.echo(f"training is {'broken' if fail_on == 'fail' else 'off'}: "
-                               + ", ".join(f"{f.id} ({f.severity})" for f in bad), err=True)
-                    raise SystemExit(EXIT_FAIL)
+            bad = stopping(u.findings, fail_on)
+            if bad:
+                click.echo(f"training is {'broken' if fail_on == 'fail' else 'off'}: "
+                           + ", ".join(f"{f.id} ({f.severity})" for f in bad), err=True)
+                raise SystemExit(EXIT_FAIL)
             if u.state == "finished":
                 click.echo("the run finished")
                 raise SystemExit(EXIT_OK)

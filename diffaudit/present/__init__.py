@@ -1,4 +1,4 @@
-"""Every output format of diffaudit, for ``report`` and ``compare`` side by side.
+"""Every output format of diffaudit, for ``report`` and ``compare`` side by side (and the other commands' text).
 
 The engines (:mod:`diffaudit.analysis`, :mod:`diffaudit.findings`,
 :mod:`diffaudit.gate`) return frozen dataclasses and never format a page or a
@@ -17,6 +17,11 @@ module              ``report``                                  ``compare``
 :mod:`.cells`                                                   one check as table cells, the verdict in one sentence
 :mod:`.tensorboard` a run as TensorBoard events (``export --tensorboard``)
 ==================  ==========================================  ===========================================
+
+The other commands' outputs live here too: :mod:`.text` holds ``summary``'s overview
+(:func:`~.text.summary_lines`, :func:`~.text.recent_loss_lines`), ``optimum``'s table
+(:func:`~.text.optimum_table`) and ``watch``'s status lines (:func:`~.text.watch_update_line`,
+:func:`~.text.watch_change_line`); :mod:`.document` ``optimum --json`` (:func:`~.document.optimum_document`).
 
 Numbers, percentages, p-values, bin ranges and noise levels read the same in
 all of them because they all say them through :mod:`diffaudit.words`.

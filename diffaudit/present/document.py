@@ -1,4 +1,4 @@
-"""The JSON documents: ``report --json`` and ``compare --json``.
+"""The JSON documents: ``report --json``, ``compare --json`` and ``optimum --json``.
 
 Both are plain JSON types only (NaN and infinities become ``null``, NumPy values
 plain numbers), written with ``allow_nan=False`` so a consumer never meets a
@@ -13,7 +13,7 @@ from dataclasses import asdict
 from typing import TYPE_CHECKING
 
 from diffaudit import __version__
-from diffaudit.words import jsonable
+from diffaudit.words import json_float, jsonable
 
 if TYPE_CHECKING:  # documents read the engines' results; importing this module costs no analysis
     from diffaudit.analysis import Analysis
@@ -37,7 +37,7 @@ def report_document(a: "Analysis") -> dict:
     * ``run``: :class:`RunInfo` (name, path, run_id, process, prediction, num_bins, steps, windows, ...)
     * ``verdict``: ``"healthy"``, ``"warnings"`` or ``"failing"``
     * ``findings``: most severe first, each ``{id, severity, title, message, recommendation,
-      evidence: {name: number | list | dict}, bins: [int]}``; ids are stable (findings.FINDINGS_TABLE)
+      evidence: {name: number | list | dict}, bins: [int]}``; ids are stable (findings.DETECTORS, the README's table)
     * ``bins``: one object per noise bin with the columns of :data:`BIN_COLUMNS`
     * ``phases``, ``loss``, ``profile``, ``spikes``, ``clip``, ``nonfinite``, ``schedule``,
       ``probes`` (with its per-probe-bin rows under ``bins``), ``eval`` (held-out data, live weights),
@@ -99,3 +99,18 @@ def verdict_document(v: "Verdict") -> dict:
         "regressions": [c.name for c in v.regressions],
         "checks": [asdict(c) for c in v.checks],
     })
+
+
+def optimum_document(run, info: dict, process, result, bound, part) -> dict:
+    """``optimum --json``: the inputs and settings (``info``), the part written, and per bin L*_emp with its
+    standard error, sample count and the Gaussian L* (``bins`` is empty for the plan of a ``--dry-run``)."""
+    e = process.bin_edges()
+    bins = []
+    if result is not None:
+        for b in range(process.num_bins):
+            bins.append({
+                "bin": b, "t_lo": float(e[b]), "t_hi": float(e[b + 1]),
+                "loss_opt": json_float(result.loss_opt[b]), "stderr": json_float(result.stderr[b]), "n": int(result.n[b]),
+                "lstar_gauss": None if bound is None else json_float(bound[b]),
+            })  # fmt: skip
+    return {"diffaudit_version": __version__, "run": str(run.path), **info, "part": part, "bins": bins}

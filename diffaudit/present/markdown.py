@@ -1,4 +1,5 @@
-"""Markdown: ``compare --markdown FILE`` and ``report --markdown FILE`` (a CI step summary), TensorBoard's text tab.
+"""Markdown: ``compare --markdown FILE`` and ``report --markdown FILE`` (a CI step summary), TensorBoard's text tab,
+and the README's table of finding ids (:func:`findings_table`).
 
 Everything from the logs (run names, notes, reasons, messages) is escaped so it
 shows as the text it is: no headings, emphasis, links, images, table pipes or
@@ -10,6 +11,7 @@ from __future__ import annotations
 import re
 
 from diffaudit.analysis import Analysis
+from diffaudit.findings import DETECTORS
 from diffaudit.gate import Verdict
 from diffaudit.present import cells
 from diffaudit.present.text import VERDICT_WORDS, finding_mark
@@ -76,3 +78,11 @@ def report_markdown(a: Analysis, *, heading: bool = True) -> str:
     if not a.findings:
         out.append("no findings")
     return "\n".join(out) + "\n"
+
+
+def findings_table() -> str:
+    """The Markdown table of every finding id the README holds: severities, what fires it (with its default threshold)."""
+    lines = ["| id | severity | fires when |", "|---|---|---|"]
+    for r in DETECTORS:
+        lines.append(f"| `{r.id}` | {r.severities} | {r.fires} |")
+    return "\n".join(lines) + "\n"

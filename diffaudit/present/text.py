@@ -1,16 +1,25 @@
-"""The terminal outputs: ``diffaudit report``'s verdict and findings, ``diffaudit compare``'s table.
+"""The terminal outputs: ``report``'s verdict and findings, ``compare``'s table, ``summary``'s overview,
+``optimum``'s per-bin table, ``watch``'s status lines.
 
 Plain text, one list of lines per output; the CLI decides where they go
-(stdout, or stderr when a JSON document takes stdout).
+(stdout, or stderr when a JSON document takes stdout). Importing this module
+costs no analysis: ``summary`` starts without scipy, and the compare table's
+cells (which read the gate) load when a table is made.
 """
 
 from __future__ import annotations
 
-from diffaudit.analysis import Analysis
+from typing import TYPE_CHECKING
+
 from diffaudit.findings import SEVERITIES
 from diffaudit import gate_options as opts
-from diffaudit.gate import Verdict
-from diffaudit.present import cells
+from diffaudit.words import bin_ranges, bin_spans, edge_span, noise_unit, num, pct
+
+if TYPE_CHECKING:  # the outputs read the engines' results; importing this module costs no analysis
+    from diffaudit.analysis import Analysis
+    from diffaudit.gate import Verdict
+    from diffaudit.summary import RunSummary
+    from diffaudit.watch import Change, Update
 
 MAX_REASONS = 8  # regressions explained one per line under the compare table
 MARK = {"fail": "FAIL", "warn": "WARN", "info": "INFO"}  # a finding's tag in the terminal
@@ -48,6 +57,8 @@ def finding_mark(f) -> str:
 
 def verdict_text(v: Verdict, *, everything: bool = False) -> str:
     """The compare table: header lines, notes, one row per shown check, the reasons of regressions, the verdict."""
+    import diffaudit.present.cells as cells  # reads the gate (and its analysis): not for summary's start-up
+
     lines = [
         f"baseline:  {v.baseline.label()}",
         f"candidate: {v.candidate.label()}",
@@ -81,3 +92,64 @@ def verdict_text(v: Verdict, *, everything: bool = False) -> str:
     lines.append("")
     lines.append(cells.headline(v))
     return "\n".join(lines) + "\n"
+
+
+def summary_lines(s: RunSummary) -> list[str]:
+    """``diffaudit summary``'s overview: the run, steps covered, state, segments and ranks, losses, windows."""
+    lines = [f"run {s.name}  (id {s.run_id})  {s.process}/{s.prediction}, {s.num_bins} noise bins"]
+    if s.first_step is not None:
+        gap = f", {s.missing_steps} missing inside" if s.missing_steps else ""
+        lines.append(f"steps {s.first_step}..{s.last_step}: {s.steps_logged} logged{gap}")
+    lines.append(f"state: {s.lifecycle.words}")
+    lines.append(f"segments {s.segments} (restarts: {s.restarts}), ranks {s.ranks}, "
+                 f"rows superseded by restarts {s.superseded_rows}")
+    lines.append(f"loss {num(s.first_loss)} -> {num(s.last_loss)} (median of first/last 5% of steps); "
+                 f"non-finite losses {s.nonfinite}; clip rate {pct(s.clip_rate)}")
+    lines.append(f"eval windows {s.eval_windows} (held-out, live weights), EMA eval windows {s.ema_windows}, "
+                 f"gradient-probe steps {s.probe_steps}")
+    return lines
+
+
+def recent_loss_lines(s: RunSummary) -> list[str]:
+    """``diffaudit summary``'s table of recent loss per noise level (merged bins), after a blank line; [] if none."""
+    if not s.recent:
+        return []
+    unit = noise_unit(s.process)
+    lines = ["", f"recent loss per noise level (steps >= {s.recent_from_step}):",
+             f"  {'bins':>9}  {unit + ' range':>19}  {'count':>8}  {'mean':>10}  {'std':>10}"]
+    for b in s.recent:
+        rng = edge_span(s.process, b.t_lo, b.t_hi)
+        lines.append(f"  {bin_ranges(range(b.bin_lo, b.bin_hi)):>9}  {rng:>19}  {b.count:>8}  {num(b.mean):>10}  "
+                     f"{num(b.std, 3):>10}")
+    return lines
+
+
+def optimum_table(process, result, bound) -> list[str]:
+    """``diffaudit optimum``'s table: per noise bin, L*_emp with its standard error (and the Gaussian L* if known)."""
+    unit = noise_unit(process.kind)
+    ranges = bin_spans(process.kind, process.bin_edges())
+    head = f"  {'bin':>4}  {unit + ' range':>15}  {'L*_emp ± stderr':>21}"
+    if bound is not None:
+        head += f"  {'Gaussian L*':>11}"
+    lines = [head]
+    for b in range(process.num_bins):
+        line = f"  {b:>4}  {ranges[b]:>15}  {result.loss_opt[b]:>10.4g} ± {result.stderr[b]:<8.2g}"
+        if bound is not None:
+            line += f"  {bound[b]:>11.4g}"
+        lines.append(line)
+    return lines
+
+
+def watch_update_line(u: Update, clock: str) -> str:
+    """``diffaudit watch``: the run's state at a poll that found something, stamped with the wall-clock time."""
+    step = "" if u.last_step is None else f" step {u.last_step:,}"
+    return f"{clock}{step}: {u.lifecycle}; verdict {u.verdict}"
+
+
+def watch_change_line(c: Change) -> str:
+    """``diffaudit watch``: one finding that appeared, changed severity or cleared."""
+    if c.kind == "cleared":
+        return f"  cleared  {c.id} (was {c.before})"
+    mark = PROVISIONAL_MARK if c.provisional else MARK[c.severity]
+    what = "new" if c.kind == "appeared" else f"{c.before} -> {c.severity}"
+    return f"  [{mark}] {what:<12} {c.id}: {c.message}"
