@@ -738,7 +738,7 @@ def test_case9_impossible_timesteps_are_refused_not_clamped(tmp_path, linear_alp
 def test_case2_relative_outputs_are_resolved_against_the_run(run, monkeypatch):
     before = snapshot(run)
     monkeypatch.chdir(run / "parts")
-    one_line_error(run_cli("export", "..", "-o", "-"), "-o/--output -: lies inside the input run ..")
+    one_line_error(run_cli("export", "..", "-o", "./-"), "-o/--output ./-: lies inside the input run ..")
     one_line_error(run_cli("report", "..", "--json", "../run.json"), "--json ../run.json: lies inside the input run")
     assert snapshot(run) == before
 
