@@ -386,8 +386,8 @@ def main(argv=None) -> int:
 
     print(f"loaded {sum(len(f.healthy) + len(f.others) for f in fams)} runs in {len(fams)} families "
           f"({time.perf_counter() - t0:.1f} s)")
-    print(f"gate defaults: tolerance {gate.TOLERANCE:.0%}, alpha {gate.ALPHA}, window {gate.WINDOW} "
-          f"(min {gate.MIN_WINDOWS} blocks), max lag {gate.MAX_LAG:.0%}, lag share {gate.LAG_SHARE:.0%}, "
+    print(f"gate defaults: tolerance {gate_options.TOLERANCE:.0%}, alpha {gate_options.ALPHA}, window {gate_options.WINDOW} "
+          f"(min {gate_options.MIN_WINDOWS} blocks), max lag {gate_options.MAX_LAG:.0%}, lag share {gate.LAG_SHARE:.0%}, "
           f"allowance {gate.DEFAULT_ALLOWANCE}, floor {gate.SEED_FLOOR_SD}, rules {', '.join(gate_options.DEFAULT_RULES)}")
     if args.fit:
         fit_allowance([f for f in fams if f.role == "calibration"], cmp)

@@ -139,9 +139,9 @@ from diffaudit.reference import reference_lstar
 from diffaudit.units import conversion_notes, in_lstar_units
 from diffaudit.findings import SEVERITIES
 from diffaudit.gate_options import (ALPHA, CORRECTION, CORRECTIONS, MAX_LAG, METRICS, MIN_WINDOWS,
-                                    TOLERANCE, UNITS, WINDOW, Rule, Window, parse_alpha, parse_rule, parse_tolerance,
+                                    TOLERANCE, UNITS, WINDOW, Rule, Window, parse_alpha, parse_tolerance,
                                     parse_window, rule_set)
-from diffaudit.sides import load_side, resolve_side
+from diffaudit.sides import load_side
 from diffaudit.words import bin_ranges, bin_span, change_text, json_float, p_is, pct, process_words
 
 # ----------------------------------------------------------------------------
@@ -170,11 +170,9 @@ CLIP_POINTS = 10_000  # per-step clip indicators are averaged into at most this 
 GROUP_METRIC = "loss_mean"  # aggregates of bins: mean relative change over a group, under the loss rule
 
 __all__ = [
-    "ALPHA", "CORRECTION", "CORRECTIONS", "DEFAULT_ALLOWANCE", "GROUP_METRIC", "LAG_SHARE", "MAX_LAG", "MIN_WINDOWS", "SEED_BIN_SD",
-    "SEED_CLIP_SD", "SEED_FLOOR_SD", "SEED_MEAN_SD", "SEED_SPEED_SD", "TOLERANCE", "UNITS", "WINDOW",
-    "Allowance", "Check", "Rule", "Side", "Verdict", "Window",
-    "block_means", "compare", "decide", "seed_stats", "single_run_stats", "load_side", "parse_alpha", "parse_rule",
-    "parse_tolerance", "parse_window", "resolve_side",
+    "DEFAULT_ALLOWANCE", "GROUP_METRIC", "LAG_SHARE", "SEED_BIN_SD", "SEED_CLIP_SD", "SEED_FLOOR_SD", "SEED_MEAN_SD",
+    "SEED_SPEED_SD", "Allowance", "Check", "Side", "Verdict",
+    "block_means", "compare", "decide", "seed_stats", "single_run_stats",
 ]
 
 

@@ -20,7 +20,7 @@ from _runs import cli_subprocess, copy_run, edit_meta, parts, rewrite_part, set_
 pytest.importorskip("torch")
 
 import diffaudit
-from diffaudit import gate
+from diffaudit import sides
 from diffaudit import runformat as rf
 from diffaudit.load import EXPORT_META_KEY, EXPORT_SCHEDULE_KEY
 
@@ -71,7 +71,7 @@ def test_case1_star_in_a_run_path_does_not_merge_the_runs_it_matches(tmp_path):
     assert run.steps["step"].to_list() == list(range(20))
     assert run.train_bins["count"].sum() == 20 * 16
     # compare: an existing path is one run, never a pattern
-    assert gate.resolve_side(str(tmp_path / "lr*")) == [tmp_path / "lr*"]
+    assert sides.resolve_side(str(tmp_path / "lr*")) == [tmp_path / "lr*"]
     out = tmp_path / "lr?.parquet"
     assert run_cli("export", tmp_path / "lr*", "-o", out).exit_code == 0
     assert diffaudit.load_run(out).steps.height == 20

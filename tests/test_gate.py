@@ -23,7 +23,7 @@ import pytest
 from _cli import one_line_error
 from click.testing import CliRunner
 
-from diffaudit import gate, gate_options
+from diffaudit import gate, gate_options, sides
 from diffaudit.present import cells, html, junit, markdown
 from diffaudit import runformat as rf
 from diffaudit.cli import main
@@ -147,27 +147,27 @@ def write_run(path: Path, *, first=0, steps=1000, num_bins=10, beta_end=0.02, se
     ("loss:+1e-3", "loss", 0.001, False),
 ])
 def test_parse_rule_forms(text, metric, limit, relative):
-    r = gate.parse_rule(text)
+    r = gate_options.parse_rule(text)
     assert (r.metric, r.relative) == (metric, relative)
     assert r.limit == pytest.approx(limit)
     assert str(r) == text
 
 
 def test_rule_computes_the_change_and_says_when_it_fails():
-    r = gate.parse_rule("loss:2%")
+    r = gate_options.parse_rule("loss:2%")
     assert r.change(0.5, 0.52) == pytest.approx(0.04) and r.exceeded(0.04) and not r.exceeded(0.019)
-    a = gate.parse_rule("clip_rate:+0.05")
+    a = gate_options.parse_rule("clip_rate:+0.05")
     assert a.change(0.01, 0.07) == pytest.approx(0.06) and a.exceeded(a.change(0.01, 0.07))
-    assert gate.parse_rule("nonfinite:+0").change(0, 3) == 3
-    assert gate.parse_rule("nonfinite:10%").change(0, 3) == math.inf
-    assert gate.parse_rule("steps:off").off and gate.parse_rule("findings:off").off
-    assert gate.parse_rule("findings:warn").severity == "warn"
+    assert gate_options.parse_rule("nonfinite:+0").change(0, 3) == 3
+    assert gate_options.parse_rule("nonfinite:10%").change(0, 3) == math.inf
+    assert gate_options.parse_rule("steps:off").off and gate_options.parse_rule("findings:off").off
+    assert gate_options.parse_rule("findings:warn").severity == "warn"
 
 
 @pytest.mark.parametrize("bad", ["loss", "loss:", "loss:two", "speedy:2%", "loss:-2%", "findings:bad", "clip_rate:5%%"])
 def test_parse_rule_rejects_with_the_accepted_forms(bad):
     with pytest.raises(DiffauditError) as e:
-        gate.parse_rule(bad)
+        gate_options.parse_rule(bad)
     msg = str(e.value)
     assert msg.startswith(f"--rule {bad!r}:") and "\n" not in msg
     assert ("METRIC:LIMIT" in msg) or ("info, warn, fail or off" in msg)
@@ -178,22 +178,22 @@ def test_parse_rule_rejects_with_the_accepted_forms(bad):
     ("last:100%", 0, 999),
 ])
 def test_parse_window_resolves_on_the_matched_steps(text, lo, hi):
-    assert gate.parse_window(text).resolve(0, 999) == (lo, hi)
+    assert gate_options.parse_window(text).resolve(0, 999) == (lo, hi)
 
 
 @pytest.mark.parametrize("bad", ["late", "last:0%", "last:150%", "last:x", "steps:400-100", "from:"])
 def test_parse_window_rejects(bad):
     with pytest.raises(DiffauditError, match=r"^--window "):
-        gate.parse_window(bad)
+        gate_options.parse_window(bad)
 
 
 def test_parse_tolerance():
-    assert gate.parse_tolerance("2%") == pytest.approx(0.02)
-    assert gate.parse_tolerance("0.02") == pytest.approx(0.02)
-    assert gate.parse_tolerance(0.05) == 0.05
+    assert gate_options.parse_tolerance("2%") == pytest.approx(0.02)
+    assert gate_options.parse_tolerance("0.02") == pytest.approx(0.02)
+    assert gate_options.parse_tolerance(0.05) == 0.05
     for bad in ("two", "-1%", "2 %%", ""):
         with pytest.raises(DiffauditError, match=r"^--tolerance .*2% or 0\.02"):
-            gate.parse_tolerance(bad)
+            gate_options.parse_tolerance(bad)
 
 
 def test_fit_lag_is_robust_to_a_few_changed_bins():
@@ -283,8 +283,8 @@ def test_side_forms_folder_and_glob(tmp_path):
     for i in range(3):
         write_run(tmp_path / "base" / f"s{i}", seed=i)
         write_run(tmp_path / "cand" / f"s{i}", seed=10 + i)
-    assert [p.name for p in gate.resolve_side(tmp_path / "base")] == ["s0", "s1", "s2"]
-    assert [p.name for p in gate.resolve_side(str(tmp_path / "cand" / "s[01]"))] == ["s0", "s1"]
+    assert [p.name for p in sides.resolve_side(tmp_path / "base")] == ["s0", "s1", "s2"]
+    assert [p.name for p in sides.resolve_side(str(tmp_path / "cand" / "s[01]"))] == ["s0", "s1"]
     res = _cli(tmp_path / "base", str(tmp_path / "cand" / "s*"), "--json", "-")
     assert res.exit_code == 0, res.output
     d = json.loads(res.stdout)
@@ -518,7 +518,7 @@ def test_speed_alone_needs_a_change_far_outside_the_seed_spread(corpus, findings
     a, b = corpus(healthy(6)), corpus(healthy(7))
     v = gate.compare(a, _slowed(b, 1.45), findings_of=findings)
     sp = v.by_metric("steps")[0]
-    assert sp.change > gate.parse_rule(gate_options.DEFAULT_RULES[0]).limit  # above the 25% limit ...
+    assert sp.change > gate_options.parse_rule(gate_options.DEFAULT_RULES[0]).limit  # above the 25% limit ...
     assert sp.status == "pass" and "not significantly above it" in sp.reason  # ... but within seed-to-seed spread
     v = gate.compare(a, _slowed(b, 2.0), findings_of=findings)
     sp = v.by_metric("steps")[0]
@@ -540,7 +540,6 @@ def test_effective_df_and_untested_bins_when_blocks_are_few():
 def test_sides_are_read_in_turn_and_each_run_is_handed_over_before_the_next_is_read(monkeypatch):
     """compare starts a run's findings as soon as that run is read: load_sides must call `each` on a run before
     it reads the next, baseline first; and a side that names nothing is refused before any run is read."""
-    from diffaudit import sides
     from diffaudit.errors import RunFormatError
 
     samples = CORPUS.parent

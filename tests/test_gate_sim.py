@@ -19,7 +19,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from diffaudit import gate, stats
+from diffaudit import gate, gate_options, stats
 
 B, FALLING = 20, 10
 PHI, AR_SD, WHITE_SD, COMMON = 0.9, 0.01, 0.02, 0.3
@@ -58,20 +58,20 @@ def draw(rng, mean: np.ndarray) -> np.ndarray:
 
 
 def trials(n: int, *, K: int = 30, tau_falling: float | None = 25.0, factor: float = 1.0, allowance=None, seed: int = 0,
-           max_lag: float = gate.MAX_LAG):
+           max_lag: float = gate_options.MAX_LAG):
     """Per trial: (any regression, bins named) of the candidate (still-falling bins x factor) against the baseline."""
     rng = np.random.default_rng(seed)
     base = curves(K, tau_falling)
     cand = base * np.where(np.arange(B) >= B - FALLING, factor, 1.0)[:, None]
     x = (np.arange(K) + 0.5) * 100.0
-    sel = np.arange(K - max(gate.MIN_WINDOWS, round(0.2 * K)), K)
+    sel = np.arange(K - max(gate_options.MIN_WINDOWS, round(0.2 * K)), K)
     out = []
     for _ in range(n):
         st = gate.single_run_stats(draw(rng, base), draw(rng, cand), x, sel, 100.0 * K, allowance=allowance,
                                    max_lag=max_lag)
         p, q, pg, qg = gate.decide(st)
-        bins = (q <= gate.ALPHA) & (st.change > gate.TOLERANCE)
-        groups = [(qv <= gate.ALPHA) and g[2] > gate.TOLERANCE for g, qv in zip(st.groups, qg)]
+        bins = (q <= gate_options.ALPHA) & (st.change > gate_options.TOLERANCE)
+        groups = [(qv <= gate_options.ALPHA) and g[2] > gate_options.TOLERANCE for g, qv in zip(st.groups, qg)]
         out.append((bool(bins.any() or any(groups)), set(np.flatnonzero(bins).tolist())))
     return out
 
@@ -88,7 +88,7 @@ def naive_flags(n: int, seed: int = 0) -> float:
         from scipy import stats as sps
 
         q = stats.adjust_pvalues(sps.t.sf(m / se, 7), "holm")
-        hits += bool(((q <= 0.05) & (m > gate.TOLERANCE)).any())
+        hits += bool(((q <= 0.05) & (m > gate_options.TOLERANCE)).any())
     return hits / n
 
 
@@ -160,8 +160,8 @@ def seed_trials(n: int, *, seeds: int, factor: float = 1.0, bins=(), seed: int =
         blocks = np.array(runs)[:, :, sel]  # (runs, bins, window blocks)
         st = gate.seed_stats(blocks.mean(axis=2), blocks[:seeds].mean(axis=0), x[sel], 100.0 * K, seeds)
         p, q, pg, qg = gate.decide(st)
-        named = (q <= gate.ALPHA) & (st.change > gate.TOLERANCE)
-        groups = [(qv <= gate.ALPHA) and g[2] > gate.TOLERANCE for g, qv in zip(st.groups, qg)]
+        named = (q <= gate_options.ALPHA) & (st.change > gate_options.TOLERANCE)
+        groups = [(qv <= gate_options.ALPHA) and g[2] > gate_options.TOLERANCE for g, qv in zip(st.groups, qg)]
         out.append((bool(named.any() or any(groups)), set(np.flatnonzero(named).tolist())))
     return out
 

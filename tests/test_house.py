@@ -101,7 +101,7 @@ def test_the_presentation_never_imports_the_cli(module):
 
 
 def test_one_module_per_command():
-    from diffaudit.cli import COMMANDS, main
+    from diffaudit.cli import COMMANDS
 
     assert {name: module for name, (module, _) in COMMANDS.items()} == {n: f"diffaudit.cli.{n}" for n in COMMANDS}
     assert set(COMMANDS) == {m.rsplit(".", 1)[1] for m in MODULES if m.startswith("diffaudit.cli.")}
