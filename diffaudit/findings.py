@@ -23,7 +23,7 @@ its severities and what fires it (the README's table is made from it by
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Callable
 
 import numpy as np
@@ -1006,8 +1006,6 @@ def at_or_above(findings, severity: str) -> list[Finding]:
     k = SEVERITY_RANK[severity]
     return [f for f in findings if f.rank >= k]
 
-
-THRESHOLD_NAMES = tuple(f.name for f in fields(Thresholds))
 
 __all__ = [
     "CONVERGENCE_FINDINGS", "DETECTORS", "GATE_SEVERITIES", "SEVERITIES", "Finding", "Detector", "Thresholds", "at_or_above",

@@ -18,6 +18,11 @@ findings, the gate's excess check, ``diffaudit optimum``'s table, the L* unit of
 
 A run converted to L* units (:mod:`diffaudit.units`) carries no data statistics:
 its loss already is the ratio, and its references are NaN.
+
+The empirical L* is only as good as the samples it is computed on, so the checks
+that tie them to the run live here too: :func:`check_training_samples` (their
+dimension and scale against run.json) and :func:`above_gaussian_bound` (bins
+whose empirical L* exceeds the Gaussian one, which the run's training data cannot).
 """
 
 from __future__ import annotations
