@@ -25,10 +25,11 @@ def report(run, html, json_out, markdown_out, fail_on, late_fraction, strict):
     """Audit RUN: a verdict, then findings most severe first, each with its evidence and a recommendation.
 
     Finding ids are stable (see the README's table); --json writes them with their
-    evidence and the per-noise-level table (schema: diffaudit_version, run, verdict,
-    findings[id, severity, title, message, recommendation, evidence, bins], bins[...];
-    NaN is null). Every output takes a FILE, or '-' for stdout (the terminal report
-    then goes to stderr).
+    evidence and the per-noise-level table (schema_version 1: verdict, lifecycle,
+    provisional, findings[id, severity, title, message, recommendation, evidence,
+    bins], bins[one object per noise bin], run, settings and one object per summary
+    the findings read; NaN is null). Every output takes
+    a FILE, or '-' for stdout (the terminal report then goes to stderr).
 
     \b
     Example:
