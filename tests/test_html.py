@@ -409,3 +409,6 @@ def test_trend_note_and_table_use_the_levels_the_trends_were_tested_at(synthetic
     col = table.columns.index("q")
     assert all(table.rows[i][col].cls == "" for i in between)
     assert all(table.rows[i][col].cls == "sig" for i, v in enumerate(q) if v < 0.01)
+    # and the page says so under the table
+    assert 'Bold</span>: q &lt; 0.01.' in htmlpage.report_page(run, strict)
+    assert 'Bold</span>: q &lt; 0.05.' in htmlpage.report_page(run, default)

@@ -242,6 +242,7 @@ class ReportPage:
     figures: dict[str, FigureView]
     bin_table: Table
     trend_note: str
+    trend_alpha: str  # the level a q-value is shown bold below
     schedule: list[Item]
     probe_note: str
     metadata: Metadata
@@ -309,6 +310,7 @@ def build_report(run, analysis) -> ReportPage:
         figures=figures,
         bin_table=bin_table(run, a),
         trend_note=trend_note(a),
+        trend_alpha=fmt_num(_trend_levels(a)[0]),
         schedule=schedule_items(run, a),
         probe_note=probe_note(a),
         metadata=metadata_view(run, a),
