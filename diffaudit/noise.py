@@ -315,6 +315,8 @@ def timestep_cause(process, lo: float | None, hi: float | None) -> tuple[str, st
         valid = "t in [0, 1]"
     else:
         valid = f"sigma in [{p.sigma_min / EDM_SIGMA_SLACK:g}, {p.sigma_max * EDM_SIGMA_SLACK:g}]"
+    if p.kind == "edm" and lo is not None and lo <= 0:
+        return valid, "sigma must be positive (pass sigma, not log sigma or t)"
     if lo is None or hi is None or not (math.isfinite(lo) and math.isfinite(hi)):
         return valid, "non-finite timesteps (NaN or inf reached the sampler)"
     if p.kind == "flow" and 1 < hi <= 1000.0 and lo >= 0:
@@ -325,8 +327,8 @@ def timestep_cause(process, lo: float | None, hi: float | None) -> tuple[str, st
         return valid, f"t reaches {hi:g} >= T = {p.num_timesteps} (an off-by-one, or another schedule's length)"
     if p.kind == "vp":
         return valid, "fractional or negative timesteps (pass the integer t the scheduler used)"
-    if p.kind == "edm" and lo <= 0:
-        return valid, "sigma must be positive (pass sigma, not log sigma or t)"
     if p.kind == "edm":
-        return valid, f"sigma spans {lo:g} to {hi:g}: another noise range than the run's (check sigma_min/sigma_max)"
-    return valid, "flow t outside [0, 1] (negative, or another parametrisation)"
+        return valid, "another noise range than the run's (check sigma_min and sigma_max)"
+    if lo < 0:
+        return valid, "negative flow time (pass t in [0, 1])"
+    return valid, "flow time above 1: another parametrisation (pass t in [0, 1])"

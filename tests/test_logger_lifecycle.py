@@ -108,6 +108,8 @@ def test_eval_and_ema_are_kept_apart(tmp_path, linear_alpha_bar):
         ("vp", {}, torch.rand(64), "fractions of the schedule"),
         ("vp", {}, torch.full((64,), 1000), ">= T = 1000"),
         ("edm", {"process": "edm", "sigma_data": 0.5}, -torch.rand(64), "sigma must be positive"),
+        ("vp", {}, torch.tensor([5.0, float("nan")] * 32), "non-finite timesteps"),
+        ("flow", {"process": "flow"}, torch.tensor([0.5, float("inf")] * 32), "non-finite timesteps"),
     ],
 )
 def test_impossible_timesteps_on_the_host_are_refused_at_once(tmp_path, linear_alpha_bar, kind, kw, t, cause):

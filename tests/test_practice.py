@@ -241,6 +241,11 @@ def test_valid_timesteps_and_old_runs_say_nothing(tmp_path):
     ("vp", 0.0, 0.99, "fractions of the schedule"),
     ("vp", 0.0, 1000.0, ">= T = 1000"),
     ("edm", -3.0, 2.0, "sigma must be positive"),
+    ("edm", 0.0, float("inf"), "sigma must be positive"),
+    ("edm", 1000.0, 5000.0, "another noise range"),
+    ("flow", 0.0, 2000.0, "above 1"),
+    ("flow", -0.5, 0.5, "negative flow time"),
+    ("vp", float("nan"), 3.0, "non-finite"),
 ])
 def test_timestep_cause_in_words(kind, lo, hi, cause):
     if kind == "vp":
@@ -250,7 +255,9 @@ def test_timestep_cause_in_words(kind, lo, hi, cause):
         p = Process("vp", "epsilon", 10, ab, om)
     else:
         p = Process(kind, "flow" if kind == "flow" else "edm", 10, sigma_data=0.5)
-    assert cause in timestep_cause(p, lo, hi)[1]
+    said = timestep_cause(p, lo, hi)[1]
+    assert cause in said
+    assert "negative" not in said or lo < 0
 
 
 # ----------------------------------------------------------------------------
