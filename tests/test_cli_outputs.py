@@ -1,5 +1,7 @@
 """Where each command's outputs go: '-' is stdout for text outputs; file-only outputs refuse it in one line."""
 
+import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -160,3 +162,20 @@ def test_the_exit_codes_of_watch_are_documented():
     assert "1 regression, --fail-on finding or watched run failed" in epilog
     assert "3 inconclusive or watched run ended without a close / --timeout" in epilog
     assert doc.count("``watch``") == 3
+
+
+@pytest.mark.parametrize("close,code,said", [
+    ({"status": "failed", "error": "RuntimeError: CUDA out of memory"}, 1, "CUDA out of memory"),  # closed on an exception
+    (None, 3, "the run ended without a close (killed or crashed)"),  # no close and no write for long
+])
+def test_watch_exit_codes_of_runs_that_did_not_finish(tmp_path, close, code, said):
+    run = tmp_path / "r"
+    shutil.copytree(RUN, run)
+    marker = next((run / "segments").glob("close-*.json"))
+    if close is None:
+        marker.unlink()
+    else:
+        marker.write_text(json.dumps({**json.loads(marker.read_text()), **close}))
+    res = run_cli("watch", run, "--interval", "0.1", "--fail-on", "never", "--timeout", "60")  # 60 s: a hang guard
+    assert res.exit_code == code, res.output
+    assert said in res.output and "--timeout" not in res.output
