@@ -33,19 +33,13 @@ METRICS = ("loss", "excess", "steps", "clip_rate", "nonfinite", "findings")
 _METRIC_ALIASES = {"speed": "steps", "clip": "clip_rate", "nan": "nonfinite", "finding": "findings"}
 _METRIC_WORDS = {
     "loss": "late loss per noise bin",
-    "excess": "late excess over L* per noise bin",
+    "excess": "late excess over L* per noise bin (e.g. excess:10%)",
     "steps": "steps to reach the baseline's loss level",
     "clip_rate": "rise of the share of clipped steps",
     "nonfinite": "rise of the non-finite losses per run",
     "findings": "findings new in the candidate at this severity or above",
 }
 
-
-
-def rule_lines() -> list[str]:
-    """One line per metric for ``compare --help``: its default rule and what it limits (from the defaults above)."""
-    default = {"loss": f"loss:{pct(TOLERANCE)}", **{r.split(":", 1)[0]: r for r in DEFAULT_RULES}}
-    return [f"  {default[m]:<18} {_METRIC_WORDS[m]}" for m in METRICS]
 
 # ----------------------------------------------------------------------------
 # Rules and windows: small objects parsed from compact strings
@@ -142,6 +136,12 @@ def parse_rule(text: str, *, option: str = "--rule") -> Rule:
     if not math.isfinite(limit):
         raise DiffauditError(f"{option} {s!r}: the limit must be a finite number")
     return Rule(metric, limit, relative=relative, text=s)
+
+
+def rule_lines() -> list[str]:
+    """One line per metric for ``compare --help``: its default rule and what it limits."""
+    default = rule_set(TOLERANCE, ())
+    return [f"  {str(default[m]):<18} {_METRIC_WORDS[m]}" for m in METRICS]
 
 
 def rule_set(tolerance: float, rules: Iterable) -> dict[str, Rule]:

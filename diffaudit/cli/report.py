@@ -25,7 +25,7 @@ def report(run, html, json_out, markdown_out, fail_on, late_fraction, strict):
     """Audit RUN: a verdict, then findings most severe first, each with its evidence and a recommendation.
 
     Finding ids are stable (see the README's table); --json writes them with their
-    evidence and the per-noise-level table (schema_version 1: verdict, lifecycle,
+    evidence and the per-noise-level table (schema_version 1, diffaudit_version: verdict, lifecycle,
     provisional, findings[id, severity, title, message, recommendation, evidence,
     bins], bins[one object per noise bin], run, settings and one object per summary
     the findings read; NaN is null). Every output takes
