@@ -1100,10 +1100,146 @@ def ar1_mean_error(y, phi: float) -> tuple[float, float, float]:
     infl, df = ar1_mean_factors(n, phi)
     return float(y.mean()), math.sqrt(infl * float(y.var(ddof=1)) / n), float(df)
 
+
+# ----------------------------------------------------------------------------
+# What a test can see, and a seed spread pooled across noise bins
+#
+# *Detectable rise.* A one-sided test of "change <= limit" at level a, whose
+# change has standard error se on df degrees of freedom, rejects when
+# (change - limit) / se > t_{1-a, df}. Its power at a true change limit + delta
+# is P(T'(df, delta / se) > t_{1-a, df}), T' a noncentral t (the estimated se is
+# random too). The detectable rise is the delta that gives ``power``: the
+# noncentrality is solved exactly (scipy.special.nctdtrinc), so with a few df
+# it is honestly larger than the normal-theory limit + (z_{1-a} + z_power) se.
+#
+# *Pooled seed spread.* A run's late loss in noise bin b differs from another
+# seed's by a seed effect of variance sigma_b^2; k seeds give each bin's s_b^2
+# on k - 1 degrees of freedom, far too few alone (t with 2 df for 3 seeds). But
+# sigma_b^2 varies smoothly with the noise level, so the bins inform each other:
+# empirical Bayes as in limma (Smyth 2004, "Linear models and empirical Bayes
+# methods for assessing differential expression"): log s_b^2 is fitted by a
+# low-degree polynomial in the bin's position (the prior profile s0_b^2), the
+# scatter of log s_b^2 about it beyond what k - 1 df explain gives the prior's
+# degrees of freedom d0 (trigamma), and each bin's variance is shrunk towards
+# the profile: (d0 s0_b^2 + d s_b^2) / (d0 + d), on d0 + d df. Bins that share
+# one network are not independent, so the prior cannot have more df than the
+# bins really hold: d0 is capped at d (n_eff - p), n_eff the effective number
+# of independent bins (the smaller of (tr S)^2 / tr(S^2), corrected for the few
+# runs, and what the correlation of neighbouring bins leaves) and p the
+# profile's parameters.
+
+POWER = 0.8  # a detectable rise is caught with this probability
+PRIOR_RATIO = 4.0  # the profile lends a bin at most this many times the df of its own estimate
+
+
+def detectable_shift(se, df, level: float, power: float = POWER) -> np.ndarray:
+    """Smallest true shift beyond the tested limit that a one-sided t test at ``level`` catches with ``power``.
+
+    ``se`` and ``df`` broadcast (df may be inf: the normal); NaN where se is not finite and positive. In the
+    unit of ``se``.
+    """
+    se = np.asarray(se, np.float64)
+    df = np.broadcast_to(np.asarray(df, np.float64), se.shape)
+    out = np.full(se.shape, np.nan)
+    ok = np.isfinite(se) & (se > 0) & (df > 0)
+    if not ok.any():
+        return out
+    d = df[ok]
+    crit = np.where(np.isfinite(d), -special.stdtrit(np.where(np.isfinite(d), d, 1.0), level), -special.ndtri(level))
+    normal = crit - special.ndtri(1 - power)
+    with np.errstate(all="ignore"):
+        nc = special.nctdtrinc(np.where(np.isfinite(d), d, 1.0), 1 - power, crit)
+    nc = np.where(np.isfinite(d) & (d < 1e6) & np.isfinite(nc), np.maximum(nc, normal), normal)
+    out[ok] = nc * se[ok]
+    return out
+
+
+@dataclass(frozen=True, eq=False)
+class PooledSpread:
+    """Per-bin seed variances shrunk towards a smooth profile over the bins (see the section comment)."""
+
+    var: np.ndarray  # (B,) moderated variance per bin; NaN where the bin had no estimate
+    df: np.ndarray  # (B,) its degrees of freedom, d + d0
+    raw: np.ndarray  # (B,) the bin's own s_b^2
+    prior: np.ndarray  # (B,) the profile s0_b^2
+    d: float  # df of each bin's own estimate
+    d0: float  # prior df, after the cap
+    d0_fit: float  # prior df the scatter asked for (inf: none beyond sampling)
+    n_eff: float  # effective number of independent bins
+    degree: int  # polynomial degree of the profile
+
+
+def _trigamma_inverse(v: float) -> float:
+    """y with trigamma(y) = v (Newton's method of Smyth 2004, on 1 / trigamma)."""
+    if v > 1e7:
+        return 1.0 / math.sqrt(v)
+    if v < 1e-6:
+        return 1.0 / v
+    y = 0.5 + 1.0 / v
+    for _ in range(50):
+        tri = float(special.polygamma(1, y))
+        step = tri * (1 - tri / v) / float(special.polygamma(2, y))
+        y += step
+        if -step / y < 1e-8:
+            break
+    return y
+
+
+def pooled_spread(dev, *, d: float | None = None, degree: int = 2, prior_ratio: float | None = None) -> PooledSpread:
+    """Seed variances per bin pooled across bins, from ``dev`` (runs x bins): each run's deviation from its own
+    group's mean (NaN where a run did not sample a bin). ``d``: degrees of freedom of each bin's variance (default:
+    runs - 1, one group). Raises InconclusiveError with fewer than 2 runs or 2 usable bins.
+    """
+    dev = np.asarray(dev, np.float64)
+    R, B = dev.shape
+    d = float(R - 1 if d is None else d)
+    prior_ratio = PRIOR_RATIO if prior_ratio is None else prior_ratio
+    full = np.isfinite(dev).all(axis=0)
+    if d < 1 or full.sum() < 2:
+        raise InconclusiveError(f"{R} runs and {int(full.sum())} bins every run sampled: too few to pool a spread")
+    s2 = np.full(B, np.nan)
+    s2[full] = np.sum(dev[:, full] ** 2, axis=0) / d
+    use = full & (s2 > 0)
+    pos = np.linspace(-1.0, 1.0, B)  # bins are ordered by noise level
+    deg = int(min(degree, max(0, use.sum() - 3)))
+    if use.sum() < 2:
+        return PooledSpread(s2, np.full(B, d), s2, s2, d, 0.0, 0.0, 1.0, 0)
+    # limma: E[log s^2] = log sigma^2 + digamma(d/2) - log(d/2); Var[log s^2] = trigamma(d/2)
+    e = np.log(s2[use]) - float(special.digamma(d / 2)) + math.log(d / 2)
+    basis = np.vander(pos[use], deg + 1)
+    coef, *_ = np.linalg.lstsq(basis, e, rcond=None)
+    resid = e - basis @ coef
+    p = deg + 1
+    excess = float(np.sum(resid**2)) / max(use.sum() - p, 1) - float(special.polygamma(1, d / 2))
+    d0_fit = 2 * _trigamma_inverse(excess) if excess > 0 else math.inf
+    # the bins' effective number (trace Sigma)^2 / trace(Sigma^2), of the deviations scaled by the profile:
+    # unbiased estimates of both traces from the Wishart moments E tr(S^2) = (1 + 1/d) tr(Sigma^2) +
+    # (tr Sigma)^2 / d and E (tr S)^2 = (tr Sigma)^2 + 2 tr(Sigma^2) / d (a plain ratio of the sample traces
+    # says d at most: a few runs span only d dimensions)
+    prior_use = np.exp(basis @ coef)
+    zs = dev[:, use] / np.sqrt(prior_use)
+    g = zs @ zs.T / d  # (R, R): same non-zero spectrum as the (B, B) sample covariance
+    t2, t1 = float(np.sum(g * g)), float(np.trace(g)) ** 2
+    a = (t2 - t1 / d) / (1 + 1 / d - 2 / d**2)
+    c = t1 - 2 * a / d
+    n_eff = float(np.clip(c / a, 1.0, use.sum())) if a > 0 and c > 0 else float(use.sum())
+    # a few runs barely show the correlation between bins, but neighbouring noise levels share most of it (a
+    # seed that is worse at one noise level is worse at the next): the lag-1 correlation along the bins, pooled
+    # over runs, is well estimated even from 3, and an AR(1) along the bins has B (1 - r^2) / (1 + r^2)
+    # effectively independent variances; the smaller of the two counts
+    r1 = float(np.sum(zs[:, 1:] * zs[:, :-1]) / np.sum(zs[:, :-1] ** 2)) if zs.shape[1] > 2 else 0.0
+    r1 = min(max(r1, 0.0), 1.0)
+    n_eff = min(n_eff, max(1.0, use.sum() * (1 - r1**2) / (1 + r1**2)))
+    d0 = float(min(d0_fit, max(d * (n_eff - p), 0.0), prior_ratio * d))
+    prior = np.exp(np.vander(pos, deg + 1) @ coef)
+    var = np.where(full, (d0 * prior + d * np.where(full, s2, 0.0)) / (d0 + d), np.nan)
+    return PooledSpread(var, np.where(full, d + d0, np.nan), s2, prior, d, d0, d0_fit, n_eff, deg)
+
+
 __all__ = [
     "BATCH_LENGTH", "BATCH_TAU", "MAD_TO_SIGMA", "MAX_BATCHES", "MIN_BATCHES", "SPIKE_THRESHOLD",
     "SPIKE_WINDOW", "TAU_MIN_BLOCKS",
-    "AR1_PHI_MAX", "BatchMeans", "Comparison", "PooledAR1", "ar1_mean_error", "ar1_mean_factors",
+    "AR1_PHI_MAX", "POWER", "BatchMeans", "PooledSpread", "detectable_shift", "pooled_spread", "Comparison", "PooledAR1", "ar1_mean_error", "ar1_mean_factors",
     "pooled_ar1", "Equivalence", "LevelShift", "Moments", "Spikes", "Trend",
     "adjust_pvalues", "batch_means", "batch_starts", "coarsen_moments", "compare_seed_means", "compare_series",
     "correlations", "same_columns",
