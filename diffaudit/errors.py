@@ -34,3 +34,7 @@ class InconclusiveError(DiffauditError):
     """Too little data or overlap to reach a verdict (the gate's exit code 3)."""
 
     exit_code = 3
+
+
+class AllowanceError(DiffauditError):
+    """A calibration (seed allowance) file is missing, corrupt, newer, or measured on other runs than these."""

@@ -132,6 +132,7 @@ import numpy as np
 import polars as pl
 
 from diffaudit import stats
+from diffaudit.allowance import Allowance, check_fits, find_in, read_allowance
 from diffaudit.errors import DataError, DiffauditError, InconclusiveError, MismatchError
 from diffaudit.analysis import analyze
 from diffaudit.load import Run
@@ -172,7 +173,8 @@ GROUP_METRIC = "loss_mean"  # aggregates of bins: mean relative change over a gr
 __all__ = [
     "DEFAULT_ALLOWANCE", "GROUP_METRIC", "LAG_SHARE", "SEED_BIN_SD", "SEED_CLIP_SD", "SEED_FLOOR_SD", "SEED_MEAN_SD",
     "SEED_SPEED_SD", "Allowance", "Check", "Side", "Verdict",
-    "block_means", "compare", "decide", "seed_stats", "single_run_stats",
+    "adjusted_levels", "block_means", "compare", "decide", "group_detectable", "group_detectables", "late_levels",
+    "resolve_allowance", "seed_stats", "single_run_stats", "speed_level",
 ]
 
 
@@ -201,6 +203,7 @@ class Check:
     bin: int | None = None
     noise_levels: str = ""  # the bin's range of timesteps (or sigma), in words
     details: dict = field(default_factory=dict)  # lag adjustment, L*, excess, counts ...
+    detectable: float | None = None  # smallest change (rule's unit) caught with 80% probability: what it can see
 
     @property
     def regressed(self) -> bool:
@@ -243,6 +246,10 @@ class Verdict:
     settings: dict = field(default_factory=dict)
     process: object | None = None  # the baseline's diffaudit.noise.Process: the bins' noise levels
     lstar_kind: str | None = None  # "gaussian", "empirical" or None
+    detectable: float | None = None  # smallest rise of the mean loss over bins caught with 80% probability
+    projection: dict | None = None  # {"baseline_seeds": k, "detectable": x}: what k baseline seeds would see
+    weak: bool = False  # the detectable rise is more than twice the tolerance: too weak to gate on
+    allowance: str | None = None  # one run per side: "built-in" or the calibration file used
 
     @property
     def regressions(self) -> list[Check]:
@@ -269,7 +276,7 @@ def compare(
     max_lag: float = MAX_LAG,  # progress lag absorbed per run (share of the matched steps); 0: none
     force: bool = False,  # compare runs whose schedule, prediction or bins differ
     findings_of: Callable[[Run], Sequence] | None = None,  # run -> findings; default diffaudit.analysis
-    allowance: Allowance | None = None,  # one run per side: seed-to-seed allowance (default: the calibrated one)
+    allowance=None,  # one run per side: an Allowance or a calibration file (default: the baseline folder's, else built-in)
     unit: str = "loss",  # "loss": as logged; "lstar": each run's loss / its own Gaussian L* (targets may differ)
 ) -> Verdict:
     """Compare candidate runs against baseline runs; return the :class:`Verdict`.
@@ -286,6 +293,7 @@ def compare(
     """
     base = _as_runs(baseline, "baseline")
     cand = _as_runs(candidate, "candidate")
+    allowance = resolve_allowance(allowance, baseline, base[0].process)
     if unit not in UNITS:
         raise DiffauditError(f"--unit {unit!r}: expected loss or lstar")
     unit_notes: list[str] = []
@@ -298,12 +306,11 @@ def compare(
     max_lag = parse_tolerance(max_lag, option="--max-lag")
     win = parse_window(window)
     rules_ = rule_set(tol, rules)
-    allowance = DEFAULT_ALLOWANCE if allowance is None else allowance
     settings = {
         "tolerance": tol, "alpha": float(alpha), "window": str(win), "correction": correction,
         "min_windows": int(min_windows), "max_lag": max_lag, "force": bool(force),
         "rules": [str(rules_[m]) for m in METRICS],
-        "allowance": asdict(allowance),
+        "allowance": {k: v for k, v in asdict(allowance).items() if k not in ("deviations", "measured_on")},
     }
     settings["unit"] = unit
     notes: list[str] = list(unit_notes)
@@ -362,6 +369,7 @@ def _statistics(base, cand, sides, rules_, win, alpha, correction, min_windows, 
     lstar, lstar_kind = _lstar(base, cand, notes)
     checks: list[Check] = []
     lag = None
+    st = None
     if sel is None:
         checks += _untested_bins(base[0].process, "the late window holds no matched steps")
         window = None
@@ -391,14 +399,92 @@ def _statistics(base, cand, sides, rules_, win, alpha, correction, min_windows, 
         notes.append(f"progress lag absorbed: {whose} consistent with being {pct(lag)} of the matched steps "
                      f"behind the baseline ({lag * (hi - lo + 1):,.0f} steps); per-bin changes are shown after removing it "
                      "(speed is judged by its own check)")
-    status, summary = _overall(checks, sides, nblocks)
+    sight = _sight(checks, st, rules_["loss"], alpha, len(base), len(cand), correction)
+    if sight["weak"]:
+        notes.append(_weak_words(sight, rules_["loss"], single, allowance))
+    status, summary = _overall(checks, sides, nblocks, sight)
     return status, summary, dict(checks=tuple(checks), matched=overlap, window=window, window_blocks=nblocks, lag=lag,
-                                 lstar_kind=lstar_kind)
+                                 lstar_kind=lstar_kind, detectable=sight["detectable"], projection=sight["projection"],
+                                 weak=sight["weak"], allowance=allowance.source if single else None)
+
+
+# ----------------------------------------------------------------------------
+# What the comparison can see
+
+PROJECT_SEEDS = (3, 5, 8, 10, 15, 20, 30)  # baseline seed counts a projection may name
+
+
+def _sight(checks: list[Check], st, rule: Rule, alpha: float, n_base: int, n_cand: int, correction: str) -> dict:
+    """The verdict's detectable rise (of the mean loss over bins, else of the best bin), what more baseline
+    seeds would see, and whether the comparison is too weak to gate on (detectable > 2x the tolerance)."""
+    out = {"detectable": None, "projection": None, "weak": False, "need": None, "run_sd": None}
+    group = next((c for c in checks if c.metric == GROUP_METRIC and c.detectable is not None), None)
+    bins = [c.detectable for c in checks if c.metric == "loss" and c.detectable is not None]
+    if group is not None:
+        out["detectable"] = group.detectable
+    elif bins:
+        out["detectable"] = min(bins)
+    if out["detectable"] is None or st is None or rule.limit is None or not rule.relative:
+        return out
+    tol = rule.limit
+    lag = float(np.mean(st.lag_cap * st.elastic[np.isfinite(st.change)])) if np.isfinite(st.change).any() else 0.0
+    _, lvl = _levels(1, max(len(st.groups), 1), alpha, correction)
+
+    def would_see(k: int) -> float:
+        # k baseline seeds against one candidate: a prediction interval from the seeds' spread of the mean
+        return tol + lag + float(stats.detectable_shift(st.run_sd * math.sqrt(1 + 1 / k), k - 1, lvl))
+
+    if math.isfinite(st.run_sd) and st.run_sd > 0:
+        k = 5 if n_base < 5 else 2 * n_base
+        out["projection"] = {"baseline_seeds": k, "detectable": would_see(k), "run_sd": st.run_sd}
+        if out["projection"]["detectable"] >= out["detectable"]:
+            out["projection"] = None  # more seeds of a spread this large would not see more
+        if out["detectable"] > 2 * tol:
+            need = next((k for k in PROJECT_SEEDS if would_see(k) <= 2 * tol), None)
+            out["need"] = None if need is None else (need, would_see(need))
+        out["run_sd"] = st.run_sd
+    out["weak"] = out["detectable"] > 2 * tol
+    return out
+
+
+def _weak_words(sight: dict, rule: Rule, single: bool, al: Allowance) -> str:
+    det, tol = sight["detectable"], rule.limit
+    said = (f"too weak to gate on: this comparison can see only rises of the mean loss above {change_text(det, True)}, "
+            f"more than twice the {rule.limit_text()} tolerance")
+    fixes = []
+    if sight["need"] is not None:
+        fixes.append(f"{sight['need'][0]} baseline seeds against one candidate (they would see "
+                     f"{change_text(sight['need'][1], True)})")
+    elif sight.get("run_sd") is not None:
+        fixes.append(f"no number of baseline seeds up to {PROJECT_SEEDS[-1]} reaches twice the tolerance: runs of "
+                     f"this model differ by about {pct(sight['run_sd'])} of their mean loss (sd), so raise --tolerance")
+    if single and not al.calibrated:
+        fixes.append("a calibration of this model (diffaudit calibrate on 3 or more healthy seeds, then --allowance) "
+                     "in place of the built-in allowance")
+    fixes.append("a longer late window (--window) where the runs have settled")
+    return said + "; what would make it strong enough: " + "; or ".join(fixes)
+
+
+def resolve_allowance(allowance, baseline, process) -> Allowance:
+    """The allowance a comparison uses: the one given (an Allowance, or a calibration file's path), else the
+    calibration file a baseline folder holds (:data:`diffaudit.allowance.FILE_NAME`), else the built-in one.
+    A calibration measured on another process, target, schedule or bins raises AllowanceError."""
+    if allowance is None and isinstance(baseline, (str, os.PathLike)) and os.path.isdir(baseline):
+        allowance = find_in(baseline)
+    if allowance is None:
+        return DEFAULT_ALLOWANCE
+    if not isinstance(allowance, Allowance):
+        allowance = read_allowance(allowance)
+    check_fits(allowance, process, what="the baseline runs")
+    return allowance
 
 
 def _single_run_note(al: Allowance, max_lag: float) -> str:
     seen = ("within-run variability (block to block, with an error bar that widens for correlated blocks) and a "
             f"progress lag of up to {pct(max_lag)} of the steps")
+    if al.calibrated:
+        return (f"one run per side: the noise model sees {seen}, and takes how seeds of this model differ from a "
+                f"calibration on its own healthy seeds ({al.words()})")
     if al.bin > 0 or al.mean > 0 or al.speed > 0:
         return (f"one run per side: the noise model sees {seen}; what it cannot see, how seeds of this model differ, "
                 f"is covered by a seed-to-seed allowance learned on other models' healthy seed pairs ({al.words()}), "
@@ -728,31 +814,6 @@ def _tq(alpha: float, df: float) -> float:
     return float(stats.norm_isf(alpha / 2) if not math.isfinite(df) else stats.t_isf(alpha / 2, df))
 
 
-@dataclass(frozen=True)
-class Allowance:
-    """Seed-to-seed variation that one run per side cannot see, as relative standard deviations per run.
-
-    The defaults are learned from healthy seed pairs of the calibration families (see ``SEED_BIN_SD``);
-    ``Allowance(0, 0, 0)`` turns the allowance off (within-run variability only).
-    """
-
-    bin: float = 0.0  # of a noise bin's late loss
-    mean: float = 0.0  # of the late loss averaged over a group of bins
-    speed: float = 0.0  # of log(steps to reach the loss level)
-    floor: float = 0.0  # of a bin's late loss, relative to the run's mean loss over bins (small-loss bins)
-    clip: float = 0.0  # of the clip rate's log-odds: added with one run per side, a floor under the seeds' spread
-
-    def bin_sd(self, level: np.ndarray, mean_level: float) -> np.ndarray:
-        """Relative allowance (sd per run) of each bin: sqrt(bin^2 + (floor * mean_level / level)^2)."""
-        with np.errstate(invalid="ignore", divide="ignore"):
-            return np.sqrt(self.bin**2 + (self.floor * mean_level / level) ** 2)
-
-    def words(self) -> str:
-        return (f"sd per run {pct(self.bin)} of a bin's loss plus {pct(self.floor)} of the run's mean loss over "
-                f"bins, {pct(self.mean)} for a mean over bins, {pct(self.speed)} for the steps to reach the loss level, "
-                f"{self.clip:.2g} for the log-odds of the clip rate")
-
-
 DEFAULT_ALLOWANCE = Allowance(SEED_BIN_SD, SEED_MEAN_SD, SEED_SPEED_SD, SEED_FLOOR_SD, SEED_CLIP_SD)
 
 
@@ -772,13 +833,25 @@ class _BinStats:
     why: list  # reason a bin is untested ("" when tested)
     groups: list  # aggregates: (name, bins, change, var, df)
     notes: list  # what the noise model rested on
+    lag_cap: float = 0.0  # the most progress lag the candidate may have removed (share of the matched steps)
+    run_sd: float = math.nan  # sd of one run's mean level over the tested bins (relative): for projections
 
 
-def _satterthwaite(v_est: np.ndarray, df_est: np.ndarray, v_known: float) -> tuple[np.ndarray, np.ndarray]:
-    """Variance and df of an estimated variance (with df) plus a known one (infinite df)."""
+def _lag_bound(max_lag: float, elastic: np.ndarray, falling: np.ndarray, tolerance: float) -> float:
+    """The largest lag :func:`_cap_lag` lets stand: what a rise may lose to the lag before it is judged."""
+    if falling.sum() < 2:
+        return max_lag
+    e = float(np.mean(elastic[falling]))
+    return min(max_lag, LAG_SHARE * tolerance / e) if e > 0 else 0.0
+
+
+def _satterthwaite(v_est: np.ndarray, df_est: np.ndarray, v_known, df_known=math.inf) -> tuple[np.ndarray, np.ndarray]:
+    """Variance and df of the sum of two estimated variances (Welch-Satterthwaite); ``df_known`` inf: known."""
+    v_known = np.asarray(v_known, np.float64)
     tot = v_est + v_known
     with np.errstate(invalid="ignore", divide="ignore"):
-        df = np.where(v_est > 0, tot * tot / (v_est * v_est / df_est), np.inf)
+        den = np.where(v_est > 0, v_est * v_est / df_est, 0.0) + np.where(v_known > 0, v_known * v_known / df_known, 0.0)
+        df = np.where(den > 0, tot * tot / den, np.inf)
     return tot, df
 
 
@@ -878,7 +951,15 @@ def single_run_stats(a: np.ndarray, b: np.ndarray, x: np.ndarray, sel: np.ndarra
     change = raw - lag * elastic
     mean_level = float(np.mean(level_a[tested])) if tested.any() else math.nan
     allow = al.bin_sd(level_a, mean_level)  # relative sd per run, per bin
-    var, df = _satterthwaite(var_w, df_w, 2 * allow**2)
+    # a calibration of runs this long is the whole run-to-run spread (seeds and within-run noise): the pair's
+    # variance is twice it, never less than the within-run variance seen; otherwise the allowance adds to that
+    whole = al.calibrated and al.matches_length(int(span))
+    if whole:
+        cal_v, cal_df = 2 * allow**2, al.bin_df(nb)
+        take = ~(var_w > cal_v)
+        var, df = np.where(take, cal_v, var_w), np.where(take, cal_df, df_w)
+    else:
+        var, df = _satterthwaite(var_w, df_w, 2 * allow**2, al.bin_df(nb))
     if used_ar1:
         notes.append(f"the late window holds {len(sel)} blocks, too few for batch means (batches several "
                      "autocorrelation times long): the error bars assume AR(1) block noise with phi = "
@@ -893,10 +974,23 @@ def single_run_stats(a: np.ndarray, b: np.ndarray, x: np.ndarray, sel: np.ndarra
             _, se, dfg, _ = _window_error(zg, xw, phi)
         except (InconclusiveError, DataError):
             continue
-        known = 2 * (al.mean**2 + float(np.sum((allow[members] ** 2 - al.bin**2))) / members.sum() ** 2)
-        v, d = _satterthwaite(np.array([se * se]), np.array([dfg]), known)
+        cal = al.group_sd(members)
+        if cal is not None:
+            if whole and 2 * cal[0] ** 2 >= se * se:
+                v, d = np.array([2 * cal[0] ** 2]), np.array([cal[1]])
+            else:
+                v, d = _satterthwaite(np.array([se * se]), np.array([dfg]), 2 * cal[0] ** 2, cal[1])
+        else:
+            known = 2 * (al.mean**2 + float(np.sum((allow[members] ** 2 - al.bin**2))) / members.sum() ** 2)
+            v, d = _satterthwaite(np.array([se * se]), np.array([dfg]), known)
         groups.append((name, members, float(np.mean(change[members])), float(v[0]), float(d[0])))
-    return _BinStats(level_a, level_b, raw, change, var, df, elastic, lag, lag_fit, why, groups, notes)
+    run_sd = math.sqrt(groups[0][3] / 2) if groups else math.nan
+    if al.calibrated:
+        notes.append(f"seed allowance calibrated on this configuration ({al.source})" +
+                     ("" if whole else f"; its runs were {al.steps:,} steps long against {int(span):,} here, so "
+                      "it is added to the within-run variability rather than standing for it"))
+    return _BinStats(level_a, level_b, raw, change, var, df, elastic, lag, lag_fit, why, groups, notes,
+                     _lag_bound(max_lag, elastic, falling, tolerance), run_sd)
 
 
 def _groups(tested: np.ndarray, falling: np.ndarray) -> list[tuple[str, np.ndarray]]:
@@ -908,6 +1002,37 @@ def _groups(tested: np.ndarray, falling: np.ndarray) -> list[tuple[str, np.ndarr
     return out
 
 
+def adjusted_levels(late: np.ndarray, pooled_blocks: np.ndarray, x: np.ndarray, span: float, R0: int, *,
+                    max_lag: float = MAX_LAG, tolerance: float = TOLERANCE):
+    """Each run's late level per bin relative to the first ``R0`` runs' mean, less its own progress lag.
+
+    Returns (pooled level, relative level, lag-adjusted relative level, elasticities, still-falling bins, lags).
+    """
+    R = late.shape[0]
+    with np.errstate(invalid="ignore", divide="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        pooled = np.nanmean(late[:R0], axis=0)
+        rel = late / pooled[None, :] - 1.0
+    elastic = _elasticity(pooled_blocks, x, span)
+    falling = _falling_group(elastic, np.isfinite(pooled) & (pooled > 0))
+    lags = np.array([_cap_lag(_fit_lag(rel[r], elastic, -max_lag, max_lag), rel[r], elastic, falling, tolerance)
+                     for r in range(R)])
+    adjusted = rel - lags[:, None] * elastic[None, :]  # each run's own progress lag removed
+    return pooled, rel, adjusted, elastic, falling, lags
+
+
+def late_levels(grid: "_MatchedBlocks", sel: np.ndarray, R0: int) -> tuple[np.ndarray, np.ndarray]:
+    """(late level of every run per bin over the window's blocks, the first R0 runs' mean block curve per bin)."""
+    cnt = grid.count[:, :, sel]
+    mu = grid.mean[:, :, sel]
+    n_late = cnt.sum(axis=2)
+    with np.errstate(invalid="ignore", divide="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # a bin no baseline run sampled: NaN, reported by the caller
+        late = np.where(n_late > 0, np.nansum(cnt * np.nan_to_num(mu), axis=2) / n_late, np.nan)  # (R, B)
+        pooled_blocks = np.nanmean(np.where(np.isfinite(mu[:R0]), mu[:R0], np.nan), axis=0)
+    return late, pooled_blocks
+
+
 def seed_stats(late: np.ndarray, pooled_blocks: np.ndarray, x: np.ndarray, span: float, R0: int, *,
                max_lag: float = MAX_LAG, tolerance: float = TOLERANCE) -> _BinStats:
     """Several runs on a side: each run's late level per bin (after its own progress lag), compared over seeds.
@@ -917,16 +1042,9 @@ def seed_stats(late: np.ndarray, pooled_blocks: np.ndarray, x: np.ndarray, span:
     baseline seeds this is a prediction interval: sd * sqrt(1 + 1/n), t with n - 1 df.
     """
     R, nb = late.shape
-    with np.errstate(invalid="ignore", divide="ignore"), warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)
-        pooled = np.nanmean(late[:R0], axis=0)
-        rel = late / pooled[None, :] - 1.0
-    elastic = _elasticity(pooled_blocks, x, span)
+    pooled, rel, adjusted, elastic, falling, lags = adjusted_levels(late, pooled_blocks, x, span, R0,
+                                                                    max_lag=max_lag, tolerance=tolerance)
     tested0 = np.isfinite(pooled) & (pooled > 0)
-    falling = _falling_group(elastic, tested0)
-    lags = np.array([_cap_lag(_fit_lag(rel[r], elastic, -max_lag, max_lag), rel[r], elastic, falling, tolerance)
-                     for r in range(R)])
-    adjusted = rel - lags[:, None] * elastic[None, :]  # each run's own progress lag removed
     why = [""] * nb
     raw = np.full(nb, np.nan)
     change = np.full(nb, np.nan)
@@ -934,6 +1052,10 @@ def seed_stats(late: np.ndarray, pooled_blocks: np.ndarray, x: np.ndarray, span:
     df = np.full(nb, np.nan)
     level_a = np.full(nb, np.nan)
     level_b = np.full(nb, np.nan)
+    spread = _pooled_seed_spread(adjusted, R0, tested0)
+    notes = []
+    if spread is not None:
+        notes.append(f"each bin's seed spread is pooled across bins ({_spread_words(spread)})")
     for k in range(nb):
         ma, mb = adjusted[:R0, k], adjusted[R0:, k]
         if not tested0[k]:
@@ -951,6 +1073,9 @@ def seed_stats(late: np.ndarray, pooled_blocks: np.ndarray, x: np.ndarray, span:
             level_a[k], level_b[k] = float(np.nanmean(late[:R0, k])), float(np.nanmean(late[R0:, k]))
             raw[k] = float(np.nanmean(rel[R0:, k]) - np.nanmean(rel[:R0, k]))
         change[k], var[k], df[k] = c.diff, c.se**2, c.df
+        if spread is not None and np.isfinite(spread.var[k]) and c.n_a == R0 and c.n_b == R - R0:
+            # the bin's own spread (k - 1 df) shrunk towards the profile the other bins share
+            var[k], df[k] = spread.var[k] * (1 / R0 + 1 / (R - R0)), spread.df[k]
     tested = np.isfinite(change)
     groups = []
     for name, members in _groups(tested, falling & tested):
@@ -963,7 +1088,41 @@ def seed_stats(late: np.ndarray, pooled_blocks: np.ndarray, x: np.ndarray, span:
             continue
         groups.append((name, members, c.diff, c.se**2, c.df))
     lag = float(np.mean(lags[R0:]) - np.mean(lags[:R0]))
-    return _BinStats(level_a, level_b, raw, change, var, df, elastic, lag, lag, why, groups, [])
+    run_sd = math.nan
+    if tested.sum() >= 2:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            per_run = np.nanmean(np.where(tested[None, :], adjusted, np.nan), axis=1)
+        dev = np.concatenate([per_run[:R0] - np.mean(per_run[:R0]), per_run[R0:] - np.mean(per_run[R0:])])
+        d = (R0 - 1) + (R - R0 - 1)
+        run_sd = math.sqrt(float(np.sum(dev**2)) / d) if d > 0 else math.nan
+    return _BinStats(level_a, level_b, raw, change, var, df, elastic, lag, lag, why, groups, notes,
+                     _lag_bound(max_lag, elastic, falling, tolerance), run_sd)
+
+
+def _pooled_seed_spread(adjusted: np.ndarray, R0: int, tested: np.ndarray) -> stats.PooledSpread | None:
+    """Each bin's seed variance pooled across bins (:func:`diffaudit.stats.pooled_spread`) from every side with
+    two or more runs, each run's deviation from its own side's mean; None when there is too little to pool."""
+    R = adjusted.shape[0]
+    rows, d = [], 0
+    for side in (slice(0, R0), slice(R0, R)):
+        a = adjusted[side]
+        if a.shape[0] >= 2:
+            rows.append(a - np.mean(a, axis=0))
+            d += a.shape[0] - 1
+    if not rows or tested.sum() < 4:
+        return None
+    dev = np.where(tested[None, :], np.concatenate(rows), np.nan)
+    try:
+        return stats.pooled_spread(dev, d=d)
+    except InconclusiveError:
+        return None
+
+
+def _spread_words(ps: stats.PooledSpread) -> str:
+    d0 = "no more than sampling explains" if not math.isfinite(ps.d0_fit) else f"{ps.d0_fit:.1f} df of scatter"
+    return (f"a smooth profile over the noise levels with shrinkage: {ps.d:g} df per bin of its own plus {ps.d0:.1f} "
+            f"from the profile; the bins scatter about it by {d0}, and count as about {ps.n_eff:.1f} independent bins")
 
 
 def _p_above(change: float, se: float, df: float, limit: float) -> float:
@@ -1009,13 +1168,7 @@ def _loss_checks(grid, sel, base, cand, rules, alpha, correction, max_lag, lstar
         st = single_run_stats(grid.mean[0], grid.mean[1], x_all, sel, span, max_lag=max_lag, allowance=allowance,
                               tolerance=lim)
     else:
-        cnt = grid.count[:, :, sel]
-        mu = grid.mean[:, :, sel]
-        n_late = cnt.sum(axis=2)
-        with np.errstate(invalid="ignore", divide="ignore"), warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)  # a bin no baseline run sampled: NaN, reported below
-            late = np.where(n_late > 0, np.nansum(cnt * np.nan_to_num(mu), axis=2) / n_late, np.nan)  # (R, B)
-            pooled_blocks = np.nanmean(np.where(np.isfinite(mu[:R0]), mu[:R0], np.nan), axis=0)
+        late, pooled_blocks = late_levels(grid, sel, R0)
         lim = rule.limit if rule.relative and rule.limit is not None else TOLERANCE
         st = seed_stats(late, pooled_blocks, x_all[sel], span, R0, max_lag=max_lag, tolerance=lim)
     se = np.sqrt(st.var)
@@ -1028,6 +1181,9 @@ def _loss_checks(grid, sel, base, cand, rules, alpha, correction, max_lag, lstar
                       if np.isfinite(st.change[k]) else np.nan for k in range(nb)])
         pg = np.array([])  # an absolute limit has no meaning for a mean of relative changes
         q, qg = _adjust(p, pg, correction)
+    lvl_bins, lvl_groups = _levels(np.isfinite(p).sum(), len(st.groups), alpha, correction)
+    lagged = st.lag_cap * st.elastic  # what a rise may lose to the progress lag, per bin
+    shift = stats.detectable_shift(se, st.df, lvl_bins)  # relative
     checks = []
     xs = []
     edges = process.bin_edges()
@@ -1046,24 +1202,58 @@ def _loss_checks(grid, sel, base, cand, rules, alpha, correction, max_lag, lstar
         if lstar is not None and np.isfinite(lstar[k]):
             ex_a, ex_b = float(la - lstar[k]), float(st.level_b[k] - lstar[k])
             details.update(lstar=float(lstar[k]), excess_baseline=ex_a, excess_candidate=ex_b)
+        beyond = (lagged[k] + shift[k]) * la  # in loss units: the rise past the limit that is caught
+        det = None if not np.isfinite(beyond) or rule.limit is None else \
+            rule.limit + (beyond / la if rule.relative else beyond)
         checks.append(_level_check("loss", rule, k, words, la, st.level_b[k], adj, diff, se_abs, tq,
-                                   p[k], q[k], alpha, details, scale=la))
+                                   p[k], q[k], alpha, details, scale=la, detectable=det))
         if not xrule.off and ex_a is not None:
             xl = xrule.limit if xrule.limit is not None else math.inf
             px = (_p_above(adj / ex_a, se_abs / ex_a, st.df[k], xl) if ex_a > 0 else math.nan) if xrule.relative \
                 else _p_above(adj, se_abs, st.df[k], xl)
-            xs.append((k, words, ex_a, ex_b, adj, diff, se_abs, tq, px, details))
+            xdet = None if not (np.isfinite(beyond) and math.isfinite(xl)) else \
+                (xl + beyond / ex_a if ex_a > 0 else None) if xrule.relative else xl + beyond
+            xs.append((k, words, ex_a, ex_b, adj, diff, se_abs, tq, px, details, xdet))
     if xs:
         qx = stats.adjust_pvalues(np.array([v[8] for v in xs]), correction)
-        for (k, words, ex_a, ex_b, adj, diff, se_abs, tq, px, details), qv in zip(xs, qx):
+        for (k, words, ex_a, ex_b, adj, diff, se_abs, tq, px, details, xdet), qv in zip(xs, qx):
             checks.append(_level_check("excess", xrule, k, words, ex_a, ex_b, adj, diff, se_abs, tq,
-                                       px, qv, alpha, details, scale=ex_a))
-    for (name, members, ch, v, d), pv, qv in zip(st.groups, pg, qg):
-        checks.append(_group_check(rule, name, members, ch, math.sqrt(v), d, pv, qv, alpha, st.level_a, st.level_b))
+                                       px, qv, alpha, details, scale=ex_a, detectable=xdet))
+    dets = group_detectables(st, rule.limit, alpha, correction) if rule.limit is not None else [math.nan] * len(pg)
+    for (name, members, ch, v, d), pv, qv, det in zip(st.groups, pg, qg, dets):
+        checks.append(_group_check(rule, name, members, ch, math.sqrt(v), d, pv, qv, alpha, st.level_a, st.level_b,
+                                   det if math.isfinite(det) else None))
     return checks, st
 
 
-def _group_check(rule, name, members, ch, se, df, p, q, alpha, level_a, level_b) -> Check:
+def group_detectables(st: _BinStats, tolerance: float = TOLERANCE, alpha: float = ALPHA,
+                      correction: str = CORRECTION) -> list[float]:
+    """The detectable rise of each aggregate of ``st`` (the first: the mean over all bins): the tolerance, plus
+    what the progress lag may remove, plus the shift its test catches with 80% probability on its own."""
+    p_bins = np.isfinite(st.change).sum()
+    _, lvl = _levels(p_bins, len(st.groups), alpha, correction)
+    return [tolerance + float(np.mean(st.lag_cap * st.elastic[members]))
+            + float(stats.detectable_shift(math.sqrt(v), d, lvl)) for _, members, _, v, d in st.groups]
+
+
+def group_detectable(st: _BinStats, tolerance: float = TOLERANCE, alpha: float = ALPHA,
+                     correction: str = CORRECTION) -> float:
+    """The detectable rise of the mean over all bins, as a verdict states it; NaN without aggregates."""
+    d = group_detectables(st, tolerance, alpha, correction)
+    return d[0] if d else math.nan
+
+
+def _levels(m_bins: int, m_groups: int, alpha: float, correction: str) -> tuple[float, float]:
+    """The one-sided level a single bin and a single aggregate must reach to regress on their own: the first
+    step of Holm (alpha / m) or Benjamini-Yekutieli (alpha / (m sum 1/i)), after the split of alpha between
+    the bins and the aggregates (:func:`_adjust`)."""
+    a_bins = alpha * (1 - GROUP_ALPHA_SHARE) if m_groups else alpha
+    m = max(int(m_bins), 1)
+    lvl_bins = a_bins / m / (float(np.sum(1.0 / np.arange(1, m + 1))) if correction == "by" else 1.0)
+    return lvl_bins, alpha * GROUP_ALPHA_SHARE / max(m_groups, 1)
+
+
+def _group_check(rule, name, members, ch, se, df, p, q, alpha, level_a, level_b, detectable=None) -> Check:
     """An aggregate of bins: the mean relative change (after the lag) over a group, tested against the tolerance."""
     tq = _tq(alpha, df) if se > 0 else 0.0
     bins = np.flatnonzero(members)
@@ -1074,10 +1264,12 @@ def _group_check(rule, name, members, ch, se, df, p, q, alpha, level_a, level_b)
     return Check("loss_mean", f"loss, {name}", status, reason, rule=str(rule),
                  baseline=float(np.nanmean(level_a[members])), candidate=float(np.nanmean(level_b[members])),
                  change=float(ch), relative=True, lo=float(ch - tq * se), hi=float(ch + tq * se), p=float(p),
-                 q=float(q), limit=rule.limit, details={"bins": bins.tolist(), "se": float(se), "df": float(df)})
+                 q=float(q), limit=rule.limit, details={"bins": bins.tolist(), "se": float(se), "df": float(df)},
+                 detectable=detectable)
 
 
-def _level_check(metric, rule, k, words, va, vb, adj, diff, se, tq, p, q, alpha, details, *, scale) -> Check:
+def _level_check(metric, rule, k, words, va, vb, adj, diff, se, tq, p, q, alpha, details, *, scale,
+                 detectable=None) -> Check:
     """A per-bin check: change in the rule's unit, its interval, and the decision (limit and significance)."""
     name = f"{'loss' if metric == 'loss' else 'excess'} bin {k}"
     if rule.relative:
@@ -1098,7 +1290,8 @@ def _level_check(metric, rule, k, words, va, vb, adj, diff, se, tq, p, q, alpha,
     status, reason = _decide(said, rule, over, sig, p_is("q", q), f"{p_is('q', q)} > {alpha:g}")
     return Check(metric, name, status, reason, rule=str(rule), baseline=float(va), candidate=float(vb),
                  change=float(ch), relative=rule.relative, lo=float(c_lo), hi=float(c_hi), p=float(p), q=float(q),
-                 limit=rule.limit, bin=k, noise_levels=words, details=details)
+                 limit=rule.limit, bin=k, noise_levels=words, details=details,
+                 detectable=None if detectable is None else float(detectable))
 
 
 # ----------------------------------------------------------------------------
@@ -1174,11 +1367,13 @@ def _speed_check(base, cand, rule, lo, hi, window, alpha, single, allowance: All
     if not (early > late):
         return Check("steps", name, "inconclusive",
                      f"the baseline's loss did not fall ({early:.4g} at the start, {late:.4g} late)", rule=str(rule))
-    level = late + SPEED_LEVEL * (early - late)
+    share = allowance.speed_level if single and allowance.speed_level is not None else \
+        speed_level(curves[:R0], size) if R0 >= 3 else SPEED_LEVEL
+    level = late + share * (early - late)
     cross = np.array([_crossing(c, level, size) for c in curves])
     ca, cb = cross[:R0], cross[R0:]
-    details = {"level": level, "baseline_runs": [json_float(v) for v in ca], "candidate_runs": [json_float(v) for v in cb],
-               "smoothing_steps": size}
+    details = {"level": level, "level_share": share, "baseline_runs": [json_float(v) for v in ca],
+               "candidate_runs": [json_float(v) for v in cb], "smoothing_steps": size}
     name = f"steps to reach loss {level:.4g}"
     if not np.isfinite(ca).all():
         return Check("steps", name, "inconclusive", "a baseline run never reaches its own side's level", rule=str(rule),
@@ -1204,17 +1399,21 @@ def _speed_check(base, cand, rule, lo, hi, window, alpha, single, allowance: All
     else:  # an absolute limit in steps, on the log scale at the baseline's mean
         lim = math.log1p(rule.limit / va)
         to_change = lambda v: va * math.expm1(v)  # noqa: E731
+    det = None
     if single:
         if allowance.speed > 0:
-            sd = math.sqrt(2.0) * allowance.speed
-            p = float(stats.norm_sf((float(lb[0] - la[0]) - lim) / sd))
-            zq = float(stats.norm_isf(alpha / 2))
+            sd, sdf = math.sqrt(2.0) * allowance.speed, allowance.df_speed
             d = float(lb[0] - la[0])
-            lo_, hi_ = to_change(d - zq * sd), to_change(d + zq * sd)
+            p = _p_above(d, sd, sdf, lim)
+            tq = _tq(alpha, sdf)
+            lo_, hi_ = to_change(d - tq * sd), to_change(d + tq * sd)
+            det = to_change(lim + float(stats.detectable_shift(sd, sdf, alpha)))
+            learned = "calibrated on this model" if allowance.calibrated else "learned on other models' healthy seeds"
             sig, sig_words = p <= alpha, (f"one run per side: {p_is('p', p)} against the seed-to-seed spread of the "
-                                          f"crossing step ({pct(allowance.speed)} per run, learned on healthy seeds)")
+                                          f"crossing step ({pct(allowance.speed)} per run, {learned})")
         else:
             sig, sig_words = True, "one run per side, no seed allowance: the limit alone decides"
+            det = rule.limit
     else:
         try:
             c = stats.compare_seed_means(la, lb, confidence=1 - alpha)
@@ -1223,12 +1422,41 @@ def _speed_check(base, cand, rule, lo, hi, window, alpha, single, allowance: All
         p = _p_above(c.diff, c.se, c.df, lim)
         tq = _tq(alpha, c.df) if c.se > 0 else 0.0
         lo_, hi_ = to_change(c.diff - tq * c.se), to_change(c.diff + tq * c.se)
+        shift = float(stats.detectable_shift(c.se, c.df, alpha))
+        det = to_change(lim + shift) if math.isfinite(shift) else to_change(lim)
         sig, sig_words = p <= alpha, f"{p_is('p', p)} over seeds"
     over = rule.exceeded(ch)
     said = f"{va:,.0f} -> {vb:,.0f} steps ({change_text(ch, rule.relative)})"
     status, reason = _decide(said, rule, over, sig, sig_words, sig_words)
     return Check("steps", name, status, reason, rule=str(rule), baseline=va, candidate=vb, change=ch,
-                 relative=rule.relative, lo=lo_, hi=hi_, p=p, limit=rule.limit, details=details)
+                 relative=rule.relative, lo=lo_, hi=hi_, p=p, limit=rule.limit, details=details,
+                 detectable=None if det is None or not math.isfinite(det) else float(det))
+
+
+SPEED_LEVELS = (0.05, 0.1, 0.2, 0.3, 0.5)  # shares of the initial drop the speed check may choose its level from
+
+
+def speed_level(curves: np.ndarray, size: int) -> float:
+    """The share of the initial drop (above the late level) at which healthy seeds' crossing steps agree best:
+    the smallest sd of log(crossing step) over the runs' block curves (``SPEED_LEVEL`` when none is crossed
+    by every run). Where a loss curve flattens, seeds cross a level near the floor at scattered steps; where
+    it still falls steeply, at nearly the same step."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        pooled = np.nanmean(curves, axis=0)
+    fin = np.flatnonzero(np.isfinite(pooled))
+    if fin.size < 3:
+        return SPEED_LEVEL
+    early, late = float(pooled[fin[0]]), float(np.nanmean(pooled[fin[-max(1, fin.size // 5):]]))
+    best, best_sd = SPEED_LEVEL, math.inf
+    for share in SPEED_LEVELS:
+        cross = np.array([_crossing(c, late + share * (early - late), size) for c in curves])
+        if not (np.isfinite(cross).all() and np.all(cross > 0)):
+            continue
+        sd = float(np.std(np.log(cross), ddof=1))
+        if sd < best_sd:
+            best, best_sd = share, sd
+    return best
 
 
 def _clip_check(base, cand, rule, lo, hi, alpha, single, allowance: Allowance) -> Check:
@@ -1269,7 +1497,7 @@ def _clip_check(base, cand, rule, lo, hi, alpha, single, allowance: Allowance) -
         pm = min(max(0.5 * (va + vb), 0.0), 1.0)
         sd = allowance.clip * pm * (1 - pm)
         if single:
-            v, d = _satterthwaite(np.array([se * se]), np.array([df]), 2 * sd**2)
+            v, d = _satterthwaite(np.array([se * se]), np.array([df]), 2 * sd**2, allowance.df_clip)
             se, df = math.sqrt(float(v[0])), float(d[0])
         else:
             se = max(se, sd * math.sqrt(1 / R0 + 1 / (len(rates) - R0)))
@@ -1280,9 +1508,11 @@ def _clip_check(base, cand, rule, lo, hi, alpha, single, allowance: Allowance) -
     over = rule.exceeded(ch)
     said = f"{pct(va)} -> {pct(vb)} of steps clipped ({change_text(ch, rule.relative)})"
     status, reason = _decide(said, rule, over, p <= alpha, p_is("p", p), p_is("p", p))
+    shift = float(stats.detectable_shift(se, df, alpha)) if se > 0 else 0.0
+    det = None if rule.limit is None or not math.isfinite(shift) else rule.limit + shift / scale
     return Check("clip_rate", name, status, reason, rule=str(rule), baseline=va, candidate=vb, change=ch,
                  relative=rule.relative, lo=lo_, hi=hi_, p=p, limit=rule.limit,
-                 details={"runs": [float(v) for v in rates], "method": c.method})
+                 details={"runs": [float(v) for v in rates], "method": c.method}, detectable=det)
 
 
 def _coarsen(x: np.ndarray, y: np.ndarray, points: int = CLIP_POINTS):
@@ -1380,7 +1610,7 @@ def _findings_checks(base, cand, rule, found) -> list[Check]:
 # Overall verdict
 
 
-def _overall(checks: list[Check], sides: tuple[Side, Side], nblocks: int) -> tuple[str, str]:
+def _overall(checks: list[Check], sides: tuple[Side, Side], nblocks: int, sight: dict | None = None) -> tuple[str, str]:
     bins = [c for c in checks if c.metric == "loss"]
     tested = [c for c in bins if c.status in ("pass", "regression")]
     reg = [c for c in checks if c.status == "regression"]
@@ -1398,5 +1628,14 @@ def _overall(checks: list[Check], sides: tuple[Side, Side], nblocks: int) -> tup
         why = next((c.reason for c in bins if c.reason), "no noise bin could be compared")
         return "inconclusive", f"inconclusive: no noise bin could be compared ({why})"
     other = [c.name for c in checks if c.metric not in ("loss", "excess", GROUP_METRIC) and c.status == "pass"]
+    det = (sight or {}).get("detectable")
+    if det is not None:
+        seen = f"pass: no regression above {change_text(det, True)} of the mean loss (what this comparison can see)"
+        proj = sight.get("projection")
+        if proj is not None:
+            seen += f"; {proj['baseline_seeds']} baseline seeds would see {change_text(proj['detectable'], True)}"
+        if sight.get("weak"):
+            seen += "; too weak to gate on (see the notes)"
+        return "pass", seen + f"; {len(tested)} noise bins" + (f", {', '.join(dict.fromkeys(other))}" if other else "")
     return "pass", (f"pass: no regression in {len(tested)} noise bins"
                     + (f", {', '.join(dict.fromkeys(other))}" if other else ""))

@@ -11,6 +11,7 @@ different number of bins are written here in the logger's format.
 from __future__ import annotations
 
 import json
+import re
 import math
 import xml.etree.ElementTree as ET
 from dataclasses import replace
@@ -234,8 +235,9 @@ def test_a_run_against_itself_passes(tmp_path):
     a = write_run(tmp_path / "a")
     res = _cli(a, a)
     assert res.exit_code == 0, res.output
-    assert "pass: no regression in 10 noise bins" in res.output
-    assert "within-run variability" in res.output
+    assert re.search(r"pass: no regression above \+[\d.]+% of the mean loss \(what this comparison can see\)",
+                     res.output), res.output
+    assert "; 10 noise bins" in res.output and "within-run variability" in res.output
 
 
 def test_no_overlapping_steps_is_inconclusive_exit_3(tmp_path):
@@ -307,7 +309,9 @@ def test_every_output_format_parses(tmp_path):
     assert int(suite.get("failures")) == 0 == len(suite.findall(".//failure"))
     md = (tmp_path / "g.md").read_text()
     assert md.startswith("## diffaudit compare: ✅ pass")
-    assert "| check | baseline | candidate | change | interval | p (adj.) | limit | result |" in md
+    assert "| check | baseline | candidate | change | interval | p (adj.) | limit | can see | result |" in md
+    det = [p for p in suite.findall("testcase/properties/property") if p.get("name") == "detectable"]
+    assert det and all(float(p.get("value")) > 0 for p in det)
     html = (tmp_path / "g.html").read_text()
     assert html.startswith("<!DOCTYPE html>") and "<svg" in html and "<script" not in html.lower()
     assert "http://" not in html.replace("http://www.w3.org", "")
@@ -499,7 +503,11 @@ def test_several_baseline_seeds_against_one_candidate_use_a_prediction_interval(
     assert v.status == "pass", v.summary
     assert any("prediction interval" in n and "sqrt(1 + 1/8)" in n for n in v.notes)
     c = next(c for c in v.by_metric("loss") if c.bin == 2)
-    assert c.details["df"] == 7  # t with n - 1 df
+    # the bin's spread is pooled across bins: more than the n - 1 = 7 df of its own, at most 7 per bin in all
+    assert 7 < c.details["df"] <= 7 * 20
+    assert any("pooled across bins" in n for n in v.notes)
+    group = next(c for c in v.by_metric(gate.GROUP_METRIC))
+    assert group.details["df"] == pytest.approx(7, abs=1e-9)  # a mean over bins is one number per seed: 7 df
     v = gate.compare(base, inject(corpus(healthy(38)), {2, 9}, 1.10), findings_of=findings)
     assert {c.bin for c in v.regressions if c.metric == "loss"} == {2, 9}, v.summary
 

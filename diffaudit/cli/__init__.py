@@ -38,7 +38,7 @@ Exit codes: 0 ok / no regression / watched run finished, 1 regression,
 """
 
 # Parameters of the commands that name what they read and what they write (by click parameter name).
-INPUT_PARAMS = ("run", "run_path", "data", "baseline", "candidate")
+INPUT_PARAMS = ("run", "run_path", "data", "baseline", "candidate", "runs")
 OUTPUT_PARAMS = ("html", "json_out", "junit", "markdown", "markdown_out", "output", "tensorboard")
 TEXT_OUTPUTS = ("html", "json_out", "junit", "markdown", "markdown_out")  # '-' means stdout for these (see output_option)
 # export's -o (binary Parquet) and --tensorboard (a folder), watch's -o (a page rewritten at every change): files only,
@@ -88,7 +88,7 @@ def _input_paths(ctx) -> list[str]:
         v = ctx.params.get(name)
         if not v:
             continue
-        if name in ("baseline", "candidate"):
+        if name in ("baseline", "candidate", "runs"):
             from diffaudit.sides import resolve_side  # polars: not for `diffaudit --help`
 
             try:
@@ -155,6 +155,7 @@ COMMANDS = {
     "watch": ("diffaudit.cli.watch", "Follow a run while it trains; exit 1 as soon as training is broken."),
     "optimum": ("diffaudit.cli.optimum", "The empirical L* of the training set per noise bin, stored in the run."),
     "export": ("diffaudit.cli.export", "A run as one .parquet file, or as TensorBoard events."),
+    "calibrate": ("diffaudit.cli.calibrate", "Measure how seeds of your model differ, for one-run-per-side gates."),
 }
 
 

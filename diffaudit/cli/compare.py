@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import os
 from concurrent.futures import ThreadPoolExecutor
 
 import click
 
-from diffaudit import gate, gate_options as opts
+from diffaudit import allowance, gate, gate_options as opts
 from diffaudit.sides import load_sides
 from diffaudit.cli import (EXIT_FAIL, EXIT_INCONCLUSIVE, EXIT_OK, STRICT, any_stdout, main, output_option, warn_problems,
                            write_output)
@@ -78,6 +79,9 @@ Examples:
 @click.option("--inconclusive", "on_inconclusive", type=click.Choice(["pass", "fail"]), default=None,
               help="Exit 0 (pass) or 1 (fail) instead of 3 when the verdict is inconclusive.")
 @click.option("--force", is_flag=True, help="Compare runs whose schedule or prediction differ (refused by default).")
+@click.option("--allowance", "allowance_path", type=click.Path(dir_okay=False, path_type=str), metavar="FILE", default=None,
+              help="One run per side: the seed-to-seed spread measured by `diffaudit calibrate` on this model's healthy "
+                   f"seeds, instead of the built-in one (default: {allowance.FILE_NAME} in a BASELINE folder, if any).")
 @click.option("--unit", type=click.Choice(opts.UNITS), default=opts.UNITS[0], show_default=True,
               help="lstar: each run's per-bin loss divided by its own Gaussian L*, so runs with different prediction "
                    "targets (epsilon vs v, ...) compare on one scale; needs data_var or data_spectrum.")
@@ -88,13 +92,14 @@ Examples:
 @click.option("-v", "--verbose", is_flag=True, help="Show every check in the table, not only regressions and the closest bins.")
 @STRICT
 def compare(baseline, candidate, tolerance, alpha, window, min_windows, rules, max_lag, correction, on_inconclusive,
-            force, unit, json_out, junit, markdown, html, verbose, strict):
+            force, allowance_path, unit, json_out, junit, markdown, html, verbose, strict):
     # parse every option before loading anything, so a typo costs nothing
     tol = opts.parse_tolerance(tolerance)
     lvl = opts.parse_alpha(alpha)
     win = opts.parse_window(window)
     parsed = [opts.parse_rule(r) for r in rules]
     lag = opts.parse_tolerance(max_lag, option="--max-lag")
+    cal = allowance.read_allowance(allowance_path) if allowance_path else None  # a bad file costs nothing either
     # each run's findings (a whole analysis) start on another thread as soon as it is read, beside the next
     # read and then the gate's statistics
     started = {}
@@ -104,8 +109,11 @@ def compare(baseline, candidate, tolerance, alpha, window, min_windows, rules, m
     try:
         base, cand = load_sides(baseline, candidate, strict=strict, each=start)
         warn_problems(base + cand)
+        if cal is None and len(base) == 1 == len(cand):
+            found = allowance.find_in(baseline) if os.path.isdir(baseline) else None
+            cal = allowance.read_allowance(found) if found else None
         v = gate.compare(base, cand, tolerance=tol, alpha=lvl, window=win, rules=parsed, correction=correction,
-                         min_windows=min_windows, max_lag=lag, force=force, unit=unit,
+                         min_windows=min_windows, max_lag=lag, force=force, unit=unit, allowance=cal,
                          findings_of=lambda run: started[id(run)].result())
     finally:
         # on success every analysis is done (the verdict waited for them); on an error (a damaged candidate,

@@ -12,8 +12,8 @@ import math
 from diffaudit.gate import GROUP_METRIC, Check, Verdict
 from diffaudit.words import MISSING, bin_ranges, change_text, describe_bins, num, p_value, pct
 
-COLUMNS = ("check", "baseline", "candidate", "change", "interval", "p (adj.)", "limit", "result")
-NUMERIC = (False, True, True, True, True, True, True, False)  # right-aligned columns
+COLUMNS = ("check", "baseline", "candidate", "change", "interval", "p (adj.)", "limit", "can see", "result")
+NUMERIC = (False, True, True, True, True, True, True, True, False)  # right-aligned columns
 CLOSEST = 3  # with no regressed bin, the bins that came closest are shown so a pass still shows numbers
 CORRECTION_WORDS = {"holm": "Holm", "by": "Benjamini-Yekutieli"}
 
@@ -51,6 +51,13 @@ def limit(c: Check) -> str:
     return f"+{pct(c.limit)}" if c.relative else f"+{c.limit:g}"
 
 
+def detectable(c: Check) -> str:
+    """The smallest change the check catches with 80% probability (its minimum detectable effect)."""
+    if c.detectable is None:
+        return MISSING
+    return change_text(c.detectable, c.relative)
+
+
 def name(c: Check) -> str:
     """'loss bin 3 (t 60-79)'."""
     return c.name + (f" ({c.noise_levels})" if c.noise_levels else "")
@@ -64,7 +71,7 @@ def row(c: Check) -> list[str]:
     """The cells of :data:`COLUMNS` for one check (p shown adjusted across bins where it was)."""
     p = MISSING if c.p is None else p_value(c.q if c.q is not None else c.p)
     return [name(c), value(c.baseline, c.metric), value(c.candidate, c.metric), change(c), interval(c), p, limit(c),
-            result(c)]
+            detectable(c), result(c)]
 
 
 def shown(v: Verdict, everything: bool) -> list[Check]:
@@ -82,7 +89,10 @@ def shown(v: Verdict, everything: bool) -> list[Check]:
 
 
 def noise_model_words(v: Verdict) -> str:
-    return "seed-to-seed spread" if v.noise_model == "seeds" else "within-run variability + seed allowance"
+    if v.noise_model == "seeds":
+        return "seed-to-seed spread"
+    return "within-run variability + " + ("calibrated seed allowance" if v.allowance not in (None, "built-in")
+                                          else "built-in seed allowance")
 
 
 def _span(checks: list[Check]) -> str:

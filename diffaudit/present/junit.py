@@ -37,6 +37,8 @@ def verdict_junit(v: Verdict) -> str:
     })
     props = ET.SubElement(suite, "properties")
     for k, val in [("status", v.status), ("summary", cells.headline(v)), ("noise_model", v.noise_model),
+                   ("detectable", "" if v.detectable is None else repr(float(v.detectable))),
+                   ("allowance", v.allowance or ""),
                    ("baseline", " ".join(v.baseline.paths)), ("candidate", " ".join(v.candidate.paths)),
                    ("window", "" if v.window is None else f"{v.window[0]}-{v.window[1]}"),
                    *[(f"setting.{k2}", json.dumps(x) if not isinstance(x, str) else x) for k2, x in v.settings.items()]]:
@@ -44,6 +46,9 @@ def verdict_junit(v: Verdict) -> str:
     for c in shown:
         tc = ET.SubElement(suite, "testcase", {"classname": f"diffaudit.compare.{c.metric}", "name": cells.name(c),
                                                "time": "0"})
+        if c.detectable is not None:  # what the check could have seen: its minimum detectable change
+            tp = ET.SubElement(tc, "properties")
+            ET.SubElement(tp, "property", name="detectable", value=repr(float(c.detectable)))
         text = (f"baseline {cells.value(c.baseline, c.metric)}, candidate {cells.value(c.candidate, c.metric)}, "
                 f"change {cells.change(c)} {cells.interval(c)}, p {p_value(c.p)}, q {p_value(c.q)}, "
                 f"limit {cells.limit(c)}")

@@ -9,6 +9,8 @@ cells (which read the gate) load when a table is made.
 
 from __future__ import annotations
 
+import statistics
+
 from typing import TYPE_CHECKING
 
 from diffaudit.findings import SEVERITIES
@@ -153,3 +155,36 @@ def watch_change_line(c: Change) -> str:
     mark = PROVISIONAL_MARK if c.provisional else MARK[c.severity]
     what = "new" if c.kind == "appeared" else f"{c.before} -> {c.severity}"
     return f"  [{mark}] {what:<12} {c.id}: {c.message}"
+
+
+def allowance_lines(al, *, saved: str | None) -> list[str]:
+    """``diffaudit calibrate``'s report: what was measured on what, the spreads, and where it went."""
+    m = al.measured_on
+    runs = m.get("runs", [])
+    noise = m.get("noise", {})
+    win = m.get("window", {})
+    pool = m.get("pooling", {})
+    pairs = [(s, d) for s, d in zip(al.bins, al.df_bins) if s == s and d == d]  # NaN: a bin not every run sampled
+    sd = [s for s, _ in pairs]
+    lines = [f"calibrated on {len(runs)} runs ({', '.join(r['name'] for r in runs[:4])}{', …' if len(runs) > 4 else ''}): "
+             f"{noise.get('process')}/{noise.get('prediction')}, {noise.get('num_bins')} noise bins, "
+             f"steps {m['steps']['first']:,}-{m['steps']['last']:,}, late window {win.get('first', 0):,}-"
+             f"{win.get('last', 0):,} ({win.get('blocks')} blocks)"]
+    if m.get("forced"):
+        lines.append(f"note: --force: the runs' config differs in {', '.join(m['forced'])}")
+    if pairs:
+        lines.append(f"late loss per noise bin, sd per run: {pct(min(sd))} to {pct(max(sd))} "
+                     f"(median {pct(statistics.median(sd))}), on {statistics.median(d for _, d in pairs):.0f} degrees of freedom "
+                     f"({pool.get('own_df', 0):g} of its own, {pool.get('prior_df', 0):.1f} pooled from the profile over "
+                     f"{pool.get('effective_bins', 0):.1f} effectively independent bins)")
+    lines.append(f"mean over bins, sd per run: {pct(al.mean)} on {al.df_mean:g} degrees of freedom")
+    if al.speed_level is not None:
+        lines.append(f"steps to reach the loss level ({pct(al.speed_level)} of the initial drop above the late level, "
+                     f"where these seeds agree best), sd of log steps: {pct(al.speed)}")
+    else:
+        lines.append("steps to reach the loss level: not measured (a run's loss did not fall, or it logged no steps)")
+    lines.append(f"clip rate, sd of its log-odds: {al.clip:.3g}" if al.clip else
+                 "clip rate: not measured (no clip threshold logged)")
+    lines.append(f"saved to {saved}: use it with compare --allowance {saved}" if saved else
+                 "not saved: give -o FILE to keep it for compare --allowance")
+    return lines

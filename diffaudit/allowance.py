@@ -1,0 +1,279 @@
+"""The seed allowance: how much seeds of one model differ, which one run per side cannot see.
+
+``diffaudit compare run_a run_b`` sees how a run's late loss wanders within the
+run, but not how another seed of the same configuration would have landed. That
+is covered by an :class:`Allowance`: the run-to-run standard deviation of the
+late loss per noise bin, of its mean over a group of bins, of the steps to reach
+a loss level and of the clip rate.
+
+Two kinds:
+
+* **built-in** (``DEFAULT``): learned on the project's own small models (see
+  ``diffaudit.gate.SEED_BIN_SD``). It is a property of *those* models, so it is
+  generous, and a comparison that leans on it sees only large rises.
+* **calibrated** (``diffaudit calibrate RUN RUN RUN -o FILE``): measured on three
+  or more healthy seeds of the user's own configuration, saved in a small JSON
+  file (:data:`FORMAT`) that says what it was measured on. Its spread is the
+  *whole* run-to-run spread of a run's lag-adjusted late level (seed effects and
+  the within-run noise of a late window of that length together), which is what
+  the difference of two runs carries; so with a calibration that matches the
+  runs' length, the comparison's variance is twice the calibrated one (never less
+  than the within-run variance it sees) on the calibration's degrees of freedom.
+
+A folder of baseline runs that holds :data:`FILE_NAME` uses it by itself.
+Everything here raises :class:`~diffaudit.errors.AllowanceError` with one line
+naming the file and what is wrong; nothing prints.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from diffaudit.errors import AllowanceError
+
+FORMAT = 1  # the version of the calibration file; a newer one is refused with a clear error
+FILE_NAME = "diffaudit-allowance.json"  # a baseline folder holding this file uses it without --allowance
+KIND = "diffaudit-allowance"  # the file's "kind", so a stray JSON file is named as what it is not
+LENGTH_SLACK = 0.25  # the calibration stands for the runs' own spread when their matched steps are within 25%
+
+
+@dataclass(frozen=True)
+class Allowance:
+    """Seed-to-seed variation that one run per side cannot see, as relative standard deviations per run.
+
+    The scalar fields are the built-in model: ``bin`` and ``floor`` give each bin's sd from its level; a
+    calibrated allowance carries ``bins`` (one sd per noise bin) and ``deviations`` (each calibration run's
+    relative late level per bin, after its progress lag), from which a group of bins' mean sd is exact.
+    ``Allowance(0, 0, 0)`` turns the allowance off (within-run variability only).
+    """
+
+    bin: float = 0.0  # of a noise bin's late loss
+    mean: float = 0.0  # of the late loss averaged over a group of bins
+    speed: float = 0.0  # of log(steps to reach the loss level)
+    floor: float = 0.0  # of a bin's late loss, relative to the run's mean loss over bins (small-loss bins)
+    clip: float = 0.0  # of the clip rate's log-odds: added with one run per side, a floor under the seeds' spread
+    # ---- calibrated (None / inf for the built-in one)
+    bins: tuple | None = None  # per-bin sd (pooled across bins), relative
+    df_bins: tuple | None = None  # their degrees of freedom
+    df_mean: float = math.inf  # of ``mean`` (runs - 1)
+    df_speed: float = math.inf
+    df_clip: float = math.inf
+    speed_level: float | None = None  # share of the initial drop above the late level where the seeds agree best
+    deviations: tuple | None = None  # (runs, bins) each run's lag-adjusted relative late level
+    steps: int | None = None  # matched steps of the calibration runs (their late windows' length follows)
+    source: str = "built-in"  # "built-in", or the calibration file
+    measured_on: dict = field(default_factory=dict, compare=False)
+
+    @property
+    def calibrated(self) -> bool:
+        return self.bins is not None
+
+    def bin_sd(self, level: np.ndarray, mean_level: float) -> np.ndarray:
+        """Relative allowance (sd per run) of each bin: calibrated per bin, or sqrt(bin^2 + (floor * mean_level /
+        level)^2)."""
+        if self.bins is not None:
+            return np.asarray(self.bins, np.float64)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return np.sqrt(self.bin**2 + (self.floor * mean_level / level) ** 2)
+
+    def bin_df(self, n: int) -> np.ndarray:
+        return np.asarray(self.df_bins, np.float64) if self.df_bins is not None else np.full(n, math.inf)
+
+    def group_sd(self, members: np.ndarray) -> tuple[float, float] | None:
+        """(sd per run, df) of the mean over ``members`` bins, from the calibration runs' own deviations."""
+        if self.deviations is None:
+            return None
+        dev = np.asarray(self.deviations, np.float64)[:, members]
+        m = np.nanmean(dev, axis=1) if dev.size else np.array([])
+        m = m[np.isfinite(m)]
+        if m.size < 2:
+            return None
+        return float(np.std(m, ddof=1)), float(m.size - 1)
+
+    def matches_length(self, steps: int) -> bool:
+        """True when runs of ``steps`` matched steps are close enough to the calibration's length that its
+        spread stands for theirs (the within-run part of it depends on the late window's length)."""
+        return self.steps is not None and abs(steps / self.steps - 1) <= LENGTH_SLACK
+
+    def words(self) -> str:
+        if self.calibrated:
+            b = np.asarray(self.bins, np.float64)
+            runs = len(self.deviations) if self.deviations is not None else int(self.df_mean) + 1
+            return (f"calibrated on {runs} runs ({self.source}): sd per run {_pct(float(np.nanmin(b)))}-"
+                    f"{_pct(float(np.nanmax(b)))} of a bin's loss, {_pct(self.mean)} for the mean over bins")
+        return (f"sd per run {_pct(self.bin)} of a bin's loss plus {_pct(self.floor)} of the run's mean loss over "
+                f"bins, {_pct(self.mean)} for a mean over bins, {_pct(self.speed)} for the steps to reach the loss level, "
+                f"{self.clip:.2g} for the log-odds of the clip rate")
+
+
+def _pct(x: float) -> str:
+    return f"{100 * x:.2g}%"
+
+
+# ----------------------------------------------------------------------------
+# What a calibration was measured on, and whether a run fits it
+
+
+def process_fingerprint(process) -> dict:
+    """What must match between a calibration and the runs it is used for: process, target, bins, schedule."""
+    out = {"process": process.kind, "prediction": process.prediction, "num_bins": int(process.num_bins),
+           "bin_edges": [float(e) for e in process.bin_edges()]}
+    if process.kind == "vp":
+        a = np.round(np.asarray(process.alpha_bar, np.float64), 9)
+        out["schedule"] = hashlib.sha256(a.tobytes()).hexdigest()[:16]
+        out["timesteps"] = int(a.size)
+    return out
+
+
+def check_fits(al: Allowance, process, *, what: str = "the runs") -> None:
+    """Raise AllowanceError (naming the file and what differs) when ``process`` is not what ``al`` measured."""
+    if not al.calibrated:
+        return
+    want = al.measured_on.get("noise", {})
+    have = process_fingerprint(process)
+    for key, words in (("process", "process"), ("prediction", "prediction"), ("num_bins", "noise bins"),
+                       ("timesteps", "schedule length"), ("schedule", "noise schedule")):
+        if want.get(key) != have.get(key):
+            raise AllowanceError(f"allowance {al.source}: measured on {words} {want.get(key)}, but {what} have "
+                                 f"{have.get(key)}; calibrate on runs of this configuration")
+    if not np.allclose(want.get("bin_edges", []), have["bin_edges"], rtol=1e-9, atol=1e-12):
+        raise AllowanceError(f"allowance {al.source}: measured on other noise-bin edges than {what} have")
+
+
+# ----------------------------------------------------------------------------
+# The file
+
+
+def to_document(al: Allowance) -> dict:
+    """The calibration file's content: what it was measured on first, then the spreads, then the raw deviations."""
+    dev = None if al.deviations is None else [[_num(v) for v in row] for row in al.deviations]
+    return {
+        "kind": KIND,
+        "format": FORMAT,
+        **al.measured_on,
+        "bins": {"sd": [_num(v) for v in al.bins or ()], "df": [_num(v) for v in al.df_bins or ()]},
+        "mean": {"sd": _num(al.mean), "df": _num(al.df_mean)},
+        "speed": None if al.speed_level is None else {"level_share": al.speed_level, "sd": _num(al.speed),
+                                                      "df": _num(al.df_speed)},
+        "clip": None if not al.clip else {"sd_log_odds": _num(al.clip), "df": _num(al.df_clip)},
+        "deviations": dev,
+    }
+
+
+def _num(v):
+    v = float(v)
+    return v if math.isfinite(v) else None
+
+
+_NUMBER_LIST = re.compile(r"\[\s*((?:-?[\d.eE+-]+|null)(?:,\s*(?:-?[\d.eE+-]+|null))*)\s*\]")
+
+
+def dumps(al: Allowance) -> str:
+    """The file's text: indented JSON with every list of numbers on one line (a bin per column, a run per row)."""
+    text = json.dumps(to_document(al), indent=1)
+    return _NUMBER_LIST.sub(lambda m: "[" + ", ".join(v.strip() for v in m[1].split(",")) + "]", text) + "\n"
+
+
+def write_allowance(al: Allowance, path) -> None:
+    """Write the file atomically (a temporary name, then a rename), so a reader never sees half of it."""
+    text = dumps(al)
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise AllowanceError(f"allowance {path}: cannot write ({e.strerror or e})") from None
+
+
+def read_allowance(path) -> Allowance:
+    """The calibrated :class:`Allowance` in ``path``; AllowanceError naming the file and what is wrong."""
+    name = str(path)
+    try:
+        text = Path(path).read_text()
+    except FileNotFoundError:
+        raise AllowanceError(f"allowance {name}: no such file") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise AllowanceError(f"allowance {name}: cannot read ({getattr(e, 'strerror', None) or e})") from None
+    try:
+        doc = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise AllowanceError(f"allowance {name}: not valid JSON (line {e.lineno}: {e.msg})") from None
+    if not isinstance(doc, dict) or doc.get("kind") != KIND:
+        raise AllowanceError(f"allowance {name}: not a diffaudit calibration file (no \"kind\": \"{KIND}\")")
+    fmt = doc.get("format")
+    if not isinstance(fmt, int) or isinstance(fmt, bool) or fmt < 1:
+        raise AllowanceError(f"allowance {name}: format {fmt!r} is not a version number")
+    if fmt > FORMAT:
+        raise AllowanceError(f"allowance {name}: format {fmt} is newer than this diffaudit reads ({FORMAT}); "
+                             "upgrade diffaudit")
+    try:
+        return _from_document(doc, name)
+    except (KeyError, TypeError, ValueError) as e:
+        raise AllowanceError(f"allowance {name}: damaged ({_what(e)})") from None
+
+
+def _what(e: Exception) -> str:
+    return f"missing {e}" if isinstance(e, KeyError) else str(e)
+
+
+def _positive(v, what: str, *, allow_zero: bool = True) -> float:
+    if v is None or isinstance(v, bool) or not isinstance(v, (int, float)):
+        raise ValueError(f"{what} is {v!r}, not a number")
+    v = float(v)
+    if not math.isfinite(v) or v < 0 or (v == 0 and not allow_zero):
+        raise ValueError(f"{what} is {v!r}, expected a finite number >= 0")
+    return v
+
+
+def _from_document(doc: dict, name: str) -> Allowance:
+    noise = doc["noise"]
+    nb = int(noise["num_bins"])
+    sd = doc["bins"]["sd"]
+    df = doc["bins"]["df"]
+    if not isinstance(sd, list) or len(sd) != nb or not isinstance(df, list) or len(df) != nb:
+        raise ValueError(f"bins.sd and bins.df must hold {nb} values, one per noise bin")
+    sd = tuple(math.nan if v is None else _positive(v, "a bin's sd") for v in sd)
+    df = tuple(math.nan if v is None else _positive(v, "a bin's df", allow_zero=False) for v in df)
+    mean = doc["mean"]
+    runs = doc["runs"]
+    if not isinstance(runs, list) or len(runs) < 2:
+        raise ValueError("runs must list the calibration runs")
+    dev = doc.get("deviations")
+    if dev is not None:
+        if not (isinstance(dev, list) and all(isinstance(r, list) and len(r) == nb for r in dev)):
+            raise ValueError(f"deviations must be one list of {nb} values per run")
+        dev = tuple(tuple(math.nan if v is None else float(v) for v in r) for r in dev)
+    speed = doc.get("speed")
+    clip = doc.get("clip")
+    steps = doc["steps"]
+    return Allowance(
+        mean=_positive(mean["sd"], "mean.sd"),
+        df_mean=_positive(mean["df"], "mean.df", allow_zero=False),
+        speed=0.0 if not speed else _positive(speed["sd"], "speed.sd"),
+        df_speed=math.inf if not speed else _positive(speed["df"], "speed.df", allow_zero=False),
+        speed_level=None if not speed else _positive(speed["level_share"], "speed.level_share"),
+        clip=0.0 if not clip else _positive(clip["sd_log_odds"], "clip.sd_log_odds"),
+        df_clip=math.inf if not clip else _positive(clip["df"], "clip.df", allow_zero=False),
+        bins=sd, df_bins=df, deviations=dev,
+        steps=int(_positive(steps["matched"], "steps.matched", allow_zero=False)),
+        source=name,
+        measured_on={k: doc[k] for k in ("created", "diffaudit_version", "noise", "steps", "window", "runs", "config",
+                                         "pooling", "forced")
+                     if k in doc},
+    )
+
+
+def find_in(folder) -> Path | None:
+    """The calibration file a baseline folder holds, if any."""
+    p = Path(folder) / FILE_NAME
+    return p if p.is_file() else None
