@@ -129,7 +129,11 @@ def calibrate(runs: list[Run], *, window=WINDOW, min_windows: int = MIN_WINDOWS,
         warnings.simplefilter("ignore", RuntimeWarning)  # a bin no run sampled: NaN, left out
         dev = np.where(tested[None, :], adjusted - np.nanmean(adjusted, axis=0), np.nan)
         per_run = np.nanmean(dev, axis=1)
-    spread = stats.pooled_spread(dev)
+    sampling = gate.sampling_variance(runs, int(grid.start[sel[0]]), int(min(grid.end[sel[-1]], hi)), nb)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        scale = np.nanmean(sampling, axis=0) / pooled**2
+    spread = stats.pooled_spread(dev, scale=scale)
     mean_sd = float(np.std(per_run, ddof=1))
     level, speed_sd = _speed(runs, lo, hi, grid, sel)
     clip_sd = _clip(runs, lo, hi)

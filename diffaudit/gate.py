@@ -173,7 +173,7 @@ GROUP_METRIC = "loss_mean"  # aggregates of bins: mean relative change over a gr
 __all__ = [
     "DEFAULT_ALLOWANCE", "GROUP_METRIC", "LAG_SHARE", "SEED_BIN_SD", "SEED_CLIP_SD", "SEED_FLOOR_SD", "SEED_MEAN_SD",
     "SEED_SPEED_SD", "Allowance", "Check", "Side", "Verdict",
-    "adjusted_levels", "block_means", "compare", "decide", "group_detectable", "group_detectables", "late_levels",
+    "adjusted_levels", "block_means", "sampling_variance", "compare", "decide", "group_detectable", "group_detectables", "late_levels",
     "resolve_allowance", "seed_stats", "single_run_stats", "speed_level",
 ]
 
@@ -1021,6 +1021,30 @@ def adjusted_levels(late: np.ndarray, pooled_blocks: np.ndarray, x: np.ndarray, 
     return pooled, rel, adjusted, elastic, falling, lags
 
 
+def sampling_variance(runs: list[Run], first: int, last: int, nb: int) -> np.ndarray:
+    """(runs, bins): the sampling variance of each run's mean training loss per bin over steps first-last, from
+    the logged sufficient statistics (Chan's merge of count, mean and m2 over the windows): s^2 / n."""
+    out = np.full((len(runs), nb), np.nan)
+    for i, r in enumerate(runs):
+        tb = r.train_bins
+        if tb.height == 0:
+            continue
+        f = tb.filter((pl.col("step_lo") >= first) & (pl.col("step_hi") <= last) & (pl.col("count") > 0)
+                      & pl.col("mean").is_finite() & pl.col("m2").is_finite())
+        if f.height == 0:
+            continue
+        g = f.group_by("bin").agg(
+            n=pl.col("count").sum(),
+            m2=pl.col("m2").sum() + (pl.col("count") * (pl.col("mean") - (pl.col("count") * pl.col("mean")).sum()
+                                                         / pl.col("count").sum()) ** 2).sum())
+        b = g["bin"].to_numpy().astype(np.int64)
+        n = g["n"].to_numpy().astype(np.float64)
+        m2 = g["m2"].to_numpy().astype(np.float64)
+        keep = (b >= 0) & (b < nb) & (n > 1)
+        out[i, b[keep]] = m2[keep] / (n[keep] - 1) / n[keep]
+    return out
+
+
 def late_levels(grid: "_MatchedBlocks", sel: np.ndarray, R0: int) -> tuple[np.ndarray, np.ndarray]:
     """(late level of every run per bin over the window's blocks, the first R0 runs' mean block curve per bin)."""
     cnt = grid.count[:, :, sel]
@@ -1034,7 +1058,7 @@ def late_levels(grid: "_MatchedBlocks", sel: np.ndarray, R0: int) -> tuple[np.nd
 
 
 def seed_stats(late: np.ndarray, pooled_blocks: np.ndarray, x: np.ndarray, span: float, R0: int, *,
-               max_lag: float = MAX_LAG, tolerance: float = TOLERANCE) -> _BinStats:
+               max_lag: float = MAX_LAG, tolerance: float = TOLERANCE, sampling: np.ndarray | None = None) -> _BinStats:
     """Several runs on a side: each run's late level per bin (after its own progress lag), compared over seeds.
 
     ``late``: (runs, bins) late level of every run, baseline runs first (R0 of them); ``pooled_blocks``: the
@@ -1052,7 +1076,12 @@ def seed_stats(late: np.ndarray, pooled_blocks: np.ndarray, x: np.ndarray, span:
     df = np.full(nb, np.nan)
     level_a = np.full(nb, np.nan)
     level_b = np.full(nb, np.nan)
-    spread = _pooled_seed_spread(adjusted, R0, tested0)
+    scale = None
+    if sampling is not None:
+        with np.errstate(invalid="ignore", divide="ignore"), warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            scale = np.nanmean(sampling, axis=0) / pooled**2  # relative, like the levels
+    spread = _pooled_seed_spread(adjusted, R0, tested0, scale)
     notes = []
     if spread is not None:
         notes.append(f"each bin's seed spread is pooled across bins ({_spread_words(spread)})")
@@ -1100,7 +1129,7 @@ def seed_stats(late: np.ndarray, pooled_blocks: np.ndarray, x: np.ndarray, span:
                      _lag_bound(max_lag, elastic, falling, tolerance), run_sd)
 
 
-def _pooled_seed_spread(adjusted: np.ndarray, R0: int, tested: np.ndarray) -> stats.PooledSpread | None:
+def _pooled_seed_spread(adjusted: np.ndarray, R0: int, tested: np.ndarray, scale=None) -> stats.PooledSpread | None:
     """Each bin's seed variance pooled across bins (:func:`diffaudit.stats.pooled_spread`) from every side with
     two or more runs, each run's deviation from its own side's mean; None when there is too little to pool."""
     R = adjusted.shape[0]
@@ -1114,7 +1143,7 @@ def _pooled_seed_spread(adjusted: np.ndarray, R0: int, tested: np.ndarray) -> st
         return None
     dev = np.where(tested[None, :], np.concatenate(rows), np.nan)
     try:
-        return stats.pooled_spread(dev, d=d)
+        return stats.pooled_spread(dev, d=d, scale=scale)
     except InconclusiveError:
         return None
 
@@ -1169,8 +1198,9 @@ def _loss_checks(grid, sel, base, cand, rules, alpha, correction, max_lag, lstar
                               tolerance=lim)
     else:
         late, pooled_blocks = late_levels(grid, sel, R0)
+        sampling = sampling_variance(base + cand, int(grid.start[sel[0]]), int(min(grid.end[sel[-1]], hi)), nb)
         lim = rule.limit if rule.relative and rule.limit is not None else TOLERANCE
-        st = seed_stats(late, pooled_blocks, x_all[sel], span, R0, max_lag=max_lag, tolerance=lim)
+        st = seed_stats(late, pooled_blocks, x_all[sel], span, R0, max_lag=max_lag, tolerance=lim, sampling=sampling)
     se = np.sqrt(st.var)
     lim = rule.limit if rule.limit is not None else math.inf
     # the loss rule is judged on the relative change; an absolute rule (loss:+0.01) on change * level

@@ -1185,11 +1185,23 @@ def _trigamma_inverse(v: float) -> float:
     return y
 
 
-def pooled_spread(dev, *, d: float | None = None, degree: int = 2, prior_ratio: float | None = None) -> PooledSpread:
+def pooled_spread(dev, *, d: float | None = None, degree: int = 2, prior_ratio: float | None = None,
+                  scale=None) -> PooledSpread:
     """Seed variances per bin pooled across bins, from ``dev`` (runs x bins): each run's deviation from its own
     group's mean (NaN where a run did not sample a bin). ``d``: degrees of freedom of each bin's variance (default:
-    runs - 1, one group). Raises InconclusiveError with fewer than 2 runs or 2 usable bins.
+    runs - 1, one group). ``scale`` (B,): a known variance per bin that the spread is proportional to where
+    nothing else differs (the sampling variance of a bin's late mean: bins the sampler rarely visits are noisier
+    by their count alone); the profile is then smooth in the ratio to it, not in the variance itself. Raises
+    InconclusiveError with fewer than 2 runs or 2 usable bins.
     """
+    if scale is not None:
+        scale = np.asarray(scale, np.float64)
+        ok = np.isfinite(scale) & (scale > 0)
+        unit = np.where(ok, scale, np.nan)
+        unit = np.where(ok, unit / np.nanmedian(unit), np.nan) if ok.any() else np.ones_like(scale)
+        ps = pooled_spread(np.asarray(dev, np.float64) / np.sqrt(unit)[None, :], d=d, degree=degree,
+                           prior_ratio=prior_ratio)
+        return dataclasses.replace(ps, var=ps.var * unit, raw=ps.raw * unit, prior=ps.prior * unit)
     dev = np.asarray(dev, np.float64)
     R, B = dev.shape
     d = float(R - 1 if d is None else d)

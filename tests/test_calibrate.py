@@ -1,0 +1,264 @@
+"""What the gate can see: the detectable rise, the pooled seed spread, and ``diffaudit calibrate``.
+
+Every stated figure is checked against a known answer: the detectable rise against a
+brute-force Monte Carlo of the t test it describes; the pooled spread against the true
+profile it estimates; the verdict's stated rise against injected rises (simulation with the
+library's own functions, and real runs of a family no threshold was set on).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pytest
+from _cli import one_line_error, run_cli
+
+from diffaudit import allowance, gate, gate_options, stats
+from diffaudit.calibration import calibrate, seed_like, varying_config
+from diffaudit.errors import AllowanceError, DiffauditError
+from diffaudit.load import load_run
+
+REPO = Path(__file__).resolve().parents[1]
+SHAPES = REPO / "sample_logs" / "families" / "shapes_mlp"  # held out: no threshold of the gate was set on it
+EDM = REPO / "sample_logs" / "families" / "patches_edm"
+needs_shapes = pytest.mark.skipif(not (SHAPES / "healthy_s07").is_dir(), reason="sample_logs/families not present")
+
+
+def raised(run, factor: float):
+    """The run with every logged training loss x factor (a model that is worse at every noise level)."""
+    hit = pl.col("split") == "train"
+    bins = run.bins.with_columns(
+        *[pl.when(hit).then(pl.col(c) * factor).otherwise(pl.col(c)).alias(c) for c in ("mean", "min", "max")],
+        pl.when(hit).then(pl.col("m2") * factor**2).otherwise(pl.col("m2")).alias("m2"))
+    return replace(run, bins=bins, steps=run.steps.with_columns(pl.col("loss") * factor),
+                   path=run.path.with_name(run.path.name + f"x{factor:g}"))
+
+
+# ----------------------------------------------------------------------------
+# The detectable rise: a Monte Carlo of the test it describes
+
+
+@pytest.mark.parametrize("df", [2.0, 5.0, 30.0, np.inf])
+@pytest.mark.parametrize("level", [0.05, 0.001])
+def test_detectable_shift_has_the_stated_power_by_monte_carlo(df, level):
+    rng = np.random.default_rng(int(df if np.isfinite(df) else 99) + int(1e4 * level))
+    se = 0.013
+    shift = float(stats.detectable_shift(se, df, level))
+    n = 200_000
+    # the test: (estimate - limit) / se_hat > t_{1-level, df}; se_hat from a chi-square on df degrees of freedom
+    est = shift + se * rng.standard_normal(n)
+    se_hat = se * (np.sqrt(rng.chisquare(df, n) / df) if np.isfinite(df) else 1.0)
+    crit = -stats.t_ppf(level, df) if np.isfinite(df) else stats.norm_isf(level)
+    power = np.mean(est / se_hat > crit)
+    assert power == pytest.approx(stats.POWER, abs=0.005), (df, level, power)
+    if np.isfinite(df) and df < 10:  # the normal-theory formula understates what few df need
+        assert shift > (stats.norm_isf(level) + stats.norm_isf(1 - stats.POWER)) * se
+
+
+def test_detectable_shift_is_nan_without_an_error_bar():
+    out = stats.detectable_shift(np.array([0.0, np.nan, 0.01]), np.array([5, 5, 0]), 0.05)
+    assert np.isnan(out).all()
+
+
+# ----------------------------------------------------------------------------
+# The pooled seed spread
+
+
+def _devs(rng, R, sd, rho=0.0):
+    B = sd.size
+    cov = rho * np.ones((B, B)) + (1 - rho) * np.eye(B)
+    dev = rng.standard_normal((R, B)) @ np.linalg.cholesky(cov).T * sd
+    return dev - dev.mean(axis=0)
+
+
+def test_pooling_across_bins_recovers_a_smooth_profile_from_three_runs():
+    rng = np.random.default_rng(0)
+    sd = 0.01 * (1 + np.linspace(0, 1, 40) ** 2)
+    err_raw, err_pooled, dfs = [], [], []
+    for _ in range(50):
+        ps = stats.pooled_spread(_devs(rng, 3, sd))
+        err_raw.append(np.mean(np.log(ps.raw / sd**2) ** 2))
+        err_pooled.append(np.mean(np.log(ps.var / sd**2) ** 2))
+        dfs.append(np.median(ps.df))
+    assert np.mean(err_pooled) < 0.25 * np.mean(err_raw)  # 2 df per bin alone: log-variance error ~ trigamma(1)
+    assert np.median(dfs) == pytest.approx(2 + stats.PRIOR_RATIO * 2)  # independent bins: the cap is the ratio
+
+
+def test_bins_that_move_together_lend_each_other_nothing():
+    rng = np.random.default_rng(1)
+    sd = np.full(30, 0.01)
+    d0 = [stats.pooled_spread(_devs(rng, 3, sd, rho=0.97)).d0 for _ in range(30)]
+    assert np.median(d0) <= 2.0  # nearly one variable: the profile is as uncertain as one bin
+
+
+def test_too_few_runs_cannot_be_pooled():
+    with pytest.raises(DiffauditError):
+        stats.pooled_spread(np.zeros((1, 10)))
+
+
+# ----------------------------------------------------------------------------
+# Simulation: the stated detectable rise is caught >= 80% of the time; no rise is rarely flagged
+
+
+B = 30
+
+
+def _seed_trial(rng, seeds: int, rise: float):
+    K = 30
+    t = np.arange(K) + 0.5
+    base = (0.02 + 0.5 * np.exp(-np.arange(B) / 8.0))[:, None] * (1.0 + 1.5 * np.exp(-t / 4.5))[None, :]
+    x = t * 100.0
+    sel = np.arange(K - 8, K)
+    runs = []
+    for r in range(seeds + 1):
+        effect = 1 + 0.006 * rng.standard_normal() + 0.012 * rng.standard_normal(B)
+        mean = base * effect[:, None] * (1 + rise if r == seeds else 1.0)
+        runs.append(mean * (1 + 0.01 * rng.standard_normal((B, K))))
+    blocks = np.array(runs)[:, :, sel]
+    st = gate.seed_stats(blocks.mean(axis=2), blocks[:seeds].mean(axis=0), x[sel], 100.0 * K, seeds)
+    p, q, pg, qg = gate.decide(st)
+    tol = gate_options.TOLERANCE
+    flagged = bool(((q <= gate_options.ALPHA) & (st.change > tol)).any()
+                   or any(qv <= gate_options.ALPHA and g[2] > tol for g, qv in zip(st.groups, qg)))
+    return flagged, gate.group_detectable(st)
+
+
+@pytest.mark.parametrize("seeds", [3, 5])
+def test_baseline_seeds_catch_the_rise_they_state(seeds):
+    rng = np.random.default_rng(seeds)
+    null = [_seed_trial(rng, seeds, 0.0) for _ in range(150)]
+    assert np.mean([f for f, _ in null]) <= 0.05
+    stated = float(np.median([d for _, d in null]))
+    assert gate_options.TOLERANCE < stated < 0.3
+    hit = [_seed_trial(rng, seeds, stated)[0] for _ in range(150)]
+    assert np.mean(hit) >= 0.8, (stated, np.mean(hit))
+
+
+# ----------------------------------------------------------------------------
+# Real runs of a held-out family: calibrate, compare, and what each comparison says it can see
+
+
+@pytest.fixture(scope="module")
+def shapes():
+    return [load_run(SHAPES / f"healthy_s{i:02d}") for i in range(8)]
+
+
+@needs_shapes
+def test_calibration_measures_the_seed_spread_on_more_df_than_the_seeds(shapes):
+    al = calibrate(shapes[:3])
+    assert al.calibrated and al.df_mean == 2 and al.steps == 2500
+    assert np.nanmedian(al.df_bins) > 2  # pooled across bins
+    sd = np.asarray(al.bins)
+    assert 0.002 < np.nanmedian(sd) < 0.05 and 0.0005 < al.mean < 0.02
+    assert al.measured_on["noise"]["prediction"] == "v_prediction" and len(al.measured_on["runs"]) == 3
+    assert al.speed_level in gate.SPEED_LEVELS and al.speed > 0
+
+
+@needs_shapes
+def test_one_run_per_side_with_a_calibration_sees_more_and_catches_a_ten_percent_rise(shapes):
+    al = calibrate(shapes[:3])
+    a, b = shapes[3], shapes[4]
+    builtin = gate.compare(a, b, rules=["findings:off"])
+    cal = gate.compare(a, b, rules=["findings:off"], allowance=al)
+    assert builtin.status == cal.status == "pass"
+    assert cal.detectable < 0.5 * builtin.detectable  # this model's seeds differ far less than the built-in allows
+    assert cal.allowance == al.source and builtin.allowance == "built-in"
+    assert builtin.weak and any("too weak to gate on" in n and "diffaudit calibrate" in n for n in builtin.notes)
+    assert "of the mean loss (what this comparison can see)" in cal.summary
+    hit = gate.compare(a, raised(b, 1.10), rules=["findings:off"], allowance=al)
+    assert hit.status == "regression", hit.summary
+    assert all(c.detectable is not None and c.detectable > gate_options.TOLERANCE for c in cal.by_metric("loss"))
+
+
+@needs_shapes
+def test_three_baseline_seeds_catch_five_percent_on_a_held_out_family(shapes):
+    caught = [gate.compare(shapes[i:i + 3], raised(shapes[(i + 3) % 8], 1.05), rules=["findings:off"]).status
+              for i in range(5)]
+    assert caught.count("regression") >= 4, caught
+
+
+# ----------------------------------------------------------------------------
+# The CLI and its file
+
+
+@needs_shapes
+def test_cli_calibrate_writes_a_file_compare_uses_and_a_baseline_folder_finds(tmp_path):
+    out = tmp_path / "allow.json"
+    res = run_cli("calibrate", *[SHAPES / f"healthy_s0{i}" for i in range(3)], "-o", out)
+    assert res.exit_code == 0, res.output
+    assert "calibrated on 3 runs" in res.output and f"saved to {out}" in res.output
+    doc = json.loads(out.read_text())
+    assert doc["kind"] == "diffaudit-allowance" and doc["format"] == allowance.FORMAT
+    assert doc["noise"]["num_bins"] == 50 and len(doc["bins"]["sd"]) == 50 and len(doc["deviations"]) == 3
+    assert [r["seed"] for r in doc["runs"]] == [0, 1, 2]
+    res = run_cli("compare", SHAPES / "healthy_s03", SHAPES / "healthy_s04", "--allowance", out, "--json", "-")
+    assert res.exit_code == 0, res.output
+    v = json.loads(res.stdout)
+    assert v["allowance"] == str(out) and 0 < v["detectable"] < 0.1
+    assert all("detectable" in c for c in v["checks"])
+    # a baseline folder that holds the file uses it by itself
+    folder = tmp_path / "main"
+    shutil.copytree(SHAPES / "healthy_s03", folder / "healthy_s03")
+    shutil.copy(out, folder / allowance.FILE_NAME)
+    res = run_cli("compare", folder, SHAPES / "healthy_s04")
+    assert res.exit_code == 0 and "calibrated seed allowance" in res.output, res.output
+
+
+@needs_shapes
+def test_cli_calibrate_refuses_bad_input_in_one_line(tmp_path):
+    one_line_error(run_cli("calibrate", SHAPES / "healthy_s00", SHAPES / "healthy_s01"), "3 or more", "got 2")
+    line = one_line_error(run_cli("calibrate", SHAPES / "healthy_s00", SHAPES / "healthy_s01", SHAPES / "lr_high"),
+                          "differ in more than a seed", "lr_mult", "--force")
+    listed = line.split("more than a seed: ", 1)[1]
+    assert "seed:" not in listed and "name:" not in listed  # keys that differ between seeds are not differences
+    res = run_cli("calibrate", SHAPES / "healthy_s00", SHAPES / "healthy_s01", SHAPES / "lr_high", "--force")
+    assert res.exit_code == 0 and "--force" in res.output, res.output
+    one_line_error(run_cli("calibrate", SHAPES / "healthy_s00", SHAPES / "healthy_s01", EDM / "healthy_s00"),
+                   "differ")
+    one_line_error(run_cli("calibrate", str(tmp_path / "nothing*")), "matches nothing")
+
+
+@needs_shapes
+def test_compare_refuses_a_wrong_or_damaged_allowance_file(tmp_path):
+    good = tmp_path / "a.json"
+    assert run_cli("calibrate", *[SHAPES / f"healthy_s0{i}" for i in range(3)], "-o", good).exit_code == 0
+    doc = json.loads(good.read_text())
+    a, b = EDM / "healthy_s00", EDM / "healthy_s01"
+    one_line_error(run_cli("compare", a, b, "--allowance", good), str(good), "measured on process vp", "edm")
+    cases = {
+        "notjson.json": "{not json",
+        "other.json": json.dumps({"hello": 1}),
+        "newer.json": json.dumps({**doc, "format": allowance.FORMAT + 1}),
+        "short.json": json.dumps({**doc, "bins": {"sd": doc["bins"]["sd"][:3], "df": doc["bins"]["df"][:3]}}),
+        "negative.json": json.dumps({**doc, "mean": {"sd": -1, "df": 2}}),
+    }
+    words = {"notjson.json": "not valid JSON", "other.json": "not a diffaudit calibration file",
+             "newer.json": "newer than this diffaudit reads", "short.json": "one per noise bin",
+             "negative.json": "mean.sd"}
+    for name, text in cases.items():
+        p = tmp_path / name
+        p.write_text(text)
+        one_line_error(run_cli("compare", SHAPES / "healthy_s03", SHAPES / "healthy_s04", "--allowance", p),
+                       str(p), words[name])
+    one_line_error(run_cli("compare", SHAPES / "healthy_s03", SHAPES / "healthy_s04", "--allowance",
+                           tmp_path / "missing.json"), "missing.json", "no such file")
+    with pytest.raises(AllowanceError):
+        allowance.read_allowance(tmp_path / "other.json")
+
+
+def test_seed_like_config_keys_are_not_a_difference():
+    assert seed_like("seed") and seed_like("data_seed") and seed_like("run_name") and seed_like("outputDir")
+    assert not seed_like("width") and not seed_like("lr") and not seed_like("hidden_dim")
+
+    class R:
+        def __init__(self, cfg):
+            self.meta = {"config": cfg}
+
+    runs = [R({"seed": 0, "opt": {"lr": 1e-3}, "name": "a"}), R({"seed": 1, "opt": {"lr": 1e-3}, "name": "b"}),
+            R({"seed": 2, "opt": {"lr": 3e-3}, "name": "c"})]
+    assert varying_config(runs) == {"opt.lr": [1e-3, 1e-3, 3e-3]}
