@@ -26,8 +26,12 @@ one configuration with different seeds; a run may also be a URL (s3://...).
 Several baseline seeds against one candidate (the recommended CI setup): the
 candidate is tested against a prediction interval from the baseline seeds.
 Several seeds on both sides: the seed-to-seed spread is the noise. One run per
-side: within-run variability plus a seed-to-seed allowance learned on other
-models' healthy seeds, and the notes say so.
+side: within-run variability plus a seed-to-seed allowance: the one
+`diffaudit calibrate` measured on your model's healthy seeds (--allowance, or a
+diffaudit-allowance.json in the BASELINE folder), else a built-in one learned on
+other models, and the notes say which. Every check states the smallest rise it
+could have caught with 80% probability (the "can see" column, "detectable" in
+--json); the verdict says when that is too large to gate on.
 
 Steps and noise bins are matched, then compared: the late loss of every noise
 bin (with its excess over L*), its mean over bins, steps to reach the
