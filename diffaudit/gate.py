@@ -400,9 +400,9 @@ def _statistics(base, cand, sides, rules_, win, alpha, correction, min_windows, 
                      f"behind the baseline ({lag * (hi - lo + 1):,.0f} steps); per-bin changes are shown after removing it "
                      "(speed is judged by its own check)")
     sight = _sight(checks, st, rules_["loss"], alpha, len(base), len(cand), correction)
-    if sight["weak"]:
-        notes.append(_weak_words(sight, rules_["loss"], single, allowance))
     status, summary = _overall(checks, sides, nblocks, sight)
+    if sight["weak"] and status != "regression":  # a regression was seen: how weak the test was is moot
+        notes.append(_weak_words(sight, rules_["loss"], single, allowance))
     return status, summary, dict(checks=tuple(checks), matched=overlap, window=window, window_blocks=nblocks, lag=lag,
                                  lstar_kind=lstar_kind, detectable=sight["detectable"], projection=sight["projection"],
                                  weak=sight["weak"], allowance=allowance.source if single else None)
