@@ -11,14 +11,16 @@ relative amount (mean, min and max x (1 + r), m2 x (1 + r)^2: what a model that
 is r worse at every noise level logs). Designs, each at the gate's defaults:
 
 * ``1v1 built-in``: one run per side, the built-in allowance (other models'
-  seeds): every ordered pair of distinct seeds (up to ``--trials``).
+  seeds): ordered pairs of distinct seeds.
 * ``1v1 calibrated``: one run per side, with an allowance calibrated
   (:func:`diffaudit.calibration.calibrate`) on 3 *other* seeds of the family:
-  for random splits into 3 calibration seeds and 2 compared ones.
+  splits into 3 calibration seeds and an ordered pair of 2 others.
 * ``3v1`` and ``5v1``: 3 or 5 baseline seeds against one candidate seed not
   among them (the prediction interval, per-bin spread pooled across bins).
 
-Rise 0 gives the false-positive rate; other rises the power. "honest" counts
+Rise 0 gives the false-positive rate, over every combination of seeds up to
+``--null-trials`` (all 56 pairs, 280 3v1 and 168 5v1 trials of 8 seeds; 280 of
+the 1,120 calibrated splits); other rises the power, over ``--trials`` of them. "honest" counts
 the trials whose injected rise is at or above the detectable rise the verdict
 states, and how many of those were caught (the claim: at least 80%).
 The findings rule is off (the injected runs have the seed's own findings) and
@@ -83,33 +85,35 @@ def families(root: Path, only: set[str] | None) -> dict[str, tuple[str, list]]:
     return out
 
 
-def designs(runs: list, trials: int, rng) -> dict[str, list]:
-    """Per design, the trials as (baseline runs, candidate seed, calibration runs or None)."""
+def designs(runs: list, trials: int, null_trials: int, rng) -> dict[str, list]:
+    """Per design, the trials as (baseline runs, candidate seed, calibration runs or None): every combination
+    when there are at most ``null_trials`` of them (in random order), else that many drawn at random. Rises use
+    the first ``trials``; rise 0 (false positives) uses them all."""
     n = len(runs)
     idx = list(range(n))
-    pairs = list(itertools.permutations(idx, 2))
-    rng.shuffle(pairs)
-    out = {"1v1 built-in": [([runs[a]], runs[b], None) for a, b in pairs[:trials]]}
-    cal = []
-    for _ in range(trials):
-        order = rng.permutation(idx)
-        cal.append(([runs[order[3]]], runs[order[4]], [runs[i] for i in order[:3]]))
-    out["1v1 calibrated on 3"] = cal
+
+    def pick(combos):
+        order = rng.permutation(len(combos))[:null_trials]
+        return [combos[i] for i in order]
+
+    out = {"1v1 built-in": [([runs[a]], runs[b], None) for a, b in pick(list(itertools.permutations(idx, 2)))]}
+    cal = [(c, a, b) for c in itertools.combinations(idx, 3) for a, b in
+           itertools.permutations([i for i in idx if i not in c], 2)]
+    out["1v1 calibrated on 3"] = [([runs[a]], runs[b], [runs[i] for i in c]) for c, a, b in pick(cal)]
     for k in (3, 5):
-        rows = []
-        for _ in range(trials):
-            order = rng.permutation(idx)
-            rows.append(([runs[i] for i in order[:k]], runs[order[k]], None))
-        out[f"{k}v1"] = rows
+        combos = [(g, c) for c in idx for g in itertools.combinations([i for i in idx if i != c], k)]
+        out[f"{k}v1"] = [([runs[i] for i in g], runs[c], None) for g, c in pick(combos)]
     return out
 
 
-def run_family(name: str, role: str, runs: list, rises: list[float], trials: int, seed: int) -> list[dict]:
+def run_family(name: str, role: str, runs: list, rises: list[float], trials: int, null_trials: int,
+               seed: int) -> list[dict]:
     rng = np.random.default_rng(seed)
     rows = []
     cache = {}
-    for design, tr in designs(runs, trials, rng).items():
+    for design, every in designs(runs, trials, null_trials, rng).items():
         for rise in rises:
+            tr = every if rise == 0 else every[:trials]
             caught = honest_n = honest_caught = inconclusive = 0
             dets = []
             for base, cand, cal_runs in tr:
@@ -188,7 +192,9 @@ def main() -> None:
     ap.add_argument("--root", type=Path, default=REPO / "sample_logs")
     ap.add_argument("--families", nargs="*", default=None)
     ap.add_argument("--rises", nargs="*", type=float, default=[0, 3, 5, 10], help="injected rises, in percent")
-    ap.add_argument("--trials", type=int, default=20, help="trials per design, family and rise")
+    ap.add_argument("--trials", type=int, default=20, help="trials per design, family and rise above 0")
+    ap.add_argument("--null-trials", type=int, default=280,
+                    help="trials at rise 0 (false positives): every combination up to this many")
     ap.add_argument("--sim-trials", type=int, default=300)
     ap.add_argument("--sim-only", action="store_true")
     ap.add_argument("--seed", type=int, default=0)
@@ -201,7 +207,7 @@ def main() -> None:
         print(f"{'family':18} {'role':11} {'design':22} {'rise':>5} {'flagged':>9} {'can see (median)':>17} "
               f"{'caught at >= stated':>20}")
         for name, (role, runs) in fams.items():
-            for row in run_family(name, role, runs, a.rises, a.trials, a.seed):
+            for row in run_family(name, role, runs, a.rises, a.trials, a.null_trials, a.seed):
                 out["real"].append(row)
                 det = "-" if row["detectable_median"] is None else f"+{100 * row['detectable_median']:.1f}%"
                 honest = (f"{row['caught_there']}/{row['at_or_above_detectable']}" if row["rise"] else "")

@@ -1022,9 +1022,11 @@ def adjusted_levels(late: np.ndarray, pooled_blocks: np.ndarray, x: np.ndarray, 
 
 
 def sampling_variance(runs: list[Run], first: int, last: int, nb: int) -> np.ndarray:
-    """(runs, bins): the sampling variance of each run's mean training loss per bin over steps first-last, from
-    the logged sufficient statistics (Chan's merge of count, mean and m2 over the windows): s^2 / n."""
-    out = np.full((len(runs), nb), np.nan)
+    """(runs, bins): the sampling variance of each run's mean training loss per bin over steps first-last: the
+    per-sample variance of the bin, pooled over the runs (Chan's merge of the logged count, mean and m2), over the
+    run's own sample count, so a run that drew a bin once has the variance of one sample, not none."""
+    n = np.zeros((len(runs), nb))
+    m2 = np.zeros((len(runs), nb))
     for i, r in enumerate(runs):
         tb = r.train_bins
         if tb.height == 0:
@@ -1038,11 +1040,13 @@ def sampling_variance(runs: list[Run], first: int, last: int, nb: int) -> np.nda
             m2=pl.col("m2").sum() + (pl.col("count") * (pl.col("mean") - (pl.col("count") * pl.col("mean")).sum()
                                                          / pl.col("count").sum()) ** 2).sum())
         b = g["bin"].to_numpy().astype(np.int64)
-        n = g["n"].to_numpy().astype(np.float64)
-        m2 = g["m2"].to_numpy().astype(np.float64)
-        keep = (b >= 0) & (b < nb) & (n > 1)
-        out[i, b[keep]] = m2[keep] / (n[keep] - 1) / n[keep]
-    return out
+        keep = (b >= 0) & (b < nb)
+        n[i, b[keep]] = g["n"].to_numpy().astype(np.float64)[keep]
+        m2[i, b[keep]] = g["m2"].to_numpy().astype(np.float64)[keep]
+    dof = np.sum(np.maximum(n - 1, 0), axis=0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        per_sample = np.where(dof > 0, np.sum(m2, axis=0) / dof, np.nan)
+        return np.where(n > 0, per_sample[None, :] / n, np.nan)
 
 
 def late_levels(grid: "_MatchedBlocks", sel: np.ndarray, R0: int) -> tuple[np.ndarray, np.ndarray]:
@@ -1076,11 +1080,16 @@ def seed_stats(late: np.ndarray, pooled_blocks: np.ndarray, x: np.ndarray, span:
     df = np.full(nb, np.nan)
     level_a = np.full(nb, np.nan)
     level_b = np.full(nb, np.nan)
-    scale = None
+    scale = extra = None
     if sampling is not None:
         with np.errstate(invalid="ignore", divide="ignore"), warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)
-            scale = np.nanmean(sampling, axis=0) / pooled**2  # relative, like the levels
+            rel_samp = sampling / pooled[None, :] ** 2  # relative, like the levels
+            scale = np.nanmean(rel_samp, axis=0)
+            # the pooled spread holds the runs' average sampling noise; a side whose runs drew a bin less often
+            # than average carries more: its excess is added to the comparison's variance
+            extra = sum(np.maximum(np.nanmean(rel_samp[side], axis=0) - scale, 0.0) / n
+                        for side, n in ((slice(0, R0), R0), (slice(R0, R), R - R0)))
     spread = _pooled_seed_spread(adjusted, R0, tested0, scale)
     notes = []
     if spread is not None:
@@ -1105,6 +1114,8 @@ def seed_stats(late: np.ndarray, pooled_blocks: np.ndarray, x: np.ndarray, span:
         if spread is not None and np.isfinite(spread.var[k]) and c.n_a == R0 and c.n_b == R - R0:
             # the bin's own spread (k - 1 df) shrunk towards the profile the other bins share
             var[k], df[k] = spread.var[k] * (1 / R0 + 1 / (R - R0)), spread.df[k]
+            if extra is not None and np.isfinite(extra[k]):
+                var[k] += extra[k]
     tested = np.isfinite(change)
     groups = []
     for name, members in _groups(tested, falling & tested):
@@ -1432,15 +1443,22 @@ def _speed_check(base, cand, rule, lo, hi, window, alpha, single, allowance: All
     det = None
     if single:
         if allowance.speed > 0:
-            sd, sdf = math.sqrt(2.0) * allowance.speed, allowance.df_speed
+            per_run = allowance.speed
+            if not allowance.calibrated:
+                # a built-in allowance is a relative spread seen on other models' crossings; a level crossed early
+                # in the run is crossed within a few smoothing blocks, where a block of jitter is a large share:
+                # one block of the crossing step, relative, is added (a calibration measures this directly)
+                per_run = math.hypot(per_run, size / float(ca[0]))
+            sd, sdf = math.sqrt(2.0) * per_run, allowance.df_speed
             d = float(lb[0] - la[0])
             p = _p_above(d, sd, sdf, lim)
             tq = _tq(alpha, sdf)
             lo_, hi_ = to_change(d - tq * sd), to_change(d + tq * sd)
             det = to_change(lim + float(stats.detectable_shift(sd, sdf, alpha)))
-            learned = "calibrated on this model" if allowance.calibrated else "learned on other models' healthy seeds"
+            learned = ("calibrated on this model" if allowance.calibrated else
+                       f"learned on other models' healthy seeds, plus one {size:,}-step smoothing block of the crossing")
             sig, sig_words = p <= alpha, (f"one run per side: {p_is('p', p)} against the seed-to-seed spread of the "
-                                          f"crossing step ({pct(allowance.speed)} per run, {learned})")
+                                          f"crossing step ({pct(per_run)} per run, {learned})")
         else:
             sig, sig_words = True, "one run per side, no seed allowance: the limit alone decides"
             det = rule.limit

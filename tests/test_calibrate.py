@@ -86,7 +86,7 @@ def test_pooling_across_bins_recovers_a_smooth_profile_from_three_runs():
         err_pooled.append(np.mean(np.log(ps.var / sd**2) ** 2))
         dfs.append(np.median(ps.df))
     assert np.mean(err_pooled) < 0.25 * np.mean(err_raw)  # 2 df per bin alone: log-variance error ~ trigamma(1)
-    assert np.median(dfs) == pytest.approx(2 + stats.PRIOR_RATIO * 2)  # independent bins: the cap is the ratio
+    assert np.median(dfs) == pytest.approx(stats.MAX_BIN_DF)  # independent bins: the cap on the df decides
 
 
 def test_bins_that_move_together_lend_each_other_nothing():
@@ -262,3 +262,33 @@ def test_seed_like_config_keys_are_not_a_difference():
     runs = [R({"seed": 0, "opt": {"lr": 1e-3}, "name": "a"}), R({"seed": 1, "opt": {"lr": 1e-3}, "name": "b"}),
             R({"seed": 2, "opt": {"lr": 3e-3}, "name": "c"})]
     assert varying_config(runs) == {"opt.lr": [1e-3, 1e-3, 3e-3]}
+
+
+def test_sampling_variance_is_the_pooled_per_sample_variance_over_each_runs_own_count():
+    rng = np.random.default_rng(5)
+
+    class FakeRun:  # what sampling_variance reads of a run: its training windows' sufficient statistics
+        def __init__(self, rows):
+            self.train_bins = pl.DataFrame(rows)
+
+    runs, samples = [], []
+    for r, counts in enumerate([(30, 1), (50, 4)]):
+        rows = {k: [] for k in ("step_lo", "step_hi", "bin", "count", "mean", "m2")}
+        per_bin = {0: [], 1: []}
+        for w in range(3):
+            for b in (0, 1):
+                x = rng.gamma(2.0, 0.5 + b, size=counts[b] if w else 0) if w else np.array([])
+                if x.size == 0:
+                    continue
+                per_bin[b].append(x)
+                for k, v in zip(rows, (100 * w, 100 * w + 99, b, x.size, x.mean(), ((x - x.mean()) ** 2).sum())):
+                    rows[k].append(v)
+        runs.append(FakeRun(rows))
+        samples.append({b: np.concatenate(v) for b, v in per_bin.items()})
+    got = gate.sampling_variance(runs, 100, 299, 2)
+    for b in (0, 1):
+        within = sum(((s[b] - s[b].mean()) ** 2).sum() for s in samples)
+        dof = sum(s[b].size - 1 for s in samples)
+        for r, s in enumerate(samples):
+            assert got[r, b] == pytest.approx(within / dof / s[b].size, rel=1e-10)
+    assert got[0, 1] > 3 * got[1, 1]  # a run that drew the bin twice carries the noise of two samples
