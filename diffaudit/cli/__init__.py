@@ -39,8 +39,9 @@ Exit codes: 0 ok / no regression / watched run finished, 1 regression,
 
 # Parameters of the commands that name what they read and what they write (by click parameter name).
 INPUT_PARAMS = ("run", "run_path", "data", "baseline", "candidate", "runs")
-OUTPUT_PARAMS = ("html", "json_out", "junit", "markdown", "markdown_out", "output", "tensorboard")
-TEXT_OUTPUTS = ("html", "json_out", "junit", "markdown", "markdown_out")  # '-' means stdout for these (see output_option)
+OUTPUT_PARAMS = ("html", "json_out", "junit", "markdown", "markdown_out", "output", "tensorboard", "csv_out",
+                 "parquet_out")
+TEXT_OUTPUTS = ("html", "json_out", "junit", "markdown", "markdown_out", "csv_out")  # '-' means stdout for these (see output_option)
 # export's -o (binary Parquet) and --tensorboard (a folder), watch's -o (a page rewritten at every change): files only,
 # '-' refused before anything runs (not_stdout)
 
@@ -156,6 +157,7 @@ COMMANDS = {
     "optimum": ("diffaudit.cli.optimum", "The empirical L* of the training set per noise bin, stored in the run."),
     "export": ("diffaudit.cli.export", "A run as one .parquet file, or as TensorBoard events."),
     "calibrate": ("diffaudit.cli.calibrate", "Measure how seeds of your model differ, for one-run-per-side gates."),
+    "sweep": ("diffaudit.cli.sweep", "Many runs at once: per noise band in units of L*, the best set, effects."),
 }
 
 

@@ -118,3 +118,23 @@ def optimum_document(run, info: dict, process, result, bound, part) -> dict:
                 "lstar_gauss": None if bound is None else json_float(bound[b]),
             })  # fmt: skip
     return {"diffaudit_version": __version__, "run": str(run.path), **info, "part": part, "bins": bins}
+
+
+SWEEP_SCHEMA = "diffaudit.sweep/1"
+
+
+def sweep_document(s) -> dict:
+    """``sweep --json``: one object per run, one per configuration (with its runs), the best sets and the effects."""
+    return jsonable({
+        "schema": SWEEP_SCHEMA,
+        "diffaudit_version": __version__,
+        "metric": s.metric,
+        "varying": list(s.varying),
+        "notes": list(s.notes),
+        "seed_spread": s.spread,
+        "cached_runs": s.cached,
+        "runs": s.runs.to_dicts(),
+        "groups": s.groups.to_dicts() if s.groups.height else [],
+        "best_set": s.best,
+        "effects": s.effects,
+    })

@@ -9,6 +9,7 @@ cells (which read the gate) load when a table is made.
 
 from __future__ import annotations
 
+import math
 import statistics
 
 from typing import TYPE_CHECKING
@@ -187,4 +188,108 @@ def allowance_lines(al, *, saved: str | None) -> list[str]:
                  "clip rate: not measured (no clip threshold logged)")
     lines.append(f"saved to {saved}: use it with compare --allowance {saved}" if saved else
                  "not saved: give -o FILE to keep it for compare --allowance")
+    return lines
+
+
+SWEEP_RUN_COLUMNS = (("run", "name"), ("state", "state"), ("steps", None), ("verdict", "verdict"),
+                     ("worst findings", "worst"), ("L* ratio", "lstar_ratio"), ("low", "ratio_low"),
+                     ("mid", "ratio_mid"), ("high", "ratio_high"), ("clip", "clip_rate"))
+
+
+def _clip_text(v, width: int = 28) -> str:
+    v = str(v)
+    return v if len(v) <= width else v[:width - 1] + "…"
+
+
+def _pm(v, se) -> str:
+    """'0.7025 ± 0.0015': the value to the precision its 95% half-width allows."""
+    if v is None:
+        return "-"
+    if not se:
+        return num(v)
+    h = 1.96 * se
+    digits = max(0, 1 - int(math.floor(math.log10(h)))) if h > 0 else 4
+    return f"{v:.{digits}f} ± {h:.{digits}f}"
+
+
+def _cell(v, col: str) -> str:
+    if v is None or (isinstance(v, float) and v != v):
+        return "-"
+    if col == "clip_rate":
+        return pct(v)
+    if isinstance(v, float):
+        return num(v)
+    return str(v)
+
+
+def _table(header: list[str], rows: list[list[str]], numeric: set[int]) -> list[str]:
+    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(header)]
+    out = ["  ".join(h.ljust(w) for h, w in zip(header, widths)).rstrip(), "  ".join("-" * w for w in widths)]
+    for r in rows:
+        out.append("  ".join(x.rjust(w) if i in numeric else x.ljust(w) for i, (x, w) in enumerate(zip(r, widths))).rstrip())
+    return out
+
+
+def sweep_lines(s, *, sort: str = "lstar_ratio", top: int | None = None) -> list[str]:
+    """``diffaudit sweep``'s terminal output: the run table, the configurations with the best set, the effects."""
+    runs = s.runs
+    n = runs.height
+    lines = [f"{n} run(s); {runs.filter(runs['error'].is_null()).height} readable, {s.cached} from the cache; "
+             f"ranked by {'late loss / L* of its own target' if s.metric == 'lstar_ratio' else 'late loss as logged'}; "
+             f"bands by log-SNR: low = the noisiest third of the bins"]
+    for note in s.notes:
+        lines.append(f"note: {note}")
+    key = sort.lstrip("-")
+    ordered = runs.sort(key, descending=sort.startswith("-"), nulls_last=True)
+    if top:
+        ordered = ordered.head(top)
+    extra = list(s.varying[:4])
+    header = [h for h, _ in SWEEP_RUN_COLUMNS] + extra
+    rows = []
+    for r in ordered.iter_rows(named=True):
+        steps = "-" if r["last_step"] is None else (f"{r['last_step'] + 1:,}" + (f"/{r['planned_steps']:,}" if r["planned_steps"] else ""))
+        cells = [steps if col is None else _cell(r[col], col) for _, col in SWEEP_RUN_COLUMNS]
+        if r["error"] is not None:
+            cells[3] = "error"
+            cells[4] = r["error"][:60]
+        elif r["provisional"]:
+            cells[3] += " (so far)"
+        rows.append(cells + [_clip_text(r[k], 20) for k in extra])
+    lines += [""] + _table(header, rows, {2, 5, 6, 7, 8, 9})
+    if top and n > top:
+        lines.append(f"({n - top} more runs; --top shows more)")
+    g = s.groups
+    if g.height:
+        m = s.metric
+        best = s.best.get(m, {})
+        members = set(best.get("members", []))
+        cols = [m] + ([c for c in ("ratio_low", "ratio_mid", "ratio_high") if c in g.columns])
+        header = ["configuration", "runs"] + [("L* ratio" if c == "lstar_ratio" else "late loss" if c == "late_loss"
+                                               else c.removeprefix("ratio_")) for c in cols] + ["best set"]
+        rows = []
+        for r in g.sort(m, nulls_last=True).iter_rows(named=True):
+            cells = [_clip_text(r["label"], 60), str(r["n"])]
+            for c in cols:
+                cells.append(_pm(r.get(c), r.get(f"{c}_se")))
+            cells.append("best" if r["group"] == best.get("best") else "in" if r["group"] in members else "out")
+            rows.append(cells)
+        lines += ["", f"configurations (mean ± 95% half-width; seed spread from {s.spread.get('source')}, "
+                      f"sd {pct(s.spread.get('sd') or 0)} of the mean)"]
+        lines += _table(header, rows, set(range(1, len(header) - 1)))
+        labels = {k: _clip_text(v, 60) for k, v in zip(g["group"].to_list(), g["label"].to_list())}
+        for metric, b in s.best.items():
+            if b.get("best") is None:
+                continue
+            what = "overall" if metric == m else f"{metric.removeprefix('ratio_')}-log-SNR band"
+            inn = [labels[x] for x in b["members"]]
+            lines.append(f"best set ({what}): {'; '.join(inn[:6])}{' …' if len(inn) > 6 else ''}")
+            if metric == m:
+                for grp, why in list(b["out"].items())[:5]:
+                    lines.append(f"  out: {labels[grp]}: {why}")
+    for k, per in s.effects.items():
+        parts = []
+        for v, e in per.items():
+            vals = "/".join("-" if e.get(c) is None else num(e[c]) for c in ("ratio_low", "ratio_mid", "ratio_high"))
+            parts.append(f"{_clip_text(v, 24)}: {vals}")
+        lines.append(f"effect of {k} (L* ratio low/mid/high): " + "; ".join(parts))
     return lines

@@ -1,0 +1,122 @@
+"""``diffaudit sweep``: many runs at once, checked on a family whose truth is labelled.
+
+shapes_mlp holds 8 healthy seeds of one configuration and 8 runs each with one real change
+(learning rate / 10 and 50x, narrower nets, frozen weights, ...): the seeds must form one
+configuration, the healthy configuration must be the best, and every labelled regression that
+trains measurably worse must be out of the best set with its reason.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import polars as pl
+import pytest
+from _cli import one_line_error, run_cli
+from _runs import snapshot
+
+from diffaudit import sweep as sweep_lib
+
+REPO = Path(__file__).resolve().parents[1]
+SHAPES = REPO / "sample_logs" / "families" / "shapes_mlp"
+UNITS = REPO / "sample_logs" / "families" / "digits_mlp_units"
+needs_shapes = pytest.mark.skipif(not (SHAPES / "healthy_s07").is_dir(), reason="sample_logs/families not present")
+
+
+@pytest.fixture(autouse=True)
+def _own_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("DIFFAUDIT_CACHE", str(tmp_path / "cache"))
+
+
+@pytest.fixture(scope="module")
+def shapes_sweep(tmp_path_factory):
+    import os
+
+    os.environ["DIFFAUDIT_CACHE"] = str(tmp_path_factory.mktemp("cache"))
+    return sweep_lib.sweep([str(SHAPES)], jobs=2)
+
+
+@needs_shapes
+def test_seeds_are_one_configuration_and_the_healthy_one_is_best(shapes_sweep):
+    s = shapes_sweep
+    assert s.runs.height == 16 and s.runs["error"].null_count() == 16
+    healthy = s.runs.filter(pl.col("name").str.starts_with("healthy"))
+    assert healthy["group"].n_unique() == 1  # seed and name differ; nothing else does
+    g = healthy["group"][0]
+    assert s.groups.filter(pl.col("group") == g)["n"][0] == 8
+    assert s.metric == "lstar_ratio" and s.best["lstar_ratio"]["best"] == g
+    assert s.spread["source"] == "the sweep's own seeds" and s.spread["df"] == 7
+    out = s.best["lstar_ratio"]["out"]
+    by_name = dict(zip(s.runs["name"].to_list(), s.runs["group"].to_list()))
+    for worse in ("lr_div10", "width_div4", "narrow16", "lr_high", "frozen"):
+        assert by_name[worse] in out and "above the best" in out[by_name[worse]], worse
+    assert {"lr_mult", "width"} <= set(s.varying) and "seed" not in s.varying and "name" not in s.varying
+    assert set(s.effects["width"]) == {"128", "32", "8"}
+
+
+@needs_shapes
+def test_rows_are_in_lstar_units_by_band_with_error_bars(shapes_sweep):
+    r = shapes_sweep.runs.filter(pl.col("name") == "healthy_s00").row(0, named=True)
+    assert r["state"] == "finished" and r["verdict"] == "healthy" and r["last_step"] == 2499
+    for c in ("lstar_ratio", "ratio_low", "ratio_mid", "ratio_high"):
+        assert 0.3 < r[c] < 2 and 0 < r[f"{c}_se"] < 0.05 * r[c], c
+    frozen = shapes_sweep.runs.filter(pl.col("name") == "frozen").row(0, named=True)
+    assert frozen["lstar_ratio"] > 2 * r["lstar_ratio"] and frozen["verdict"] == "failing" and frozen["worst"]
+
+
+def test_runs_of_different_targets_share_one_scale_in_lstar_units():
+    s = sweep_lib.sweep([str(UNITS)], jobs=1)
+    assert any("different processes or prediction targets" in n for n in s.notes)
+    v = s.runs.filter(pl.col("name").str.starts_with("v_s"))["lstar_ratio"]
+    assert v.min() > 0.9 and v.max() < 1.1  # v-prediction reaches its own L* at every noise level: ratio ~1
+
+
+@needs_shapes
+def test_cli_outputs_cache_and_bad_runs(tmp_path):
+    folder = tmp_path / "runs"
+    for n in ("healthy_s00", "healthy_s01", "lr_div10"):
+        shutil.copytree(SHAPES / n, folder / n)
+    shutil.copytree(SHAPES / "healthy_s02", folder / "broken")
+    (folder / "broken" / "run.json").write_text("{ not json")
+    before = snapshot(folder)
+    res = run_cli("sweep", folder, "--json", tmp_path / "s.json", "--csv", tmp_path / "s.csv",
+                  "--parquet", tmp_path / "s.parquet", "-j", "1")
+    assert res.exit_code == 0, res.output
+    assert "4 run(s); 3 readable, 0 from the cache" in res.output and "error" in res.output
+    doc = json.loads((tmp_path / "s.json").read_text())
+    assert doc["schema"] == "diffaudit.sweep/1" and len(doc["runs"]) == 4
+    assert next(r for r in doc["runs"] if r["name"] == "broken")["error"]
+    assert {"runs", "groups", "best_set", "effects"} <= set(doc)
+    assert pl.read_csv(tmp_path / "s.csv").height == 4
+    assert pl.read_parquet(tmp_path / "s.parquet").height == 4
+    assert snapshot(folder) == before  # nothing is written into a run
+    res = run_cli("sweep", folder, "-j", "1")
+    assert "3 readable, 3 from the cache" in res.output, res.output  # the broken one is read again
+    res = run_cli("sweep", folder, "-j", "1", "--fail-on", "warn")
+    assert res.exit_code in (0, 1)
+    one_line_error(run_cli("sweep", str(tmp_path / "nope*")), "matches nothing")
+    one_line_error(run_cli("sweep", folder, "--sort", "nosuch"), "--sort", "no such column")
+
+
+@needs_shapes
+def test_fail_on_fail_exits_1_when_a_run_fails(tmp_path):
+    res = run_cli("sweep", SHAPES / "healthy_s00", SHAPES / "lr_high", "--fail-on", "fail", "-j", "1")
+    assert res.exit_code == 1, res.output
+    res = run_cli("sweep", SHAPES / "healthy_s00", SHAPES / "healthy_s01", "--fail-on", "fail", "-j", "1")
+    assert res.exit_code == 0, res.output
+
+
+@needs_shapes
+def test_a_changed_run_is_read_again(tmp_path):
+    folder = tmp_path / "r"
+    shutil.copytree(SHAPES / "healthy_s00", folder / "a")
+    rows, hits = sweep_lib.run_rows([folder / "a"], jobs=1)
+    assert hits == 0 and rows[0]["error"] is None
+    rows, hits = sweep_lib.run_rows([folder / "a"], jobs=1)
+    assert hits == 1
+    part = sorted((folder / "a" / "parts").glob("*.parquet"))[-1]
+    part.unlink()  # the run lost a part: its fingerprint changed
+    rows, hits = sweep_lib.run_rows([folder / "a"], jobs=1)
+    assert hits == 0
