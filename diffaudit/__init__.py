@@ -20,4 +20,13 @@ def load_run(path, *, strict: bool = False, allow_empty: bool = False):
     return _load_run(path, strict=strict, allow_empty=allow_empty)
 
 
-__all__ = ["DiffauditError", "__version__", "load_run"]
+def sweep(runs, *, jobs: int | None = None, cache: bool = True):
+    """One row per run of a sweep (run folders, folders of runs, globs, URLs), as a polars DataFrame: state,
+    verdict, worst findings, late loss per noise band in units of L*, clip rate, config. The configurations, the
+    best set and the effects: :func:`diffaudit.sweeps.sweep`."""
+    from diffaudit.sweeps import sweep as _sweep
+
+    return _sweep(runs, jobs=jobs, cache=cache).runs
+
+
+__all__ = ["DiffauditError", "__version__", "load_run", "sweep"]

@@ -132,3 +132,21 @@ def sync_run(url: str, dest: Path | None = None) -> Path:
         tmp.write_bytes(store.get(rel))
         os.replace(tmp, target)
     return dest
+
+
+def runs_under(url: str) -> list[str]:
+    """The runs a prefix in object storage names: itself when it holds a run.json, else every sub-prefix one level
+    down that holds one (a folder of runs). RunFormatError when there is neither."""
+    objects = RemoteStore(url).list()
+    if any(rel == "run.json" for rel, _ in objects):
+        return [url.rstrip("/")]
+    names = sorted({rel.split("/", 1)[0] for rel, _ in objects if rel.count("/") == 1 and rel.endswith("/run.json")})
+    if not names:
+        raise RunFormatError(f"{url}: no run here (no run.json under this prefix, nor one level down)")
+    return [f"{url.rstrip('/')}/{n}" for n in names]
+
+
+def remote_fingerprint(url: str) -> list:
+    """(object, size) of every object of the run at ``url``: parts are written once, so a new or longer list means
+    a changed run."""
+    return RemoteStore(url).list()

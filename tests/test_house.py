@@ -51,6 +51,7 @@ ENGINES = [m for m in MODULES if not m.startswith(("diffaudit.cli", "diffaudit.p
 # Imports inside a function, each with its reason; every other import is at the top of its module.
 DEFERRED = {
     ("diffaudit", "diffaudit.load"): "`import diffaudit` stays light; diffaudit.load_run loads polars on first use",
+    ("diffaudit", "diffaudit.sweeps"): "`import diffaudit` stays light; diffaudit.sweep loads the analysis on first use",
     ("diffaudit.optimum", "torch"): "torch is optional: the GPU backend of the empirical L*",
     ("diffaudit.present.tensorboard", "tensorboard.compat.proto"): "the optional tensorboard extra",
     ("diffaudit.present.tensorboard", "tensorboard.summary.writer.event_file_writer"): "the optional tensorboard extra",
@@ -58,6 +59,7 @@ DEFERRED = {
     ("diffaudit.cli.report", "diffaudit.present.html"): "matplotlib and jinja2 only when a page is asked for",
     ("diffaudit.cli.compare", "diffaudit.present.html"): "matplotlib and jinja2 only when a page is asked for",
     ("diffaudit.cli.watch", "diffaudit.present.html"): "matplotlib and jinja2 only when a page is asked for",
+    ("diffaudit.cli.sweep", "diffaudit.present.html"): "matplotlib and jinja2 only when a page is asked for",
     ("diffaudit.cli.export", "diffaudit.analysis"): "export -o alone: the analysis (scipy) only for --tensorboard",
     ("diffaudit.cli.export", "diffaudit.present.markdown"): "export -o alone: only for --tensorboard",
     ("diffaudit.cli.export", "diffaudit.present.tensorboard"): "export -o alone: only for --tensorboard",

@@ -112,3 +112,17 @@ def test_a_missing_run_or_bucket_is_one_line(s3):
     assert res.exit_code == 2 and "no run here" in res.output
     res = run_cli("summary", "s3://no-such-bucket/x")
     assert res.exit_code == 2 and res.output.startswith("error: s3://no-such-bucket/x")
+
+
+def test_sweep_reads_a_folder_of_runs_in_a_bucket_and_caches_them(s3, tmp_path):
+    _train("s3://runs/sweep/a", 120)
+    _train("s3://runs/sweep/b", 120, seed=1)
+    res = run_cli("sweep", "s3://runs/sweep", "--json", tmp_path / "s.json", "-j", "1")
+    assert res.exit_code == 0, res.output
+    doc = json.loads((tmp_path / "s.json").read_text())
+    assert sorted(r["name"] for r in doc["runs"]) == ["a", "b"] and all(r["error"] is None for r in doc["runs"])
+    assert all(r["lstar_ratio"] is not None for r in doc["runs"])
+    res = run_cli("sweep", "s3://runs/sweep", "-j", "1")
+    assert "2 from the cache" in res.output, res.output
+    res = run_cli("sweep", "s3://runs/nothing-here")
+    assert res.exit_code == 2 and "no run here" in res.output

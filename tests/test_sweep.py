@@ -17,7 +17,7 @@ import pytest
 from _cli import one_line_error, run_cli
 from _runs import snapshot
 
-from diffaudit import sweep as sweep_lib
+from diffaudit import sweeps as sweep_lib
 
 REPO = Path(__file__).resolve().parents[1]
 SHAPES = REPO / "sample_logs" / "families" / "shapes_mlp"
@@ -120,3 +120,47 @@ def test_a_changed_run_is_read_again(tmp_path):
     part.unlink()  # the run lost a part: its fingerprint changed
     rows, hits = sweep_lib.run_rows([folder / "a"], jobs=1)
     assert hits == 0
+
+
+@needs_shapes
+def test_the_python_api_returns_a_polars_frame():
+    import diffaudit
+
+    df = diffaudit.sweep([str(SHAPES / "healthy_s00"), str(SHAPES / "lr_div10")], jobs=1)
+    assert isinstance(df, pl.DataFrame) and df.height == 2
+    assert df.filter(pl.col("name") == "lr_div10")["lstar_ratio"][0] > df.filter(pl.col("name") == "healthy_s00")["lstar_ratio"][0]
+
+
+@needs_shapes
+def test_html_page_is_self_contained_escaped_and_links_reports(tmp_path):
+    folder = tmp_path / "runs"
+    shutil.copytree(SHAPES / "healthy_s00", folder / "a")
+    shutil.copytree(SHAPES / "healthy_s01", folder / "<img src=x onerror=alert(1)>")
+    shutil.copytree(SHAPES / "lr_div10", folder / "c")
+    page, reports = tmp_path / "out" / "sweep.html", tmp_path / "out" / "reports"
+    res = run_cli("sweep", folder, "-o", page, "--reports", reports, "-j", "1")
+    assert res.exit_code == 0, res.output
+    html = page.read_text()
+    assert html.startswith("<!DOCTYPE html>") and "<script" not in html.lower()
+    assert "<img src=x" not in html and "&lt;img src=x onerror=alert(1)&gt;" in html
+    assert html.count("<svg") >= 2  # the heatmap and the best set's curves
+    assert 'href="reports/a.html"' in html and (reports / "a.html").is_file() and (reports / "c.html").is_file()
+    assert "http://" not in html.replace("http://www.w3.org", "")
+
+
+def test_the_optuna_example_prunes_a_failing_trial_and_the_sweep_ranks_the_rest(tmp_path):
+    pytest.importorskip("optuna")
+    import subprocess
+    import sys
+
+    out = tmp_path / "optuna"
+    res = subprocess.run([sys.executable, str(REPO / "examples" / "optuna_prune.py"), "--out", str(out), "--trials", "2",
+                          "--steps", "300", "--first-lr", "1.0"], capture_output=True, text=True, timeout=600,
+                         env={**__import__("os").environ, "OMP_NUM_THREADS": "1"})
+    assert res.returncode == 0, res.stderr
+    trials = json.loads(res.stdout)
+    assert trials[0]["state"] == "PRUNED" and "loss.exploding" in trials[0]["pruned_because"]
+    assert trials[1]["state"] == "COMPLETE" and trials[1]["value"] < trials[0]["value"]
+    s = sweep_lib.sweep([str(out)], jobs=1)
+    assert s.runs.height == 2 and set(s.varying) == {"lr"}
+    assert s.best["lstar_ratio"]["best"] == s.runs.filter(pl.col("name") == "trial_001")["group"][0]

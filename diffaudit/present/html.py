@@ -170,6 +170,7 @@ class Cell:
     text: str
     cls: str = ""
     note: str = ""  # secondary text shown smaller after the value (an interval)
+    href: str = ""  # a relative link (a run's report, written by the same command)
 
 
 @dataclass(frozen=True)
@@ -1004,3 +1005,110 @@ def compare_page(v: Verdict, baseline=(), candidate=(), *, generated: str | None
     if generated is not None:
         ctx["generated"] = generated
     return render_page("compare.html.j2", **ctx)
+
+
+# ----------------------------------------------------------------------------
+# The sweep page
+
+
+def _short_label(label: str, width: int = 90) -> str:
+    """A configuration's label cut to ``width`` characters (the JSON and the terminal hold it whole)."""
+    return label if len(label) <= width else label[:width - 1] + "…"
+
+
+def _ratio_text(v, se=None) -> str:
+    if v is None:
+        return words.MISSING
+    return fmt_num(v, 4) + ("" if not se else f" ± {fmt_num(1.96 * se, 2)}")
+
+
+def sweep_page(s, process, *, reports: dict | None = None, generated: str | None = None) -> str:
+    """``diffaudit sweep -o FILE``: the configurations with the best set, the run table, a runs x noise-level heatmap
+    in units of L*, the best set's per-noise-level curves and the effects, as one self-contained page.
+
+    ``process``: the noise process the heatmap and curves are drawn on (the runs that share its kind and bins are
+    drawn); ``reports``: run name -> relative link to its report, when ``--reports`` wrote them."""
+    runs = s.runs
+    reports = reports or {}
+    m = s.metric
+    best = s.best.get(m, {})
+    members = set(best.get("members", []))
+    labels = dict(zip(s.groups["group"].to_list(), s.groups["label"].to_list())) if s.groups.height else {}
+    band_cols = [c for c in ("ratio_low", "ratio_mid", "ratio_high") if c in s.groups.columns]
+    group_rows = []
+    if s.groups.height:
+        for r in s.groups.sort(m, nulls_last=True).iter_rows(named=True):
+            mark = "best" if r["group"] == best.get("best") else ("in" if r["group"] in members else "out")
+            group_rows.append([Cell(_short_label(r["label"], 64)), Cell(str(r["n"]))]
+                              + [Cell(_ratio_text(r.get(c), r.get(f"{c}_se"))) for c in [m] + band_cols]
+                              + [Cell(mark, "good" if mark != "out" else ""),
+                                 Cell(best.get("out", {}).get(r["group"], ""))])
+    groups_table = Table(["configuration", "runs", "L* ratio" if m == "lstar_ratio" else "late loss"]
+                         + [c.removeprefix("ratio_") for c in band_cols] + ["best set", "why out"],
+                         group_rows, [False, True] + [True] * (1 + len(band_cols)) + [False, False])
+    run_rows = []
+    for r in runs.sort(m, nulls_last=True).iter_rows(named=True):
+        link = reports.get(r["name"])
+        verdict = "error" if r["error"] else (r["verdict"] or words.MISSING) + (" (so far)" if r["provisional"] else "")
+        run_rows.append([Cell(r["name"], href=link), Cell(r["state"] or words.MISSING),
+                         Cell(words.MISSING if r["last_step"] is None else
+                              f"{r['last_step'] + 1:,}" + (f" / {r['planned_steps']:,}" if r["planned_steps"] else "")),
+                         Cell(verdict, {"failing": "fail", "warnings": "warn", "error": "fail"}.get(
+                             "error" if r["error"] else r["verdict"] or "", "")),
+                         Cell(r["error"] or (r["worst"] or "").replace(",", ", ")),
+                         *[Cell(_ratio_text(r.get(c))) for c in ("lstar_ratio", "ratio_low", "ratio_mid", "ratio_high")],
+                         Cell(fmt_pct(r["clip_rate"]) if r["clip_rate"] is not None else words.MISSING),
+                         *[Cell(str(r.get(k) or "")) for k in s.varying[:6]]])
+    runs_table = Table(["run", "state", "steps", "verdict", "worst findings / error", "L* ratio", "low", "mid", "high",
+                        "clip"] + list(s.varying[:6]), run_rows,
+                       [False, False, True, False, False, True, True, True, True, True] + [False] * len(s.varying[:6]))
+    figs = []
+    if process is not None and m == "lstar_ratio":
+        axis = plots.noise_axis(process)
+        same = runs.filter((pl.col("bin_ratio").list.len() == process.num_bins) & (pl.col("process") == process.kind)
+                           ).sort(m, nulls_last=True)
+        if same.height:
+            values = np.array([[np.nan if v is None else v for v in row] for row in same["bin_ratio"].to_list()]).T
+            figs.append(FigureView("heatmap", "Every run, per noise level, in units of L*", plots.runs_heatmap(
+                values, same["name"].to_list(), process.bin_edges().astype(np.float64), axis,
+                label="late loss / L* (log scale)", alt="late loss over L* per run and noise level"),
+                "Each column a run (in the table's order), each row a noise bin; colour: late loss over the Gaussian "
+                "L* of the run's own target. White is the best linear denoiser; red above it, blue below it (real "
+                "networks beat it where the data is not Gaussian). Grey: no L* or no samples."))
+            x = np.asarray(process.bin_centers(), dtype=np.float64)
+            curves = []
+            for g in best.get("members", [])[:8]:
+                part = same.filter(pl.col("group") == g)
+                if part.height == 0:
+                    continue
+                arr = np.array([[np.nan if v is None else v for v in row] for row in part["bin_ratio"].to_list()])
+                mean = np.exp(np.nanmean(np.log(arr), axis=0))
+                curves.append(plots.Curve(f"{_short_label(labels.get(g, g), 40)} ({part.height} run"
+                                          f"{'s' if part.height > 1 else ''})",
+                                          x, mean))
+            if curves:
+                figs.append(FigureView("best-curves", "The best set per noise level", plots.noise_plot(
+                    curves, axis, ylabel="late loss / L*", alt="late loss over L* per noise level of the best set"),
+                    "Late loss over L* per noise bin for each configuration in the best set (geometric mean over its "
+                    "seeds). 1 is the best linear denoiser's loss."))
+    effects = []
+    for k, per in s.effects.items():
+        rows = [[Cell(v)] + [Cell(str(e["runs"]))] + [Cell(_ratio_text(e.get(c))) for c in
+                                                        ("lstar_ratio", "ratio_low", "ratio_mid", "ratio_high")]
+                for v, e in per.items()]
+        effects.append((k, Table([k, "runs", "L* ratio", "low", "mid", "high"], rows,
+                                 [False, True, True, True, True, True])))
+    n_fail = runs.filter(pl.col("verdict") == "failing").height
+    n_err = runs.filter(pl.col("error").is_not_null()).height
+    head = [Item("runs", f"{runs.height:,}"), Item("configurations", f"{s.groups.height:,}"),
+            Item("best", _short_label(labels.get(best.get("best"), words.MISSING), 60)),
+            Item("seed spread", f"{fmt_pct(s.spread.get('sd'))} of the mean, from {s.spread.get('source')}"),
+            Item("failing runs", f"{n_fail}"), Item("unreadable runs", f"{n_err}")]
+    sections = [Section("configurations", "Configurations and the best set"), Section("figures", "Per noise level"),
+                Section("runs", "Runs"), Section("effects", "What each setting does"), Section("notes", "Notes")]
+    ctx = dict(head=head, groups_table=groups_table, runs_table=runs_table, figures=figs, effects=effects,
+               notes=list(s.notes), sections=sections, metric=m,
+               title=f"{runs.height:,} runs, {s.groups.height:,} configurations")
+    if generated is not None:
+        ctx["generated"] = generated
+    return render_page("sweep.html.j2", **ctx)

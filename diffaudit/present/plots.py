@@ -701,6 +701,39 @@ def heatmap(
     return _export(fig, alt or title)
 
 
+@_styled
+def runs_heatmap(values: np.ndarray, names: Sequence[str], noise_edges: np.ndarray, axis: NoiseAxis, *, label: str,
+                 height: float = 3.8, alt: str = "") -> Image:
+    """A (noise bin x run) grid of ratios to L* on a log colour scale centred on 1 (blue below, red above), one
+    column per run, rasterized inside the SVG; runs are named on the axis when there are few enough to read."""
+    fig = _figure(height)
+    ax = fig.add_subplot()
+    v = np.asarray(values, dtype=np.float64)
+    fin = v[np.isfinite(v) & (v > 0)]
+    if fin.size == 0:
+        _note(ax, "no run has L* units")
+        return _export(fig, alt)
+    top = float(np.percentile(np.abs(np.log10(fin)), 98)) or 0.1
+    cmap = matplotlib.colormaps["RdBu_r"].with_extremes(bad="#e6e6e6")
+    nrm = mcolors.LogNorm(vmin=10 ** -top, vmax=10 ** top)
+    mesh = ax.pcolormesh(np.arange(v.shape[1] + 1, dtype=float), np.asarray(noise_edges, float),
+                         np.ma.masked_where(~(np.isfinite(v) & (v > 0)), v), cmap=cmap, norm=nrm, shading="flat",
+                         rasterized=True)
+    ax.grid(False)
+    if len(names) <= 40:
+        ax.set_xticks(np.arange(len(names)) + 0.5, labels=[plain(n) for n in names], rotation=90, fontsize=7)
+    else:
+        ax.set_xlabel(f"{len(names)} runs, in the table's order")
+        ax.set_xticks([])
+    _noise_y(ax, axis)
+    if axis.scale != "log":
+        ax.set_ylim(noise_edges[0], noise_edges[-1])
+    cb = fig.colorbar(mesh, ax=ax, pad=0.02, fraction=0.04,
+                      extend="both" if np.abs(np.log10(fin)).max() > top else "neither")
+    cb.set_label(label)
+    return _export(fig, alt)
+
+
 def _symlog_ticks(linthresh: float, top: float, per_side: int = 4) -> list[float]:
     """0 and the powers of ten between the linear band and the top, on both sides, at most ``per_side`` each."""
     k0 = math.ceil(math.log10(linthresh) - 1e-9)  # +-linthresh sit a decade's width from 0 (linscale=1)

@@ -35,6 +35,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import multiprocessing
 import os
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
@@ -50,11 +51,11 @@ from diffaudit.errors import DiffauditError
 from diffaudit.gate import DEFAULT_ALLOWANCE
 from diffaudit.load import load_run
 from diffaudit.sides import resolve_side
-from diffaudit.store import is_url
+from diffaudit.store import is_url, remote_fingerprint, runs_under
 
 ALPHA = 0.05  # a configuration is out of the best set when it is worse than the best at this level (Holm)
 BANDS = ("low", "mid", "high")  # thirds of the bins by log-SNR: low = the noisiest
-ROW_VERSION = 1  # bump when the per-run row changes: cached rows of another version are recomputed
+ROW_VERSION = 2  # bump when the per-run row changes: cached rows of another version are recomputed
 
 #: the per-run table's columns, with what each means (``--json``, ``--csv`` and ``--parquet`` carry them)
 RUN_COLUMNS = {
@@ -86,7 +87,9 @@ RUN_COLUMNS = {
     "lstar_note": "why there are no L* units, if there are none",
     "error": "why the run could not be read (its row holds nothing else)",
     "config": "the run's config, flattened (JSON)",
+    "bin_ratio": "per noise bin: late loss / L* (a list; JSON and Parquet only)",
 }
+LIST_COLUMNS = ("bin_ratio",)
 
 
 # ----------------------------------------------------------------------------
@@ -163,6 +166,7 @@ def _fill(row: dict, path) -> dict:
         return _nan_none(g), _nan_none(g * math.sqrt(float(np.sum(log_se[idx] ** 2))) / idx.size)
 
     row["lstar_ratio"], row["lstar_ratio_se"] = mean_se(np.arange(log_ratio.size))
+    row["bin_ratio"] = [_nan_none(math.exp(v)) if g else None for v, g in zip(log_ratio, good)]
     for band, idx in zip(BANDS, thirds):
         row[f"ratio_{band}"], row[f"ratio_{band}_se"] = mean_se(idx)
     return row
@@ -181,10 +185,14 @@ def cache_dir() -> Path:
 
 
 def fingerprint(path) -> str | None:
-    """A key that changes whenever the run's files do: their names, sizes and modification times (None for a URL
-    or a path that cannot be listed: such a run is not cached)."""
+    """A key that changes whenever the run's files do: their names, sizes and modification times (in object storage:
+    its objects and their sizes); None for a run that cannot be listed (it is not cached)."""
     if is_url(str(path)):
-        return None
+        try:
+            items = remote_fingerprint(str(path))
+        except DiffauditError:
+            return None
+        return hashlib.sha256(json.dumps([__version__, ROW_VERSION, str(path), items]).encode()).hexdigest()
     p = Path(path)
     try:
         if p.is_file():
@@ -247,7 +255,8 @@ def run_rows(paths: list, *, jobs: int | None = None, cache: bool = True) -> tup
     if jobs == 1 or len(todo) <= 1:
         fresh = [run_row(str(paths[i])) for i in todo]
     else:
-        with ProcessPoolExecutor(max_workers=jobs) as pool:
+        # spawned, not forked: a fork of a process whose polars threads are running can deadlock in the child
+        with ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
             fresh = list(pool.map(run_row, [str(paths[i]) for i in todo], chunksize=max(1, len(todo) // (4 * jobs))))
     for i, f, row in zip(todo, targets, fresh):
         rows[i] = row
@@ -281,7 +290,9 @@ def sweep(specs, *, jobs: int | None = None, cache: bool = True, alpha: float = 
     Raises DiffauditError when a spec matches nothing; a run that cannot be read is a row with its error.
     """
     specs = [specs] if isinstance(specs, (str, os.PathLike)) else list(specs)
-    paths = resolve_side(specs, role="sweep")
+    paths = []
+    for spec in specs:  # a prefix in object storage may hold one run or a folder of runs
+        paths += runs_under(str(spec)) if is_url(str(spec)) else resolve_side(spec, role="sweep")
     seen, unique = set(), []
     for p in paths:
         key = str(p) if is_url(str(p)) else str(Path(p).resolve())
@@ -323,7 +334,8 @@ def summarize(rows: list[dict], *, alpha: float = ALPHA, allowance=None, cached:
     if errors:
         notes.append(f"{len(errors)} run(s) could not be read and are rows with their error "
                      f"({', '.join(r['name'] for r in errors[:3])}{', …' if len(errors) > 3 else ''})")
-    schema = {k: (pl.Float64 if k.endswith(("_se", "loss", "ratio", "_low", "_mid", "_high", "share", "rate"))
+    schema = {k: (pl.List(pl.Float64) if k in LIST_COLUMNS
+                  else pl.Float64 if k.endswith(("_se", "loss", "ratio", "_low", "_mid", "_high", "share", "rate"))
                   else pl.Int64 if k in ("last_step", "planned_steps", "fails", "warns")
                   else pl.Boolean if k == "provisional" else pl.Utf8) for k in RUN_COLUMNS}
     runs = pl.DataFrame([{k: r.get(k) for k in RUN_COLUMNS} for r in rows], schema=schema, orient="row") \
@@ -436,3 +448,8 @@ def write_parquet(s: Sweep, path) -> None:
         raise DiffauditError(f"{path}: cannot write the Parquet table ({e.strerror or e})") from None
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def csv_text(s: Sweep) -> str:
+    """The per-run table as CSV (the per-bin list stays in JSON and Parquet: CSV has no lists)."""
+    return s.runs.drop([c for c in LIST_COLUMNS if c in s.runs.columns]).write_csv()
