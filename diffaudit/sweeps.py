@@ -55,6 +55,7 @@ from diffaudit.store import is_url, remote_fingerprint, runs_under
 
 ALPHA = 0.05  # a configuration is out of the best set when it is worse than the best at this level (Holm)
 BANDS = ("low", "mid", "high")  # thirds of the bins by log-SNR: low = the noisiest
+TIME_DEPENDENT = ("in_progress", "unknown")  # states that change with the clock alone: never cached
 ROW_VERSION = 2  # bump when the per-run row changes: cached rows of another version are recomputed
 
 #: the per-run table's columns, with what each means (``--json``, ``--csv`` and ``--parquet`` carry them)
@@ -260,7 +261,9 @@ def run_rows(paths: list, *, jobs: int | None = None, cache: bool = True) -> tup
             fresh = list(pool.map(run_row, [str(paths[i]) for i in todo], chunksize=max(1, len(todo) // (4 * jobs))))
     for i, f, row in zip(todo, targets, fresh):
         rows[i] = row
-        if row.get("error") is None:  # a run that failed to read may be mid-write: read it again next time
+        # a run that failed to read may be mid-write, and one still training can end without writing a file (its
+        # state turns from in progress to ended with time alone): both are read again next time
+        if row.get("error") is None and row.get("state") not in TIME_DEPENDENT:
             _store(f, row)
     return rows, hits
 

@@ -164,3 +164,29 @@ def test_the_optuna_example_prunes_a_failing_trial_and_the_sweep_ranks_the_rest(
     s = sweep_lib.sweep([str(out)], jobs=1)
     assert s.runs.height == 2 and set(s.varying) == {"lr"}
     assert s.best["lstar_ratio"]["best"] == s.runs.filter(pl.col("name") == "trial_001")["group"][0]
+
+
+@needs_shapes
+def test_a_run_still_training_is_a_provisional_row_and_is_never_cached(tmp_path):
+    from _midrun import read_at
+
+    mid = read_at(SHAPES / "healthy_s00", 600, tmp_path / "mid")
+    rows, hits = sweep_lib.run_rows([mid], jobs=1)
+    r = rows[0]
+    assert r["error"] is None and r["state"] in ("in_progress", "ended") and r["last_step"] <= 600
+    assert r["provisional"] and r["planned_steps"] == 2500
+    rows, hits = sweep_lib.run_rows([mid], jobs=1)
+    assert hits == (0 if r["state"] == "in_progress" else 1)  # in progress can turn into ended with time alone
+
+
+@needs_shapes
+def test_rows_in_a_state_that_changes_with_time_alone_are_not_cached(tmp_path, monkeypatch):
+    folder = tmp_path / "r"
+    shutil.copytree(SHAPES / "healthy_s00", folder / "a")
+    real = sweep_lib.run_row
+    monkeypatch.setattr(sweep_lib, "run_row", lambda p: {**real(p), "state": "in_progress"})
+    assert sweep_lib.run_rows([folder / "a"], jobs=1)[1] == 0
+    assert sweep_lib.run_rows([folder / "a"], jobs=1)[1] == 0  # read again: it may have ended since
+    monkeypatch.setattr(sweep_lib, "run_row", real)
+    sweep_lib.run_rows([folder / "a"], jobs=1)
+    assert sweep_lib.run_rows([folder / "a"], jobs=1)[1] == 1  # finished: from the cache

@@ -58,7 +58,8 @@ Examples:
 @click.option("--allowance", "allowance_path", type=click.Path(dir_okay=False, path_type=str), metavar="FILE", default=None,
               help="A `diffaudit calibrate` file: the seed spread for configurations without seeds.")
 @click.option("--fail-on", type=click.Choice(FAIL_ON), default="never", show_default=True,
-              help="Exit 1 when a run's verdict is failing (fail) or has warnings or worse (warn).")
+              help="Exit 1 when a run's verdict is failing or its logger closed on an exception (fail), or when a "
+                   "run has warnings or worse (warn).")
 @output_option("-o", "--html", what="a self-contained HTML page: configurations and the best set, a runs x noise-level "
                                     "heatmap in units of L*, the best set's curves, the run table, the effects")
 @click.option("--reports", "reports_dir", type=click.Path(file_okay=False, path_type=str), metavar="DIR", default=None,
@@ -90,7 +91,7 @@ def sweep(runs, sort, top, jobs, no_cache, alpha, allowance_path, fail_on, html,
     for line in text.sweep_lines(s, sort=sort, top=top):
         click.echo(line, err=any_stdout(json_out, csv_out, html))
     bad = {"fail": ("failing",), "warn": ("failing", "warnings"), "never": ()}[fail_on]
-    failed = s.runs.filter(pl.col("verdict").is_in(list(bad))).height if bad else 0
+    failed = s.runs.filter(pl.col("verdict").is_in(list(bad)) | (pl.col("state") == "failed")).height if bad else 0
     click.get_current_context().exit(EXIT_FAIL if failed else EXIT_OK)
 
 
