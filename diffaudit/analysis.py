@@ -1395,9 +1395,16 @@ def _early(lc: Lifecycle | None, loss: LossSummary, th: Thresholds) -> str | Non
     its planned steps; without a plan, while the trend stretch has too few windows
     to tell whether the loss still falls, or (for a logger that records closes) while
     the loss still falls significantly (the 95% interval of its change over the trend
-    stretch lies below 0). A finished run is judged as it stands.
+    stretch lies below 0). A finished run is judged as it stands, unless it closed
+    short of ``early_progress`` of its plan: a model trained for a sixth of its plan
+    is still far from where it was meant to converge.
     """
-    if lc is None or lc.state == "finished":
+    if lc is None:
+        return None
+    if lc.state == "finished":
+        if lc.stopped_short and lc.progress < th.early_progress:  # closed on purpose, but far short of its plan
+            return (f"the run stopped at {100 * lc.progress:.0f}% of its plan (closed at step {lc.last_step:,} of "
+                    f"{lc.planned_steps:,} planned)")
         return None
     where = {"in_progress": "is in progress", "ended": "ended without a close", "failed": "failed",
              "unknown": "is not known to have finished"}[lc.state]

@@ -43,6 +43,7 @@ STATES = ("finished", "failed", "in_progress", "ended", "unknown")
 STALE_CADENCES = 10.0  # no new step for this many write cadences: the run has ended
 STALE_MIN_S = 900.0  # ... and never sooner than 15 minutes
 DEFAULT_FLUSH_EVERY = 300
+STOPPED_SHORT = 0.99  # a run that closed before this share of its planned steps stopped short of its plan
 
 
 @dataclass(frozen=True)
@@ -63,6 +64,11 @@ class Lifecycle:
     read_at: float | None = None  # unix time of the reading
 
     @property
+    def stopped_short(self) -> bool:
+        """Closed normally, but short of its planned steps (a run cut short on purpose, or a wrong plan)."""
+        return self.state == "finished" and self.progress is not None and self.progress < STOPPED_SHORT
+
+    @property
     def words(self) -> str:
         """One line: the state and its evidence."""
         if self.last_step is None:
@@ -74,7 +80,8 @@ class Lifecycle:
         what = "started" if self.last_step is None else "last write"
         ago = f"{what} {_duration(self.since_write)} ago" if self.since_write is not None else ""
         if self.state == "finished":
-            return "finished" + (f" at {step}" if step else "")
+            short = f": stopped at {100 * self.progress:.0f}% of its plan" if self.stopped_short else ""
+            return "finished" + (f" at {step}" if step else "") + short
         if self.state == "failed":
             return f"failed at {step or 'an unknown step'}: {self.error or 'no error recorded'}"
         if self.state == "in_progress":
