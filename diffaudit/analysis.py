@@ -197,6 +197,9 @@ class NonfiniteSummary:
     loss_scale_used: bool
     diverged: bool  # every step from some point on has no finite loss
     diverged_from: int | None
+    negative_samples: int = 0  # finite per-sample losses below 0 (the logger's ``negative``; excluded)
+    negative_steps: int = 0
+    negative_first_step: int | None = None
 
 
 @dataclass(frozen=True)
@@ -1060,7 +1063,18 @@ def _nonfinite(run: Run, steps: pl.DataFrame) -> NonfiniteSummary:
         loss_scale_used=bool(ls is not None and ls.is_not_null().any()),
         diverged=bool(diverged),
         diverged_from=int(step[steps.height - tail]) if diverged else None,
+        **_negative(steps),
     )
+
+
+def _negative(steps: pl.DataFrame) -> dict:
+    """Negative per-sample losses the logger counted (and left out) on a device: samples, steps, the first step."""
+    if "negative" not in steps.columns:
+        return {}
+    neg = steps["negative"].fill_null(0).cast(pl.Int64).to_numpy()
+    hit = np.flatnonzero(neg > 0)
+    return {"negative_samples": int(neg.sum()), "negative_steps": int(hit.size),
+            "negative_first_step": int(steps["step"][int(hit[0])]) if hit.size else None}
 
 
 def _clip(run: Run, steps, late_fraction, trend_fraction) -> ClipSummary:

@@ -472,6 +472,25 @@ def _nonfinite_loss(a: "Analysis", th: Thresholds) -> Finding | None:
 
 
 @detector(
+    "loss.negative", "Negative per-sample losses", "fail",
+    "the logger counted finite per-sample losses below 0 (on a device; on the host `log()` refuses them): a squared "
+    "error is never negative, so the logged tensor is another quantity; they are excluded from every statistic",
+)
+def _loss_negative(a: "Analysis", th: Thresholds) -> Finding | None:
+    N = a.nonfinite
+    if N.negative_samples <= 0:
+        return None
+    return _finding(
+        _R["loss.negative"], "fail",
+        f"{N.negative_samples:,} per-sample losses were negative, on {N.negative_steps:,} steps, first at step "
+        f"{N.negative_first_step}; a per-sample loss is a mean of squared errors, so the logged tensor is not one",
+        "log the unweighted per-sample MSE, ((pred - target) ** 2).flatten(1).mean(1), not a log-likelihood, a "
+        "baseline-subtracted loss or a loss with negative weights; they are left out of every statistic meanwhile",
+        {"samples": N.negative_samples, "steps": N.negative_steps, "first_step": N.negative_first_step},
+    )
+
+
+@detector(
     "nonfinite.grad", "Non-finite gradients", "info / warn / fail",
     "steps whose pre-clip grad norm is Inf or NaN; `info` while "
     "a loss scaler is in use and <= 1% of steps, `fail` when >= `nonfinite_fail_share` of steps without a scaler",

@@ -867,7 +867,7 @@ def _collapse_split_steps(steps: pl.DataFrame, path, problems: list[Problem], fi
         problems.append(Problem(str(path), f"{n_split} step(s) were written in two or more parts "
                                            f"(a flush in the middle of a step); their rows were merged"))
     w = pl.col("count").cast(pl.Float64)
-    summed = [c for c in ("bad_t",) if c in steps.columns]
+    summed = [c for c in ("bad_t", "negative") if c in steps.columns]
     lows = [c for c in ("t_min",) if c in steps.columns]
     highs = [c for c in ("t_max",) if c in steps.columns]
     first = [c for c in steps.columns
@@ -913,7 +913,7 @@ def _merge_step_ranks(steps: pl.DataFrame) -> pl.DataFrame:
         return steps.with_columns(pl.lit(0, pl.Int32).alias("n_ranks")).drop("rank")
     if steps["rank"].n_unique() == 1:
         return _sorted(steps, ["step"]).drop("rank").with_columns(pl.lit(1, pl.Int32).alias("n_ranks"))
-    summed = [c for c in ("bad_t",) if c in steps.columns]
+    summed = [c for c in ("bad_t", "negative") if c in steps.columns]
     lows = [c for c in ("t_min",) if c in steps.columns]
     highs = [c for c in ("t_max",) if c in steps.columns]
     others = [c for c in steps.columns if c not in ("step", "rank", "loss", "count", "nonfinite", "wloss", "clipped",

@@ -52,8 +52,8 @@ from diffaudit.store import RemoteStore, is_url, local_path
 
 # columns of the per-(window, bin) accumulator; _C_BADT counts samples whose timestep cannot
 # belong to the process (excluded from every other column)
-_C_COUNT, _C_S1, _C_S2, _C_NONFINITE, _C_RAW, _C_W, _C_WX, _C_BADT = range(8)
-_NCOL = 8
+_C_COUNT, _C_S1, _C_S2, _C_NONFINITE, _C_RAW, _C_W, _C_WX, _C_BADT, _C_NEG = range(9)
+_NCOL = 9
 # the fixed per-step scalars; any other keyword scalar becomes an extra column
 _FIXED_SCALARS = ("grad_norm", "clip_threshold", "lr", "loss_scale")
 _SPLITS = rf.SPLITS
@@ -110,6 +110,18 @@ class _Batch:
     windows: dict = field(default_factory=dict)  # split -> list[_Window]
     probe_steps: list = field(default_factory=list)
     has_weights: bool = False
+
+
+def _refuse_negative(x: torch.Tensor) -> None:
+    """A per-sample loss is a mean of squared errors: a negative one means the wrong tensor was logged."""
+    xf = x.reshape(-1).to(torch.float64)
+    neg = torch.isfinite(xf) & (xf < 0)
+    n = int(neg.sum())
+    if n:
+        v = xf[neg]
+        raise DataError(f"losses: {n} of {xf.numel()} per-sample value(s) are negative ({float(v.min()):.6g} to "
+                        f"{float(v.max()):.6g}); a per-sample loss is the mean of squared errors (y_hat - y)^2, so "
+                        "this is another tensor (a log-likelihood, a baseline-subtracted or signed loss?)")
 
 
 class RunLogger:
@@ -332,6 +344,8 @@ class RunLogger:
             raise DataError(f"timesteps has {t.numel()} elements but losses has {x.numel()}")
         if self.check_timesteps == "raise" and t.device.type == "cpu":
             self._refuse_bad_timesteps(t)  # on the host already: no sync to check, so fail at the first step
+        if x.device.type == "cpu":
+            _refuse_negative(x)  # likewise; on a device they are counted (``negative``) and the report names them
         if split == "train":
             if self._last_step is not None and step < self._last_step and not self._warned_backwards:
                 self._warned_backwards = True
@@ -452,7 +466,8 @@ class RunLogger:
         x = x.to(torch.float64)
         bad = self._bad_timesteps(t)
         finite = torch.isfinite(x)
-        fin = finite & ~bad  # a sample at an impossible timestep is counted in bad_t and nowhere else
+        neg = finite & (x < 0) & ~bad  # a squared error is never negative: the wrong tensor, counted apart
+        fin = finite & ~bad & ~neg  # a sample at an impossible timestep is counted in bad_t and nowhere else
         finf = fin.to(torch.float64)
         xf = torch.where(fin, x, 0.0)
         if not self._shift_set:
@@ -468,7 +483,7 @@ class RunLogger:
             wcols = [torch.zeros_like(xf)] * 2
         # layout (column, bin): reductions along the last dim
         nonfin = (~finite & ~bad).to(torch.float64)
-        src = torch.stack([finf, d, d * d, nonfin, xf, *wcols, bad.to(torch.float64)], dim=0)
+        src = torch.stack([finf, d, d * d, nonfin, xf, *wcols, bad.to(torch.float64), neg.to(torch.float64)], dim=0)
         lo_x = torch.where(fin, x, math.inf)
         hi_x = torch.where(fin, x, -math.inf)
         acc, amin, amax = self._acc[split][w], self._min[split][w], self._max[split][w]
@@ -864,6 +879,7 @@ class RunLogger:
             "loss_scale": column("loss_scale", pa.float32())[2],
             "wloss": _f32(wloss),
             "bad_t": pa.array(ring[:, _C_BADT].astype(np.int32)),
+            "negative": pa.array(ring[:, _C_NEG].astype(np.int32)),
             "t_min": _nullable(np.where(np.isfinite(tmin), tmin, np.nan), pa.float64()),
             "t_max": _nullable(np.where(np.isfinite(tmax), tmax, np.nan), pa.float64()),
         }

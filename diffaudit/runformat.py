@@ -85,6 +85,7 @@ STEPS_COLUMNS = (
 # Optional logger columns of steps parts (absent in runs of older loggers): timestep checks.
 STEPS_OPTIONAL_COLUMNS = (
     ("bad_t", "int32"),  # samples whose timestep cannot belong to the process (excluded from every statistic)
+    ("negative", "int32"),  # finite per-sample losses below 0: not a squared error (excluded from every statistic)
     ("t_min", "float64"),  # smallest and largest raw timestep logged in the step (train split)
     ("t_max", "float64"),
 )
