@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Callable
 import numpy as np
 
 from diffaudit.errors import DiffauditError
+from diffaudit.timeprobe import IGNORED_MARGIN
 from diffaudit.words import MISSING, describe_bins, jsonable, num, pct
 
 if TYPE_CHECKING:  # analysis imports this module; the rules only read its dataclasses
@@ -367,7 +368,8 @@ def _exploding(a: "Analysis", th: Thresholds) -> Finding | None:
         "lower the peak learning rate (or add warm-up) and check the gradient clip; resume from a checkpoint "
         "before the blow-up",
         {
-            "max_ratio": S.max_ratio, "max_ratio_step": S.max_ratio_step, "late_over_best": L.late_over_best,
+            "max_ratio": S.max_ratio, "max_ratio_step": S.max_ratio_step, "loss_at_spike": S.max_ratio_loss,
+            "median_at_spike": S.max_ratio_median, "late_over_best": L.late_over_best,
             "late_level": L.late_level, "best_level": L.best_level, "shift_z": L.shift_z,
             "max_grad_ratio": S.max_grad_ratio, "diverged_from": a.nonfinite.diverged_from,
         },
@@ -432,7 +434,8 @@ def _spikes(a: "Analysis", th: Thresholds) -> Finding | None:
         return None
     top = ", ".join(f"step {e['step']} ({num(e['ratio'])}x)" for e in S.events[:3])
     if S.n_events:
-        said = (f"{S.n_events} loss spike events in {S.n_steps:,} steps ({num(S.events_per_10k)} per 10k steps); "
+        said = (f"{S.n_events} loss spike event{'s' if S.n_events != 1 else ''} in {S.n_steps:,} steps "
+                f"({num(S.events_per_10k)} per 10k steps); "
                 f"largest: {top}")
     else:  # one blow-up, beyond what the run's own tail explains, and no run of events around it
         said = f"one loss spike in {S.n_steps:,} steps: {num(S.max_ratio)}x its running median at step {S.max_ratio_step}"
@@ -441,7 +444,8 @@ def _spikes(a: "Analysis", th: Thresholds) -> Finding | None:
         said,
         "lower the learning rate or tighten gradient clipping; look for bad batches at the spike steps",
         {"n_events": S.n_events, "events_per_10k": S.events_per_10k, "steps": [e["step"] for e in S.events[:20]],
-         "ratios": [e["ratio"] for e in S.events[:20]], "max_grad_ratio": S.max_grad_ratio},
+         "ratios": [e["ratio"] for e in S.events[:20]], "max_grad_ratio": S.max_grad_ratio, "n_steps": S.n_steps,
+         "spikes": S.n_events or 1, "max_ratio": S.max_ratio, "max_ratio_step": S.max_ratio_step},
     )
 
 
@@ -581,7 +585,8 @@ def _stagnant(a: "Analysis", th: Thresholds) -> Finding | None:
             f"and still at {pct(L.late_over_early)} of its early level; no L* known (run.json has no data_var)",
             "the model is not learning: check that the optimizer steps (lr > 0, parameters require grad, "
             "the loss reaches them)",
-            {"trend_rel": L.trend_rel, "tost_p": L.tost_p, "late_over_early": L.late_over_early},
+            {"trend_rel": L.trend_rel, "tost_p": L.tost_p, "late_over_early": L.late_over_early,
+             "trend_from": L.trend_from, "trend_to": L.trend_to},
         )
     excess = np.maximum(_col(a, "excess"), 0.0)
     share = _col(a, "loss_share")
@@ -601,7 +606,7 @@ def _stagnant(a: "Analysis", th: Thresholds) -> Finding | None:
         "training has stalled far from the optimum: check that the weights update (lr, frozen layers), then "
         "raise the learning rate or model capacity",
         {"excess_share": stuck, "flat_loss_share": flat_share, "trend_rel": L.trend_rel, "tost_p": L.tost_p,
-         "reference": L.reference, "margin": th.stagnation_margin},
+         "reference": L.reference, "margin": th.stagnation_margin, "trend_from": L.trend_from, "trend_to": L.trend_to},
         np.flatnonzero(flat),
     )
 
@@ -632,7 +637,8 @@ def _converged(a: "Analysis", th: Thresholds) -> Finding | None:
         f"loss flat over steps {L.trend_from}-{L.trend_to} (change {pct(L.trend_rel)}, 90% CI "
         f"{pct(L.tost_lo)} to {pct(L.tost_hi)}); {where}",
         "more steps at this learning rate will not help much; stop, or change lr / capacity / data to go further",
-        {"trend_rel": L.trend_rel, "tost_p": L.tost_p, "excess_share": L.excess_share, "reference": L.reference},
+        {"trend_rel": L.trend_rel, "tost_p": L.tost_p, "excess_share": L.excess_share, "reference": L.reference,
+         "trend_from": L.trend_from, "trend_to": L.trend_to, "ci_level": 0.9, "ci_lo": L.tost_lo, "ci_hi": L.tost_hi},
     )
 
 
@@ -662,7 +668,8 @@ def _above_bound(a: "Analysis", th: Thresholds) -> Finding | None:
         f"(largest in bin {worst}: {num(late[worst])} vs bound {num(g[worst])})",
         "a linear denoiser would do better there: check the network's handling of these noise levels "
         "(skip connections, output scaling, time embedding), or " + weighting_advice(a, above, "up"),
-        {"excess_share": share, "worst_bin": int(worst), "late": {int(b): float(late[b]) for b in above},
+        {"excess_share": share, "worst_bin": int(worst), "bins_above": int(len(above)),
+         "late": {int(b): float(late[b]) for b in above},
          "bound": {int(b): float(g[b]) for b in above}},
         above,
     )
@@ -703,13 +710,13 @@ def _time_unused(a: "Analysis", th: Thresholds) -> Finding | None:
     steps = f"probe steps {P.steps[0]}-{P.steps[-1]}" if len(P.steps) > 1 else f"probe step {P.steps[0]}"
     return _finding(
         _R["time_conditioning.unused"], "fail",
-        f"told a noise level half the range away, the network's loss changes by less than 1% in "
+        f"told a noise level half the range away, the network's loss changes by less than {pct(IGNORED_MARGIN)} in "
         f"{pct(P.ignored_share)} of the {len(P.bins)} probed bins (median ratio {num(P.median_ratio, 4)}; {steps}): "
         "the network does not use the noise level it is given",
         "check that the timestep reaches the network: the embedding computed and added (not dropped, zeroed, "
         "detached or overwritten), the right argument passed, its scale not vanishing",
         {"ignored_share": P.ignored_share, "median_ratio": P.median_ratio, "probed_bins": len(P.bins),
-         "probe_steps": list(P.steps)},
+         "probe_steps": list(P.steps), "margin": IGNORED_MARGIN},
     )
 
 
@@ -828,7 +835,8 @@ def _eval_divergence(a: "Analysis", th: Thresholds) -> Finding | None:
         "the model is fitting its training set, not the distribution: more data or augmentation, regularisation, "
         "or stop at the eval minimum" + ema_note,
         {"gap_share": E.gap_share, "gap_z": E.gap_z, "eval_rise": E.eval_rise, "gap_growth": E.gap_growth,
-         "best_step": E.best_step},
+         "best_step": E.best_step, "gap_ratio": None if E.gap_share is None else 1 + E.gap_share,
+         "mid_gap_share": mid, "mid_ratio": None if mid is None else 1 + mid},
         E.worst_bins,
     )
 
