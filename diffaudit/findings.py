@@ -24,50 +24,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Callable
+from typing import Callable
 
 import numpy as np
 
 from diffaudit.errors import DiffauditError
+from diffaudit.results import GATE_SEVERITIES, SEVERITIES, SEVERITY_RANK, Analysis, Finding  # noqa: F401
 from diffaudit.timeprobe import IGNORED_MARGIN
 from diffaudit.words import MISSING, describe_bins, jsonable, num, pct
-
-if TYPE_CHECKING:  # analysis imports this module; the rules only read its dataclasses
-    from diffaudit.analysis import Analysis
-
-SEVERITIES = ("info", "warn", "fail")
-GATE_SEVERITIES = SEVERITIES[1:]  # what a --fail-on gate can name: an info finding asks for no action
-SEVERITY_RANK = {s: i for i, s in enumerate(SEVERITIES)}
-
-
-@dataclass(frozen=True)
-class Finding:
-    """One conclusion about a run: what is wrong (or notable), the numbers behind it, what to do."""
-
-    id: str  # stable identifier, e.g. "loss.exploding" (documented in the README's table of DETECTORS)
-    severity: str  # "info", "warn" or "fail"
-    title: str  # a few words
-    message: str  # one line of evidence, with numbers
-    recommendation: str  # one line: what to try
-    evidence: dict = field(default_factory=dict)  # the numbers, JSON-ready (float, int, str, lists)
-    bins: tuple[int, ...] = ()  # noise bins concerned, if any
-    provisional: bool = False  # the run is early: the evidence needs a converged loss, so at most `info`
-
-    @property
-    def rank(self) -> int:
-        return SEVERITY_RANK[self.severity]
-
-    def as_dict(self) -> dict:
-        return {
-            "id": self.id,
-            "severity": self.severity,
-            "title": self.title,
-            "message": self.message,
-            "recommendation": self.recommendation,
-            "evidence": jsonable(self.evidence),
-            "bins": [int(b) for b in self.bins],
-            "provisional": bool(self.provisional),
-        }
 
 
 @dataclass(frozen=True)

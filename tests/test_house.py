@@ -146,3 +146,40 @@ def test_help_and_the_light_commands_load_no_heavy_module():
     assert not {"matplotlib", "jinja2", "torch"} & report
     compare = _loaded("import diffaudit.cli.compare")  # t and normal tails come from scipy.special (fast to import)
     assert not {"scipy.stats", "matplotlib", "jinja2", "torch"} & (report | compare)
+
+
+def _all_imports(module: str) -> set[str]:
+    """Every module a module names in an import, TYPE_CHECKING blocks included (a type import is still a reach)."""
+    out = set()
+    for node in ast.walk(MODULES[module]):
+        if isinstance(node, ast.Import):
+            out |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.level == 0:
+            out.add(node.module)
+    return out
+
+
+def test_findings_flow_one_way_engine_to_rules_through_the_result_types():
+    # the rules read the result types and never the engine that computes them; the result types read neither
+    assert "diffaudit.analysis" not in _all_imports("diffaudit.findings")
+    assert "diffaudit.results" in _all_imports("diffaudit.findings")
+    assert not {"diffaudit.analysis", "diffaudit.findings", "diffaudit.gate"} & _all_imports("diffaudit.results")
+    assert {"diffaudit.findings", "diffaudit.results"} <= _all_imports("diffaudit.analysis")
+
+
+def test_the_result_types_spike_defaults_are_the_statistics_own():
+    from diffaudit import stats
+    from diffaudit.results import SpikeSummary
+
+    fields = SpikeSummary.__dataclass_fields__
+    assert fields["threshold"].default == fields["single_threshold"].default == stats.SPIKE_THRESHOLD
+
+
+def test_the_readme_table_of_finding_ids_is_exactly_the_registry():
+    import re
+
+    from diffaudit.findings import DETECTORS
+
+    readme = (ROOT.parent / "README.md").read_text(encoding="utf-8")
+    rows = set(re.findall(r"^\| `([a-z_]+(?:\.[a-z_.]+)?)` \| (?:info|warn|fail)", readme, re.M))
+    assert rows == {d.id for d in DETECTORS}
