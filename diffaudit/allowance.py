@@ -20,7 +20,8 @@ Two kinds:
   runs' length, the comparison's variance is twice the calibrated one (never less
   than the within-run variance it sees) on the calibration's degrees of freedom.
 
-A folder of baseline runs that holds :data:`FILE_NAME` uses it by itself.
+A folder of baseline runs that holds :data:`FILE_NAME`, or a baseline run inside such a folder, uses it by
+itself (:func:`find_in`).
 Everything here raises :class:`~diffaudit.errors.AllowanceError` with one line
 naming the file and what is wrong; nothing prints.
 """
@@ -273,7 +274,11 @@ def _from_document(doc: dict, name: str) -> Allowance:
     )
 
 
-def find_in(folder) -> Path | None:
-    """The calibration file a baseline folder holds, if any."""
-    p = Path(folder) / FILE_NAME
-    return p if p.is_file() else None
+def find_in(baseline) -> Path | None:
+    """The calibration file for a baseline, if any: in the folder of runs it names, or, for one run, beside it in
+    its folder of runs (``runs/main/diffaudit-allowance.json`` for ``runs/main/latest``)."""
+    p = Path(baseline)
+    if not p.is_dir():
+        return None
+    places = [p, p.parent] if (p / "run.json").is_file() else [p]
+    return next((q / FILE_NAME for q in places if (q / FILE_NAME).is_file()), None)

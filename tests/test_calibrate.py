@@ -207,6 +207,9 @@ def test_cli_calibrate_writes_a_file_compare_uses_and_a_baseline_folder_finds(tm
     shutil.copy(out, folder / allowance.FILE_NAME)
     res = run_cli("compare", folder, SHAPES / "healthy_s04")
     assert res.exit_code == 0 and "calibrated seed allowance" in res.output, res.output
+    # the CI recipe: the file beside main's runs, one of them named as the baseline
+    res = run_cli("compare", folder / "healthy_s03", SHAPES / "healthy_s04", "--json", "-")
+    assert res.exit_code == 0 and json.loads(res.stdout)["allowance"] == str(folder / allowance.FILE_NAME), res.output
 
 
 @needs_shapes
