@@ -951,15 +951,23 @@ def single_run_stats(a: np.ndarray, b: np.ndarray, x: np.ndarray, sel: np.ndarra
     change = raw - lag * elastic
     mean_level = float(np.mean(level_a[tested])) if tested.any() else math.nan
     allow = al.bin_sd(level_a, mean_level)  # relative sd per run, per bin
+    allow_df = al.bin_df(nb)
+    # a bin the calibration runs did not all sample has no calibrated spread: the built-in allowance stands in
+    lacking = ~np.isfinite(allow)
+    if lacking.any():
+        allow = np.where(lacking, DEFAULT_ALLOWANCE.bin_sd(level_a, mean_level), allow)
+        allow_df = np.where(lacking, math.inf, allow_df)
     # a calibration of runs this long is the whole run-to-run spread (seeds and within-run noise): the pair's
     # variance is twice it, never less than the within-run variance seen; otherwise the allowance adds to that
     whole = al.calibrated and al.matches_length(int(span))
     if whole:
-        cal_v, cal_df = 2 * allow**2, al.bin_df(nb)
-        take = ~(var_w > cal_v)
-        var, df = np.where(take, cal_v, var_w), np.where(take, cal_df, df_w)
+        cal_v = 2 * allow**2
+        take = ~(var_w > cal_v) & ~lacking
+        sum_v, sum_df = _satterthwaite(var_w, df_w, cal_v, allow_df)  # where the built-in stands in: added
+        var = np.where(lacking, sum_v, np.where(take, cal_v, var_w))
+        df = np.where(lacking, sum_df, np.where(take, allow_df, df_w))
     else:
-        var, df = _satterthwaite(var_w, df_w, 2 * allow**2, al.bin_df(nb))
+        var, df = _satterthwaite(var_w, df_w, 2 * allow**2, allow_df)
     if used_ar1:
         notes.append(f"the late window holds {len(sel)} blocks, too few for batch means (batches several "
                      "autocorrelation times long): the error bars assume AR(1) block noise with phi = "

@@ -295,3 +295,22 @@ def test_sampling_variance_is_the_pooled_per_sample_variance_over_each_runs_own_
         for r, s in enumerate(samples):
             assert got[r, b] == pytest.approx(within / dof / s[b].size, rel=1e-10)
     assert got[0, 1] > 3 * got[1, 1]  # a run that drew the bin twice carries the noise of two samples
+
+
+def test_a_bin_the_calibration_lacks_falls_back_to_the_built_in_allowance_not_to_no_error_bar():
+    rng = np.random.default_rng(2)
+    K, nb = 30, 12
+    t = np.arange(K) + 0.5
+    base = (0.1 + np.arange(nb) / nb)[:, None] * (1 + np.exp(-t / 5))[None, :]
+    a = base * (1 + 0.002 * rng.standard_normal((nb, K)))
+    b = base * (1 + 0.002 * rng.standard_normal((nb, K)))
+    b[3] *= 1.01  # +1%: inside any honest allowance
+    sd = np.full(nb, 0.001)
+    sd[3] = np.nan  # the calibration runs never sampled bin 3
+    al = allowance.Allowance(mean=0.001, df_mean=2, bins=tuple(sd), df_bins=tuple(np.full(nb, 8.0)),
+                             deviations=tuple(tuple(0.001 * rng.standard_normal(nb)) for _ in range(3)), steps=3000,
+                             source="test")
+    st = gate.single_run_stats(a, b, t * 100, np.arange(K - 8, K), 3000.0, allowance=al)
+    assert np.all(np.isfinite(st.var[np.isfinite(st.change)]))
+    p, q, _, _ = gate.decide(st)
+    assert q[3] > gate_options.ALPHA  # the built-in allowance covers +1%: no regression from a missing error bar
