@@ -180,6 +180,6 @@ def test_the_readme_table_of_finding_ids_is_exactly_the_registry():
 
     from diffaudit.findings import DETECTORS
 
-    readme = (ROOT.parent / "README.md").read_text(encoding="utf-8")
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
     rows = set(re.findall(r"^\| `([a-z_]+(?:\.[a-z_.]+)?)` \| (?:info|warn|fail)", readme, re.M))
     assert rows == {d.id for d in DETECTORS}
