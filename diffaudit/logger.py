@@ -31,9 +31,7 @@ import json
 import math
 import os
 import platform
-import queue
 import re
-import threading
 import time
 import warnings
 import weakref
@@ -47,6 +45,7 @@ import torch
 from diffaudit import __version__
 from diffaudit import runformat as rf
 from diffaudit.errors import DataError, RunFormatError, ScheduleError
+from diffaudit.writer import AsyncWriter, WriterClosed
 from diffaudit.noise import DEFAULT_PREDICTION, EDM_SIGMA_SLACK, Process, schedule_from_betas, timestep_cause
 from diffaudit.store import RemoteStore, is_url, local_path
 
@@ -309,10 +308,25 @@ class RunLogger:
 
     def _start_writer(self) -> None:
         """Start the thread that writes the flushed parts, and let atexit close this logger if the script does not."""
-        self._queue: queue.Queue = queue.Queue()
-        self._writer = threading.Thread(target=self._write_loop, name=f"diffaudit-writer-{self.rank}", daemon=True)
-        self._writer.start()
+        self._writer = AsyncWriter(self._write_item, name=f"diffaudit-writer-{self.rank}")
         _live_loggers.add(self)
+
+    def _put(self, batch) -> None:
+        """Hand a batch to the writer; a failure of an earlier write surfaces here, and is recorded and warned
+        (a logging failure must never take the training run down)."""
+        try:
+            self._writer.put(batch)
+        except WriterClosed:
+            raise RuntimeError("RunLogger: a flush after close()") from None
+        except Exception as e:
+            self._record_write_error(e)
+            self._writer.put(batch)
+
+    def _record_write_error(self, e: BaseException) -> None:
+        msg = f"{type(e).__name__}: {e}"
+        if not self.errors:
+            warnings.warn(f"diffaudit: writing run parts failed ({msg}); training continues", stacklevel=3)
+        self.errors.append(msg)
 
     # ------------------------------------------------------------------------
     # Hot path
@@ -680,7 +694,7 @@ class RunLogger:
         tensors, event = self._copy_to_host(n, n_w, n_p)
         # the copies are queued on the device stream ahead of the resets, so they see the values before them
         self._restart_accumulators(n_w["train"])
-        self._queue.put(self._take_batch(tensors, event))
+        self._put(self._take_batch(tensors, event))
 
     def _copy_to_host(self, n: int, n_w: dict, n_p: int) -> tuple[dict, object]:
         """One non_blocking copy per buffer into pinned host memory, and the CUDA event the writer waits for."""
@@ -762,8 +776,10 @@ class RunLogger:
             self.flush()
         finally:
             self._closed = True
-            self._queue.put(None)
-            self._writer.join()
+            try:
+                self._writer.close()
+            except Exception as e:  # the last batches' failure: recorded like any other
+                self._record_write_error(e)
             _live_loggers.discard(self)
             if self._device is not None:
                 self._acc = self._min = self._max = self._buf = self._ring = self._probe = None
@@ -799,20 +815,11 @@ class RunLogger:
     def __exit__(self, exc_type, exc, tb) -> None:
         self.close(error=exc)
 
-    def _write_loop(self) -> None:
-        while True:
-            batch = self._queue.get()
-            if batch is None:
-                return
-            try:
-                if batch.event is not None:
-                    batch.event.synchronize()
-                self._write_batch(batch)
-            except Exception as e:  # a logging failure must never take the training run down
-                msg = f"{type(e).__name__}: {e}"
-                if not self.errors:
-                    warnings.warn(f"diffaudit: writing run parts failed ({msg}); training continues", stacklevel=1)
-                self.errors.append(msg)
+    def _write_item(self, batch: _Batch) -> None:
+        """The writer thread's sink: wait for the batch's device copies, then write its parts."""
+        if batch.event is not None:
+            batch.event.synchronize()
+        self._write_batch(batch)
 
     def _write_batch(self, batch: _Batch) -> None:
         shift = batch.tensors["shift"].numpy()
