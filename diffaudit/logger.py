@@ -45,14 +45,12 @@ import torch
 from diffaudit import __version__
 from diffaudit import runformat as rf
 from diffaudit.errors import DataError, RunFormatError, ScheduleError
+from diffaudit.logtables import C_COUNT as _C_COUNT, C_S1 as _C_S1, NCOL as _NCOL, Batch, Window, part_tables
 from diffaudit.writer import AsyncWriter, WriterClosed
 from diffaudit.noise import DEFAULT_PREDICTION, EDM_SIGMA_SLACK, Process, schedule_from_betas, timestep_cause
 from diffaudit.store import RemoteStore, is_url, local_path
 
-# columns of the per-(window, bin) accumulator; _C_BADT counts samples whose timestep cannot
-# belong to the process (excluded from every other column)
-_C_COUNT, _C_S1, _C_S2, _C_NONFINITE, _C_RAW, _C_W, _C_WX, _C_BADT, _C_NEG = range(9)
-_NCOL = 9
+# the accumulator's columns are diffaudit.logtables.C_*: _reduce_samples stacks them in that order
 # the fixed per-step scalars; any other keyword scalar becomes an extra column
 _FIXED_SCALARS = ("grad_norm", "clip_threshold", "lr", "loss_scale")
 _SPLITS = rf.SPLITS
@@ -73,15 +71,6 @@ _SCALAR_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_.]{0,63}$")
 # Buffers
 
 
-@dataclass
-class _Window:
-    """Host-side bookkeeping for one accumulator slot."""
-
-    key: int  # train: step // window; eval: the eval step
-    step_lo: int
-    step_hi: int
-
-
 class _SampleBuffer:
     """Raw per-sample losses, timesteps and step slots on the device, reduced once per window."""
 
@@ -92,23 +81,6 @@ class _SampleBuffer:
         self.t = torch.empty(cap, dtype=t_dtype, device=device)
         self.s = torch.empty(cap, dtype=torch.int64, device=device)
         self.w = None  # allocated when weights first appear
-
-
-@dataclass
-class _Batch:
-    """Everything one flush hands to the writer thread."""
-
-    seq: int
-    event: object  # torch.cuda.Event or None
-    tensors: dict  # name -> host tensor (pinned on CUDA)
-    steps: list  # step numbers, one per ring slot
-    times: list
-    host_scalars: dict  # name -> list per ring slot (None where not given)
-    device_scalar_names: list
-    device_given: dict  # name -> list per ring slot: True where a tensor was logged (NaN is a value, not a gap)
-    windows: dict = field(default_factory=dict)  # split -> list[_Window]
-    probe_steps: list = field(default_factory=list)
-    has_weights: bool = False
 
 
 def _refuse_negative(x: torch.Tensor) -> None:
@@ -300,7 +272,7 @@ class RunLogger:
         self._host_scalars: dict[str, list] = {}
         self._dev_scalar_names: list[str] = []
         self._dev_given: dict[str, list] = {}
-        self._windows: dict[str, list[_Window]] = {s: [] for s in _SPLITS}
+        self._windows: dict[str, list[Window]] = {s: [] for s in _SPLITS}
         self._probe_steps: list[int] = []
         self._last_probe_step = None
         self._closed = False
@@ -616,7 +588,7 @@ class RunLogger:
             win = wins[-1]
             win.step_lo, win.step_hi = min(win.step_lo, step), max(win.step_hi, step)
             return len(wins) - 1
-        wins.append(_Window(key, step, step))
+        wins.append(Window(key, step, step))
         return len(wins) - 1
 
     def _set_scalar(self, slot: int, name: str, value) -> None:
@@ -739,9 +711,9 @@ class RunLogger:
         for col in self._dev_scalars.values():
             col.fill_(math.nan)
 
-    def _take_batch(self, tensors: dict, event) -> _Batch:
+    def _take_batch(self, tensors: dict, event) -> Batch:
         """The host bookkeeping since the last flush, with its host copies, as one batch; starts the next part empty."""
-        batch = _Batch(
+        batch = Batch(
             has_weights=self._has_weights,
             seq=self._seq,
             event=event,
@@ -815,22 +787,14 @@ class RunLogger:
     def __exit__(self, exc_type, exc, tb) -> None:
         self.close(error=exc)
 
-    def _write_item(self, batch: _Batch) -> None:
+    def _write_item(self, batch: Batch) -> None:
         """The writer thread's sink: wait for the batch's device copies, then write its parts."""
         if batch.event is not None:
             batch.event.synchronize()
         self._write_batch(batch)
 
-    def _write_batch(self, batch: _Batch) -> None:
-        shift = batch.tensors["shift"].numpy()
-        tables = {}
-        if batch.steps:
-            tables["steps"] = self._steps_table(batch)
-        rows = [self._bins_rows(batch, s, shift) for s in _SPLITS if f"acc_{s}" in batch.tensors]
-        if rows:
-            tables["bins"] = pa.concat_tables(rows)
-        if batch.probe_steps:
-            tables["probes"] = self._probes_table(batch)
+    def _write_batch(self, batch: Batch) -> None:
+        tables = part_tables(batch, num_bins=self.process.num_bins, rank=self.rank, segment=self.segment)
         # bins before steps: a reader that sees a step also sees its window
         for kind in ("bins", "probes", "steps"):
             if kind in tables:
@@ -839,115 +803,6 @@ class RunLogger:
                     self._remote.put_table(f"{rf.PARTS_DIR}/{name}", tables[kind])
                 else:
                     rf.write_table_atomic(tables[kind], self.path / rf.PARTS_DIR / name)
-
-    def _steps_table(self, batch: _Batch) -> pa.Table:
-        ring = batch.tensors["ring"].numpy().T  # (slot, column)
-        tmin, tmax = batch.tensors["tmin"].numpy(), batch.tensors["tmax"].numpy()
-        n = len(batch.steps)
-        count = ring[:, _C_COUNT]
-        with np.errstate(invalid="ignore", divide="ignore"):
-            loss = np.where(count > 0, ring[:, _C_RAW] / np.maximum(count, 1), np.nan)
-            wloss = ring[:, _C_WX] / ring[:, _C_W] if batch.has_weights else np.full(n, np.nan)
-        # a scalar that was not logged is null; a NaN that was logged (a blown-up grad norm) stays NaN
-        vals, given = {}, {}
-        for name in batch.device_scalar_names:
-            vals[name] = batch.tensors["dev_" + name].numpy().astype(np.float64)
-            given[name] = np.array(batch.device_given[name], dtype=bool)
-        for name, hv in batch.host_scalars.items():
-            g = np.array([v is not None for v in hv], dtype=bool)
-            a = np.array([np.nan if v is None else v for v in hv], dtype=np.float64)
-            if name in vals:
-                vals[name], given[name] = np.where(g, a, vals[name]), given[name] | g
-            else:
-                vals[name], given[name] = a, g
-
-        def column(name, typ):
-            v = vals.pop(name, np.full(n, np.nan))
-            g = given.pop(name, np.zeros(n, dtype=bool))
-            return v, g, pa.array(v.astype(typ.to_pandas_dtype()), type=typ, mask=~g)
-
-        gn, gn_given, gn_col = column("grad_norm", pa.float32())
-        thr, thr_given, thr_col = column("clip_threshold", pa.float32())
-        with np.errstate(invalid="ignore"):
-            clipped = gn > thr
-        clipped_known = gn_given & thr_given & np.isfinite(gn)
-        cols = {
-            "step": pa.array(batch.steps, pa.int64()),
-            "segment": pa.array(np.full(n, self.segment, np.int32)),
-            "rank": pa.array(np.full(n, self.rank, np.int32)),
-            "time": pa.array(batch.times, pa.float64()),
-            "loss": _f32(loss),
-            "count": pa.array(count.astype(np.int32)),
-            "nonfinite": pa.array(ring[:, _C_NONFINITE].astype(np.int32)),
-            "grad_norm": gn_col,
-            "clip_threshold": thr_col,
-            "clipped": pa.array(clipped, mask=~clipped_known),
-            "lr": column("lr", pa.float64())[2],
-            "loss_scale": column("loss_scale", pa.float32())[2],
-            "wloss": _f32(wloss),
-            "bad_t": pa.array(ring[:, _C_BADT].astype(np.int32)),
-            "negative": pa.array(ring[:, _C_NEG].astype(np.int32)),
-            "t_min": _nullable(np.where(np.isfinite(tmin), tmin, np.nan), pa.float64()),
-            "t_max": _nullable(np.where(np.isfinite(tmax), tmax, np.nan), pa.float64()),
-        }
-        for name in sorted(vals):
-            cols[name] = column(name, pa.float64())[2]
-        return pa.table(cols)
-
-    def _bins_rows(self, batch: _Batch, split: str, shift: np.ndarray) -> pa.Table:
-        acc = np.moveaxis(batch.tensors[f"acc_{split}"].numpy(), 1, 2)  # (window, bin, column)
-        amin = batch.tensors[f"min_{split}"].numpy()
-        amax = batch.tensors[f"max_{split}"].numpy()
-        wins = batch.windows[split]
-        n_w, nb = acc.shape[:2]
-        keep = (acc[:, :, _C_COUNT] > 0) | (acc[:, :, _C_NONFINITE] > 0)
-        wi, bi = np.nonzero(keep)
-        a = acc[wi, bi]
-        n = a[:, _C_COUNT]
-        with np.errstate(invalid="ignore", divide="ignore"):
-            s1n = np.where(n > 0, a[:, _C_S1] / np.maximum(n, 1), np.nan)
-            mean = shift[bi] + s1n
-            m2 = np.where(n > 0, np.maximum(a[:, _C_S2] - a[:, _C_S1] * s1n, 0.0), np.nan)
-            wmean = np.where(a[:, _C_W] > 0, a[:, _C_WX] / a[:, _C_W], np.nan)
-        has_w = batch.has_weights
-        return pa.table(
-            {
-                "split": pa.array([split] * len(wi), pa.string()),
-                "rank": pa.array(np.full(len(wi), self.rank, np.int32)),
-                "segment": pa.array(np.full(len(wi), self.segment, np.int32)),
-                "step_lo": pa.array(np.array([wins[i].step_lo for i in wi], np.int64)),
-                "step_hi": pa.array(np.array([wins[i].step_hi for i in wi], np.int64)),
-                "bin": pa.array(bi.astype(np.int32)),
-                "count": pa.array(n.astype(np.int64)),
-                "mean": _nullable(mean, pa.float64()),
-                "m2": _nullable(m2, pa.float64()),
-                "min": _f32(np.where(np.isfinite(amin[wi, bi]), amin[wi, bi], np.nan)),
-                "max": _f32(np.where(np.isfinite(amax[wi, bi]), amax[wi, bi], np.nan)),
-                "nonfinite": pa.array(a[:, _C_NONFINITE].astype(np.int64)),
-                "wsum": _nullable(a[:, _C_W] if has_w else np.full(len(wi), np.nan), pa.float64()),
-                "wmean": _nullable(wmean if has_w else np.full(len(wi), np.nan), pa.float64()),
-            }
-        )
-
-    def _probes_table(self, batch: _Batch) -> pa.Table:
-        probe = batch.tensors["probe"].numpy()
-        P, K = probe.shape[:2]
-        nb = self.process.num_bins
-        edges = [(k * nb + K - 1) // K for k in range(K + 1)]  # fine bins b with b*K//nb == k
-        cnt = probe[:, :, 0].ravel()
-        norm = probe[:, :, 1].ravel().astype(np.float64)
-        return pa.table(
-            {
-                "rank": pa.array(np.full(P * K, self.rank, np.int32)),
-                "segment": pa.array(np.full(P * K, self.segment, np.int32)),
-                "step": pa.array(np.repeat(np.array(batch.probe_steps, np.int64), K)),
-                "probe_bin": pa.array(np.tile(np.arange(K, dtype=np.int32), P)),
-                "bin_lo": pa.array(np.tile(np.array(edges[:-1], np.int32), P)),
-                "bin_hi": pa.array(np.tile(np.array(edges[1:], np.int32), P)),
-                "count": pa.array(cnt.astype(np.int32)),
-                "grad_norm": _f32(np.where(cnt > 0, norm, np.nan)),
-            }
-        )
 
 
 # ----------------------------------------------------------------------------
@@ -958,16 +813,6 @@ def _to_numpy(x) -> np.ndarray:
     if isinstance(x, torch.Tensor):
         return x.detach().cpu().numpy()
     return np.asarray(x)
-
-
-def _f32(a: np.ndarray) -> pa.Array:
-    return _nullable(a, pa.float32())
-
-
-def _nullable(a: np.ndarray, typ) -> pa.Array:
-    """NaN becomes null: a missing value is not a number, and the loader tells them apart."""
-    a = np.asarray(a, dtype=np.float64)
-    return pa.array(a.astype(typ.to_pandas_dtype()), type=typ, mask=np.isnan(a))
 
 
 def _schedule_hash(alpha_bar) -> str | None:
