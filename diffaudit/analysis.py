@@ -48,7 +48,7 @@ from __future__ import annotations
 
 import math
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 import polars as pl
@@ -56,12 +56,12 @@ import polars as pl
 from diffaudit import stats
 from diffaudit.errors import DiffauditError
 from diffaudit.findings import Thresholds, evaluate, verdict as _verdict
-from diffaudit.results import (BIN_COLUMNS, Analysis, ClipSummary, EmaSummary, EvalSummary, Finding,  # noqa: F401
+from diffaudit.results import (BIN_COLUMNS, Analysis, ClipSummary, EmaSummary, EvalSummary,
                                GradFlowSummary, LossSummary, NonfiniteSummary, Phases, ProbeSummary,
                                ProfileSummary, RunInfo, ScheduleInfo, SpikeSummary, TimestepSummary)
 from diffaudit.lifecycle import Lifecycle, lifecycle as _lifecycle
 from diffaudit.noise import timestep_cause
-from diffaudit.timeprobe import TimeProbe, time_probe as _time_probe
+from diffaudit.timeprobe import time_probe as _time_probe
 from diffaudit.load import Run
 from diffaudit.reference import reference_lstar, statistics_source
 from diffaudit.words import json_float

@@ -31,7 +31,7 @@ import numpy as np
 from diffaudit.errors import DiffauditError
 from diffaudit.results import GATE_SEVERITIES, SEVERITIES, SEVERITY_RANK, Analysis, Finding  # noqa: F401
 from diffaudit.timeprobe import IGNORED_MARGIN
-from diffaudit.words import MISSING, describe_bins, jsonable, num, pct
+from diffaudit.words import MISSING, describe_bins, num, pct
 
 
 @dataclass(frozen=True)

@@ -448,7 +448,7 @@ def _sight(checks: list[Check], st, rule: Rule, alpha: float, n_base: int, n_can
 
 
 def _weak_words(sight: dict, rule: Rule, single: bool, al: Allowance) -> str:
-    det, tol = sight["detectable"], rule.limit
+    det = sight["detectable"]
     said = (f"too weak to gate on: this comparison can see only rises of the mean loss above {change_text(det, True)}, "
             f"more than twice the {rule.limit_text()} tolerance")
     fixes = []

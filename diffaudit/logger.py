@@ -35,7 +35,6 @@ import re
 import time
 import warnings
 import weakref
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np

@@ -408,7 +408,6 @@ def _best_set(groups: pl.DataFrame, metric: str, alpha: float) -> dict:
     se = g[f"{metric}_se"].to_numpy().astype(np.float64)
     df = g["df"].to_numpy().astype(np.float64)
     names = g["group"].to_list()
-    labels = g["label"].to_list()
     b = int(np.argmin(m))
     others = [i for i in range(len(m)) if i != b]
     diff = np.array([m[i] - m[b] for i in others])
