@@ -328,8 +328,9 @@ def compare(
         notes.append(_single_run_note(allowance, max_lag))
     elif len(cand) == 1:
         notes.append(f"one candidate run against {len(base)} baseline seeds: the candidate is tested against a "
-                     f"prediction interval from the baseline seeds' spread (sd x sqrt(1 + 1/{len(base)}), t with "
-                     f"{len(base) - 1} df), so seed-to-seed variation of this model is seen directly; what it "
+                     f"prediction interval from the baseline seeds' spread (sd x sqrt(1 + 1/{len(base)}); a mean over "
+                     f"bins on t with {len(base) - 1} df, each bin's spread pooled across bins), so seed-to-seed "
+                     "variation of this model is seen directly; what it "
                      "cannot see is a seed distribution with heavier tails than a few baseline seeds show"
                      + ("; with fewer than 5 baseline seeds the intervals are wide" if len(base) < 5 else ""))
     elif len(base) == 1:
