@@ -3,10 +3,12 @@
 Exit codes (documented in ``diffaudit --help`` and the README):
   0  success; for ``compare`` and ``report --fail-on``: no regression / no finding at that level;
      ``watch``: the run finished (a clean close) without a finding at its --fail-on level
-  1  ``compare``: a regression; ``report --fail-on``: a finding at or above that severity;
+  1  ``compare``: a regression; ``report --fail-on``: a finding at or above that severity; ``sweep --fail-on``:
+     a run at that level;
      ``watch``: a finding at its --fail-on level fired, or the run's logger closed on an exception
   2  bad input or usage (missing or corrupt run, wrong option), one line on stderr
-  3  ``compare``: inconclusive (too little overlap or data); ``watch``: the run ended without a close
+  3  ``compare``: inconclusive (too little overlap or data); ``calibrate``: too few shared steps;
+     ``watch``: the run ended without a close
      (killed or crashed), or --timeout passed before it finished
   4  internal error (a bug in diffaudit: please report it); DIFFAUDIT_DEBUG=1 shows the traceback
   130 interrupted (Ctrl-C)
