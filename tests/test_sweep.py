@@ -201,3 +201,14 @@ def test_rows_in_a_state_that_changes_with_time_alone_are_not_cached(tmp_path, m
     monkeypatch.setattr(sweep_lib, "run_row", real)
     sweep_lib.run_rows([folder / "a"], jobs=1)
     assert sweep_lib.run_rows([folder / "a"], jobs=1)[1] == 1  # finished: from the cache
+
+
+@needs_shapes
+def test_outputs_that_cannot_go_where_asked_are_refused_in_one_line(tmp_path):
+    one_line_error(run_cli("sweep", SHAPES / "healthy_s00", "--parquet", "-"), "--parquet -", "binary")
+    run = tmp_path / "run"
+    shutil.copytree(SHAPES / "healthy_s00", run)
+    one_line_error(run_cli("sweep", run, "--json", run / "s.json"), "--json", "inside the input run")
+    one_line_error(run_cli("calibrate", run, SHAPES / "healthy_s01", SHAPES / "healthy_s02", "-o", run / "a.json"),
+                   "-o/--output", "inside the input run")
+    assert not (run / "s.json").exists() and not (run / "a.json").exists()

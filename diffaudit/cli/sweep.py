@@ -13,7 +13,7 @@ from diffaudit import sweeps as sweep_lib
 from diffaudit.analysis import analyze
 from diffaudit.errors import DiffauditError
 from diffaudit.load import load_run
-from diffaudit.cli import EXIT_FAIL, EXIT_OK, any_stdout, main, output_option, write_output
+from diffaudit.cli import EXIT_FAIL, EXIT_OK, any_stdout, main, not_stdout, output_option, write_output
 from diffaudit.present import document, text
 
 FAIL_ON = ("fail", "warn", "never")
@@ -67,8 +67,9 @@ Examples:
 @output_option("--json", "json_out", what="runs, groups, best set and effects as JSON")
 @click.option("--csv", "csv_out", type=click.Path(dir_okay=False, allow_dash=True, path_type=str), metavar="FILE",
               default=None, help="Write one row per run as CSV to FILE ('-' for stdout).")
-@click.option("--parquet", "parquet_out", type=click.Path(dir_okay=False, path_type=str), metavar="FILE",
-              default=None, help="Write one row per run as Parquet to FILE (for pandas, polars or DuckDB).")
+@click.option("--parquet", "parquet_out", type=click.Path(dir_okay=False, allow_dash=True, path_type=str), metavar="FILE",
+              default=None, callback=not_stdout("a Parquet file is binary, not for a terminal or a pipe"),
+              help="Write one row per run as Parquet to FILE (for pandas, polars or DuckDB).")
 def sweep(runs, sort, top, jobs, no_cache, alpha, allowance_path, fail_on, html, reports_dir, json_out, csv_out,
           parquet_out):
     al = allowance_file.read_allowance(allowance_path) if allowance_path else None
