@@ -113,6 +113,25 @@ def change_text(v, relative: bool, *, missing: str = MISSING) -> str:
     return signed_pct(v, missing=missing) if relative else signed(v, missing=missing)
 
 
+def plus_minus(v, se=None, *, missing: str = MISSING) -> str:
+    """'0.7025 ± 0.0015': a value and its 95% half-width (1.96 se), both to the precision the half-width allows."""
+    v = _scalar(v)
+    if is_missing(v):
+        return missing
+    se = _scalar(se)
+    if is_missing(se) or not se > 0:
+        return num(v)
+    h = 1.96 * se
+    digits = max(0, 1 - int(math.floor(math.log10(h))))
+    return f"{v:.{digits}f} ± {h:.{digits}f}"
+
+
+def clipped(text, width: int) -> str:
+    """``text`` cut to ``width`` characters, an ellipsis marking the cut (tables and legends; JSON keeps it whole)."""
+    text = str(text)
+    return text if len(text) <= width else text[:width - 1] + "…"
+
+
 def p_value(p, *, missing: str = MISSING) -> str:
     """A p-value: two significant digits, scientific below 1e-4."""
     p = _scalar(p)

@@ -79,3 +79,12 @@ def test_a_p_value_in_a_sentence_keeps_its_relation():
     assert words.p_is("q", 0.0432) == "q = 0.043"
     assert words.p_is("p", 0.0) == "p < 1e-300" and words.p_value(0.0) == "<1e-300"
     assert words.p_is("q", None) == "q = -"
+
+
+def test_plus_minus_rounds_both_to_the_half_width_and_clipped_marks_the_cut():
+    from diffaudit.words import MISSING, clipped, plus_minus
+
+    assert plus_minus(0.70251, 0.00076) == "0.7025 ± 0.0015"  # 1.96 x 0.00076 = 0.00149
+    assert plus_minus(23.2, 0.39) == "23.20 ± 0.76"
+    assert plus_minus(1.5, None) == "1.5" and plus_minus(None, 0.1) == MISSING
+    assert clipped("abcdef", 4) == "abc…" and clipped("abc", 4) == "abc"

@@ -1018,17 +1018,6 @@ def compare_page(v: Verdict, baseline=(), candidate=(), *, generated: str | None
 # The sweep page
 
 
-def _short_label(label: str, width: int = 90) -> str:
-    """A configuration's label cut to ``width`` characters (the JSON and the terminal hold it whole)."""
-    return label if len(label) <= width else label[:width - 1] + "…"
-
-
-def _ratio_text(v, se=None) -> str:
-    if v is None:
-        return words.MISSING
-    return fmt_num(v, 4) + ("" if not se else f" ± {fmt_num(1.96 * se, 2)}")
-
-
 def sweep_page(s, process, *, reports: dict | None = None, generated: str | None = None) -> str:
     """``diffaudit sweep -o FILE``: the configurations with the best set, the run table, a runs x noise-level heatmap
     in units of L*, the best set's per-noise-level curves and the effects, as one self-contained page.
@@ -1046,8 +1035,8 @@ def sweep_page(s, process, *, reports: dict | None = None, generated: str | None
     if s.groups.height:
         for r in s.groups.sort(m, nulls_last=True).iter_rows(named=True):
             mark = "best" if r["group"] == best.get("best") else ("in" if r["group"] in members else "out")
-            group_rows.append([Cell(_short_label(r["label"], 64)), Cell(str(r["n"]))]
-                              + [Cell(_ratio_text(r.get(c), r.get(f"{c}_se"))) for c in [m] + band_cols]
+            group_rows.append([Cell(words.clipped(r["label"], 64)), Cell(str(r["n"]))]
+                              + [Cell(words.plus_minus(r.get(c), r.get(f"{c}_se"))) for c in [m] + band_cols]
                               + [Cell(mark, "good" if mark != "out" else ""),
                                  Cell(best.get("out", {}).get(r["group"], ""))])
     groups_table = Table(["configuration", "runs", "L* ratio" if m == "lstar_ratio" else "late loss"]
@@ -1063,7 +1052,7 @@ def sweep_page(s, process, *, reports: dict | None = None, generated: str | None
                          Cell(verdict, {"failing": "fail", "warnings": "warn", "error": "fail"}.get(
                              "error" if r["error"] else r["verdict"] or "", "")),
                          Cell(r["error"] or (r["worst"] or "").replace(",", ", ")),
-                         *[Cell(_ratio_text(r.get(c))) for c in ("lstar_ratio", "ratio_low", "ratio_mid", "ratio_high")],
+                         *[Cell(words.plus_minus(r.get(c))) for c in ("lstar_ratio", "ratio_low", "ratio_mid", "ratio_high")],
                          Cell(fmt_pct(r["clip_rate"]) if r["clip_rate"] is not None else words.MISSING),
                          *[Cell(str(r.get(k) or "")) for k in s.varying[:6]]])
     runs_table = Table(["run", "state", "steps", "verdict", "worst findings / error", "L* ratio", "low", "mid", "high",
@@ -1090,7 +1079,7 @@ def sweep_page(s, process, *, reports: dict | None = None, generated: str | None
                     continue
                 arr = np.array([[np.nan if v is None else v for v in row] for row in part["bin_ratio"].to_list()])
                 mean = np.exp(np.nanmean(np.log(arr), axis=0))
-                curves.append(plots.Curve(f"{_short_label(labels.get(g, g), 40)} ({part.height} run"
+                curves.append(plots.Curve(f"{words.clipped(labels.get(g, g), 40)} ({part.height} run"
                                           f"{'s' if part.height > 1 else ''})",
                                           x, mean))
             if curves:
@@ -1100,7 +1089,7 @@ def sweep_page(s, process, *, reports: dict | None = None, generated: str | None
                     "seeds). 1 is the best linear denoiser's loss."))
     effects = []
     for k, per in s.effects.items():
-        rows = [[Cell(v)] + [Cell(str(e["runs"]))] + [Cell(_ratio_text(e.get(c))) for c in
+        rows = [[Cell(v)] + [Cell(str(e["runs"]))] + [Cell(words.plus_minus(e.get(c))) for c in
                                                         ("lstar_ratio", "ratio_low", "ratio_mid", "ratio_high")]
                 for v, e in per.items()]
         effects.append((k, Table([k, "runs", "L* ratio", "low", "mid", "high"], rows,
@@ -1108,7 +1097,7 @@ def sweep_page(s, process, *, reports: dict | None = None, generated: str | None
     n_fail = runs.filter(pl.col("verdict") == "failing").height
     n_err = runs.filter(pl.col("error").is_not_null()).height
     head = [Item("runs", f"{runs.height:,}"), Item("configurations", f"{s.groups.height:,}"),
-            Item("best", _short_label(labels.get(best.get("best"), words.MISSING), 60)),
+            Item("best", words.clipped(labels.get(best.get("best"), words.MISSING), 60)),
             Item("seed spread", f"{fmt_pct(s.spread.get('sd'))} of the mean, from {s.spread.get('source')}"),
             Item("failing runs", f"{n_fail}"), Item("unreadable runs", f"{n_err}")]
     sections = [Section("configurations", "Configurations and the best set"), Section("figures", "Per noise level"),

@@ -9,14 +9,13 @@ cells (which read the gate) load when a table is made.
 
 from __future__ import annotations
 
-import math
 import statistics
 
 from typing import TYPE_CHECKING
 
 from diffaudit.findings import SEVERITIES
 from diffaudit import gate_options as opts
-from diffaudit.words import bin_ranges, bin_spans, edge_span, noise_unit, num, pct
+from diffaudit.words import bin_ranges, bin_spans, clipped, edge_span, noise_unit, num, pct, plus_minus
 
 if TYPE_CHECKING:  # the outputs read the engines' results; importing this module costs no analysis
     from diffaudit.analysis import Analysis
@@ -196,22 +195,6 @@ SWEEP_RUN_COLUMNS = (("run", "name"), ("state", "state"), ("steps", None), ("ver
                      ("mid", "ratio_mid"), ("high", "ratio_high"), ("clip", "clip_rate"))
 
 
-def _clip_text(v, width: int = 28) -> str:
-    v = str(v)
-    return v if len(v) <= width else v[:width - 1] + "…"
-
-
-def _pm(v, se) -> str:
-    """'0.7025 ± 0.0015': the value to the precision its 95% half-width allows."""
-    if v is None:
-        return "-"
-    if not se:
-        return num(v)
-    h = 1.96 * se
-    digits = max(0, 1 - int(math.floor(math.log10(h)))) if h > 0 else 4
-    return f"{v:.{digits}f} ± {h:.{digits}f}"
-
-
 def _cell(v, col: str) -> str:
     if v is None or (isinstance(v, float) and v != v):
         return "-"
@@ -254,7 +237,7 @@ def sweep_lines(s, *, sort: str = "lstar_ratio", top: int | None = None) -> list
             cells[4] = r["error"][:60]
         elif r["provisional"]:
             cells[3] += " (so far)"
-        rows.append(cells + [_clip_text(r[k], 20) for k in extra])
+        rows.append(cells + [clipped(r[k], 20) for k in extra])
     lines += [""] + _table(header, rows, {2, 5, 6, 7, 8, 9})
     if top and n > top:
         lines.append(f"({n - top} more runs; --top shows more)")
@@ -268,15 +251,15 @@ def sweep_lines(s, *, sort: str = "lstar_ratio", top: int | None = None) -> list
                                                else c.removeprefix("ratio_")) for c in cols] + ["best set"]
         rows = []
         for r in g.sort(m, nulls_last=True).iter_rows(named=True):
-            cells = [_clip_text(r["label"], 60), str(r["n"])]
+            cells = [clipped(r["label"], 60), str(r["n"])]
             for c in cols:
-                cells.append(_pm(r.get(c), r.get(f"{c}_se")))
+                cells.append(plus_minus(r.get(c), r.get(f"{c}_se")))
             cells.append("best" if r["group"] == best.get("best") else "in" if r["group"] in members else "out")
             rows.append(cells)
         lines += ["", f"configurations (mean ± 95% half-width; seed spread from {s.spread.get('source')}, "
                       f"sd {pct(s.spread.get('sd') or 0)} of the mean)"]
         lines += _table(header, rows, set(range(1, len(header) - 1)))
-        labels = {k: _clip_text(v, 60) for k, v in zip(g["group"].to_list(), g["label"].to_list())}
+        labels = {k: clipped(v, 60) for k, v in zip(g["group"].to_list(), g["label"].to_list())}
         for metric, b in s.best.items():
             if b.get("best") is None:
                 continue
@@ -290,6 +273,6 @@ def sweep_lines(s, *, sort: str = "lstar_ratio", top: int | None = None) -> list
         parts = []
         for v, e in per.items():
             vals = "/".join("-" if e.get(c) is None else num(e[c]) for c in ("ratio_low", "ratio_mid", "ratio_high"))
-            parts.append(f"{_clip_text(v, 24)}: {vals}")
+            parts.append(f"{clipped(v, 24)}: {vals}")
         lines.append(f"effect of {k} (L* ratio low/mid/high): " + "; ".join(parts))
     return lines
