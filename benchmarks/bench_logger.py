@@ -172,16 +172,17 @@ def reduction_cost(device, n=25600, bins=100, reps=20):
     for strategy in ("index_add",):
         lg = RunLogger(tempfile.mkdtemp(prefix="red_"), alphas_cumprod=ALPHA_BAR, num_bins=bins, buffer_size=n)
         lg.log(0, timesteps=torch.randint(0, T, (n,), device=device), losses=torch.rand(n, device=device))
-        lg._reduction = strategy
-        lg._reduce("train")
-        buf = lg._buf["train"]
+        acc = lg._acc  # the logger's DeviceAccumulator
+        acc.reduction = strategy
+        acc.reduce("train")
+        buf = acc.buf["train"]
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         ms = []
         for _ in range(reps):
             buf.n = n
             torch.cuda.synchronize()
             start.record()
-            lg._reduce("train")
+            acc.reduce("train")
             end.record()
             torch.cuda.synchronize()
             ms.append(start.elapsed_time(end))

@@ -1,6 +1,6 @@
 """diffaudit: is my diffusion model training well, from its training logs alone.
 
-The analyzer side (this package without ``diffaudit.logger``) never imports torch.
+The analyzer side (this package without ``diffaudit.logger`` and its ``diffaudit.accumulator``) never imports torch.
 """
 
 from __future__ import annotations

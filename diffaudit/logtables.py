@@ -1,5 +1,8 @@
 """The Parquet tables of one logger flush, from host copies of the device accumulators: pure functions, no torch.
 
+:class:`PartLedger` is the host bookkeeping of the part being filled (which step each
+ring slot holds, which window each accumulator slot, the scalars given as numbers).
+
 :class:`Batch` is what a flush hands to the writer thread: the host copies of the
 device buffers (``tensors``: arrays or CPU tensors, read through ``np.asarray``) and
 the host bookkeeping of the steps, windows and probes since the last flush. The
@@ -51,6 +54,63 @@ class Batch:
     probe_steps: list = field(default_factory=list)
     has_weights: bool = False
 
+
+
+class PartLedger:
+    """The host bookkeeping of the part being filled: its steps (one ring slot each, with the wall time and
+    the scalars given as numbers), which device-tensor scalars each step was given, its windows per split
+    (one accumulator slot each) and its probe steps. :meth:`batch` hands it over with the host copies."""
+
+    def __init__(self, host_names=(), device_names=()):
+        self.steps: list[int] = []
+        self.times: list[float] = []
+        # a column seen in an earlier part stays known, so every later part has it (null where not given)
+        self.host_scalars: dict[str, list] = {k: [] for k in host_names}
+        self.device_given: dict[str, list] = {k: [] for k in device_names}
+        self.windows: dict[str, list[Window]] = {s: [] for s in rf.SPLITS}
+        self.probe_steps: list[int] = []
+
+    def empty(self) -> bool:
+        return not (self.steps or self.probe_steps or any(self.windows.values()))
+
+    def train_slot(self, step: int, now: float) -> int:
+        """The ring slot of training step ``step``: the last one again (gradient accumulation), or a new one."""
+        if self.steps and self.steps[-1] == step:
+            return len(self.steps) - 1
+        self.steps.append(step)
+        self.times.append(now)
+        for v in self.host_scalars.values():
+            v.append(None)
+        for v in self.device_given.values():
+            v.append(False)
+        return len(self.steps) - 1
+
+    def window_slot(self, split: str, key: int, step: int) -> int:
+        """The accumulator slot of the window ``key`` of ``split`` (train: step // window; eval: the step)."""
+        wins = self.windows[split]
+        if wins and wins[-1].key == key:
+            win = wins[-1]
+            win.step_lo, win.step_hi = min(win.step_lo, step), max(win.step_hi, step)
+        else:
+            wins.append(Window(key, step, step))
+        return len(wins) - 1
+
+    def set_host_scalar(self, slot: int, name: str, value: float) -> None:
+        self.host_scalars.setdefault(name, [None] * len(self.steps))[slot] = float(value)
+
+    def given_on_device(self, slot: int, name: str) -> None:
+        """Step slot ``slot`` was given device scalar ``name`` (a NaN it holds is then a value, not a gap)."""
+        self.device_given.setdefault(name, [False] * len(self.steps))[slot] = True
+
+    def next(self) -> "PartLedger":
+        """An empty ledger for the next part, knowing this one's scalar columns."""
+        return PartLedger(self.host_scalars, self.device_given)
+
+    def batch(self, *, seq: int, event, tensors: dict, device_scalar_names: list, has_weights: bool) -> Batch:
+        return Batch(seq=seq, event=event, tensors=tensors, steps=self.steps, times=self.times,
+                     host_scalars=self.host_scalars, device_scalar_names=list(device_scalar_names),
+                     device_given=self.device_given, windows=self.windows, probe_steps=self.probe_steps,
+                     has_weights=has_weights)
 
 
 def part_tables(batch: Batch, *, num_bins: int, rank: int, segment: int) -> dict[str, pa.Table]:

@@ -44,7 +44,7 @@ def test_bin_statistics_match_numpy(tmp_path, linear_alpha_bar, flush_every, win
     with RunLogger(tmp_path / "r", alphas_cumprod=linear_alpha_bar, num_bins=50, flush_every=flush_every,
                    window=window, buffer_size=buffer_size) as lg:
         lg._allocate(torch.device("cpu"))
-        lg._reduction = reduction  # both reduction strategies (index_add is the CUDA default), run on the CPU
+        lg._acc.reduction = reduction  # both reduction strategies (index_add is the CUDA default), run on the CPU
         for s in range(steps):
             lg.log(s, timesteps=torch.from_numpy(ts[s]), losses=torch.from_numpy(xs[s]))
     run = diffaudit.load_run(tmp_path / "r")

@@ -53,3 +53,19 @@ def test_bins_and_steps_match_a_direct_computation():
         assert steps["loss"][s] == pytest.approx(x.mean(), rel=1e-6) and steps["count"][s] == x.size
     assert steps["negative"] == [0, 1] and steps["lr"] == [1e-3, None]  # a scalar not logged is null, not NaN
     assert steps["grad_norm"] == [None, None] and steps["clipped"] == [None, None]
+
+
+def test_the_part_ledger_gives_slots_and_keeps_known_scalar_columns_into_the_next_part():
+    led = lt.PartLedger()
+    assert led.empty()
+    assert [led.train_slot(s, 0.0) for s in (5, 5, 6)] == [0, 0, 1]  # a repeated step is gradient accumulation
+    assert [led.window_slot("train", k, s) for k, s in ((0, 5), (0, 6), (1, 10))] == [0, 0, 1]
+    assert led.windows["train"][0] == lt.Window(0, 5, 6)
+    led.set_host_scalar(1, "lr", 2e-4)
+    led.given_on_device(0, "grad_norm")
+    assert led.host_scalars == {"lr": [None, 2e-4]} and led.device_given == {"grad_norm": [True, False]}
+    batch = led.batch(seq=3, event=None, tensors={}, device_scalar_names=["grad_norm"], has_weights=False)
+    assert batch.steps == [5, 6] and batch.seq == 3 and batch.windows["train"][1].key == 1
+    nxt = led.next()
+    assert nxt.empty() and nxt.train_slot(7, 0.0) == 0
+    assert nxt.host_scalars == {"lr": [None]} and nxt.device_given == {"grad_norm": [False]}  # null, not absent
