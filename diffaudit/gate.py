@@ -1323,7 +1323,8 @@ def _loss_checks(grid, sel, base, cand, rules, alpha, correction, max_lag, lstar
 def group_detectables(st: _BinStats, tolerance: float = TOLERANCE, alpha: float = ALPHA,
                       correction: str = CORRECTION) -> list[float]:
     """The detectable rise of each aggregate of ``st`` (the first: the mean over all bins): the tolerance, plus
-    what the progress lag may remove, plus the shift its test catches with 80% probability on its own."""
+    what the progress lag may remove, plus the shift its test catches with 80% probability on its own, at the
+    level the first step of the aggregates' joint test (or Holm's) gives it."""
     lvl = _group_level(st, alpha)
     return [tolerance + float(np.mean(st.lag_cap * st.elastic[members]))
             + float(stats.detectable_shift(math.sqrt(v), d, lvl)) for _, members, _, v, d in st.groups]
