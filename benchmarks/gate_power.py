@@ -49,10 +49,12 @@ import polars as pl
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(1, str(REPO / "tests"))  # the synthetic AR(1) noise the gate's simulation tests share
 
 from diffaudit import gate, gate_options  # noqa: E402
 from diffaudit.calibration import calibrate  # noqa: E402
 from diffaudit.load import load_run  # noqa: E402
+from _stats import ar1_rows  # noqa: E402
 
 NO_FINDINGS = ("findings:off",)
 
@@ -147,15 +149,6 @@ B, PHI, AR_SD, WHITE_SD, COMMON = 50, 0.9, 0.01, 0.02, 0.3
 SEED_COMMON, SEED_BIN = 0.01, 0.015
 
 
-def _ar1(rng, rows: int, K: int) -> np.ndarray:
-    e = rng.standard_normal((rows, K))
-    z = np.empty_like(e)
-    z[:, 0] = e[:, 0]
-    for j in range(1, K):
-        z[:, j] = PHI * z[:, j - 1] + np.sqrt(1 - PHI**2) * e[:, j]
-    return z
-
-
 def _curves(K: int) -> np.ndarray:
     t = np.arange(K) + 0.5
     floor = 0.02 + 0.5 * np.exp(-np.arange(B) / 12.0)
@@ -175,7 +168,7 @@ def simulate(seeds: int, K: int, rise: float, trials: int, seed: int) -> tuple[f
         for r in range(seeds + 1):
             effect = 1 + SEED_COMMON * rng.standard_normal() + SEED_BIN * rng.standard_normal(B)
             mean = base * effect[:, None] * (1 + rise if r == seeds else 1.0)
-            drift = np.sqrt(1 - COMMON) * _ar1(rng, B, K) + np.sqrt(COMMON) * _ar1(rng, 1, K)
+            drift = np.sqrt(1 - COMMON) * ar1_rows(rng, B, K, PHI) + np.sqrt(COMMON) * ar1_rows(rng, 1, K, PHI)
             runs.append(mean * (1 + AR_SD * drift + WHITE_SD * rng.standard_normal((B, K))))
         blocks = np.array(runs)[:, :, sel]
         st = gate.seed_stats(blocks.mean(axis=2), blocks[:seeds].mean(axis=0), x[sel], 100.0 * K, seeds)

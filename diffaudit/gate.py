@@ -98,7 +98,15 @@ actually do; no allowance is added.
 *Many bins.* One-sided p-values are adjusted across bins with Holm by default
 (the false alarm is a family-wise event; ``correction="by"`` is available). The
 bins and the two aggregates split alpha (``GROUP_ALPHA_SHARE``, half each;
-Bonferroni between the two families, Holm within).
+Bonferroni between the two families). The two aggregates are nearly the same
+test (the still-falling bins are half of all bins): they are tested jointly, a
+step-down max-T test whose first step takes the smaller p-value against the
+pair's joint null (:func:`diffaudit.stats.pair_max_sf`: correlated numerators,
+variance estimates from the same runs), the correlation from a model of the
+bins (an AR(1) along the noise levels, each bin with its own variance,
+:func:`diffaudit.stats.ar1_group_correlation`) that errs low, the safe side.
+Where no model of the bins' correlation is at hand (one run per side with the
+built-in allowance) the aggregates take Holm.
 
 *The other checks* each test at ``alpha`` against their limit: speed over
 seeds on log(steps), and with one run per side against ``SEED_SPEED_SD`` (a
@@ -429,10 +437,11 @@ def _sight(checks: list[Check], st, rule: Rule, alpha: float, n_base: int, n_can
         return out
     tol = rule.limit
     lag = float(np.mean(st.lag_cap * st.elastic[np.isfinite(st.change)])) if np.isfinite(st.change).any() else 0.0
-    _, lvl = _levels(1, max(len(st.groups), 1), alpha, correction)
 
     def would_see(k: int) -> float:
-        # k baseline seeds against one candidate: a prediction interval from the seeds' spread of the mean
+        # k baseline seeds against one candidate: a prediction interval from the seeds' spread of the mean, its
+        # aggregates as correlated as these
+        lvl = _group_level(st, alpha, k - 1)
         return tol + lag + float(stats.detectable_shift(st.run_sd * math.sqrt(1 + 1 / k), k - 1, lvl))
 
     if math.isfinite(st.run_sd) and st.run_sd > 0:
@@ -836,6 +845,7 @@ class _BinStats:
     notes: list  # what the noise model rested on
     lag_cap: float = 0.0  # the most progress lag the candidate may have removed (share of the matched steps)
     run_sd: float = math.nan  # sd of one run's mean level over the tested bins (relative): for projections
+    group_rho: float = math.nan  # correlation of the two aggregates' statistics (a model's); NaN: Holm between them
 
 
 def _lag_bound(max_lag: float, elastic: np.ndarray, falling: np.ndarray, tolerance: float) -> float:
@@ -994,12 +1004,31 @@ def single_run_stats(a: np.ndarray, b: np.ndarray, x: np.ndarray, sel: np.ndarra
             v, d = _satterthwaite(np.array([se * se]), np.array([dfg]), known)
         groups.append((name, members, float(np.mean(change[members])), float(v[0]), float(d[0])))
     run_sd = math.sqrt(groups[0][3] / 2) if groups else math.nan
+    rho = _group_rho(var, _bins_lag1(al), groups)
     if al.calibrated:
         notes.append(f"seed allowance calibrated on this configuration ({al.source})" +
                      ("" if whole else f"; its runs were {al.steps:,} steps long against {int(span):,} here, so "
                       "it is added to the within-run variability rather than standing for it"))
     return _BinStats(level_a, level_b, raw, change, var, df, elastic, lag, lag_fit, why, groups, notes,
-                     _lag_bound(max_lag, elastic, falling, tolerance), run_sd)
+                     _lag_bound(max_lag, elastic, falling, tolerance), run_sd, rho)
+
+
+def _bins_lag1(al: Allowance) -> float:
+    """The calibration runs' lag-1 correlation of their deviations along the bins; NaN without a calibration."""
+    if al.deviations is None:
+        return math.nan
+    try:
+        return stats.pooled_spread(np.asarray(al.deviations, np.float64)).r1
+    except InconclusiveError:
+        return math.nan
+
+
+def _group_rho(var: np.ndarray, r1: float, groups: list) -> float:
+    """The modelled correlation of the two aggregates (bins an AR(1) along the noise levels with coefficient r1,
+    each with its variance ``var``); NaN unless there are two aggregates and an r1."""
+    if len(groups) != 2 or not math.isfinite(r1):
+        return math.nan
+    return stats.ar1_group_correlation(var, r1, groups[0][1], groups[1][1])
 
 
 def _groups(tested: np.ndarray, falling: np.ndarray) -> list[tuple[str, np.ndarray]]:
@@ -1145,8 +1174,9 @@ def seed_stats(late: np.ndarray, pooled_blocks: np.ndarray, x: np.ndarray, span:
         dev = np.concatenate([per_run[:R0] - np.mean(per_run[:R0]), per_run[R0:] - np.mean(per_run[R0:])])
         d = (R0 - 1) + (R - R0 - 1)
         run_sd = math.sqrt(float(np.sum(dev**2)) / d) if d > 0 else math.nan
+    rho = _group_rho(var, spread.r1 if spread is not None else math.nan, groups)
     return _BinStats(level_a, level_b, raw, change, var, df, elastic, lag, lag, why, groups, notes,
-                     _lag_bound(max_lag, elastic, falling, tolerance), run_sd)
+                     _lag_bound(max_lag, elastic, falling, tolerance), run_sd, rho)
 
 
 def _pooled_seed_spread(adjusted: np.ndarray, R0: int, tested: np.ndarray, scale=None) -> stats.PooledSpread | None:
@@ -1179,14 +1209,28 @@ def _p_above(change: float, se: float, df: float, limit: float) -> float:
     return _one_sided(change - limit, se, df)
 
 
-def _adjust(p_bins: np.ndarray, p_groups: np.ndarray, correction: str) -> tuple[np.ndarray, np.ndarray]:
+def _adjust(p_bins: np.ndarray, p_groups: np.ndarray, correction: str, rho: float = math.nan,
+            df: float = math.nan) -> tuple[np.ndarray, np.ndarray]:
     """Adjusted p-values: the bins and the aggregates split alpha (GROUP_ALPHA_SHARE to the aggregates, Bonferroni
-    between the two families) and are adjusted within each family (``correction`` for bins, Holm for aggregates)."""
+    between the two families) and are adjusted within each family: ``correction`` for bins; for two aggregates
+    whose statistics correlate by ``rho`` on ``df`` degrees of freedom, a step-down max-T (the smaller p against
+    the pair's joint null, then the other alone), else Holm."""
     if p_groups.size == 0:
         return stats.adjust_pvalues(p_bins, correction), p_groups
     qb = np.minimum(stats.adjust_pvalues(p_bins, correction) / (1 - GROUP_ALPHA_SHARE), 1.0)
+    if p_groups.size == 2 and math.isfinite(rho) and np.isfinite(p_groups).all() and df >= 1:
+        first = int(np.argmin(p_groups))
+        q1 = min(stats.pair_max_sf(float(p_groups[first]), rho, df), 1.0)
+        qg = np.empty(2)
+        qg[first], qg[1 - first] = q1, max(q1, float(p_groups[1 - first]))
+        return qb, np.minimum(qg / GROUP_ALPHA_SHARE, 1.0)
     qg = np.minimum(stats.adjust_pvalues(p_groups, "holm") / GROUP_ALPHA_SHARE, 1.0)
     return qb, qg
+
+
+def _pair_df(st: "_BinStats") -> float:
+    """Degrees of freedom the aggregates' joint test assumes: the smaller of theirs (fewer is the safe side)."""
+    return min((float(g[4]) for g in st.groups), default=math.nan)
 
 
 def decide(st: _BinStats, *, tolerance: float = TOLERANCE, alpha: float = ALPHA,
@@ -1200,7 +1244,7 @@ def decide(st: _BinStats, *, tolerance: float = TOLERANCE, alpha: float = ALPHA,
     p = np.array([_p_above(st.change[k], se[k], st.df[k], tolerance) if np.isfinite(st.change[k]) else np.nan
                   for k in range(st.change.size)])
     pg = np.array([_p_above(g[2], math.sqrt(g[3]), g[4], tolerance) for g in st.groups])
-    q, qg = _adjust(p, pg, correction)
+    q, qg = _adjust(p, pg, correction, st.group_rho, _pair_df(st))
     return p, q, pg, qg
 
 
@@ -1279,9 +1323,9 @@ def _loss_checks(grid, sel, base, cand, rules, alpha, correction, max_lag, lstar
 def group_detectables(st: _BinStats, tolerance: float = TOLERANCE, alpha: float = ALPHA,
                       correction: str = CORRECTION) -> list[float]:
     """The detectable rise of each aggregate of ``st`` (the first: the mean over all bins): the tolerance, plus
-    what the progress lag may remove, plus the shift its test catches with 80% probability on its own."""
-    p_bins = np.isfinite(st.change).sum()
-    _, lvl = _levels(p_bins, len(st.groups), alpha, correction)
+    what the progress lag may remove, plus the shift its test catches with 80% probability on its own, at the
+    level the first step of the aggregates' joint test (or Holm's) gives it."""
+    lvl = _group_level(st, alpha)
     return [tolerance + float(np.mean(st.lag_cap * st.elastic[members]))
             + float(stats.detectable_shift(math.sqrt(v), d, lvl)) for _, members, _, v, d in st.groups]
 
@@ -1291,6 +1335,15 @@ def group_detectable(st: _BinStats, tolerance: float = TOLERANCE, alpha: float =
     """The detectable rise of the mean over all bins, as a verdict states it; NaN without aggregates."""
     d = group_detectables(st, tolerance, alpha, correction)
     return d[0] if d else math.nan
+
+
+def _group_level(st: _BinStats, alpha: float, df: float | None = None) -> float:
+    """The one-sided level an aggregate must reach to regress on its own (the first step of :func:`_adjust`):
+    the pair's max-T level on ``df`` (default: the aggregates' own) where the two correlate, else Holm's."""
+    share = alpha * GROUP_ALPHA_SHARE
+    if len(st.groups) == 2 and math.isfinite(st.group_rho):
+        return stats.pair_level(share, st.group_rho, _pair_df(st) if df is None else df)
+    return share / max(len(st.groups), 1)
 
 
 def _levels(m_bins: int, m_groups: int, alpha: float, correction: str) -> tuple[float, float]:

@@ -24,3 +24,14 @@ def ar1_correlation(n: int, phi: float) -> np.ndarray:
     """The n x n correlation matrix phi^|i-j| of an AR(1) series."""
     i = np.arange(int(n))
     return float(phi) ** np.abs(i[:, None] - i[None, :])
+
+
+def ar1_rows(rng, rows: int, n: int, phi: float) -> np.ndarray:
+    """(rows, n) stationary AR(1) series with unit variance and coefficient phi (each row starts in its
+    stationary law): the synthetic block noise of the gate's simulations (tests and benchmarks/gate_power.py)."""
+    e = rng.standard_normal((rows, n))
+    z = np.empty_like(e)
+    z[:, 0] = e[:, 0]
+    for j in range(1, n):
+        z[:, j] = phi * z[:, j - 1] + np.sqrt(1 - phi**2) * e[:, j]
+    return z

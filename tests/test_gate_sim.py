@@ -19,6 +19,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from _stats import ar1_rows
 from diffaudit import gate, gate_options, stats
 
 B, FALLING = 20, 10
@@ -41,19 +42,9 @@ def curves(K: int, tau_falling: float | None) -> np.ndarray:
     return out
 
 
-def ar1(rng, rows: int, K: int) -> np.ndarray:
-    """Stationary AR(1) rows with unit variance."""
-    e = rng.standard_normal((rows, K))
-    z = np.empty_like(e)
-    z[:, 0] = e[:, 0]
-    for j in range(1, K):
-        z[:, j] = PHI * z[:, j - 1] + np.sqrt(1 - PHI**2) * e[:, j]
-    return z
-
-
 def draw(rng, mean: np.ndarray) -> np.ndarray:
     rows, K = mean.shape
-    drift = np.sqrt(1 - COMMON) * ar1(rng, rows, K) + np.sqrt(COMMON) * ar1(rng, 1, K)
+    drift = np.sqrt(1 - COMMON) * ar1_rows(rng, rows, K, PHI) + np.sqrt(COMMON) * ar1_rows(rng, 1, K, PHI)
     return mean * (1.0 + AR_SD * drift + WHITE_SD * rng.standard_normal((rows, K)))
 
 
