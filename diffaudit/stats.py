@@ -90,7 +90,7 @@ from functools import lru_cache
 
 import numpy as np
 import polars as pl
-from scipy import special
+from scipy import optimize, special
 
 from diffaudit.errors import DataError, InconclusiveError
 
@@ -1329,33 +1329,19 @@ def pair_max_sf(level: float, rho: float, df: float) -> float:
 
 @lru_cache(maxsize=1024)
 def _pair_level(level: float, rho: float, df: float) -> float:
-    # P(max) lies between the marginal level and twice it: regula falsi (Illinois) on the logs, bracketed
+    # P(max) lies between the marginal level and twice it: a bracketed root on the logs
     def f(x: float) -> float:
         return math.log(pair_max_sf(math.exp(x), rho, df)) - math.log(level)
 
     a, b = math.log(level / 2), math.log(level)
-    fa, fb = f(a), f(b)
-    if fa >= 0:
+    if f(a) >= 0:
         return level / 2
-    if fb <= 0:
+    if f(b) <= 0:
         return level
-    side = 0
-    for _ in range(50):
-        c = b - fb * (b - a) / (fb - fa)
-        fc = f(c)
-        if abs(fc) < 1e-9 or abs(b - a) < 1e-12:
-            break
-        if fc > 0:
-            b, fb = c, fc
-            if side == -1:
-                fa /= 2
-            side = -1
-        else:
-            a, fa = c, fc
-            if side == 1:
-                fb /= 2
-            side = 1
-    return math.exp(c) if fc <= 1e-9 else math.exp(a)  # not above the level asked for (to 1e-9 relative)
+    x = optimize.brentq(f, a, b, xtol=1e-12)
+    while f(x) > 1e-12:  # never above the level asked for
+        x -= 1e-9
+    return math.exp(x)
 
 
 def pair_level(level: float, rho: float, df: float) -> float:
