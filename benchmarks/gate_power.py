@@ -4,6 +4,7 @@ detectable rise is honest, on real runs of every family and in simulation.
     python benchmarks/gate_power.py                       # every family in sample_logs/ + the simulation
     python benchmarks/gate_power.py --families shapes_mlp --rises 0 5 10 --trials 20
     python benchmarks/gate_power.py --sim-only            # the simulation alone (library functions)
+    python benchmarks/gate_power.py --rises 5 --trials 280 --sim-trials 0   # every seed combination at +5%, no simulation
 
 Real runs. For each family, its healthy seeds (all differ only in their seed);
 a candidate is a healthy seed with every logged training loss raised by a known
@@ -188,7 +189,7 @@ def main() -> None:
     ap.add_argument("--trials", type=int, default=20, help="trials per design, family and rise above 0")
     ap.add_argument("--null-trials", type=int, default=280,
                     help="trials at rise 0 (false positives): every combination up to this many")
-    ap.add_argument("--sim-trials", type=int, default=300)
+    ap.add_argument("--sim-trials", type=int, default=300, help="trials per simulated cell (0: no simulation)")
     ap.add_argument("--sim-only", action="store_true")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", type=Path, default=None, help="also write every row as JSON")
@@ -206,6 +207,15 @@ def main() -> None:
                 honest = (f"{row['caught_there']}/{row['at_or_above_detectable']}" if row["rise"] else "")
                 print(f"{name:18} {role:11} {row['design']:22} {row['rise']:>4g}% "
                       f"{row['flagged']:>4}/{row['trials']:<4} {det:>17} {honest:>20}", flush=True)
+    if a.sim_trials > 0:
+        simulation(a, out)
+    if a.json:
+        a.json.write_text(json.dumps(out, indent=1))
+    print(f"\n({time.time() - t0:.0f} s)")
+
+
+def simulation(a, out: dict) -> None:
+    """The simulation's table (``--sim-trials`` trials a cell), its rows appended to ``out``."""
     print("\nsimulation (library functions): baseline seeds vs one candidate, every bin raised")
     print(f"{'seeds':>5} {'steps':>7} {'rise':>5} {'flagged':>8} {'can see (median)':>17}")
     if 0 not in a.rises:
@@ -221,9 +231,6 @@ def main() -> None:
                                           "detectable_median": det, "trials": a.sim_trials, "at_stated": rise == "stated"})
                 label = f"{100 * r:>4.1f}%" + (" (the stated detectable rise)" if rise == "stated" else "")
                 print(f"{seeds:>5} {100 * K:>7,} {label} {100 * share:>7.1f}% {100 * det:>16.1f}%", flush=True)
-    if a.json:
-        a.json.write_text(json.dumps(out, indent=1))
-    print(f"\n({time.time() - t0:.0f} s)")
 
 
 if __name__ == "__main__":
