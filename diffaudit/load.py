@@ -352,8 +352,8 @@ def _read_part(kind: str, f: Path, limit: int) -> tuple[pa.Table, list[str]]:
 FAST_READ_MIN_PARTS = 1  # a single part is read by the careful reader either way
 
 
-def _first_part(kind: str, files: list[Path]) -> tuple[list[str], list[str]] | None:
-    """(column names, dropped columns) of the first part of one kind when its schema passes the careful reader's
+def _first_part(kind: str, files: list[Path]) -> tuple[list[str], list[str], list] | None:
+    """(column names, dropped columns, (name, dtype) pairs) of the first part of one kind when its schema passes the careful reader's
     checks: the schema the fast reader holds every other part to. None sends the kind to the part-by-part
     reader, which then names what is wrong.
 
@@ -369,7 +369,7 @@ def _first_part(kind: str, files: list[Path]) -> tuple[list[str], list[str]] | N
     why, drop = schema_violation(kind, polars_types(schema))
     if why:
         return None
-    return list(schema), list(drop)
+    return list(schema), list(drop), list(schema.items())
 
 
 def _metadata_rows(md) -> int:
@@ -377,36 +377,63 @@ def _metadata_rows(md) -> int:
     return max(md.num_rows, sum(md.row_group(i).num_rows for i in range(md.num_row_groups)))
 
 
-def _read_all_at_once(kind: str, files: list[Path], first: tuple, limit: int) -> tuple[pl.DataFrame, list[str]] | None:
-    """Every part of one kind in one multi-threaded polars read, held to the first part's schema
-    (:func:`_first_part`). None sends the caller to the part-by-part reader; so does any error of the read.
+FAST_READ_GROUP = 64  # parts per polars read of the fast reader (~64,000 rows of a part of 1,000 rows)
 
-    Polars raises for a part whose columns or types differ from the first's (a column missing, an extra one,
-    another type), as the careful reader needs to see them. Each row's part comes from its file's path. The
-    read stops after ``limit`` rows per part in all, so a part whose footer claims far more rows than a
-    part can hold (a decompression bomb) costs no more than parts at the limit would; any part over its limit
-    sends the kind to the careful reader, which refuses that part unread and names it. Polars can panic on a
-    damaged page, printing from Rust: its stderr is silenced for the read, and the part-by-part reader
-    (pyarrow, which raises instead) takes over.
+
+def _read_all_at_once(kind: str, files: list[Path], first: tuple, limit: int) -> tuple[pl.DataFrame, list[str]] | None:
+    """Every part of one kind in multi-threaded polars reads of FAST_READ_GROUP parts each, held to the first
+    part's schema (:func:`_first_part`). None sends the caller to the part-by-part reader; so does any error of
+    a read.
+
+    Polars raises for a part whose columns or types differ from the first of its read's (a column missing, an
+    extra one, another type), and the first part of each read after the first is held to the run's first part
+    here, as the careful reader needs to see them. Each row's part comes from its file's path. Each read stops
+    after ``limit`` rows per part in all, so a part whose footer claims far more rows than a part can hold (a
+    decompression bomb) costs no more than parts at the limit would; any part over its limit sends the kind to
+    the careful reader, which refuses that part unread and names it. Polars can panic on a damaged page,
+    printing from Rust: its stderr is silenced for the read, and the part-by-part reader (pyarrow, which
+    raises instead) takes over.
+
+    Memory: a read of many parts holds one small chunk per part and column; a frame in one chunk per column
+    needs those and the copy at once, and the allocator keeps the freed small chunks a while (about twice the
+    kind's size in all). A group at a time, each made one chunk as it is read, costs one group's worth above
+    the frame, which keeps one chunk per group.
     """
-    names, drop = first
+    names, drop, schema = first
     paths = [str(f) for f in files]
     keep = [n for n in names if n not in drop]
+    pieces = []
     try:
         with _polars_read():
-            df = (pl.scan_parquet(paths, glob=False, hive_partitioning=False, include_file_paths="_path",
-                                  n_rows=limit * len(paths) + 1)
-                  .select(*keep, pl.col("_path").cast(pl.Enum(paths)).to_physical().cast(pl.Int32).alias("_part"))
-                  .collect())
-            counts = np.bincount(df["_part"].to_numpy(), minlength=len(paths))
-            if counts.size != len(paths) or counts.max(initial=0) > limit:
-                return None
-            # one chunk per column now, on this kind's thread: every later step wants it, and a drop on the main
-            # thread would otherwise do it there (~0.06 s for 1,000,000 bins rows read from 1,000 parts)
-            df = df.rechunk().with_columns(_cast_to_format(kind, df.select(keep)))
+            for lo in range(0, len(paths), FAST_READ_GROUP):
+                group = paths[lo:lo + FAST_READ_GROUP]
+                if lo and list(pl.read_parquet_schema(group[0]).items()) != schema:
+                    return None
+                df = (pl.scan_parquet(group, glob=False, hive_partitioning=False, include_file_paths="_path",
+                                      n_rows=limit * len(group) + 1)
+                      .select(*keep, (pl.col("_path").cast(pl.Enum(group)).to_physical().cast(pl.Int32)
+                                      + lo).alias("_part"))
+                      .collect())
+                counts = np.bincount(df["_part"].to_numpy() - lo, minlength=len(group))
+                if counts.size != len(group) or counts.max(initial=0) > limit:
+                    return None
+                # one chunk per column and group, on this kind's thread: every later step reads the columns
+                df = df.with_columns(_cast_to_format(kind, df.select(keep)))
+                pieces.append(_unfilled(df).rechunk())
+                del df
+            df = pl.concat(pieces, rechunk=False)
     except _ReadFailed:
         return None
     return df, list(drop)
+
+
+def _unfilled(df: pl.DataFrame) -> pl.DataFrame:
+    """df with each column that holds only nulls (no weights logged, no loss scale: whole columns of many runs)
+    made anew, its values never written: the pages of such a column are never touched, and cost no memory."""
+    empty = [c for c in df.columns if df[c].null_count() == df.height > 0]
+    if not empty:
+        return df
+    return df.with_columns(pl.Series(c, dtype=df.schema[c]).extend_constant(None, df.height) for c in empty)
 
 
 def _cast_to_format(kind: str, df: pl.DataFrame) -> list[pl.Expr]:
