@@ -101,17 +101,33 @@ class Run:
 
     @property
     def train_bins(self) -> pl.DataFrame:
-        return self.bins.filter(pl.col("split") == "train")
+        return self.split_bins("train")
 
     @property
     def eval_bins(self) -> pl.DataFrame:
         """Held-out data evaluated with the live weights."""
-        return self.bins.filter(pl.col("split") == "eval")
+        return self.split_bins("eval")
 
     @property
     def ema_bins(self) -> pl.DataFrame:
         """The EMA weights evaluated (on held-out data)."""
-        return self.bins.filter(pl.col("split") == "ema")
+        return self.split_bins("ema")
+
+    def split_bins(self, split: str) -> pl.DataFrame:
+        """The bins rows of one split, in their order. A loaded run's bins are sorted by split, so a split's rows
+        are one stretch of them, returned as a view (no copy: the train rows of a long run are most of its
+        memory); rows of a split spread among others' are filtered out, as any frame's would be."""
+        b = self.bins
+        hit = (b["split"] == split).fill_null(False)
+        n = int(hit.sum())
+        if n == b.height:
+            return b
+        if n == 0:
+            return b.clear()
+        first = int(hit.arg_max())
+        if hit.slice(first, n).all():
+            return b.slice(first, n)
+        return b.filter(hit)
 
     @property
     def extra_scalars(self) -> list[str]:
