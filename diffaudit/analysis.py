@@ -74,6 +74,8 @@ PHASE_FRACTION = 0.2  # width of the early and middle phases, as a fraction of t
 TREND_FRACTION = 0.5  # trends and stagnation are judged on the last half of training
 MAX_POINTS = 2000  # rows of the downsampled per-step series (for plots)
 MAX_TIME_ROWS = 200  # time rows of the per-bin heatmap series
+GRID_STRETCH = 1 << 16  # bins rows made into grid cells at a time (their temporaries: a few MB)
+STEP_SERIES_STRETCH = 1 << 16  # steps rows reduced to plotted points at a time
 MAX_SPIKE_EVENTS = 50  # spike events kept (largest first)
 MAX_TREND_WINDOWS = 1000  # longer trend stretches are merged (exactly) into this many windows first
 # spikes: the threshold follows the tail of the run's own robust z (see spike_threshold)
@@ -208,21 +210,44 @@ class _Grid:
         step = np.diff(centre)
         if np.all(step >= 0):  # windows in step order (as loaded): their ids without a sort
             new = np.r_[True, step > 0]
-            ux, wi = centre[new], np.cumsum(new) - 1
+            ux, wi = centre[new], np.cumsum(new)
+            wi -= 1
+            del new
         else:
             ux, wi = np.unique(centre, return_inverse=True)
+        del centre, step
         W = ux.size
-        b = np.clip(bins["bin"].to_numpy().astype(np.int64), 0, nb - 1)
-        flat = wi * nb + b
-        size = W * nb
-        m = stats.merge_groups(flat, bins["count"].fill_null(0).to_numpy(), bins["mean"].fill_null(np.nan).to_numpy(),
-                               bins["m2"].fill_null(np.nan).to_numpy(), size)
-        N, M, M2 = m.count, m.mean, m.m2
-        nf = np.bincount(flat, bins["nonfinite"].fill_null(0).to_numpy().astype(np.float64), size)
         slo = np.full(W, np.iinfo(np.int64).max)
         shi = np.full(W, np.iinfo(np.int64).min)
         np.minimum.at(slo, wi, lo)
         np.maximum.at(shi, wi, hi)
+        del lo, hi
+        b = bins["bin"].to_numpy().astype(np.int64)
+        np.clip(b, 0, nb - 1, out=b)
+        flat = wi
+        flat *= nb
+        flat += b  # wi * nb + b
+        del b, wi
+        size = W * nb
+        if flat.size and flat[0] >= 0 and flat[-1] < size and np.all(flat[1:] > flat[:-1]):
+            # one row per (window, bin) at most, in grid order (as loaded): nothing to merge, and stats.merge_groups
+            # on a stretch of rows gives what it gives on all of them. A stretch at a time: the columns as float64
+            # and merge_groups' temporaries then cost a stretch's worth of memory, not a dozen columns' worth.
+            N, M, M2, nf = np.zeros(size), np.full(size, np.nan), np.zeros(size), np.zeros(size)
+            for a in range(0, flat.size, GRID_STRETCH):
+                g = flat[a:a + GRID_STRETCH]
+                g0, k = int(g[0]), int(g[-1] - g[0]) + 1
+                g = g - g0
+                part = bins.slice(a, GRID_STRETCH)
+                m = stats.merge_groups(g, part["count"].fill_null(0).to_numpy(),
+                                       part["mean"].fill_null(np.nan).to_numpy(), part["m2"].fill_null(np.nan).to_numpy(), k)
+                N[g0:g0 + k], M[g0:g0 + k], M2[g0:g0 + k] = m.count, m.mean, m.m2
+                nf[g0:g0 + k] = np.bincount(g, part["nonfinite"].fill_null(0).to_numpy().astype(np.float64), k)
+        else:
+            m = stats.merge_groups(flat, bins["count"].fill_null(0).to_numpy(), bins["mean"].fill_null(np.nan).to_numpy(),
+                                   bins["m2"].fill_null(np.nan).to_numpy(), size)
+            N, M, M2 = m.count, m.mean, m.m2
+            nf = np.bincount(flat, bins["nonfinite"].fill_null(0).to_numpy().astype(np.float64), size)
         shape = (W, nb)
         return cls(slo, shi, ux, N.reshape(shape), M.reshape(shape), M2.reshape(shape), nf.reshape(shape))
 
@@ -580,6 +605,14 @@ def _step_series(steps: pl.DataFrame, max_points: int) -> pl.DataFrame:
     finite = loss.filter(loss.is_finite())
     gn = pl.col("grad_norm").cast(pl.Float64)
     gfin = gn.filter(gn.is_finite())
+    # groups of `every` consecutive rows, so a stretch of whole groups is reduced at a time: the aggregations'
+    # temporaries (each column as float64, filtered, per group) then cost a stretch's worth of memory
+    stretch = every * max(1, STEP_SERIES_STRETCH // every)
+    return pl.concat([_step_series_groups(steps.slice(a, stretch), every, finite, gfin)
+                      for a in range(0, steps.height, stretch)])
+
+
+def _step_series_groups(steps: pl.DataFrame, every: int, finite: pl.Expr, gfin: pl.Expr) -> pl.DataFrame:
     return (
         steps.with_row_index("_r")
         .group_by((pl.col("_r") // every).alias("_g"), maintain_order=True)
