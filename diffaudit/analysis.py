@@ -47,7 +47,6 @@ filters over the per-step loss. Deterministic: no random numbers anywhere.
 from __future__ import annotations
 
 import math
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, replace
 
 import numpy as np
@@ -129,20 +128,19 @@ def analyze(
     lg, le, le_se, problems = ref.gaussian, ref.empirical, ref.empirical_se, [ref.problem] if ref.problem else []
     steps = run.steps if run.steps.height == 0 or run.steps["step"].is_sorted() else run.steps.sort("step")
     # What reads only the per-step series (spikes, clipping, gradient flow, the plotted series) and the run's
-    # lifecycle is worked out on a second thread while this one works out the bins: about half the work each,
-    # and their numpy and polars calls release the GIL.
-    with ThreadPoolExecutor(max_workers=1) as pool:
-        per_step = pool.submit(_per_step, run, steps, late_fraction, trend_fraction, max_points, th, now, plots)
-        table, late_total, weights = _bin_table(run, grid, sel, lg, le, le_se, th)
-        loss = _loss_summary(steps, grid, sel, weights, table, lg, le, late_total, th)
-        ev_series, ev, ev_cols = _eval(run, grid, weights, late_fraction)
-        table = table.with_columns(*[pl.Series(k, v, nan_to_null=True) for k, v in ev_cols.items()])
-        probes = _probes(run)
-        table = _attach_probes(table, probes)
-        drawn = grid if plots else _Grid.from_bins(run.train_bins.clear(), run.process.num_bins)
-        by_bin = dict(bin_series=_bin_series(drawn, lg, max_time_rows), schedule=_schedule(run),
-                      ema=_ema(run, grid, weights, late_fraction), time_probe=_time_probe(run.bins))
-        per_step = per_step.result()
+    # lifecycle, then what reads the bins, one after the other: each holds a few arrays as long as the run for a
+    # moment, and side by side on two threads their peaks added up (a quarter of the memory of a long run's
+    # report) for little time saved on two shared cores.
+    per_step = _per_step(run, steps, late_fraction, trend_fraction, max_points, th, now, plots)
+    table, late_total, weights = _bin_table(run, grid, sel, lg, le, le_se, th)
+    loss = _loss_summary(steps, grid, sel, weights, table, lg, le, late_total, th)
+    ev_series, ev, ev_cols = _eval(run, grid, weights, late_fraction)
+    table = table.with_columns(*[pl.Series(k, v, nan_to_null=True) for k, v in ev_cols.items()])
+    probes = _probes(run)
+    table = _attach_probes(table, probes)
+    drawn = grid if plots else _Grid.from_bins(run.train_bins.clear(), run.process.num_bins)
+    by_bin = dict(bin_series=_bin_series(drawn, lg, max_time_rows), schedule=_schedule(run),
+                  ema=_ema(run, grid, weights, late_fraction), time_probe=_time_probe(run.bins))
     lc = per_step.pop("lifecycle")
     analysis = Analysis(
         run=_run_info(run, grid, problems),
