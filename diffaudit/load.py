@@ -735,18 +735,26 @@ def _assemble(path, meta, process, schedule, tables, problems, resolved: bool = 
     )
 
 
+ORDER_CHECK_STRETCH = 1 << 16  # rows compared with the row before at a time (the copies it makes: a stretch's)
+
+
 def _sorted(df: pl.DataFrame, keys: list[str]) -> pl.DataFrame:
-    """df sorted by keys; parts read in name order usually are already, and checking is O(n)."""
+    """df sorted by keys; parts read in name order usually are already, and checking is O(n), a stretch of rows at
+    a time (each row against the one before it, across stretches too)."""
     if df.height < 2:
         return df
     k = df.select(keys)
-    prev, cur = k.slice(0, df.height - 1), k.slice(1)
     # lexicographic "cur >= prev" row by row, built from the last key to the first
     ok = pl.lit(True)
     for c in reversed(keys):
         ok = (pl.col(c) > pl.col(f"{c}_p")) | ((pl.col(c) == pl.col(f"{c}_p")) & ok)
-    both = pl.concat([cur, prev.rename({c: f"{c}_p" for c in keys})], how="horizontal")
-    return df if both.select(ok.all()).item() else df.sort(keys)
+    for a in range(0, df.height - 1, ORDER_CHECK_STRETCH):
+        sub = k.slice(a, ORDER_CHECK_STRETCH + 1)
+        prev, cur = sub.slice(0, sub.height - 1), sub.slice(1)
+        both = pl.concat([cur, prev.rename({c: f"{c}_p" for c in keys})], how="horizontal")
+        if not both.select(ok.all()).item():
+            return df.sort(keys)
+    return df
 
 
 # A segment of another rank supersedes only if its logger started this much later: the ranks of
@@ -862,16 +870,23 @@ def _segment_starts(steps: pl.DataFrame, bins: pl.DataFrame, created: dict | Non
 
 def _has_repeated_keys(df: pl.DataFrame, keys: list[str]) -> bool:
     """Whether two rows share ``keys``: O(n) when the rows are already in key order (parts read in name order
-    usually are), a hash of every key otherwise."""
-    cols = [df[k].to_numpy() for k in keys]
-    same_as_previous = np.ones(df.height - 1, bool)
-    ascending = np.zeros(df.height - 1, bool)  # strictly after the previous row, by the keys in order
-    for c in reversed(cols):  # lexicographic: the first key decides, ties go to the next
-        ascending = (c[1:] > c[:-1]) | ((c[1:] == c[:-1]) & ascending)
-        same_as_previous &= c[1:] == c[:-1]
-    if ascending.all():
+    usually are), a stretch of rows at a time; a hash of every key otherwise."""
+    ascending = in_order = True  # every row strictly after the one before it, by the keys in order; or after or same
+    for a in range(0, df.height - 1, ORDER_CHECK_STRETCH):
+        sub = df.slice(a, ORDER_CHECK_STRETCH + 1)
+        cols = [sub[k].to_numpy() for k in keys]
+        same_as_previous = np.ones(sub.height - 1, bool)
+        after = np.zeros(sub.height - 1, bool)
+        for c in reversed(cols):  # lexicographic: the first key decides, ties go to the next
+            after = (c[1:] > c[:-1]) | ((c[1:] == c[:-1]) & after)
+            same_as_previous &= c[1:] == c[:-1]
+        ascending = ascending and bool(after.all())
+        in_order = in_order and bool((after | same_as_previous).all())
+        if not in_order:
+            break
+    if ascending:
         return False  # strictly increasing: no repeat
-    if (ascending | same_as_previous).all():
+    if in_order:
         return True  # in order, and some row repeats the one before it
     return df.select(keys).n_unique() != df.height
 
