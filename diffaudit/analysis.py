@@ -189,7 +189,7 @@ class _Grid:
     n: np.ndarray  # (W, B) counts, 0 where absent
     mean: np.ndarray  # NaN where absent
     m2: np.ndarray  # 0 where absent
-    nonfinite: np.ndarray  # (W, B)
+    nonfinite: np.ndarray  # (B,) non-finite samples of each bin over all windows (only their totals are read)
 
     @property
     def W(self) -> int:
@@ -200,7 +200,11 @@ class _Grid:
         if bins.height == 0:
             z = np.zeros((0, nb))
             e = np.zeros(0, np.int64)
-            return cls(e, e, np.zeros(0), z, z.copy(), z.copy(), z.copy())
+            return cls(e, e, np.zeros(0), z, z.copy(), z.copy(), np.zeros(nb))
+        return cls._from_ordered(bins, nb) or cls._from_any(bins, nb)
+
+    @classmethod
+    def _from_any(cls, bins: pl.DataFrame, nb: int) -> "_Grid":
         lo = bins["step_lo"].to_numpy()
         hi = bins["step_hi"].to_numpy()
         centre = 0.5 * (lo + hi)
@@ -208,46 +212,75 @@ class _Grid:
         step = np.diff(centre)
         if np.all(step >= 0):  # windows in step order (as loaded): their ids without a sort
             new = np.r_[True, step > 0]
-            ux, wi = centre[new], np.cumsum(new)
-            wi -= 1
-            del new
+            ux, wi = centre[new], np.cumsum(new) - 1
         else:
             ux, wi = np.unique(centre, return_inverse=True)
-        del centre, step
         W = ux.size
+        b = np.clip(bins["bin"].to_numpy().astype(np.int64), 0, nb - 1)
+        flat = wi * nb + b
+        size = W * nb
+        m = stats.merge_groups(flat, bins["count"].fill_null(0).to_numpy(), bins["mean"].fill_null(np.nan).to_numpy(),
+                               bins["m2"].fill_null(np.nan).to_numpy(), size)
+        N, M, M2 = m.count, m.mean, m.m2
+        nf = np.bincount(flat, bins["nonfinite"].fill_null(0).to_numpy().astype(np.float64), size)
         slo = np.full(W, np.iinfo(np.int64).max)
         shi = np.full(W, np.iinfo(np.int64).min)
         np.minimum.at(slo, wi, lo)
         np.maximum.at(shi, wi, hi)
-        del lo, hi
-        b = bins["bin"].to_numpy().astype(np.int64)
-        np.clip(b, 0, nb - 1, out=b)
-        flat = wi
-        flat *= nb
-        flat += b  # wi * nb + b
-        del b, wi
-        size = W * nb
-        if flat.size and flat[0] >= 0 and flat[-1] < size and np.all(flat[1:] > flat[:-1]):
-            # one row per (window, bin) at most, in grid order (as loaded): nothing to merge, and stats.merge_groups
-            # on a stretch of rows gives what it gives on all of them. A stretch at a time: the columns as float64
-            # and merge_groups' temporaries then cost a stretch's worth of memory, not a dozen columns' worth.
-            N, M, M2, nf = np.zeros(size), np.full(size, np.nan), np.zeros(size), np.zeros(size)
-            for a in range(0, flat.size, GRID_STRETCH):
-                g = flat[a:a + GRID_STRETCH]
-                g0, k = int(g[0]), int(g[-1] - g[0]) + 1
-                g = g - g0
-                part = bins.slice(a, GRID_STRETCH)
-                m = stats.merge_groups(g, part["count"].fill_null(0).to_numpy(),
-                                       part["mean"].fill_null(np.nan).to_numpy(), part["m2"].fill_null(np.nan).to_numpy(), k)
-                N[g0:g0 + k], M[g0:g0 + k], M2[g0:g0 + k] = m.count, m.mean, m.m2
-                nf[g0:g0 + k] = np.bincount(g, part["nonfinite"].fill_null(0).to_numpy().astype(np.float64), k)
-        else:
-            m = stats.merge_groups(flat, bins["count"].fill_null(0).to_numpy(), bins["mean"].fill_null(np.nan).to_numpy(),
-                                   bins["m2"].fill_null(np.nan).to_numpy(), size)
-            N, M, M2 = m.count, m.mean, m.m2
-            nf = np.bincount(flat, bins["nonfinite"].fill_null(0).to_numpy().astype(np.float64), size)
         shape = (W, nb)
-        return cls(slo, shi, ux, N.reshape(shape), M.reshape(shape), M2.reshape(shape), nf.reshape(shape))
+        return cls(slo, shi, ux, N.reshape(shape), M.reshape(shape), M2.reshape(shape), nf.reshape(shape).sum(axis=0))
+
+    @classmethod
+    def _from_ordered(cls, bins: pl.DataFrame, nb: int) -> "_Grid | None":
+        """The grid of rows in window order with one row per (window, bin) at most, as a loaded run's train bins
+        are, made GRID_STRETCH rows at a time: what :meth:`_from_any` computes, without a dozen arrays as long as
+        the rows at once (+130 MB for 1,000,000 rows). None for other rows.
+
+        The window ids, centres and spans are those of :meth:`_from_any`'s ordered case (a stretch's first centre
+        compared with the previous stretch's last); with one row per cell, stats.merge_groups has nothing to merge
+        and gives on a stretch of rows what it gives on all of them.
+        """
+        n, S = bins.height, GRID_STRETCH
+        lo_col, hi_col = bins["step_lo"], bins["step_hi"]
+        new = np.empty(n, bool)
+        centres, last = [], None
+        for a in range(0, n, S):
+            c = 0.5 * (lo_col.slice(a, S).to_numpy() + hi_col.slice(a, S).to_numpy())
+            step = np.diff(c if last is None else np.r_[last, c])
+            if not np.all(step >= 0):
+                return None
+            new[a:a + c.size] = np.r_[True, step > 0] if last is None else step > 0
+            centres.append(c[new[a:a + c.size]])
+            last = c[-1]
+        ux = np.concatenate(centres)
+        W = ux.size
+        slo = np.full(W, np.iinfo(np.int64).max)
+        shi = np.full(W, np.iinfo(np.int64).min)
+        flat = np.empty(n, np.int64)
+        first = 0  # the window id of the stretch's first row, less its own 'new'
+        for a in range(0, n, S):
+            wi = np.cumsum(new[a:a + S]) - 1 + first
+            first = int(wi[-1]) + 1
+            np.minimum.at(slo, wi, lo_col.slice(a, S).to_numpy())
+            np.maximum.at(shi, wi, hi_col.slice(a, S).to_numpy())
+            flat[a:a + wi.size] = wi * nb + np.clip(bins["bin"].slice(a, S).to_numpy().astype(np.int64), 0, nb - 1)
+        del new
+        size = W * nb
+        if not (flat[0] >= 0 and flat[-1] < size and np.all(flat[1:] > flat[:-1])):
+            return None
+        N, M, M2, nf = np.zeros(size), np.full(size, np.nan), np.zeros(size), np.zeros(nb)
+        for a in range(0, n, S):
+            g = flat[a:a + S]
+            g0, k = int(g[0]), int(g[-1] - g[0]) + 1
+            g = g - g0
+            part = bins.slice(a, S)
+            m = stats.merge_groups(g, part["count"].fill_null(0).to_numpy(), part["mean"].fill_null(np.nan).to_numpy(),
+                                   part["m2"].fill_null(np.nan).to_numpy(), k)
+            N[g0:g0 + k], M[g0:g0 + k], M2[g0:g0 + k] = m.count, m.mean, m.m2
+            # whole numbers: their sum is exact in any order
+            nf += np.bincount(flat[a:a + S] % nb, part["nonfinite"].fill_null(0).to_numpy().astype(np.float64), nb)
+        shape = (W, nb)
+        return cls(slo, shi, ux, N.reshape(shape), M.reshape(shape), M2.reshape(shape), nf)
 
     def merge(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(count, mean, m2) per bin over the windows `rows` (boolean mask or indices), exact."""
@@ -317,7 +350,7 @@ def _bin_table(run: Run, grid: _Grid, sel: dict, lg, le, le_se, th: Thresholds):
     total = count.sum()
     cols["count"] = count
     cols["coverage"] = count * nb / total if total > 0 else nan.copy()
-    cols["nonfinite"] = grid.nonfinite.sum(axis=0)
+    cols["nonfinite"] = grid.nonfinite
     for name in ("early", "mid"):
         _, m, _ = grid.merge(sel[name])
         cols[f"{name}_mean"] = m
@@ -529,7 +562,7 @@ def _loss_summary(steps, grid, sel, weights, table, lg, le, late_total, th) -> L
     f["stagnant"] = False
     # the per-step series: first / best / late levels
     if steps.height:
-        loss = steps["loss"].cast(pl.Float64).fill_null(np.nan).to_numpy()
+        loss = _floats(steps["loss"])
         try:
             ls = stats.level_shift(loss, frac=0.1, reference="best")
             fin = loss[np.isfinite(loss)]
@@ -592,6 +625,14 @@ def _profile(table: pl.DataFrame) -> ProfileSummary:
 
 # ----------------------------------------------------------------------------
 # Per-step series: downsampling, spikes, non-finite, clipping
+
+
+def _floats(col: pl.Series) -> np.ndarray:
+    """A per-step column as float64 with NaN for nulls: ``col.cast(pl.Float64).fill_null(np.nan).to_numpy()``,
+    without the two whole-column polars copies on the way for a float column (numpy gives its nulls as NaN)."""
+    if col.dtype in (pl.Float32, pl.Float64):
+        return col.to_numpy().astype(np.float64, copy=False)
+    return col.cast(pl.Float64).fill_null(np.nan).to_numpy()
 
 
 def _step_series(steps: pl.DataFrame, max_points: int) -> pl.DataFrame:
@@ -682,14 +723,15 @@ def _spikes(steps: pl.DataFrame) -> SpikeSummary:
                          single_threshold=stats.SPIKE_THRESHOLD)
     if n == 0:
         return empty
-    step = steps["step"].to_numpy()
-    loss = steps["loss"].cast(pl.Float64).fill_null(np.nan).to_numpy()
+    loss = _floats(steps["loss"])
     pos_ok = np.isfinite(loss) & (loss > 0)
     if pos_ok.sum() < 10:
         return replace(empty, events_per_10k=0.0)
     with np.errstate(divide="ignore", invalid="ignore"):
         ll = np.where(pos_ok, np.log(loss), np.nan)
+    del pos_ok
     every = stats.robust_z(ll)  # the robust z of every finite step, filtered once
+    step = steps["step"].to_numpy()  # read after the filter: its temporaries are the largest of the analysis
     (thr, tail), (lone, _) = spike_thresholds(every.z, every.z.size, (SPIKE_FALSE_EVENTS, SPIKE_FALSE_SINGLE))
     # candidates at the fixed threshold: the largest excursions (a blow-up is one, on any noise) ...
     cand = stats.spikes_at(every)
@@ -712,7 +754,7 @@ def _spikes(steps: pl.DataFrame) -> SpikeSummary:
     for e in found:
         e.pop("_pos")
     # the grad norm at those spikes, against its own running median
-    g = steps["grad_norm"].cast(pl.Float64).fill_null(np.nan).to_numpy()
+    g = _floats(steps["grad_norm"])
     gmax = gstep = None
     gpos = np.flatnonzero(np.isfinite(g) & (g > 0))
     if gpos.size >= 10:
@@ -764,7 +806,7 @@ def _nonfinite(run: Run, steps: pl.DataFrame) -> NonfiniteSummary:
     n_bad = int(nf.sum())
     total = int(nf.sum() + cnt.sum())
     # diverged: from some step on, no step has a finite loss (and at least 1% of the run, >= 3 steps)
-    loss = steps["loss"].cast(pl.Float64).fill_null(np.nan).to_numpy()
+    loss = _floats(steps["loss"])
     fin = np.isfinite(loss) & (cnt > 0)
     last_fin = np.flatnonzero(fin)
     tail = steps.height - (int(last_fin[-1]) + 1 if last_fin.size else 0)
@@ -819,7 +861,7 @@ def _clip(run: Run, steps, late_fraction, trend_fraction) -> ClipSummary:
     early = known & (step <= s0 + late_fraction * span)
     rate = float(cl[known].mean())
     thr = steps["clip_threshold"].cast(pl.Float64).drop_nulls()
-    g = steps["grad_norm"].cast(pl.Float64).fill_null(np.nan).to_numpy()
+    g = _floats(steps["grad_norm"])
     lg = g[late & np.isfinite(g)]
     # trend of the per-window clip rate over the trend stretch
     win = int(run.meta.get("window") or 100)
@@ -1107,8 +1149,8 @@ def _grad_flow(steps: pl.DataFrame, late_fraction: float, th: Thresholds) -> Gra
     none = GradFlowSummary(0, 0, None, None, None, None, floor)
     if steps.height == 0 or "grad_norm" not in steps.columns:
         return none
-    g = steps["grad_norm"].cast(pl.Float64).fill_null(np.nan).to_numpy()
-    loss = steps["loss"].cast(pl.Float64).fill_null(np.nan).to_numpy()
+    g = _floats(steps["grad_norm"])
+    loss = _floats(steps["loss"])
     ok = np.isfinite(g) & np.isfinite(loss) & (steps["count"].fill_null(0).to_numpy() > 0)
     if not ok.any():
         return none
@@ -1117,7 +1159,7 @@ def _grad_flow(steps: pl.DataFrame, late_fraction: float, th: Thresholds) -> Gra
     s0, s1 = float(step.min()), float(step.max())
     late = ok & (step >= s1 - late_fraction * max(s1 - s0, 1.0))
     d = np.flatnonzero(dead)
-    lr = steps["lr"].cast(pl.Float64).fill_null(np.nan).to_numpy() if "lr" in steps.columns else np.full(step.size, np.nan)
+    lr = _floats(steps["lr"]) if "lr" in steps.columns else np.full(step.size, np.nan)
     has_lr = np.isfinite(lr)
     z = np.flatnonzero(has_lr & (lr == 0))
     return GradFlowSummary(
