@@ -122,16 +122,17 @@ def analyze(
     settings = {"late_fraction": late_fraction, "phase_fraction": phase_fraction, "trend_fraction": trend_fraction,
                 "thresholds": asdict(th)}
 
-    grid = _Grid.from_bins(run.train_bins, run.process.num_bins)
-    phases, sel = _phases(grid, late_fraction, phase_fraction, trend_fraction)
-    ref = reference_lstar(run)
-    lg, le, le_se, problems = ref.gaussian, ref.empirical, ref.empirical_se, [ref.problem] if ref.problem else []
     steps = run.steps if run.steps.height == 0 or run.steps["step"].is_sorted() else run.steps.sort("step")
     # What reads only the per-step series (spikes, clipping, gradient flow, the plotted series) and the run's
     # lifecycle, then what reads the bins, one after the other: each holds a few arrays as long as the run for a
     # moment, and side by side on two threads their peaks added up (a quarter of the memory of a long run's
-    # report) for little time saved on two shared cores.
+    # report) for little time saved on two shared cores. The per-step work comes first, before the grid of the
+    # bins exists: the spike filter's temporaries are the largest, and the grid is as large as the bins.
     per_step = _per_step(run, steps, late_fraction, trend_fraction, max_points, th, now, plots)
+    grid = _Grid.from_bins(run.train_bins, run.process.num_bins)
+    phases, sel = _phases(grid, late_fraction, phase_fraction, trend_fraction)
+    ref = reference_lstar(run)
+    lg, le, le_se, problems = ref.gaussian, ref.empirical, ref.empirical_se, [ref.problem] if ref.problem else []
     table, late_total, weights = _bin_table(run, grid, sel, lg, le, le_se, th)
     loss = _loss_summary(steps, grid, sel, weights, table, lg, le, late_total, th)
     ev_series, ev, ev_cols = _eval(run, grid, weights, late_fraction)
@@ -387,7 +388,8 @@ def _curve_residuals(y: np.ndarray, x: np.ndarray) -> np.ndarray:
     lx = np.log1p(np.maximum(x - x.min(), 0.0) + (x.max() - x.min()) / max(x.size, 1))
     t = (lx - lx.mean()) / max(float(np.ptp(lx)), 1e-12)
     basis = np.vander(t, min(4, y.shape[0] - 1))
-    return y - basis @ np.linalg.lstsq(basis, y, rcond=None)[0]
+    fit = basis @ np.linalg.lstsq(basis, y, rcond=None)[0]
+    return np.subtract(y, fit, out=fit)  # y - fit, in the fit's memory
 
 
 def _late_se(grid: _Grid, late, ln, lvar) -> tuple[np.ndarray, np.ndarray]:
@@ -450,11 +452,12 @@ def _series_tau(grid: _Grid, have: np.ndarray) -> dict[int, tuple[np.ndarray, fl
         rows = have[:, bins[0]]
         if rows.sum() < 6:
             continue
-        y = grid.mean[np.ix_(rows, bins)]
+        y = grid.mean[np.ix_(rows, bins)]  # a copy: the log is taken in place (the grid's size, once)
         positive = np.all(y > 0, axis=0)
         with np.errstate(divide="ignore", invalid="ignore"):
-            y = np.where(positive, np.log(np.where(positive, y, 1.0)), y)
+            np.log(y, out=y, where=positive[None, :])  # the log of the columns all positive, the others as they are
         r = _curve_residuals(y, grid.x[rows])
+        del y
         tau = stats.correlations(r, np.ones(r.shape, bool))[2]
         for i, b in enumerate(bins):
             out[int(b)] = (r[:, i], float(tau[i]))
