@@ -33,12 +33,11 @@ from diffaudit.errors import DiffauditError
 # Memory: freed pages go back to the system promptly
 
 JEMALLOC_CONF = "dirty_decay_ms:20,muzzy_decay_ms:0"  # polars' allocator (its own default: 500 and 1,000 ms)
-MMAP_THRESHOLD = 1 << 20  # bytes: glibc's (numpy's) larger blocks get their own mappings, unmapped when freed
 
 
 def prompt_allocators() -> None:
-    """Ask this process's allocators to hand freed memory back within milliseconds, not seconds: a command's
-    peak memory is what a job's memory limit is held to.
+    """Ask polars' allocator to hand freed memory back within milliseconds, not seconds: a command's peak memory
+    is what a job's memory limit is held to.
 
     polars' jemalloc keeps freed pages 0.5 s ("dirty"), then 1 s more ("muzzy", still resident), before it gives
     them back; a report reads, checks and analyzes a 1,000,000-step run in about that long, so nearly every
@@ -46,20 +45,9 @@ def prompt_allocators() -> None:
     reused or returned, and the time is unchanged (0 ms costs ~30%: each free becomes a system call). polars
     reads the setting once, when it is imported: this runs before any command imports it, and a
     ``_RJEM_MALLOC_CONF`` of the user's is left as it is.
-
-    glibc, numpy's allocator, raises its mmap threshold each time a large array is freed, up to 32 MiB; after
-    that, arrays of a few MiB come from its heap, whose free space stays with the process. A fixed threshold
-    keeps them in mappings of their own, returned when freed (~20 MiB less at 1,000,000 steps, ~5% more time).
     """
     if "polars" not in sys.modules:
         os.environ.setdefault("_RJEM_MALLOC_CONF", JEMALLOC_CONF)
-    if sys.platform.startswith("linux") and "MALLOC_MMAP_THRESHOLD_" not in os.environ:
-        try:
-            import ctypes
-
-            ctypes.CDLL(None).mallopt(-3, MMAP_THRESHOLD)  # M_MMAP_THRESHOLD (glibc; elsewhere no such symbol)
-        except (OSError, AttributeError):
-            pass
 
 
 prompt_allocators()
