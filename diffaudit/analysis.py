@@ -732,9 +732,11 @@ def _spikes(steps: pl.DataFrame) -> SpikeSummary:
         return replace(empty, events_per_10k=0.0)
     with np.errstate(divide="ignore", invalid="ignore"):
         ll = np.where(pos_ok, np.log(loss), np.nan)
-    del pos_ok
+    del pos_ok, loss
     every = stats.robust_z(ll)  # the robust z of every finite step, filtered once
-    step = steps["step"].to_numpy()  # read after the filter: its temporaries are the largest of the analysis
+    # the losses and steps are read again after the filter, whose temporaries are the largest of the analysis
+    loss = _floats(steps["loss"])
+    step = steps["step"].to_numpy()
     (thr, tail), (lone, _) = spike_thresholds(every.z, every.z.size, (SPIKE_FALSE_EVENTS, SPIKE_FALSE_SINGLE))
     # candidates at the fixed threshold: the largest excursions (a blow-up is one, on any noise) ...
     cand = stats.spikes_at(every)
