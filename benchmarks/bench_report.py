@@ -1,34 +1,40 @@
-"""Time and peak memory of `diffaudit report` on a 1,000,000-step run, against a bare Parquet scan.
+"""Peak memory and time of `diffaudit report` on long runs, against the run's bytes on disk.
 
-    python benchmarks/bench_report.py                 # 1e6 steps, 100 bins (cached under /tmp)
-    python benchmarks/bench_report.py --steps 100000  # smaller
-    python benchmarks/bench_report.py --html          # also render the HTML report and print its size
+    python benchmarks/bench_report.py                    # 1,000,000 and 4,000,000 steps, 100 bins (cached under /tmp)
+    python benchmarks/bench_report.py --steps 100000     # one smaller run
+    python benchmarks/bench_report.py --html             # also render the HTML report (the renderer's cost)
 
-The run is synthetic but in the logger's exact format, at its default settings
+The runs are synthetic but in the logger's exact format, at its default settings
 (window=100, flush_every=1000): one ``steps`` part (1,000 rows) and one ``bins``
 part (10 windows x 100 bins) per 1,000 steps, written with pyarrow and the
 schemas of :mod:`diffaudit.runformat` (no torch needed). Losses decay towards
 the Gaussian L* of each bin with per-sample Gamma noise; a few spikes and
 clipped steps are planted so every detector does real work.
 
-Each measurement runs in its own fresh Python process, so peak RSS
-(``ru_maxrss``) is that measurement's alone:
+Each measurement is a fresh Python process of its own, with this checkout's
+diffaudit first on its path, so its peak RSS (``ru_maxrss``) is its alone:
 
-* bare: ``polars.scan_parquet(<parts>).collect()`` of the steps and bins parts;
-* report: ``diffaudit report RUN --json FILE`` as the CLI runs it (load_run,
-  analyze, JSON), in-process through click, timed after the imports (as the
-  bare scan is timed after ``import polars``); the import time, the split into
-  load_run / analyze, and the wall time of the whole command are printed too.
+* imports: a process that only imports what ``diffaudit report`` imports (Python,
+  click, numpy, polars, scipy.special, diffaudit): the floor every report pays;
+* report: ``diffaudit report RUN --json FILE`` as the CLI runs it (``diffaudit.cli.main``
+  through click), the whole process; timed from its start to its exit, and inside
+  it from the end of its imports to the end of the command;
+* phases: ``load_run`` and ``analyze`` timed inside a process (after the imports);
+* bare: ``polars.scan_parquet(<parts>).collect()`` of the steps and bins parts.
 
-Targets (issue 4): report <= 30 s, <= 2 GB, <= 3x the bare scan.
+Targets. Issue 24: the report's peak at most 8x the run's bytes on disk (every
+file of the run) at 1,000,000 and 4,000,000 steps, its time linear in steps.
+Issue 4, at 1,000,000 steps: <= 30 s, <= 2 GiB, <= 3x the bare scan's time.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
+import tempfile
 import textwrap
 import time
 from pathlib import Path
@@ -42,6 +48,8 @@ from diffaudit.optimum import bin_gaussian_optimal_loss
 
 CACHE = Path("/tmp/diffaudit-bench")
 WINDOW, FLUSH, BATCH, T = 100, 1000, 64, 1000
+ROOT = Path(__file__).resolve().parent.parent  # the checkout whose diffaudit the children import
+MEMORY_TARGET = 8.0  # issue 24: peak RSS / bytes on disk
 
 
 def make_run(path: Path, steps: int, nb: int, seed: int = 0) -> Path:
@@ -114,94 +122,154 @@ def make_run(path: Path, steps: int, nb: int, seed: int = 0) -> Path:
     return path
 
 
+def cached_run(steps: int, bins: int) -> Path:
+    """The cached synthetic run of `steps` steps and `bins` bins, made on first use."""
+    run = CACHE / f"run-{steps}-{bins}"
+    if not (run / ".complete").exists():
+        t0 = time.perf_counter()
+        make_run(run, steps, bins)
+        print(f"generated {run} in {time.perf_counter() - t0:.1f} s", flush=True)
+    return run
+
+
+def disk_bytes(run: Path) -> int:
+    """Bytes of every file of the run (run.json, schedule, parts, markers), as stored."""
+    return sum(f.stat().st_size for f in run.rglob("*") if f.is_file() and f.name != ".complete")
+
+
+def child_env() -> dict:
+    env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"))
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])])
+    return env
+
+
+def process(args: list[str]) -> tuple[float, int, str]:
+    """Run ``python *args`` as a fresh process from the checkout's root: (wall s, its peak RSS in bytes, stdout).
+    The peak is the kernel's for that process alone (wait4), whatever the process prints."""
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        t0 = time.perf_counter()
+        p = subprocess.Popen([sys.executable, *args], cwd=ROOT, env=child_env(), stdout=out, stderr=err, text=True)
+        _, status, usage = os.wait4(p.pid, 0)
+        wall = time.perf_counter() - t0
+        p.returncode = os.waitstatus_to_exitcode(status)
+        out.seek(0)
+        err.seek(0)
+        if p.returncode:
+            sys.exit(f"benchmark process failed ({' '.join(args[:3])} ...):\n{err.read()[-3000:]}")
+        return wall, usage.ru_maxrss * 1024, out.read()
+
+
+def child(code: str, *args) -> tuple[float, int, str]:
+    """Run ``code`` in a fresh process; it reports its own peak (ru_maxrss) as the last line of its output."""
+    wall, _, out = process(["-c", textwrap.dedent(code), *map(str, args)])
+    *lines, last = out.strip().splitlines()
+    return wall, int(last), "\n".join(lines)
+
+
+_IMPORTS = """
+import resource, time
+t0 = time.perf_counter()
+import diffaudit.cli, diffaudit.cli.report  # what `diffaudit report` imports before it reads a run
+print(time.perf_counter() - t0)
+print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+"""
+
+_REPORT = """
+import sys, time
+t0 = time.perf_counter()
+from click.testing import CliRunner
+from diffaudit.cli import main
+import diffaudit.cli.report  # noqa: F401  the command's own imports (the CLI imports a command when it runs)
+t1 = time.perf_counter()
+res = CliRunner().invoke(main, ["report", *sys.argv[1:]], catch_exceptions=False)
+t2 = time.perf_counter()
+assert res.exit_code == 0, res.output
+print(res.output)
+print(t2 - t1)
+"""
+
+_PHASES = """
+import resource, sys, time
+import diffaudit.cli  # noqa: F401  the allocator settings of the CLI
+from diffaudit.analysis import analyze
+from diffaudit.load import load_run
+t1 = time.perf_counter(); r = load_run(sys.argv[1])
+t2 = time.perf_counter(); a = analyze(r)
+t3 = time.perf_counter()
+print(t2 - t1, t3 - t2)
+print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+"""
+
 _BARE = """
 import resource, sys, time, polars as pl
 t0 = time.perf_counter()
 s = pl.scan_parquet(sys.argv[1] + "/parts/steps-*.parquet").collect()
 b = pl.scan_parquet(sys.argv[1] + "/parts/bins-*.parquet").collect()
-dt = time.perf_counter() - t0
-print(dt, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, s.height, b.height)
-"""
-
-_REPORT = """
-import resource, sys, time
-t0 = time.perf_counter()
-from click.testing import CliRunner
-from diffaudit.cli import main
-t1 = time.perf_counter()
-args = ["report", sys.argv[1], "--json", sys.argv[2]] + (["-o", sys.argv[3]] if len(sys.argv) > 3 else [])
-res = CliRunner().invoke(main, args, catch_exceptions=False)
-t2 = time.perf_counter()
-assert res.exit_code == 0, res.output
-print(t2 - t1, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, t1 - t0)
-print(res.output, file=sys.stderr)
-"""
-
-_PHASES = """
-import sys, time
-import diffaudit
-from diffaudit.analysis import analyze
-t1 = time.perf_counter(); r = diffaudit.load_run(sys.argv[1])
-t2 = time.perf_counter(); a = analyze(r)
-t3 = time.perf_counter()
-print(t2 - t1, t3 - t2)
+print(time.perf_counter() - t0)
+print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
 """
 
 
-def _child(code: str, *args) -> list[str]:
-    out = subprocess.run([sys.executable, "-c", textwrap.dedent(code), *map(str, args)], capture_output=True,
-                         text=True, check=False)
-    if out.returncode:
-        sys.exit(f"benchmark child failed:\n{out.stderr}")
-    return out.stdout.split(), out.stderr
+def import_baseline(repeat: int) -> tuple[float, int]:
+    got = [child(_IMPORTS) for _ in range(repeat)]
+    return min(float(g[2]) for g in got), max(g[1] for g in got)
+
+
+def measure(steps: int, bins: int, repeat: int, html: bool) -> dict:
+    run = cached_run(steps, bins)
+    js, page = CACHE / "report.json", CACHE / "report.html"
+    cmd = ["-c", textwrap.dedent(_REPORT), str(run), "--json", str(js)] + (["-o", str(page)] if html else [])
+    reports = [process(cmd) for _ in range(repeat)]
+    phases = [child(_PHASES, run) for _ in range(repeat)]
+    bare = [child(_BARE, run) for _ in range(repeat)]
+    return {
+        "steps": steps, "disk": disk_bytes(run), "parts": len(list((run / rf.PARTS_DIR).iterdir())),
+        "wall": min(r[0] for r in reports), "peak": max(r[1] for r in reports),
+        "command": min(float(r[2].strip().splitlines()[-1]) for r in reports),
+        "output": "\n".join(reports[0][2].strip().splitlines()[:-1]),
+        "load": min(float(p[2].split()[0]) for p in phases), "analyze": min(float(p[2].split()[1]) for p in phases),
+        "bare": min(float(b[2]) for b in bare), "bare_peak": max(b[1] for b in bare),
+        "json": js.stat().st_size, "html": page.stat().st_size if html else None,
+    }
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--steps", type=int, default=1_000_000)
+    ap.add_argument("--steps", type=int, nargs="+", default=[1_000_000, 4_000_000])
     ap.add_argument("--bins", type=int, default=100)
-    ap.add_argument("--repeat", type=int, default=3, help="runs of each measurement; the best time is reported")
+    ap.add_argument("--repeat", type=int, default=2, help="runs of each measurement: best time, highest peak")
     ap.add_argument("--html", action="store_true", help="also render the HTML report (the renderer's cost)")
     args = ap.parse_args()
-    run = CACHE / f"run-{args.steps}-{args.bins}"
-    t0 = time.perf_counter()
-    fresh = not (run / ".complete").exists()
-    make_run(run, args.steps, args.bins)
-    if fresh:
-        print(f"generated {run} in {time.perf_counter() - t0:.1f} s")
-    parts = sorted((run / rf.PARTS_DIR).iterdir())
-    size = sum(p.stat().st_size for p in parts)
-    print(f"run: {args.steps:,} steps, {args.bins} bins, {len(parts)} parts, {size / 1e6:.1f} MB on disk")
-
-    bare = [_child(_BARE, run)[0] for _ in range(args.repeat)]
-    bare_t = min(float(b[0]) for b in bare)
-    bare_m = max(float(b[1]) for b in bare)
-    print(f"bare scan_parquet().collect(): {bare_t:.2f} s, peak RSS {bare_m / 2**20:.0f} MiB "
-          f"({bare[0][2]} step rows, {bare[0][3]} bin rows)")
-
-    js = CACHE / "report.json"
-    html = CACHE / "report.html"
-    extra = [html] if args.html else []
-    rep = [_child(_REPORT, run, js, *extra) for _ in range(args.repeat)]
-    rep_t = min(float(r[0][0]) for r in rep)
-    rep_m = max(float(r[0][1]) for r in rep)
-    imp_t = min(float(r[0][2]) for r in rep)
-    load_t, an_t = zip(*[(float(x[0]), float(x[1])) for x in (_child(_PHASES, run)[0] for _ in range(args.repeat))])
-    cmd = [sys.executable, "-c", "from diffaudit.cli import main; main()", "report", str(run), "--json", str(js)]
-    walls = []
-    for _ in range(args.repeat):
-        t = time.perf_counter()
-        subprocess.run(cmd, capture_output=True, check=False)
-        walls.append(time.perf_counter() - t)
-    print(f"diffaudit report (load + analyze + JSON{' + HTML' if args.html else ''}): {rep_t:.2f} s, "
-          f"peak RSS {rep_m / 2**20:.0f} MiB; of which load_run {min(load_t):.2f} s, analyze {min(an_t):.2f} s "
-          f"(imports before it: {imp_t:.2f} s; the whole `diffaudit report` process: {min(walls):.2f} s)")
-    print(f"ratio report / bare scan: {rep_t / bare_t:.2f}; analyze alone / bare scan: {min(an_t) / bare_t:.2f} "
-          "(targets: <= 30 s, <= 2048 MiB, ratio <= 3)")
-    print(f"JSON {js.stat().st_size / 1e3:.0f} kB" + (f", HTML {html.stat().st_size / 1e6:.2f} MB" if args.html else ""))
-    print("report output:\n" + textwrap.indent(rep[0][1].strip(), "  "))
-    ok = rep_t <= 30 and rep_m <= 2 * 2**30 and rep_t / bare_t <= 3
-    print("within targets" if ok else "OUTSIDE TARGETS")
+    MiB = 2**20
+    imp_t, imp_m = import_baseline(args.repeat)
+    rows = [measure(n, args.bins, args.repeat, args.html) for n in args.steps]
+    print(f"diffaudit report{' -o HTML' if args.html else ''}, {args.bins} bins, whole processes; "
+          f"{os.cpu_count()} CPUs, best time / highest peak of {args.repeat}")
+    print(f"imports alone: {imp_m / MiB:.0f} MiB peak, {imp_t:.2f} s (python, click, numpy, polars, scipy.special, "
+          "diffaudit): in every figure below")
+    head = (f"{'steps':>10} {'disk MB':>8} {'peak MiB':>9} {'x disk':>7} {'<= 8x':>6} {'process s':>9} "
+            f"{'command s':>9} {'s/1M steps':>10} {'load s':>7} {'analyze s':>9} {'bare scan s':>11} {'bare MiB':>8}")
+    print(head)
+    ok = True
+    for r in rows:
+        ratio = r["peak"] / r["disk"]
+        ok &= ratio <= MEMORY_TARGET
+        print(f"{r['steps']:>10,} {r['disk'] / 1e6:>8.1f} {r['peak'] / MiB:>9.0f} {ratio:>7.2f} "
+              f"{'yes' if ratio <= MEMORY_TARGET else 'NO':>6} {r['wall']:>9.2f} {r['command']:>9.2f} "
+              f"{r['command'] / r['steps'] * 1e6:>10.2f} {r['load']:>7.2f} {r['analyze']:>9.2f} {r['bare']:>11.2f} "
+              f"{r['bare_peak'] / MiB:>8.0f}")
+    print("process s: the whole process, start to exit; command s: the command after the imports "
+          "(s/1M steps: linear when about equal across rows)")
+    for r in rows:
+        if r["steps"] == 1_000_000:
+            ratio_bare = r["command"] / r["bare"]
+            ok4 = r["wall"] <= 30 and r["peak"] <= 2 * 2**30 and ratio_bare <= 3
+            print(f"issue 4 at 1,000,000 steps: {r['wall']:.2f} s (<= 30), {r['peak'] / MiB:.0f} MiB (<= 2048), "
+                  f"command {ratio_bare:.2f}x the bare scan (<= 3): {'met' if ok4 else 'NOT MET'}")
+    last = rows[-1]
+    print(f"JSON {last['json'] / 1e3:.0f} kB" + (f", HTML {last['html'] / 1e6:.2f} MB" if last["html"] else ""))
+    print("report output:\n" + textwrap.indent(last["output"].strip(), "  "))
+    print(f"memory target (<= {MEMORY_TARGET:g}x the bytes on disk): {'met' if ok else 'NOT MET'}")
 
 
 if __name__ == "__main__":

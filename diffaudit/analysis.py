@@ -47,7 +47,6 @@ filters over the per-step loss. Deterministic: no random numbers anywhere.
 from __future__ import annotations
 
 import math
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, replace
 
 import numpy as np
@@ -74,6 +73,8 @@ PHASE_FRACTION = 0.2  # width of the early and middle phases, as a fraction of t
 TREND_FRACTION = 0.5  # trends and stagnation are judged on the last half of training
 MAX_POINTS = 2000  # rows of the downsampled per-step series (for plots)
 MAX_TIME_ROWS = 200  # time rows of the per-bin heatmap series
+GRID_STRETCH = 1 << 16  # bins rows made into grid cells at a time (their temporaries: a few MB)
+STEP_SERIES_STRETCH = 1 << 16  # steps rows reduced to plotted points at a time
 MAX_SPIKE_EVENTS = 50  # spike events kept (largest first)
 MAX_TREND_WINDOWS = 1000  # longer trend stretches are merged (exactly) into this many windows first
 # spikes: the threshold follows the tail of the run's own robust z (see spike_threshold)
@@ -121,26 +122,26 @@ def analyze(
     settings = {"late_fraction": late_fraction, "phase_fraction": phase_fraction, "trend_fraction": trend_fraction,
                 "thresholds": asdict(th)}
 
+    steps = run.steps if run.steps.height == 0 or run.steps["step"].is_sorted() else run.steps.sort("step")
+    # What reads only the per-step series (spikes, clipping, gradient flow, the plotted series) and the run's
+    # lifecycle, then what reads the bins, one after the other: each holds a few arrays as long as the run for a
+    # moment, and side by side on two threads their peaks added up (a quarter of the memory of a long run's
+    # report) for little time saved on two shared cores. The per-step work comes first, before the grid of the
+    # bins exists: the spike filter's temporaries are the largest, and the grid is as large as the bins.
+    per_step = _per_step(run, steps, late_fraction, trend_fraction, max_points, th, now, plots)
     grid = _Grid.from_bins(run.train_bins, run.process.num_bins)
     phases, sel = _phases(grid, late_fraction, phase_fraction, trend_fraction)
     ref = reference_lstar(run)
     lg, le, le_se, problems = ref.gaussian, ref.empirical, ref.empirical_se, [ref.problem] if ref.problem else []
-    steps = run.steps if run.steps.height == 0 or run.steps["step"].is_sorted() else run.steps.sort("step")
-    # What reads only the per-step series (spikes, clipping, gradient flow, the plotted series) and the run's
-    # lifecycle is worked out on a second thread while this one works out the bins: about half the work each,
-    # and their numpy and polars calls release the GIL.
-    with ThreadPoolExecutor(max_workers=1) as pool:
-        per_step = pool.submit(_per_step, run, steps, late_fraction, trend_fraction, max_points, th, now, plots)
-        table, late_total, weights = _bin_table(run, grid, sel, lg, le, le_se, th)
-        loss = _loss_summary(steps, grid, sel, weights, table, lg, le, late_total, th)
-        ev_series, ev, ev_cols = _eval(run, grid, weights, late_fraction)
-        table = table.with_columns(*[pl.Series(k, v, nan_to_null=True) for k, v in ev_cols.items()])
-        probes = _probes(run)
-        table = _attach_probes(table, probes)
-        drawn = grid if plots else _Grid.from_bins(run.train_bins.clear(), run.process.num_bins)
-        by_bin = dict(bin_series=_bin_series(drawn, lg, max_time_rows), schedule=_schedule(run),
-                      ema=_ema(run, grid, weights, late_fraction), time_probe=_time_probe(run.bins))
-        per_step = per_step.result()
+    table, late_total, weights = _bin_table(run, grid, sel, lg, le, le_se, th)
+    loss = _loss_summary(steps, grid, sel, weights, table, lg, le, late_total, th)
+    ev_series, ev, ev_cols = _eval(run, grid, weights, late_fraction)
+    table = table.with_columns(*[pl.Series(k, v, nan_to_null=True) for k, v in ev_cols.items()])
+    probes = _probes(run)
+    table = _attach_probes(table, probes)
+    drawn = grid if plots else _Grid.from_bins(run.train_bins.clear(), run.process.num_bins)
+    by_bin = dict(bin_series=_bin_series(drawn, lg, max_time_rows), schedule=_schedule(run),
+                  ema=_ema(run, grid, weights, late_fraction), time_probe=_time_probe(run.bins))
     lc = per_step.pop("lifecycle")
     analysis = Analysis(
         run=_run_info(run, grid, problems),
@@ -189,7 +190,7 @@ class _Grid:
     n: np.ndarray  # (W, B) counts, 0 where absent
     mean: np.ndarray  # NaN where absent
     m2: np.ndarray  # 0 where absent
-    nonfinite: np.ndarray  # (W, B)
+    nonfinite: np.ndarray  # (B,) non-finite samples of each bin over all windows (only their totals are read)
 
     @property
     def W(self) -> int:
@@ -200,7 +201,11 @@ class _Grid:
         if bins.height == 0:
             z = np.zeros((0, nb))
             e = np.zeros(0, np.int64)
-            return cls(e, e, np.zeros(0), z, z.copy(), z.copy(), z.copy())
+            return cls(e, e, np.zeros(0), z, z.copy(), z.copy(), np.zeros(nb))
+        return cls._from_ordered(bins, nb) or cls._from_any(bins, nb)
+
+    @classmethod
+    def _from_any(cls, bins: pl.DataFrame, nb: int) -> "_Grid":
         lo = bins["step_lo"].to_numpy()
         hi = bins["step_hi"].to_numpy()
         centre = 0.5 * (lo + hi)
@@ -224,7 +229,59 @@ class _Grid:
         np.minimum.at(slo, wi, lo)
         np.maximum.at(shi, wi, hi)
         shape = (W, nb)
-        return cls(slo, shi, ux, N.reshape(shape), M.reshape(shape), M2.reshape(shape), nf.reshape(shape))
+        return cls(slo, shi, ux, N.reshape(shape), M.reshape(shape), M2.reshape(shape), nf.reshape(shape).sum(axis=0))
+
+    @classmethod
+    def _from_ordered(cls, bins: pl.DataFrame, nb: int) -> "_Grid | None":
+        """The grid of rows in window order with one row per (window, bin) at most, as a loaded run's train bins
+        are, made GRID_STRETCH rows at a time: what :meth:`_from_any` computes, without a dozen arrays as long as
+        the rows at once (+130 MB for 1,000,000 rows). None for other rows.
+
+        The window ids, centres and spans are those of :meth:`_from_any`'s ordered case (a stretch's first centre
+        compared with the previous stretch's last); with one row per cell, stats.merge_groups has nothing to merge
+        and gives on a stretch of rows what it gives on all of them.
+        """
+        n, S = bins.height, GRID_STRETCH
+        lo_col, hi_col = bins["step_lo"], bins["step_hi"]
+        new = np.empty(n, bool)
+        centres, last = [], None
+        for a in range(0, n, S):
+            c = 0.5 * (lo_col.slice(a, S).to_numpy() + hi_col.slice(a, S).to_numpy())
+            step = np.diff(c if last is None else np.r_[last, c])
+            if not np.all(step >= 0):
+                return None
+            new[a:a + c.size] = np.r_[True, step > 0] if last is None else step > 0
+            centres.append(c[new[a:a + c.size]])
+            last = c[-1]
+        ux = np.concatenate(centres)
+        W = ux.size
+        slo = np.full(W, np.iinfo(np.int64).max)
+        shi = np.full(W, np.iinfo(np.int64).min)
+        flat = np.empty(n, np.int64)
+        first = 0  # the window id of the stretch's first row, less its own 'new'
+        for a in range(0, n, S):
+            wi = np.cumsum(new[a:a + S]) - 1 + first
+            first = int(wi[-1]) + 1
+            np.minimum.at(slo, wi, lo_col.slice(a, S).to_numpy())
+            np.maximum.at(shi, wi, hi_col.slice(a, S).to_numpy())
+            flat[a:a + wi.size] = wi * nb + np.clip(bins["bin"].slice(a, S).to_numpy().astype(np.int64), 0, nb - 1)
+        del new
+        size = W * nb
+        if not (flat[0] >= 0 and flat[-1] < size and np.all(flat[1:] > flat[:-1])):
+            return None
+        N, M, M2, nf = np.zeros(size), np.full(size, np.nan), np.zeros(size), np.zeros(nb)
+        for a in range(0, n, S):
+            g = flat[a:a + S]
+            g0, k = int(g[0]), int(g[-1] - g[0]) + 1
+            g = g - g0
+            part = bins.slice(a, S)
+            m = stats.merge_groups(g, part["count"].fill_null(0).to_numpy(), part["mean"].fill_null(np.nan).to_numpy(),
+                                   part["m2"].fill_null(np.nan).to_numpy(), k)
+            N[g0:g0 + k], M[g0:g0 + k], M2[g0:g0 + k] = m.count, m.mean, m.m2
+            # whole numbers: their sum is exact in any order
+            nf += np.bincount(flat[a:a + S] % nb, part["nonfinite"].fill_null(0).to_numpy().astype(np.float64), nb)
+        shape = (W, nb)
+        return cls(slo, shi, ux, N.reshape(shape), M.reshape(shape), M2.reshape(shape), nf)
 
     def merge(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(count, mean, m2) per bin over the windows `rows` (boolean mask or indices), exact."""
@@ -294,7 +351,7 @@ def _bin_table(run: Run, grid: _Grid, sel: dict, lg, le, le_se, th: Thresholds):
     total = count.sum()
     cols["count"] = count
     cols["coverage"] = count * nb / total if total > 0 else nan.copy()
-    cols["nonfinite"] = grid.nonfinite.sum(axis=0)
+    cols["nonfinite"] = grid.nonfinite
     for name in ("early", "mid"):
         _, m, _ = grid.merge(sel[name])
         cols[f"{name}_mean"] = m
@@ -331,7 +388,8 @@ def _curve_residuals(y: np.ndarray, x: np.ndarray) -> np.ndarray:
     lx = np.log1p(np.maximum(x - x.min(), 0.0) + (x.max() - x.min()) / max(x.size, 1))
     t = (lx - lx.mean()) / max(float(np.ptp(lx)), 1e-12)
     basis = np.vander(t, min(4, y.shape[0] - 1))
-    return y - basis @ np.linalg.lstsq(basis, y, rcond=None)[0]
+    fit = basis @ np.linalg.lstsq(basis, y, rcond=None)[0]
+    return np.subtract(y, fit, out=fit)  # y - fit, in the fit's memory
 
 
 def _late_se(grid: _Grid, late, ln, lvar) -> tuple[np.ndarray, np.ndarray]:
@@ -394,11 +452,12 @@ def _series_tau(grid: _Grid, have: np.ndarray) -> dict[int, tuple[np.ndarray, fl
         rows = have[:, bins[0]]
         if rows.sum() < 6:
             continue
-        y = grid.mean[np.ix_(rows, bins)]
+        y = grid.mean[np.ix_(rows, bins)]  # a copy: the log is taken in place (the grid's size, once)
         positive = np.all(y > 0, axis=0)
         with np.errstate(divide="ignore", invalid="ignore"):
-            y = np.where(positive, np.log(np.where(positive, y, 1.0)), y)
+            np.log(y, out=y, where=positive[None, :])  # the log of the columns all positive, the others as they are
         r = _curve_residuals(y, grid.x[rows])
+        del y
         tau = stats.correlations(r, np.ones(r.shape, bool))[2]
         for i, b in enumerate(bins):
             out[int(b)] = (r[:, i], float(tau[i]))
@@ -506,7 +565,7 @@ def _loss_summary(steps, grid, sel, weights, table, lg, le, late_total, th) -> L
     f["stagnant"] = False
     # the per-step series: first / best / late levels
     if steps.height:
-        loss = steps["loss"].cast(pl.Float64).fill_null(np.nan).to_numpy()
+        loss = _floats(steps["loss"])
         try:
             ls = stats.level_shift(loss, frac=0.1, reference="best")
             fin = loss[np.isfinite(loss)]
@@ -571,6 +630,14 @@ def _profile(table: pl.DataFrame) -> ProfileSummary:
 # Per-step series: downsampling, spikes, non-finite, clipping
 
 
+def _floats(col: pl.Series) -> np.ndarray:
+    """A per-step column as float64 with NaN for nulls: ``col.cast(pl.Float64).fill_null(np.nan).to_numpy()``,
+    without the two whole-column polars copies on the way for a float column (numpy gives its nulls as NaN)."""
+    if col.dtype in (pl.Float32, pl.Float64):
+        return col.to_numpy().astype(np.float64, copy=False)
+    return col.cast(pl.Float64).fill_null(np.nan).to_numpy()
+
+
 def _step_series(steps: pl.DataFrame, max_points: int) -> pl.DataFrame:
     """The per-step columns reduced to at most `max_points` consecutive groups (for plots)."""
     if steps.height == 0:
@@ -580,6 +647,14 @@ def _step_series(steps: pl.DataFrame, max_points: int) -> pl.DataFrame:
     finite = loss.filter(loss.is_finite())
     gn = pl.col("grad_norm").cast(pl.Float64)
     gfin = gn.filter(gn.is_finite())
+    # groups of `every` consecutive rows, so a stretch of whole groups is reduced at a time: the aggregations'
+    # temporaries (each column as float64, filtered, per group) then cost a stretch's worth of memory
+    stretch = every * max(1, STEP_SERIES_STRETCH // every)
+    return pl.concat([_step_series_groups(steps.slice(a, stretch), every, finite, gfin)
+                      for a in range(0, steps.height, stretch)])
+
+
+def _step_series_groups(steps: pl.DataFrame, every: int, finite: pl.Expr, gfin: pl.Expr) -> pl.DataFrame:
     return (
         steps.with_row_index("_r")
         .group_by((pl.col("_r") // every).alias("_g"), maintain_order=True)
@@ -651,14 +726,17 @@ def _spikes(steps: pl.DataFrame) -> SpikeSummary:
                          single_threshold=stats.SPIKE_THRESHOLD)
     if n == 0:
         return empty
-    step = steps["step"].to_numpy()
-    loss = steps["loss"].cast(pl.Float64).fill_null(np.nan).to_numpy()
+    loss = _floats(steps["loss"])
     pos_ok = np.isfinite(loss) & (loss > 0)
     if pos_ok.sum() < 10:
         return replace(empty, events_per_10k=0.0)
     with np.errstate(divide="ignore", invalid="ignore"):
         ll = np.where(pos_ok, np.log(loss), np.nan)
+    del pos_ok, loss
     every = stats.robust_z(ll)  # the robust z of every finite step, filtered once
+    # the losses and steps are read again after the filter, whose temporaries are the largest of the analysis
+    loss = _floats(steps["loss"])
+    step = steps["step"].to_numpy()
     (thr, tail), (lone, _) = spike_thresholds(every.z, every.z.size, (SPIKE_FALSE_EVENTS, SPIKE_FALSE_SINGLE))
     # candidates at the fixed threshold: the largest excursions (a blow-up is one, on any noise) ...
     cand = stats.spikes_at(every)
@@ -681,7 +759,7 @@ def _spikes(steps: pl.DataFrame) -> SpikeSummary:
     for e in found:
         e.pop("_pos")
     # the grad norm at those spikes, against its own running median
-    g = steps["grad_norm"].cast(pl.Float64).fill_null(np.nan).to_numpy()
+    g = _floats(steps["grad_norm"])
     gmax = gstep = None
     gpos = np.flatnonzero(np.isfinite(g) & (g > 0))
     if gpos.size >= 10:
@@ -733,7 +811,7 @@ def _nonfinite(run: Run, steps: pl.DataFrame) -> NonfiniteSummary:
     n_bad = int(nf.sum())
     total = int(nf.sum() + cnt.sum())
     # diverged: from some step on, no step has a finite loss (and at least 1% of the run, >= 3 steps)
-    loss = steps["loss"].cast(pl.Float64).fill_null(np.nan).to_numpy()
+    loss = _floats(steps["loss"])
     fin = np.isfinite(loss) & (cnt > 0)
     last_fin = np.flatnonzero(fin)
     tail = steps.height - (int(last_fin[-1]) + 1 if last_fin.size else 0)
@@ -788,7 +866,7 @@ def _clip(run: Run, steps, late_fraction, trend_fraction) -> ClipSummary:
     early = known & (step <= s0 + late_fraction * span)
     rate = float(cl[known].mean())
     thr = steps["clip_threshold"].cast(pl.Float64).drop_nulls()
-    g = steps["grad_norm"].cast(pl.Float64).fill_null(np.nan).to_numpy()
+    g = _floats(steps["grad_norm"])
     lg = g[late & np.isfinite(g)]
     # trend of the per-window clip rate over the trend stretch
     win = int(run.meta.get("window") or 100)
@@ -1076,8 +1154,8 @@ def _grad_flow(steps: pl.DataFrame, late_fraction: float, th: Thresholds) -> Gra
     none = GradFlowSummary(0, 0, None, None, None, None, floor)
     if steps.height == 0 or "grad_norm" not in steps.columns:
         return none
-    g = steps["grad_norm"].cast(pl.Float64).fill_null(np.nan).to_numpy()
-    loss = steps["loss"].cast(pl.Float64).fill_null(np.nan).to_numpy()
+    g = _floats(steps["grad_norm"])
+    loss = _floats(steps["loss"])
     ok = np.isfinite(g) & np.isfinite(loss) & (steps["count"].fill_null(0).to_numpy() > 0)
     if not ok.any():
         return none
@@ -1086,7 +1164,7 @@ def _grad_flow(steps: pl.DataFrame, late_fraction: float, th: Thresholds) -> Gra
     s0, s1 = float(step.min()), float(step.max())
     late = ok & (step >= s1 - late_fraction * max(s1 - s0, 1.0))
     d = np.flatnonzero(dead)
-    lr = steps["lr"].cast(pl.Float64).fill_null(np.nan).to_numpy() if "lr" in steps.columns else np.full(step.size, np.nan)
+    lr = _floats(steps["lr"]) if "lr" in steps.columns else np.full(step.size, np.nan)
     has_lr = np.isfinite(lr)
     z = np.flatnonzero(has_lr & (lr == 0))
     return GradFlowSummary(

@@ -101,17 +101,33 @@ class Run:
 
     @property
     def train_bins(self) -> pl.DataFrame:
-        return self.bins.filter(pl.col("split") == "train")
+        return self.split_bins("train")
 
     @property
     def eval_bins(self) -> pl.DataFrame:
         """Held-out data evaluated with the live weights."""
-        return self.bins.filter(pl.col("split") == "eval")
+        return self.split_bins("eval")
 
     @property
     def ema_bins(self) -> pl.DataFrame:
         """The EMA weights evaluated (on held-out data)."""
-        return self.bins.filter(pl.col("split") == "ema")
+        return self.split_bins("ema")
+
+    def split_bins(self, split: str) -> pl.DataFrame:
+        """The bins rows of one split, in their order. A loaded run's bins are sorted by split, so a split's rows
+        are one stretch of them, returned as a view (no copy: the train rows of a long run are most of its
+        memory); rows of a split spread among others' are filtered out, as any frame's would be."""
+        b = self.bins
+        hit = (b["split"] == split).fill_null(False)
+        n = int(hit.sum())
+        if n == b.height:
+            return b
+        if n == 0:
+            return b.clear()
+        first = int(hit.arg_max())
+        if hit.slice(first, n).all():
+            return b.slice(first, n)
+        return b.filter(hit)
 
     @property
     def extra_scalars(self) -> list[str]:
@@ -352,8 +368,8 @@ def _read_part(kind: str, f: Path, limit: int) -> tuple[pa.Table, list[str]]:
 FAST_READ_MIN_PARTS = 1  # a single part is read by the careful reader either way
 
 
-def _first_part(kind: str, files: list[Path]) -> tuple[list[str], list[str]] | None:
-    """(column names, dropped columns) of the first part of one kind when its schema passes the careful reader's
+def _first_part(kind: str, files: list[Path]) -> tuple[list[str], list[str], list] | None:
+    """(column names, dropped columns, (name, dtype) pairs) of the first part of one kind when its schema passes the careful reader's
     checks: the schema the fast reader holds every other part to. None sends the kind to the part-by-part
     reader, which then names what is wrong.
 
@@ -369,7 +385,7 @@ def _first_part(kind: str, files: list[Path]) -> tuple[list[str], list[str]] | N
     why, drop = schema_violation(kind, polars_types(schema))
     if why:
         return None
-    return list(schema), list(drop)
+    return list(schema), list(drop), list(schema.items())
 
 
 def _metadata_rows(md) -> int:
@@ -377,36 +393,63 @@ def _metadata_rows(md) -> int:
     return max(md.num_rows, sum(md.row_group(i).num_rows for i in range(md.num_row_groups)))
 
 
-def _read_all_at_once(kind: str, files: list[Path], first: tuple, limit: int) -> tuple[pl.DataFrame, list[str]] | None:
-    """Every part of one kind in one multi-threaded polars read, held to the first part's schema
-    (:func:`_first_part`). None sends the caller to the part-by-part reader; so does any error of the read.
+FAST_READ_GROUP = 64  # parts per polars read of the fast reader (~64,000 rows of a part of 1,000 rows)
 
-    Polars raises for a part whose columns or types differ from the first's (a column missing, an extra one,
-    another type), as the careful reader needs to see them. Each row's part comes from its file's path. The
-    read stops after ``limit`` rows per part in all, so a part whose footer claims far more rows than a
-    part can hold (a decompression bomb) costs no more than parts at the limit would; any part over its limit
-    sends the kind to the careful reader, which refuses that part unread and names it. Polars can panic on a
-    damaged page, printing from Rust: its stderr is silenced for the read, and the part-by-part reader
-    (pyarrow, which raises instead) takes over.
+
+def _read_all_at_once(kind: str, files: list[Path], first: tuple, limit: int) -> tuple[pl.DataFrame, list[str]] | None:
+    """Every part of one kind in multi-threaded polars reads of FAST_READ_GROUP parts each, held to the first
+    part's schema (:func:`_first_part`). None sends the caller to the part-by-part reader; so does any error of
+    a read.
+
+    Polars raises for a part whose columns or types differ from the first of its read's (a column missing, an
+    extra one, another type), and the first part of each read after the first is held to the run's first part
+    here, as the careful reader needs to see them. Each row's part comes from its file's path. Each read stops
+    after ``limit`` rows per part in all, so a part whose footer claims far more rows than a part can hold (a
+    decompression bomb) costs no more than parts at the limit would; any part over its limit sends the kind to
+    the careful reader, which refuses that part unread and names it. Polars can panic on a damaged page,
+    printing from Rust: its stderr is silenced for the read, and the part-by-part reader (pyarrow, which
+    raises instead) takes over.
+
+    Memory: a read of many parts holds one small chunk per part and column; a frame in one chunk per column
+    needs those and the copy at once, and the allocator keeps the freed small chunks a while (about twice the
+    kind's size in all). A group at a time, each made one chunk as it is read, costs one group's worth above
+    the frame, which keeps one chunk per group.
     """
-    names, drop = first
+    names, drop, schema = first
     paths = [str(f) for f in files]
     keep = [n for n in names if n not in drop]
+    pieces = []
     try:
         with _polars_read():
-            df = (pl.scan_parquet(paths, glob=False, hive_partitioning=False, include_file_paths="_path",
-                                  n_rows=limit * len(paths) + 1)
-                  .select(*keep, pl.col("_path").cast(pl.Enum(paths)).to_physical().cast(pl.Int32).alias("_part"))
-                  .collect())
-            counts = np.bincount(df["_part"].to_numpy(), minlength=len(paths))
-            if counts.size != len(paths) or counts.max(initial=0) > limit:
-                return None
-            # one chunk per column now, on this kind's thread: every later step wants it, and a drop on the main
-            # thread would otherwise do it there (~0.06 s for 1,000,000 bins rows read from 1,000 parts)
-            df = df.rechunk().with_columns(_cast_to_format(kind, df.select(keep)))
+            for lo in range(0, len(paths), FAST_READ_GROUP):
+                group = paths[lo:lo + FAST_READ_GROUP]
+                if lo and list(pl.read_parquet_schema(group[0]).items()) != schema:
+                    return None
+                df = (pl.scan_parquet(group, glob=False, hive_partitioning=False, include_file_paths="_path",
+                                      n_rows=limit * len(group) + 1)
+                      .select(*keep, (pl.col("_path").cast(pl.Enum(group)).to_physical().cast(pl.Int32)
+                                      + lo).alias("_part"))
+                      .collect())
+                counts = np.bincount(df["_part"].to_numpy() - lo, minlength=len(group))
+                if counts.size != len(group) or counts.max(initial=0) > limit:
+                    return None
+                # one chunk per column and group, on this kind's thread: every later step reads the columns
+                df = df.with_columns(_cast_to_format(kind, df.select(keep)))
+                pieces.append(_unfilled(df).rechunk())
+                del df
+            df = pl.concat(pieces, rechunk=False)
     except _ReadFailed:
         return None
     return df, list(drop)
+
+
+def _unfilled(df: pl.DataFrame) -> pl.DataFrame:
+    """df with each column that holds only nulls (no weights logged, no loss scale: whole columns of many runs)
+    made anew, its values never written: the pages of such a column are never touched, and cost no memory."""
+    empty = [c for c in df.columns if df[c].null_count() == df.height > 0]
+    if not empty:
+        return df
+    return df.with_columns(pl.Series(c, dtype=df.schema[c]).extend_constant(None, df.height) for c in empty)
 
 
 def _cast_to_format(kind: str, df: pl.DataFrame) -> list[pl.Expr]:
@@ -519,48 +562,110 @@ def _note_dropped(kind: str, dropped, files: list[Path], problems: list[Problem]
         problems.append(Problem(str(files[0].parent), f"{what}; ignored"))
 
 
+@dataclass(frozen=True)
+class _Decoded:
+    """A part read before (the careful reader's cache): its rows are ``frame[offset:offset + rows]``, where
+    ``frame`` holds the rows of a group of parts decoded together, in one chunk per column."""
+
+    frame: pl.DataFrame
+    offset: int
+    rows: int
+    drop: tuple
+    names: tuple  # the part's own columns (its group's frame may have more)
+
+
 def _read_part_by_part(kind: str, files: list[Path], limit: int, problems: list[Problem], strict: bool,
                        cache: dict | None) -> pl.DataFrame | None:
-    """The careful reader: each part on its own (pyarrow), a damaged one named and skipped."""
-    import pyarrow as pa
+    """The careful reader: each part on its own (pyarrow), a damaged one named and skipped.
 
-    tables, dropped = [], set()
+    Parts are stacked FAST_READ_GROUP at a time into frames of one chunk per column, as they are read (a long
+    run's thousands of small Arrow tables would cost a third more than their rows, and a second copy to
+    stack). With a ``cache`` (``diffaudit watch``: parts are immutable), a part read before is not read again:
+    the cache holds it as its place in the frame of its group, and a group whose parts are all there, in order,
+    is that frame again (no copy); a group with a new part is stacked anew from its old frame's rows and the new
+    part's.
+    """
+    dropped, frames, columns = set(), [], {}
+
+    def key_of(f):
+        try:
+            st = os.stat(f)
+        except OSError:
+            return None
+        return (str(f), st.st_size, st.st_mtime_ns, limit)
 
     def read(f):
-        key = None
-        if cache is not None:  # parts are immutable: a part read before (same name, size, mtime) is not read again
-            try:
-                st = os.stat(f)
-                key = (str(f), st.st_size, st.st_mtime_ns, limit)
-            except OSError:
-                key = None
-            if key in cache:
-                return cache[key]
+        key = key_of(f) if cache is not None else None
+        if key is not None and key in cache:  # a part read before (same name, size, mtime) is not read again
+            return key, cache[key]
         try:
             got = _read_part(kind, f, limit)
         except _Damage as d:
             got = d
-        if key is not None:
+        if key is not None and isinstance(got, _Damage):
             cache[key] = got
-        return got
+        return key, got
 
     # pyarrow reads without the GIL: a few threads hide the per-file cost of many small parts
     with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
-        results = list(pool.map(read, files)) if len(files) > 8 else [read(f) for f in files]
-    for i, (f, got) in enumerate(zip(files, results)):
-        if isinstance(got, _Damage):
-            _damaged(problems, strict, f, str(got))
-            continue
-        table, drop = got
-        tables.append(table.append_column("_part", pa.array(np.full(table.num_rows, i, np.int32))))
-        dropped.update(drop)
+        for lo in range(0, len(files), FAST_READ_GROUP):
+            group = files[lo:lo + FAST_READ_GROUP]
+            results = list(pool.map(read, group)) if len(group) > 8 else [read(f) for f in group]
+            good = []  # (index into files, cache key, what was read or cached)
+            for i, (f, (key, got)) in enumerate(zip(group, results), lo):
+                if isinstance(got, _Damage):
+                    _damaged(problems, strict, f, str(got))
+                    continue
+                good.append((i, key, got))
+                dropped.update(got.drop if isinstance(got, _Decoded) else got[1])
+            if good:
+                frames.append(_stack_group(good, cache, columns))
     _note_dropped(kind, dropped, files, problems)
-    if not tables:
+    _release_arrow_memory()
+    if not frames:
         return None
-    try:  # one frame: parts with other user scalars get nulls for the columns they lack
-        return pl.from_arrow(pa.concat_tables(tables, promote_options="permissive"))
-    except (pa.ArrowInvalid, pa.ArrowTypeError):  # a user scalar bool in one part, float in another
-        return pl.concat([pl.from_arrow(t) for t in tables], how="diagonal_relaxed")
+    # one frame: parts with other user scalars get nulls for the columns they lack; the columns in the order
+    # of their first appearance, `_part` after the first part's own
+    return pl.concat(frames, how="diagonal_relaxed", rechunk=False).select(list(columns))
+
+
+def _release_arrow_memory() -> None:
+    """Hand the pages pyarrow's allocator kept from the parts it decoded (their rows are in polars frames now)
+    back to the system: mimalloc keeps some for reuse (~16 MB after the 2,000 parts of 1,000,000 steps)."""
+    import pyarrow as pa
+
+    with contextlib.suppress(AttributeError):  # pyarrow < 9
+        pa.default_memory_pool().release_unused()
+
+
+def _stack_group(good: list, cache: dict | None, columns: dict) -> pl.DataFrame:
+    """One group's usable parts in one frame (one chunk per column), `_part` their index into the kind's files;
+    their cache entries pointed at it. ``columns`` gathers the column names in order of first appearance."""
+    idx = [i for i, _, _ in good]
+    got = [g for _, _, g in good]
+    rows = [g.rows if isinstance(g, _Decoded) else g[0].num_rows for g in got]
+    first = got[0]
+    if (isinstance(first, _Decoded) and all(isinstance(g, _Decoded) and g.frame is first.frame for g in got)
+            and [g.offset for g in got] == np.cumsum([0] + rows[:-1]).tolist() and sum(rows) == first.frame.height):
+        frame = first.frame  # the same parts as the last time: their frame as it is
+    else:
+        pieces = [g.frame.slice(g.offset, g.rows) if isinstance(g, _Decoded) else pl.from_arrow(g[0]) for g in got]
+        frame = _unfilled(pl.concat(pieces, how="diagonal_relaxed", rechunk=True) if len(pieces) > 1
+                          else pieces[0].rechunk())
+        del pieces
+        if cache is not None:
+            offset = 0
+            for (_, key, g), n in zip(good, rows):
+                if key is not None:
+                    drop, names = ((g.drop, g.names) if isinstance(g, _Decoded)
+                                   else (tuple(g[1]), tuple(g[0].column_names)))
+                    cache[key] = _Decoded(frame, offset, n, drop, names)
+                offset += n
+    for g in got:  # the columns of each part as it was read (its group's frame may have more)
+        for name in (g.names if isinstance(g, _Decoded) else g[0].column_names):
+            columns.setdefault(name, None)
+        columns.setdefault("_part", None)
+    return frame.with_columns(pl.Series("_part", np.repeat(np.array(idx, np.int32), rows), pl.Int32))
 
 
 def _part_spans(kind: str, df: pl.DataFrame, rules: list[tuple[str, pl.Expr]], names: dict | None) -> pl.DataFrame:
@@ -692,18 +797,26 @@ def _assemble(path, meta, process, schedule, tables, problems, resolved: bool = 
     )
 
 
+ORDER_CHECK_STRETCH = 1 << 16  # rows compared with the row before at a time (the copies it makes: a stretch's)
+
+
 def _sorted(df: pl.DataFrame, keys: list[str]) -> pl.DataFrame:
-    """df sorted by keys; parts read in name order usually are already, and checking is O(n)."""
+    """df sorted by keys; parts read in name order usually are already, and checking is O(n), a stretch of rows at
+    a time (each row against the one before it, across stretches too)."""
     if df.height < 2:
         return df
     k = df.select(keys)
-    prev, cur = k.slice(0, df.height - 1), k.slice(1)
     # lexicographic "cur >= prev" row by row, built from the last key to the first
     ok = pl.lit(True)
     for c in reversed(keys):
         ok = (pl.col(c) > pl.col(f"{c}_p")) | ((pl.col(c) == pl.col(f"{c}_p")) & ok)
-    both = pl.concat([cur, prev.rename({c: f"{c}_p" for c in keys})], how="horizontal")
-    return df if both.select(ok.all()).item() else df.sort(keys)
+    for a in range(0, df.height - 1, ORDER_CHECK_STRETCH):
+        sub = k.slice(a, ORDER_CHECK_STRETCH + 1)
+        prev, cur = sub.slice(0, sub.height - 1), sub.slice(1)
+        both = pl.concat([cur, prev.rename({c: f"{c}_p" for c in keys})], how="horizontal")
+        if not both.select(ok.all()).item():
+            return df.sort(keys)
+    return df
 
 
 # A segment of another rank supersedes only if its logger started this much later: the ranks of
@@ -819,16 +932,23 @@ def _segment_starts(steps: pl.DataFrame, bins: pl.DataFrame, created: dict | Non
 
 def _has_repeated_keys(df: pl.DataFrame, keys: list[str]) -> bool:
     """Whether two rows share ``keys``: O(n) when the rows are already in key order (parts read in name order
-    usually are), a hash of every key otherwise."""
-    cols = [df[k].to_numpy() for k in keys]
-    same_as_previous = np.ones(df.height - 1, bool)
-    ascending = np.zeros(df.height - 1, bool)  # strictly after the previous row, by the keys in order
-    for c in reversed(cols):  # lexicographic: the first key decides, ties go to the next
-        ascending = (c[1:] > c[:-1]) | ((c[1:] == c[:-1]) & ascending)
-        same_as_previous &= c[1:] == c[:-1]
-    if ascending.all():
+    usually are), a stretch of rows at a time; a hash of every key otherwise."""
+    ascending = in_order = True  # every row strictly after the one before it, by the keys in order; or after or same
+    for a in range(0, df.height - 1, ORDER_CHECK_STRETCH):
+        sub = df.slice(a, ORDER_CHECK_STRETCH + 1)
+        cols = [sub[k].to_numpy() for k in keys]
+        same_as_previous = np.ones(sub.height - 1, bool)
+        after = np.zeros(sub.height - 1, bool)
+        for c in reversed(cols):  # lexicographic: the first key decides, ties go to the next
+            after = (c[1:] > c[:-1]) | ((c[1:] == c[:-1]) & after)
+            same_as_previous &= c[1:] == c[:-1]
+        ascending = ascending and bool(after.all())
+        in_order = in_order and bool((after | same_as_previous).all())
+        if not in_order:
+            break
+    if ascending:
         return False  # strictly increasing: no repeat
-    if (ascending | same_as_previous).all():
+    if in_order:
         return True  # in order, and some row repeats the one before it
     return df.select(keys).n_unique() != df.height
 

@@ -60,6 +60,7 @@ def watch(run, interval, html, fail_on, timeout, strict):
             if u.state == "ended":
                 click.echo("the run ended without a close (killed or crashed)", err=True)
                 raise SystemExit(EXIT_INCONCLUSIVE)
+        u = None  # the run and its analysis are let go before the next poll reads the run again beside them
         if timeout is not None and time.time() - start >= timeout:
             click.echo(f"--timeout {timeout:g} s passed before the run finished", err=True)
             raise SystemExit(EXIT_INCONCLUSIVE)
