@@ -364,6 +364,9 @@ def merge_moments(count, mean, m2, axis: int = -1) -> Moments:
     return Moments(*(np.take(v, 0, axis=axis) for v in (one.count, one.mean, one.m2)))
 
 
+MOMENT_STRETCH = 1 << 16  # cells merged at a time by coarsen_moments
+
+
 def coarsen_moments(count, mean, m2, starts, axis: int = -1) -> Moments:
     """Merge runs of consecutive groups along `axis`: group j covers [starts[j], starts[j+1]).
 
@@ -380,12 +383,21 @@ def coarsen_moments(count, mean, m2, starts, axis: int = -1) -> Moments:
     if L == 0 or starts.size == 0 or starts[0] != 0 or np.any(np.diff(starts) <= 0) or starts[-1] >= L:
         raise DataError(f"batch starts {starts.tolist()[:8]} do not cut a sequence of {L} groups")
     G = starts.size
-    rows = int(np.prod(n.shape[:-1], dtype=np.int64))
+    lead = n.shape[:-1]
+    rows = int(np.prod(lead, dtype=np.int64))
     group = np.repeat(np.arange(G), np.diff(np.append(starts, L)))
-    flat = (np.arange(rows)[:, None] * G + group[None, :]).ravel()
-    out = merge_groups(flat, n, mu, s, rows * G)
-    shape = n.shape[:-1] + (G,)
-    return Moments(*(np.moveaxis(v.reshape(shape), -1, axis) for v in (out.count, out.mean, out.m2)))
+    n, mu, s = (v.reshape(rows, L) for v in (n, mu, s))
+    out = tuple(np.empty((rows, G)) for _ in range(3))
+    # a stretch of rows at a time: each merge's dozen temporaries as long as its input stay a few MB (a 1M-cell
+    # window x bin grid would need ~100 MB at once); a group's values are summed in the same order either way
+    step = max(1, MOMENT_STRETCH // L)
+    for r0 in range(0, rows, step):
+        r1 = min(rows, r0 + step)
+        flat = (np.arange(r1 - r0)[:, None] * G + group[None, :]).ravel()
+        got = merge_groups(flat, n[r0:r1], mu[r0:r1], s[r0:r1], (r1 - r0) * G)
+        for o, v in zip(out, (got.count, got.mean, got.m2)):
+            o[r0:r1] = v.reshape(r1 - r0, G)
+    return Moments(*(np.moveaxis(v.reshape(lead + (G,)), -1, axis) for v in out))
 
 
 def batch_starts(n: int, k: int) -> np.ndarray:
@@ -822,6 +834,9 @@ def compare_seed_means(a, b, *, confidence: float = 0.95, alternative: str = "tw
 # Long per-step series: spikes and level shifts
 
 
+ROBUST_Z_STRETCH = 1 << 16  # finite points made into robust z at a time (with their neighbours)
+
+
 def median_filter(v: np.ndarray, window: int) -> np.ndarray:
     """The rolling median over ``window`` (odd) points centred on each point, the series mirrored at both ends
     (about the end point, which is not repeated: scipy.ndimage's "mirror"). Polars' rolling median (C speed,
@@ -860,13 +875,24 @@ def robust_z(x, *, window: int = SPIKE_WINDOW) -> RobustZ:
     window = max(int(window) | 1, 3)
     if v.size == 0:
         return RobustZ(np.empty(0), pos, bad, n, window)
-    # "mirror", not "nearest": repeating the edge value would make it the median
-    # and the MAD 0 near both ends, and flag ordinary points there
-    med = median_filter(v, window)
-    dev = v - med
-    mad = median_filter(np.abs(dev), window)
-    scale = np.maximum(MAD_TO_SIGMA * mad, _scale_floor(v))
-    return RobustZ(dev / scale, pos, bad, n, window)
+    floor = _scale_floor(v)
+    # A stretch of points at a time, each with 2h neighbours either side (h = window // 2): a median needs h of
+    # them, the MAD of the deviations h more. The mirror at a stretch's inner border touches only the margins
+    # dropped, so every z is the one the whole series gives, in a few MB of temporaries instead of eight
+    # arrays as long as the run.
+    h = window // 2
+    z = np.empty_like(v)
+    for lo in range(0, v.size, ROBUST_Z_STRETCH):
+        hi = min(lo + ROBUST_Z_STRETCH, v.size)
+        a, b = max(lo - 2 * h, 0), min(hi + 2 * h, v.size)
+        seg = v[a:b]
+        # "mirror", not "nearest": repeating the edge value would make it the median
+        # and the MAD 0 near both ends, and flag ordinary points there
+        dev = seg - median_filter(seg, window)
+        mad = median_filter(np.abs(dev), window)
+        keep = slice(lo - a, hi - a)
+        z[lo:hi] = dev[keep] / np.maximum(MAD_TO_SIGMA * mad[keep], floor)
+    return RobustZ(z, pos, bad, n, window)
 
 
 def spikes_at(rz: RobustZ, threshold: float = SPIKE_THRESHOLD, side: str = "upper") -> Spikes:

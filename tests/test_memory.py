@@ -80,3 +80,38 @@ def test_the_careful_readers_cache_keeps_each_group_of_parts_as_one_frame_and_re
     fast = load.load_run(LOGS / "healthy_seed0")  # polars' reader, no cache
     for r in (first, again):
         assert r.steps.equals(fast.steps) and r.bins.equals(fast.bins) and r.probes.equals(fast.probes)
+
+
+@pytest.mark.parametrize("window", [3, 11, 201])
+def test_robust_z_a_stretch_at_a_time_is_the_robust_z_of_the_whole_series(window, monkeypatch):
+    from diffaudit import stats
+
+    rng = np.random.default_rng(window)
+    x = np.exp(rng.normal(0, 0.3, 5000)) + np.linspace(2, 0, 5000)
+    x[rng.integers(0, 5000, 40)] = np.nan  # non-finite points are dropped before the filters
+    x[rng.integers(0, 5000, 5)] *= 50  # spikes, and equal values (a MAD of 0 takes the floor)
+    x[1000:1300] = 1.0
+    whole = stats.robust_z(x, window=window)
+    for stretch in (1, 7, window, 1000):  # borders everywhere, down to a stretch of one point
+        monkeypatch.setattr(stats, "ROBUST_Z_STRETCH", stretch)
+        part = stats.robust_z(x, window=window)
+        assert _same(part.z, whole.z) and _same(part.pos, whole.pos)
+
+
+@pytest.mark.parametrize("axis", [0, 1])
+def test_coarsen_moments_a_stretch_of_rows_at_a_time_is_the_merge_made_at_once(axis, monkeypatch):
+    from diffaudit import stats
+
+    rng = np.random.default_rng(axis)
+    count = rng.integers(0, 5, (60, 9)).astype(np.float64)  # windows x bins, some empty
+    mean = np.where(count > 0, rng.normal(1, 0.2, count.shape), np.nan)
+    m2 = np.where(count > 0, rng.gamma(1.0, 0.1, count.shape), np.nan)
+    L = count.shape[axis]
+    starts = stats.batch_starts(L, 4)
+    whole = stats.coarsen_moments(count, mean, m2, starts, axis=axis)
+    for stretch in (1, L, 2 * L + 1):  # one row (a bin) at a time, exactly one, and a stretch across rows
+        monkeypatch.setattr(stats, "MOMENT_STRETCH", stretch)
+        part = stats.coarsen_moments(count, mean, m2, starts, axis=axis)
+        for f in ("count", "mean", "m2"):
+            assert _same(getattr(part, f), getattr(whole, f))
+    assert whole.count.shape == ((4, 9) if axis == 0 else (60, 4))
