@@ -47,6 +47,7 @@ filters over the per-step loss. Deterministic: no random numbers anywhere.
 from __future__ import annotations
 
 import math
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, replace
 
 import numpy as np
@@ -128,20 +129,22 @@ def analyze(
     # moment, and side by side on two threads their peaks added up (a quarter of the memory of a long run's
     # report) for little time saved on two shared cores. The per-step work comes first, before the grid of the
     # bins exists: the spike filter's temporaries are the largest, and the grid is as large as the bins.
-    per_step = _per_step(run, steps, late_fraction, trend_fraction, max_points, th, now, plots)
-    grid = _Grid.from_bins(run.train_bins, run.process.num_bins)
-    phases, sel = _phases(grid, late_fraction, phase_fraction, trend_fraction)
-    ref = reference_lstar(run)
-    lg, le, le_se, problems = ref.gaussian, ref.empirical, ref.empirical_se, [ref.problem] if ref.problem else []
-    table, late_total, weights = _bin_table(run, grid, sel, lg, le, le_se, th)
-    loss = _loss_summary(steps, grid, sel, weights, table, lg, le, late_total, th)
-    ev_series, ev, ev_cols = _eval(run, grid, weights, late_fraction)
-    table = table.with_columns(*[pl.Series(k, v, nan_to_null=True) for k, v in ev_cols.items()])
-    probes = _probes(run)
-    table = _attach_probes(table, probes)
-    drawn = grid if plots else _Grid.from_bins(run.train_bins.clear(), run.process.num_bins)
-    by_bin = dict(bin_series=_bin_series(drawn, lg, max_time_rows), schedule=_schedule(run),
-                  ema=_ema(run, grid, weights, late_fraction), time_probe=_time_probe(run.bins))
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        per_step = pool.submit(_per_step, run, steps, late_fraction, trend_fraction, max_points, th, now, plots)
+        grid = _Grid.from_bins(run.train_bins, run.process.num_bins)
+        phases, sel = _phases(grid, late_fraction, phase_fraction, trend_fraction)
+        ref = reference_lstar(run)
+        lg, le, le_se, problems = ref.gaussian, ref.empirical, ref.empirical_se, [ref.problem] if ref.problem else []
+        table, late_total, weights = _bin_table(run, grid, sel, lg, le, le_se, th)
+        loss = _loss_summary(steps, grid, sel, weights, table, lg, le, late_total, th)
+        ev_series, ev, ev_cols = _eval(run, grid, weights, late_fraction)
+        table = table.with_columns(*[pl.Series(k, v, nan_to_null=True) for k, v in ev_cols.items()])
+        probes = _probes(run)
+        table = _attach_probes(table, probes)
+        drawn = grid if plots else _Grid.from_bins(run.train_bins.clear(), run.process.num_bins)
+        by_bin = dict(bin_series=_bin_series(drawn, lg, max_time_rows), schedule=_schedule(run),
+                      ema=_ema(run, grid, weights, late_fraction), time_probe=_time_probe(run.bins))
+        per_step = per_step.result()
     lc = per_step.pop("lifecycle")
     analysis = Analysis(
         run=_run_info(run, grid, problems),
@@ -483,12 +486,15 @@ def _trend_windows(grid: _Grid, trend_rows) -> tuple[np.ndarray, np.ndarray, np.
     the batch means that the trend tests use are means of >= 8 contiguous stretches anyway.
     """
     idx = np.flatnonzero(trend_rows)
-    span = float(grid.step_hi[idx].max() - grid.step_lo[idx].min()) if idx.size else 0.0
+    if idx.size and idx[-1] - idx[0] + 1 == idx.size:  # one stretch of windows (as the trend's always is): views
+        idx = slice(int(idx[0]), int(idx[-1]) + 1)
+    size = len(range(*idx.indices(grid.W))) if isinstance(idx, slice) else idx.size
+    span = float(grid.step_hi[idx].max() - grid.step_lo[idx].min()) if size else 0.0
     n, mean, x = grid.n[idx], grid.mean[idx], grid.x[idx]
-    if idx.size > MAX_TREND_WINDOWS:
-        starts = stats.batch_starts(idx.size, MAX_TREND_WINDOWS)
+    if size > MAX_TREND_WINDOWS:
+        starts = stats.batch_starts(size, MAX_TREND_WINDOWS)
         m = stats.coarsen_moments(n, mean, grid.m2[idx], starts, axis=0)
-        x = np.add.reduceat(x, starts) / np.diff(np.append(starts, idx.size))
+        x = np.add.reduceat(x, starts) / np.diff(np.append(starts, size))
         n, mean = m.count, m.mean
     return x, n, mean, span
 
@@ -678,8 +684,9 @@ def _step_series_groups(steps: pl.DataFrame, every: int, finite: pl.Expr, gfin: 
     )
 
 
-def _local_median(v: np.ndarray, i: int, half: int) -> float:
-    return float(np.median(v[max(0, i - half): i + half + 1]))
+def _local_median(v: np.ndarray, pos: np.ndarray, i: int, half: int) -> float:
+    """The median of ``v`` at the ``half`` places of ``pos`` either side of its ``i``-th (no copy of v[pos])."""
+    return float(np.median(v[pos[max(0, i - half): i + half + 1]]))
 
 
 def spike_threshold(z: np.ndarray, n: int | None = None, *, false_events: float | None = None
@@ -734,19 +741,19 @@ def _spikes(steps: pl.DataFrame) -> SpikeSummary:
         ll = np.where(pos_ok, np.log(loss), np.nan)
     del pos_ok, loss
     every = stats.robust_z(ll)  # the robust z of every finite step, filtered once
+    del ll
     # the losses and steps are read again after the filter, whose temporaries are the largest of the analysis
     loss = _floats(steps["loss"])
     step = steps["step"].to_numpy()
     (thr, tail), (lone, _) = spike_thresholds(every.z, every.z.size, (SPIKE_FALSE_EVENTS, SPIKE_FALSE_SINGLE))
     # candidates at the fixed threshold: the largest excursions (a blow-up is one, on any noise) ...
     cand = stats.spikes_at(every)
-    fin_pos = np.flatnonzero(np.isfinite(ll))
-    v = loss[fin_pos]
+    fin_pos = every.pos  # the finite log losses' places
     half = every.window // 2
     found = []
     for pk in cand.event_peak:
         k = int(np.searchsorted(fin_pos, pk))
-        med = _local_median(v, k, half)
+        med = _local_median(loss, fin_pos, k, half)
         z = float(cand.z[np.searchsorted(cand.indices, pk)])
         found.append({"step": int(step[pk]), "loss": float(loss[pk]), "median": med,
                       "ratio": float(loss[pk] / med) if med > 0 else math.inf, "z": z, "_pos": int(pk)})
@@ -763,12 +770,11 @@ def _spikes(steps: pl.DataFrame) -> SpikeSummary:
     gmax = gstep = None
     gpos = np.flatnonzero(np.isfinite(g) & (g > 0))
     if gpos.size >= 10:
-        gv = g[gpos]
         for pk in at:
             k = int(np.searchsorted(gpos, pk))
             if k >= gpos.size or gpos[k] != pk:
                 continue
-            med = _local_median(gv, k, half)
+            med = _local_median(g, gpos, k, half)
             r = float(g[pk] / med) if med > 0 else math.inf
             if gmax is None or r > gmax:
                 gmax, gstep = r, int(step[pk])

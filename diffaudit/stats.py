@@ -488,6 +488,9 @@ def same_columns(mask: np.ndarray) -> list[np.ndarray]:
     return [np.array(js) for js in groups.values()]
 
 
+CORRELATION_STRETCH = 1 << 16  # values (windows x columns) whose autocorrelations are computed at a time
+
+
 def correlations(y, keep) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(tau, Gamma_1, conservative tau) of each column of ``y`` over the rows ``keep`` marks, each column
     taken as one series of its kept values, as :func:`batch_means` takes its cleaned windows (pass the result
@@ -498,11 +501,15 @@ def correlations(y, keep) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     out[1][:] = 0.0
     if y.size == 0:
         return out
-    for js in same_columns(keep):
-        rows = np.flatnonzero(keep[:, js[0]])
-        got = _correlation_rows(y[np.ix_(rows, js)].T, np.arange(rows.size, dtype=np.float64))
-        for o, a in zip(out, got):
-            o[js] = a
+    for same in same_columns(keep):
+        rows = np.flatnonzero(keep[:, same[0]])
+        # a few columns at a time: the FFTs of a 10,000-window x 100-bin grid at once take ~50 MB
+        step = max(1, CORRELATION_STRETCH // max(rows.size, 1))
+        for i in range(0, len(same), step):
+            js = same[i:i + step]
+            got = _correlation_rows(y[np.ix_(rows, js)].T, np.arange(rows.size, dtype=np.float64))
+            for o, a in zip(out, got):
+                o[js] = a
     return out
 
 
@@ -851,7 +858,7 @@ def median_filter(v: np.ndarray, window: int) -> np.ndarray:
 
 def _scale_floor(v: np.ndarray) -> float:
     """Smallest robust scale used anywhere: keeps z finite where a MAD is 0."""
-    mag = float(np.median(np.abs(v))) if v.size else 0.0
+    mag = float(np.median(np.abs(v), overwrite_input=True)) if v.size else 0.0  # partitions |v| in place, no copy
     return max(1e-12 * mag, np.finfo(np.float64).tiny)
 
 

@@ -115,3 +115,22 @@ def test_coarsen_moments_a_stretch_of_rows_at_a_time_is_the_merge_made_at_once(a
         for f in ("count", "mean", "m2"):
             assert _same(getattr(part, f), getattr(whole, f))
     assert whole.count.shape == ((4, 9) if axis == 0 else (60, 4))
+
+
+def test_correlations_a_few_columns_at_a_time_are_those_of_all_columns_at_once(monkeypatch):
+    from diffaudit import stats
+
+    rng = np.random.default_rng(5)
+    e = rng.normal(size=(400, 12))
+    y = np.empty_like(e)
+    y[0] = e[0]
+    for i in range(1, 400):  # AR(1) columns of different strengths: taus from ~1 to ~19
+        y[i] = np.linspace(0, 0.9, 12) * y[i - 1] + e[i]
+    keep = np.ones(y.shape, bool)
+    keep[::7, :4] = False  # two groups of columns with different kept rows
+    whole = stats.correlations(y, keep)
+    assert whole[0][-1] > 5 * whole[0][0]
+    for stretch in (1, 400, 401, 1200):  # one column at a time, exactly one, and a few together
+        monkeypatch.setattr(stats, "CORRELATION_STRETCH", stretch)
+        for a, b in zip(stats.correlations(y, keep), whole):
+            np.testing.assert_allclose(a, b, rtol=1e-12)
