@@ -104,6 +104,7 @@ def analyze(
     max_time_rows: int = MAX_TIME_ROWS,  # time rows of the per-bin heatmap series
     now: float | None = None,  # when the run is read (unix time; default now): in progress or ended
     plots: bool = True,  # False: leave out what only pages draw (empty `series`, `bin_series`): for findings alone
+    threads: int = 2,  # 1: the per-step work and the bins' one after the other (less memory at once, more time)
 ) -> Analysis:
     """Analyse a loaded run: per-bin table, step-series summaries, schedule, probes, eval, findings, verdict.
 
@@ -125,12 +126,12 @@ def analyze(
 
     steps = run.steps if run.steps.height == 0 or run.steps["step"].is_sorted() else run.steps.sort("step")
     # What reads only the per-step series (spikes, clipping, gradient flow, the plotted series) and the run's
-    # lifecycle, then what reads the bins, one after the other: each holds a few arrays as long as the run for a
-    # moment, and side by side on two threads their peaks added up (a quarter of the memory of a long run's
-    # report) for little time saved on two shared cores. The per-step work comes first, before the grid of the
-    # bins exists: the spike filter's temporaries are the largest, and the grid is as large as the bins.
+    # lifecycle is worked out on a second thread while this one works out the bins: about half the work each,
+    # and their numpy and polars calls release the GIL. Each works a stretch at a time, so side by side their
+    # peaks stay small; threads=1 (watch, which also holds the decoded parts) runs them one after the other.
     with ThreadPoolExecutor(max_workers=1) as pool:
-        per_step = pool.submit(_per_step, run, steps, late_fraction, trend_fraction, max_points, th, now, plots)
+        per_step = (pool.submit if threads > 1 else _Done)(_per_step, run, steps, late_fraction, trend_fraction,
+                                                            max_points, th, now, plots)
         grid = _Grid.from_bins(run.train_bins, run.process.num_bins)
         phases, sel = _phases(grid, late_fraction, phase_fraction, trend_fraction)
         ref = reference_lstar(run)
@@ -163,6 +164,16 @@ def analyze(
     )
     found = evaluate(analysis, th)
     return replace(analysis, findings=found, verdict=_verdict(found))
+
+
+class _Done:
+    """A call made at once, read as a finished future (``analyze(threads=1)``)."""
+
+    def __init__(self, fn, *args):
+        self._value = fn(*args)
+
+    def result(self):
+        return self._value
 
 
 def _per_step(run: Run, steps: pl.DataFrame, late_fraction: float, trend_fraction: float, max_points: int,

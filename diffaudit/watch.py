@@ -98,7 +98,8 @@ class Watcher:
         if fp == self._print:
             return Update(changed=False)
         run = load_run(self.path, strict=self.strict, allow_empty=True, cache=self._parts)
-        a = analyze(run, now=now)
+        # one thread: a watch holds the decoded parts between polls, so its analysis peaks one after the other
+        a = analyze(run, now=now, threads=1)
         self._print = fp
         now_sev = {f.id: f for f in a.findings}
         changes = []

@@ -134,3 +134,11 @@ def test_correlations_a_few_columns_at_a_time_are_those_of_all_columns_at_once(m
         monkeypatch.setattr(stats, "CORRELATION_STRETCH", stretch)
         for a, b in zip(stats.correlations(y, keep), whole):
             np.testing.assert_allclose(a, b, rtol=1e-12)
+
+
+def test_the_analysis_on_one_thread_is_the_analysis_on_two(run):
+    from diffaudit.present.document import dumps, report_document
+
+    one, two = analysis.analyze(run, now=1e10, threads=1), analysis.analyze(run, now=1e10, threads=2)
+    assert dumps(report_document(one)) == dumps(report_document(two))
+    assert one.findings and one.findings == two.findings
