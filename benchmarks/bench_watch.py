@@ -45,7 +45,9 @@ print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
 _WATCH = """
 import json, os, sys, time
 from pathlib import Path
-import diffaudit.cli  # noqa: F401  the CLI's allocator settings, as `diffaudit watch` has them
+sys.argv[1:1] = ["watch"]  # read by the CLI's allocator settings below, as `diffaudit watch RUN` has them
+import diffaudit.cli  # noqa: F401, E402
+del sys.argv[1]
 from diffaudit.watch import Watcher
 run, held, idle_polls = Path(sys.argv[1]), Path(sys.argv[2]), int(sys.argv[3])
 w = Watcher(run)

@@ -142,3 +142,25 @@ def test_the_analysis_on_one_thread_is_the_analysis_on_two(run):
     one, two = analysis.analyze(run, now=1e10, threads=1), analysis.analyze(run, now=1e10, threads=2)
     assert dumps(report_document(one)) == dumps(report_document(two))
     assert one.findings and one.findings == two.findings
+
+
+@pytest.mark.parametrize("argv,want", [
+    (["report", "RUN"], "JEMALLOC_CONF"),
+    (["watch", "RUN", "--fail-on", "warn"], "WATCH_JEMALLOC_CONF"),
+    (["--help"], "JEMALLOC_CONF"),
+])
+def test_the_cli_sets_polars_allocator_before_polars_is_imported(argv, want):
+    import os
+    import subprocess
+    import sys
+
+    from diffaudit import cli
+
+    code = ("import os, sys; sys.argv[1:] = {!r}; import diffaudit.cli; assert 'polars' not in sys.modules; "
+            "print(os.environ['_RJEM_MALLOC_CONF'])").format(argv)
+    env = {k: v for k, v in os.environ.items() if k != "_RJEM_MALLOC_CONF"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
+    assert out.strip() == getattr(cli, want)
+    env["_RJEM_MALLOC_CONF"] = "narenas:1"  # the user's own setting is left as it is
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "narenas:1"
