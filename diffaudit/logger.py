@@ -108,6 +108,13 @@ class RunLogger:
         self._writer = AsyncWriter(self._write_item, name=f"diffaudit-writer-{self.rank}")
         _live_loggers.add(self)  # atexit closes this logger if the script does not
 
+    def __getattr__(self, name: str):
+        """``window``, ``flush_every``, ``probe_every``, ... read from the cadence, as they were before it existed."""
+        cadence = self.__dict__.get("cadence")
+        if cadence is not None and name in Cadence.__dataclass_fields__:
+            return getattr(cadence, name)
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+
     # ------------------------------------------------------------------------
     # Hot path
 

@@ -294,3 +294,11 @@ def test_reserved_scalar_names_and_eval_scalars_are_refused(tmp_path, linear_alp
             lg.log(0, timesteps=torch.tensor([1]), losses=torch.tensor([1.0]), split="eval", eval_metric=0.5)
         lg.log(0, timesteps=torch.tensor([1]), losses=torch.tensor([1.0]), ema_loss=0.9)  # any other name is fine
     assert diffaudit.load_run(tmp_path / "r").steps["ema_loss"].to_list() == [0.9]
+
+
+def test_the_cadence_reads_as_the_loggers_own_attributes(tmp_path, linear_alpha_bar):
+    with RunLogger(tmp_path / "r", alphas_cumprod=linear_alpha_bar, num_bins=10, window=7, flush_every=21,
+                   probe_bins=50) as lg:
+        assert (lg.window, lg.flush_every, lg.probe_bins) == (7, 21, 10)  # probe bins capped at the bins
+        with pytest.raises(AttributeError, match="no attribute 'windw'"):
+            lg.windw
