@@ -72,6 +72,15 @@ class Allowance:
     steps: int | None = None  # matched steps of the calibration runs (their late windows' length follows)
     source: str = "built-in"  # "built-in", or the calibration file
     measured_on: dict = field(default_factory=dict, compare=False)
+    # per bin: the calibration's pooled late level, its mean lag-adjusted deviation, elasticity and sampling
+    # scale, the still-falling bins, and the lag bounds it used: what another run's deviation is measured from
+    reference: dict | None = field(default=None, compare=False)
+    baseline_run: str | None = None  # a comparison's baseline run counted as one more calibration run
+
+    @property
+    def runs(self) -> int:
+        """Runs the spreads were measured on (a counted baseline run included)."""
+        return len(self.deviations) if self.deviations is not None else int(self.df_mean) + 1
 
     @property
     def calibrated(self) -> bool:
@@ -107,8 +116,9 @@ class Allowance:
     def words(self) -> str:
         if self.calibrated:
             b = np.asarray(self.bins, np.float64)
-            runs = len(self.deviations) if self.deviations is not None else int(self.df_mean) + 1
-            return (f"calibrated on {runs} runs ({self.source}): sd per run {_pct(float(np.nanmin(b)))}-"
+            runs = (f"{self.runs} runs" if self.baseline_run is None else
+                    f"{self.runs - 1} runs plus the baseline run {self.baseline_run}")
+            return (f"calibrated on {runs} ({self.source}): sd per run {_pct(float(np.nanmin(b)))}-"
                     f"{_pct(float(np.nanmax(b)))} of a bin's loss, {_pct(self.mean)} for the mean over bins")
         return (f"sd per run {_pct(self.bin)} of a bin's loss plus {_pct(self.floor)} of the run's mean loss over "
                 f"bins, {_pct(self.mean)} for a mean over bins, {_pct(self.speed)} for the steps to reach the loss level, "
@@ -166,7 +176,50 @@ def to_document(al: Allowance) -> dict:
                                                       "df": _num(al.df_speed)},
         "clip": None if not al.clip else {"sd_log_odds": _num(al.clip), "df": _num(al.df_clip)},
         "deviations": dev,
+        "reference": _reference_document(al.reference),
     }
+
+
+def _reference_document(ref: dict | None) -> dict | None:
+    if ref is None:
+        return None
+    out = {k: [_num(v) for v in ref[k]] for k in REFERENCE_LISTS}
+    out["still_falling"] = [int(k) for k in ref["still_falling"]]
+    out.update({k: _num(ref[k]) for k in ("max_lag", "tolerance")})
+    return out
+
+
+REFERENCE_LISTS = ("late", "center", "elasticity", "sampling_scale")  # one value per bin (null: not measured)
+
+
+def _reference(ref, nb: int) -> dict | None:
+    """The file's optional "reference" section, checked; None when absent (files before it still read)."""
+    if ref is None:
+        return None
+    if not isinstance(ref, dict):
+        raise ValueError("reference must be an object")
+    out = {}
+    for k in REFERENCE_LISTS:
+        v = ref[k]
+        if not isinstance(v, list) or len(v) != nb:
+            raise ValueError(f"reference.{k} must hold {nb} values, one per noise bin")
+        out[k] = tuple(math.nan if x is None else _number(x, f"reference.{k}") for x in v)
+    if any(x <= 0 for x in out["late"] if math.isfinite(x)):
+        raise ValueError("reference.late holds a level that is not positive")
+    falling = ref["still_falling"]
+    if not (isinstance(falling, list) and all(isinstance(k, int) and not isinstance(k, bool) and 0 <= k < nb
+                                              for k in falling)):
+        raise ValueError(f"reference.still_falling must list bin numbers 0-{nb - 1}")
+    out["still_falling"] = tuple(falling)
+    out["max_lag"] = _positive(ref["max_lag"], "reference.max_lag")
+    out["tolerance"] = _positive(ref["tolerance"], "reference.tolerance")
+    return out
+
+
+def _number(v, what: str) -> float:
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(float(v)):
+        raise ValueError(f"{what} holds {v!r}, not a number")
+    return float(v)
 
 
 def _num(v):
@@ -267,7 +320,7 @@ def _from_document(doc: dict, name: str) -> Allowance:
         df_clip=math.inf if not clip else _positive(clip["df"], "clip.df", allow_zero=False),
         bins=sd, df_bins=df, deviations=dev,
         steps=int(_positive(steps["matched"], "steps.matched", allow_zero=False)),
-        source=name,
+        source=name, reference=_reference(doc.get("reference"), nb),
         measured_on={k: doc[k] for k in ("created", "diffaudit_version", "noise", "steps", "window", "runs", "config",
                                          "pooling", "forced")
                      if k in doc},

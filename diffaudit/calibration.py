@@ -120,21 +120,12 @@ def calibrate(runs: list[Run], *, window=WINDOW, min_windows: int = MIN_WINDOWS,
     span = float(hi - lo + 1)
     x = 0.5 * (grid.start + np.maximum(grid.end, grid.start)).astype(np.float64)
     late, pooled_blocks = gate.late_levels(grid, sel, R)
-    pooled, _, adjusted, _, _, _ = gate.adjusted_levels(late, pooled_blocks, x[sel], span, R, max_lag=max_lag,
-                                                        tolerance=tolerance)
-    tested = np.isfinite(pooled) & (pooled > 0) & np.isfinite(adjusted).all(axis=0)
-    if tested.sum() < 2:
-        raise InconclusiveError(f"only {int(tested.sum())} noise bin(s) were sampled by every run in the late window")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)  # a bin no run sampled: NaN, left out
-        dev = np.where(tested[None, :], adjusted - np.nanmean(adjusted, axis=0), np.nan)
-        per_run = np.nanmean(dev, axis=1)
     sampling = gate.sampling_variance(runs, int(grid.start[sel[0]]), int(min(grid.end[sel[-1]], hi)), nb)
-    with warnings.catch_warnings():
+    with np.errstate(invalid="ignore", divide="ignore"), warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
-        scale = np.nanmean(sampling, axis=0) / pooled**2
-    spread = stats.pooled_spread(dev, scale=scale)
-    mean_sd = float(np.std(per_run, ddof=1))
+        scale = np.nanmean(sampling, axis=0) / np.nanmean(late, axis=0) ** 2
+    sp = level_spreads(late, pooled_blocks, x[sel], span, scale=scale, max_lag=max_lag, tolerance=tolerance)
+    spread = sp.pop("pooling")
     level, speed_sd = _speed(runs, lo, hi, grid, sel)
     clip_sd = _clip(runs, lo, hi)
     measured_on = {
@@ -151,15 +142,47 @@ def calibrate(runs: list[Run], *, window=WINDOW, min_windows: int = MIN_WINDOWS,
                     "profile_degree": spread.degree},
         "forced": sorted(varying) if varying else [],
     }
-    sd = np.sqrt(spread.var)
     return Allowance(
-        mean=mean_sd, df_mean=float(R - 1),
+        **sp,
         speed=speed_sd if speed_sd is not None else 0.0, df_speed=float(R - 1), speed_level=level if speed_sd else None,
         clip=clip_sd if clip_sd is not None else 0.0, df_clip=float(R - 1),
-        bins=tuple(float(v) for v in sd), df_bins=tuple(float(v) for v in spread.df),
-        deviations=tuple(tuple(float(v) for v in row) for row in dev),
         steps=int(hi - lo + 1), source="(not saved)", measured_on=measured_on,
     )
+
+
+def level_spreads(late: np.ndarray, pooled_blocks: np.ndarray, x: np.ndarray, span: float, *, scale=None,
+                  max_lag: float = MAX_LAG, tolerance: float = TOLERANCE) -> dict:
+    """The late-loss part of a calibration, from arrays: ``late`` (runs, bins) each run's late level,
+    ``pooled_blocks`` (bins, blocks) the runs' mean block curve over the window at block positions ``x``,
+    ``span`` matched steps, ``scale`` (bins) each bin's relative sampling variance. Returns the
+    :class:`~diffaudit.allowance.Allowance` fields ``mean``, ``df_mean``, ``bins``, ``df_bins``, ``deviations``,
+    ``reference``, and ``pooling`` (the :class:`~diffaudit.stats.PooledSpread`).
+    InconclusiveError when fewer than 2 bins were sampled by every run."""
+    R = late.shape[0]
+    pooled, _, adjusted, elastic, falling, _ = gate.adjusted_levels(late, pooled_blocks, x, span, R,
+                                                                    max_lag=max_lag, tolerance=tolerance)
+    tested = np.isfinite(pooled) & (pooled > 0) & np.isfinite(adjusted).all(axis=0)
+    if tested.sum() < 2:
+        raise InconclusiveError(f"only {int(tested.sum())} noise bin(s) were sampled by every run in the late window")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # a bin no run sampled: NaN, left out
+        center = np.where(tested, np.nanmean(adjusted, axis=0), np.nan)
+        dev = np.where(tested[None, :], adjusted - center[None, :], np.nan)
+        per_run = np.nanmean(dev, axis=1)
+    spread = stats.pooled_spread(dev, scale=scale)
+    # what another run's late levels are measured against, so that a baseline run outside the calibration can
+    # count as one more run (diffaudit.gate.with_baseline: its spreads then rest on runs, not runs - 1, df)
+    reference = {"late": _floats(np.where(tested, pooled, np.nan)), "center": _floats(center),
+                 "elasticity": _floats(elastic), "still_falling": [int(k) for k in np.flatnonzero(falling)],
+                 "sampling_scale": _floats(np.full(late.shape[1], np.nan) if scale is None else scale),
+                 "max_lag": float(max_lag), "tolerance": float(tolerance)}
+    return {"mean": float(np.std(per_run, ddof=1)), "df_mean": float(R - 1),
+            "bins": _floats(np.sqrt(spread.var)), "df_bins": _floats(spread.df),
+            "deviations": tuple(_floats(row) for row in dev), "reference": reference, "pooling": spread}
+
+
+def _floats(a) -> tuple:
+    return tuple(float(v) for v in np.asarray(a, np.float64))
 
 
 def _hashable(v):

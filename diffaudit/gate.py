@@ -133,7 +133,7 @@ import math
 import os
 import warnings
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Callable, Iterable, Sequence
 
 import numpy as np
@@ -318,7 +318,7 @@ def compare(
         "tolerance": tol, "alpha": float(alpha), "window": str(win), "correction": correction,
         "min_windows": int(min_windows), "max_lag": max_lag, "force": bool(force),
         "rules": [str(rules_[m]) for m in METRICS],
-        "allowance": {k: v for k, v in asdict(allowance).items() if k not in ("deviations", "measured_on")},
+        "allowance": {k: v for k, v in asdict(allowance).items() if k not in ("deviations", "measured_on", "reference")},
     }
     settings["unit"] = unit
     notes: list[str] = list(unit_notes)
@@ -386,6 +386,9 @@ def _statistics(base, cand, sides, rules_, win, alpha, correction, min_windows, 
     else:
         window = (int(grid.start[sel[0]]), int(min(grid.end[sel[-1]], hi)))
         nblocks = len(sel)
+        if single and allowance.reference is not None:
+            allowance, said = with_baseline(allowance, late_levels(grid, sel, 1)[0][0], base[0], window, nblocks)
+            notes.append(said)
         bin_checks, st = _loss_checks(grid, sel, base, cand, rules_, alpha, correction, max_lag, lstar, single, lo, hi,
                                       allowance)
         checks += bin_checks
@@ -487,6 +490,77 @@ def resolve_allowance(allowance, baseline, process) -> Allowance:
         allowance = read_allowance(allowance)
     check_fits(allowance, process, what="the baseline runs")
     return allowance
+
+
+BASELINE_OUTLIER_P = 0.01  # a baseline whose mean level lies this far out among the calibration's runs is named
+
+
+def with_baseline(al: Allowance, late: np.ndarray, run: Run, window: tuple[int, int], blocks: int
+                  ) -> tuple[Allowance, str]:
+    """The calibration with a comparison's baseline run counted as one more of its runs, and a note saying so
+    (or why not).
+
+    The baseline is another healthy run of the calibrated configuration: its late level per bin, measured over
+    the calibration's own late window against the calibration's pooled level and less its own progress lag, is
+    one more deviation, so the spread of the mean over bins has R df instead of R - 1 (3 runs: 3 instead of 2,
+    which the aggregates' t test needs most) and each bin's pooled spread one more. The comparison's numerator
+    holds the baseline too; a large deviation of it widens the spread, so the test stays at or under its level
+    (``tests/test_calibrate.py`` checks the size by Monte Carlo). A baseline whose mean level lies outside
+    what the calibration's seeds do (a calibration made before the configuration changed) widens the spread
+    more and is named. ``late``: the baseline's late level per bin over ``window`` (``blocks`` blocks).
+    """
+    ref, dev0 = al.reference, al.deviations
+    w = al.measured_on.get("window", {})
+    if dev0 is None:
+        return al, "the calibration holds no per-run deviations, so the baseline run is not counted among its runs"
+    if (w.get("first"), w.get("last"), w.get("blocks")) != (window[0], window[1], blocks):
+        return al, (f"the baseline run is not counted among the calibration's runs: its late window (steps "
+                    f"{window[0]:,}-{window[1]:,}) is not the calibration's ({w.get('first', 0):,}-{w.get('last', 0):,})")
+    here = {str(run.path), str(run.path.resolve())}
+    if any(r.get("path") in here for r in al.measured_on.get("runs", [])):
+        return al, f"the baseline run {run.name} is one of the calibration's runs"
+    nb = late.size
+    level, center, elastic = (np.asarray(ref[k], np.float64) for k in ("late", "center", "elasticity"))
+    elastic = np.nan_to_num(elastic, nan=0.0)
+    falling = np.zeros(nb, bool)
+    falling[list(ref["still_falling"])] = True
+    dev0 = np.asarray(dev0, np.float64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        rel = late / level - 1.0
+    # the lag exactly as the calibration took its own runs' (adjusted_levels)
+    lag = _cap_lag(_fit_lag(rel, elastic, -ref["max_lag"], ref["max_lag"]), rel, elastic, falling, ref["tolerance"])
+    rows = np.vstack([dev0 + center[None, :], (rel - lag * elastic)[None, :]])
+    tested = np.isfinite(rows).all(axis=0)
+    if tested.sum() < 2:
+        return al, "the baseline run is not counted among the calibration's runs: it sampled too few of its bins"
+    if np.any(np.nanmax(np.abs(rows[:-1, tested] - rows[-1, tested]), axis=1) < 1e-9):
+        return al, f"the baseline run {run.name} is one of the calibration's runs"
+    dev = np.where(tested[None, :], rows - rows.mean(axis=0)[None, :], np.nan)
+    per_run = dev[:, tested].mean(axis=1)
+    R = per_run.size
+    try:
+        spread = stats.pooled_spread(dev, scale=np.asarray(ref["sampling_scale"], np.float64))
+    except InconclusiveError:
+        return al, "the baseline run is not counted among the calibration's runs: too few bins to pool a spread"
+    bins = np.where(tested, np.sqrt(spread.var), np.nan)
+    out = replace(al, mean=float(np.std(per_run, ddof=1)), df_mean=float(R - 1), bins=tuple(float(v) for v in bins),
+                  df_bins=tuple(float(v) for v in np.where(tested, spread.df, np.nan)),
+                  deviations=tuple(tuple(float(v) for v in r) for r in dev), baseline_run=run.name)
+    # the baseline's distance from the other runs' mean, against their spread (a prediction interval)
+    others = per_run[:-1]
+    d = per_run[-1] - float(np.mean(others))
+    sd = float(np.std(others, ddof=1))
+    said = (f"the baseline run {run.name} counts as one more run of the calibration: its spreads now rest on {R} "
+            f"runs ({R - 1} df for the mean over bins); its mean level lies {change_text(d, True)} from the "
+            f"calibration runs' mean")
+    if sd > 0:
+        t = d / (sd * math.sqrt(1 + 1 / others.size))
+        p = 2 * float(stats.t_sf(abs(t), others.size - 1))
+        if p < BASELINE_OUTLIER_P:
+            said += (f", more than the calibration's seeds differ (p = {p:.2g}): was the configuration changed since "
+                     "it was calibrated? The difference widens the spread, so this comparison sees less; recalibrate "
+                     "on runs of the current configuration")
+    return out, said
 
 
 def _single_run_note(al: Allowance, max_lag: float) -> str:

@@ -12,6 +12,7 @@ import json
 import shutil
 from dataclasses import replace
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import polars as pl
@@ -19,7 +20,7 @@ import pytest
 from _cli import one_line_error, run_cli
 
 from diffaudit import allowance, gate, gate_options, stats
-from diffaudit.calibration import calibrate, seed_like, varying_config
+from diffaudit.calibration import calibrate, level_spreads, seed_like, varying_config
 from diffaudit.errors import AllowanceError, DiffauditError
 from diffaudit.load import load_run
 
@@ -139,6 +140,49 @@ def test_baseline_seeds_catch_the_rise_they_state(seeds):
     assert np.mean(hit) >= 0.8, (stated, np.mean(hit))
 
 
+def _calibrated_trial(rng, rise: float, count_baseline: bool, runs: int = 3):
+    """One run per side with a calibration on ``runs`` other seeds (library functions on synthetic block means):
+    (flagged, stated detectable rise of the mean)."""
+    K = 30
+    t = np.arange(K) + 0.5
+    curve = (0.02 + 0.5 * np.exp(-np.arange(B) / 8.0))[:, None] * (1.0 + 1.5 * np.exp(-t / 4.5))[None, :]
+    x, sel, span = t * 100.0, np.arange(K - 8, K), 100.0 * K
+    blocks = []
+    for r in range(runs + 2):  # the calibration's runs, the baseline, the candidate
+        effect = 1 + 0.006 * rng.standard_normal() + 0.012 * rng.standard_normal(B)
+        blocks.append(curve * effect[:, None] * (1 + rise if r == runs + 1 else 1.0)
+                      * (1 + 0.01 * rng.standard_normal((B, K))))
+    blocks = np.array(blocks)
+    cal = blocks[:runs][:, :, sel]
+    fields = level_spreads(cal.mean(axis=2), cal.mean(axis=0), x[sel], span)
+    fields.pop("pooling")
+    window = (int(x[sel[0]]), int(x[sel[-1]]))
+    al = allowance.Allowance(**fields, steps=int(span), source="simulation",
+                             measured_on={"window": {"first": window[0], "last": window[1], "blocks": sel.size}})
+    if count_baseline:
+        al, said = gate.with_baseline(al, blocks[runs][:, sel].mean(axis=1),
+                                      SimpleNamespace(name="base", path=Path("/simulated/base")), window, sel.size)
+        assert "counts as one more run" in said and al.df_mean == runs
+    st = gate.single_run_stats(blocks[runs], blocks[runs + 1], x, sel, span, allowance=al)
+    p, q, pg, qg = gate.decide(st)
+    tol = gate_options.TOLERANCE
+    flagged = bool(((q <= gate_options.ALPHA) & (st.change > tol)).any()
+                   or any(qv <= gate_options.ALPHA and g[2] > tol for g, qv in zip(st.groups, qg)))
+    return flagged, gate.group_detectable(st)
+
+
+def test_a_baseline_counted_in_the_calibration_keeps_the_level_and_states_a_smaller_rise_it_catches():
+    # the baseline's deviation is in the spread and in the numerator: the test is conservative, not anti-
+    rng = np.random.default_rng(11)
+    null = [_calibrated_trial(rng, 0.0, True) for _ in range(200)]
+    assert np.mean([f for f, _ in null]) <= 0.05
+    stated = float(np.median([d for _, d in null]))
+    alone = float(np.median([_calibrated_trial(rng, 0.0, False)[1] for _ in range(100)]))
+    assert gate_options.TOLERANCE < stated < 0.9 * alone  # 3 df for the mean over bins instead of 2
+    hit = [_calibrated_trial(rng, stated, True)[0] for _ in range(200)]
+    assert np.mean(hit) >= 0.74, (stated, np.mean(hit))  # 80% claimed; 200 trials leave about 3 points of error
+
+
 # ----------------------------------------------------------------------------
 # Real runs of a held-out family: calibrate, compare, and what each comparison says it can see
 
@@ -180,6 +224,74 @@ def test_three_baseline_seeds_catch_five_percent_on_a_held_out_family(shapes):
     caught = [gate.compare(shapes[i:i + 3], raised(shapes[(i + 3) % 8], 1.05), rules=["findings:off"]).status
               for i in range(5)]
     assert caught.count("regression") >= 4, caught
+
+
+def _counted(al, base, cand=None):
+    """gate.with_baseline as compare calls it for ``base`` against ``cand`` (default: ``base`` itself)."""
+    runs = [base, cand if cand is not None else base]
+    lo, hi = gate._overlap(runs)
+    grid = gate._block_grid(runs, lo, hi)
+    sel = gate._select_window(grid, gate_options.parse_window(gate_options.WINDOW), lo, hi,
+                              gate_options.MIN_WINDOWS, [])
+    window = (int(grid.start[sel[0]]), int(min(grid.end[sel[-1]], hi)))
+    return gate.with_baseline(al, gate.late_levels(grid, sel, 1)[0][0], base, window, sel.size)
+
+
+@needs_shapes
+def test_a_baseline_outside_the_calibration_counts_as_one_more_of_its_runs(shapes):
+    al = calibrate(shapes[:3])
+    four, said = _counted(al, shapes[3], shapes[4])
+    assert four.runs == 4 and four.df_mean == 3 and four.baseline_run == "healthy_s03"
+    assert "counts as one more run" in said and "3 df for the mean over bins" in said and "changed" not in said
+    assert "3 runs plus the baseline run healthy_s03" in four.words()
+    # what calibrating on all four would measure (it takes the pooled level of four runs, not three: close)
+    direct = calibrate(shapes[:4])
+    assert four.mean == pytest.approx(direct.mean, rel=0.1)
+    assert np.nanmedian(four.bins) == pytest.approx(np.nanmedian(direct.bins), rel=0.1)
+    both = np.isfinite(four.df_bins) & np.isfinite(al.df_bins)
+    assert np.all(np.asarray(four.df_bins)[both] >= np.asarray(al.df_bins)[both])  # (each at most 8: MAX_BIN_DF)
+    v = gate.compare(shapes[3], shapes[4], rules=["findings:off"], allowance=al)
+    assert any("healthy_s03 counts as one more run" in n for n in v.notes), v.notes
+    assert all(c.details["df"] >= 3 for c in v.by_metric(gate.GROUP_METRIC))
+
+
+@needs_shapes
+def test_a_baseline_that_is_a_calibration_run_or_has_another_window_is_not_counted(shapes, tmp_path):
+    al = calibrate(shapes[:3])
+    same, said = _counted(al, shapes[0], shapes[4])
+    assert same is al and "healthy_s00 is one of the calibration's runs" in said
+    moved = load_run(shutil.copytree(SHAPES / "healthy_s01", tmp_path / "elsewhere"))  # same run, other place
+    same, said = _counted(al, moved, shapes[4])
+    assert same is al and "is one of the calibration's runs" in said
+    w = al.measured_on["window"]
+    other = replace(al, measured_on={**al.measured_on, "window": {**w, "first": w["first"] + 1}})
+    same, said = _counted(other, shapes[3], shapes[4])
+    assert same is other and "not counted" in said and f"{w['first'] + 1:,}" in said
+
+
+@needs_shapes
+def test_a_baseline_unlike_the_calibration_widens_the_spread_and_is_named(shapes):
+    al = calibrate(shapes[:3])
+    four, said = _counted(al, raised(shapes[3], 1.04), shapes[4])  # the configuration changed since
+    assert four.mean > 3 * al.mean and "was the configuration changed" in said and "recalibrate" in said
+
+
+@needs_shapes
+def test_a_calibration_file_without_its_reference_still_reads_and_a_damaged_one_is_named(shapes, tmp_path):
+    al = replace(calibrate(shapes[:3]), source=str(tmp_path / "a.json"))
+    allowance.write_allowance(al, tmp_path / "a.json")
+    back = allowance.read_allowance(tmp_path / "a.json")
+    assert back.reference["still_falling"] == tuple(al.reference["still_falling"])
+    np.testing.assert_allclose(back.reference["late"], al.reference["late"])
+    doc = json.loads((tmp_path / "a.json").read_text())
+    old = tmp_path / "old.json"  # a file written before the reference was kept
+    old.write_text(json.dumps({k: v for k, v in doc.items() if k != "reference"}))
+    v = gate.compare(shapes[3], shapes[4], rules=["findings:off"], allowance=allowance.read_allowance(old))
+    assert v.allowance == str(old) and not any("counts as one more run" in n for n in v.notes)
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({**doc, "reference": {**doc["reference"], "late": doc["reference"]["late"][:4]}}))
+    one_line_error(run_cli("compare", SHAPES / "healthy_s03", SHAPES / "healthy_s04", "--allowance", bad),
+                   str(bad), "reference.late")
 
 
 # ----------------------------------------------------------------------------
