@@ -32,7 +32,10 @@ Simulation. :func:`diffaudit.gate.seed_stats` and :func:`diffaudit.gate.decide`
 on synthetic block means: 50 bins, AR(1) window noise (phi 0.9, 30% shared by
 the bins), per-run seed effects (1% common, 1.5% per bin); 30 blocks (3,000
 steps in windows of 100) and 300 blocks (30,000 steps); 3 and 5 baseline
-seeds against one candidate raised in every bin.
+seeds against one candidate raised in every bin; and one run per side
+(:func:`diffaudit.gate.single_run_stats`) with a calibration on 3 other seeds
+(:func:`diffaudit.calibration.level_spreads`) that counts the baseline among
+its runs (:func:`diffaudit.gate.with_baseline`), shown as 0 seeds.
 """
 
 from __future__ import annotations
@@ -44,6 +47,7 @@ import sys
 import time
 from dataclasses import replace
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import polars as pl
@@ -53,7 +57,8 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(1, str(REPO / "tests"))  # the synthetic AR(1) noise the gate's simulation tests share
 
 from diffaudit import gate, gate_options  # noqa: E402
-from diffaudit.calibration import calibrate  # noqa: E402
+from diffaudit.allowance import Allowance  # noqa: E402
+from diffaudit.calibration import calibrate, level_spreads  # noqa: E402
 from diffaudit.load import load_run  # noqa: E402
 from _stats import ar1_rows  # noqa: E402
 
@@ -148,6 +153,7 @@ def run_family(name: str, role: str, runs: list, rises: list[float], trials: int
 
 B, PHI, AR_SD, WHITE_SD, COMMON = 50, 0.9, 0.01, 0.02, 0.3
 SEED_COMMON, SEED_BIN = 0.01, 0.015
+SIM_BASELINE = SimpleNamespace(name="baseline", path=Path("/simulated/baseline"))  # what with_baseline reads of a run
 
 
 def _curves(K: int) -> np.ndarray:
@@ -156,27 +162,48 @@ def _curves(K: int) -> np.ndarray:
     return floor[:, None] * (1.0 + 1.5 * np.exp(-t[None, :] / (0.15 * K)))
 
 
-def simulate(seeds: int, K: int, rise: float, trials: int, seed: int) -> tuple[float, float]:
-    """(share flagged, median stated detectable rise) of ``seeds`` baseline seeds vs one candidate x (1 + rise)."""
-    rng = np.random.default_rng(seed)
+def _sim_runs(rng, n: int, K: int, rise: float) -> np.ndarray:
+    """(n, bins, blocks) block means of n seeds, the last raised by ``rise`` in every bin."""
     base = _curves(K)
+    runs = []
+    for r in range(n):
+        effect = 1 + SEED_COMMON * rng.standard_normal() + SEED_BIN * rng.standard_normal(B)
+        mean = base * effect[:, None] * (1 + rise if r == n - 1 else 1.0)
+        drift = np.sqrt(1 - COMMON) * ar1_rows(rng, B, K, PHI) + np.sqrt(COMMON) * ar1_rows(rng, 1, K, PHI)
+        runs.append(mean * (1 + AR_SD * drift + WHITE_SD * rng.standard_normal((B, K))))
+    return np.array(runs)
+
+
+def _flagged(st) -> bool:
+    p, q, pg, qg = gate.decide(st)
+    return bool(((q <= gate_options.ALPHA) & (st.change > gate_options.TOLERANCE)).any() or
+                any(qv <= gate_options.ALPHA and g[2] > gate_options.TOLERANCE for g, qv in zip(st.groups, qg)))
+
+
+def simulate(seeds: int, K: int, rise: float, trials: int, seed: int) -> tuple[float, float]:
+    """(share flagged, median stated detectable rise) of ``seeds`` baseline seeds vs one candidate x (1 + rise).
+    ``seeds`` 0: one run per side, with a calibration on 3 other seeds and the baseline counted among them."""
+    rng = np.random.default_rng(seed)
     x = (np.arange(K) + 0.5) * 100.0
     n_sel = max(gate_options.MIN_WINDOWS, round(0.2 * K))
     sel = np.arange(K - n_sel, K)
+    span = 100.0 * K
     hits, dets = 0, []
     for _ in range(trials):
-        runs = []
-        for r in range(seeds + 1):
-            effect = 1 + SEED_COMMON * rng.standard_normal() + SEED_BIN * rng.standard_normal(B)
-            mean = base * effect[:, None] * (1 + rise if r == seeds else 1.0)
-            drift = np.sqrt(1 - COMMON) * ar1_rows(rng, B, K, PHI) + np.sqrt(COMMON) * ar1_rows(rng, 1, K, PHI)
-            runs.append(mean * (1 + AR_SD * drift + WHITE_SD * rng.standard_normal((B, K))))
-        blocks = np.array(runs)[:, :, sel]
-        st = gate.seed_stats(blocks.mean(axis=2), blocks[:seeds].mean(axis=0), x[sel], 100.0 * K, seeds)
-        p, q, pg, qg = gate.decide(st)
-        flagged = bool(((q <= gate_options.ALPHA) & (st.change > gate_options.TOLERANCE)).any() or
-                       any(qv <= gate_options.ALPHA and g[2] > gate_options.TOLERANCE for g, qv in zip(st.groups, qg)))
-        hits += flagged
+        if seeds:
+            blocks = _sim_runs(rng, seeds + 1, K, rise)[:, :, sel]
+            st = gate.seed_stats(blocks.mean(axis=2), blocks[:seeds].mean(axis=0), x[sel], span, seeds)
+        else:
+            runs = _sim_runs(rng, 5, K, rise)  # 3 calibration seeds, the baseline, the candidate
+            cal = runs[:3][:, :, sel]
+            fields = level_spreads(cal.mean(axis=2), cal.mean(axis=0), x[sel], span)
+            fields.pop("pooling")
+            window = (int(x[sel[0]]), int(x[sel[-1]]))
+            al = Allowance(**fields, steps=int(span), source="simulation",
+                           measured_on={"window": {"first": window[0], "last": window[1], "blocks": sel.size}})
+            al, _ = gate.with_baseline(al, runs[3][:, sel].mean(axis=1), SIM_BASELINE, window, sel.size)
+            st = gate.single_run_stats(runs[3], runs[4], x, sel, span, allowance=al)
+        hits += _flagged(st)
         dets.append(gate.group_detectable(st, gate_options.TOLERANCE, gate_options.ALPHA))
     return hits / trials, float(np.nanmedian(dets))
 
@@ -216,11 +243,12 @@ def main() -> None:
 
 def simulation(a, out: dict) -> None:
     """The simulation's table (``--sim-trials`` trials a cell), its rows appended to ``out``."""
-    print("\nsimulation (library functions): baseline seeds vs one candidate, every bin raised")
+    print("\nsimulation (library functions): baseline seeds vs one candidate, every bin raised "
+          "(seeds 0: one run per side, calibrated on 3 other seeds, the baseline counted among them)")
     print(f"{'seeds':>5} {'steps':>7} {'rise':>5} {'flagged':>8} {'can see (median)':>17}")
     if 0 not in a.rises:
         a.rises = [0.0] + list(a.rises)  # the stated detectable rise is read at rise 0
-    for seeds in (3, 5):
+    for seeds in (0, 3, 5):
         for K in (30, 300):
             stated = None
             for rise in list(a.rises) + ["stated"]:

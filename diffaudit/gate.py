@@ -387,8 +387,9 @@ def _statistics(base, cand, sides, rules_, win, alpha, correction, min_windows, 
         window = (int(grid.start[sel[0]]), int(min(grid.end[sel[-1]], hi)))
         nblocks = len(sel)
         if single and allowance.reference is not None:
+            before = _single_run_note(allowance, max_lag)
             allowance, said = with_baseline(allowance, late_levels(grid, sel, 1)[0][0], base[0], window, nblocks)
-            notes.append(said)
+            notes[:] = [_single_run_note(allowance, max_lag) if n == before else n for n in notes] + [said]
         bin_checks, st = _loss_checks(grid, sel, base, cand, rules_, alpha, correction, max_lag, lstar, single, lo, hi,
                                       allowance)
         checks += bin_checks

@@ -252,6 +252,7 @@ def test_a_baseline_outside_the_calibration_counts_as_one_more_of_its_runs(shape
     assert np.all(np.asarray(four.df_bins)[both] >= np.asarray(al.df_bins)[both])  # (each at most 8: MAX_BIN_DF)
     v = gate.compare(shapes[3], shapes[4], rules=["findings:off"], allowance=al)
     assert any("healthy_s03 counts as one more run" in n for n in v.notes), v.notes
+    assert any("calibrated on 3 runs plus the baseline run healthy_s03" in n for n in v.notes), v.notes
     assert all(c.details["df"] >= 3 for c in v.by_metric(gate.GROUP_METRIC))
 
 
