@@ -386,7 +386,10 @@ def _statistics(base, cand, sides, rules_, win, alpha, correction, min_windows, 
     else:
         window = (int(grid.start[sel[0]]), int(min(grid.end[sel[-1]], hi)))
         nblocks = len(sel)
-        if single and allowance.reference is not None:
+        if single and allowance.reference is not None and unit == "lstar":
+            notes.append("the baseline run is not counted among the calibration's runs: the calibration's levels are "
+                         "in loss units, these in units of L*")
+        elif single and allowance.reference is not None:
             before = _single_run_note(allowance, max_lag)
             allowance, said = with_baseline(allowance, late_levels(grid, sel, 1)[0][0], base[0], window, nblocks)
             notes[:] = [_single_run_note(allowance, max_lag) if n == before else n for n in notes] + [said]

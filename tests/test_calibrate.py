@@ -268,6 +268,8 @@ def test_a_baseline_that_is_a_calibration_run_or_has_another_window_is_not_count
     other = replace(al, measured_on={**al.measured_on, "window": {**w, "first": w["first"] + 1}})
     same, said = _counted(other, shapes[3], shapes[4])
     assert same is other and "not counted" in said and f"{w['first'] + 1:,}" in said
+    v = gate.compare(shapes[3], shapes[4], rules=["findings:off"], allowance=al, unit="lstar")
+    assert any("not counted" in n and "units of L*" in n for n in v.notes), v.notes
 
 
 @needs_shapes
