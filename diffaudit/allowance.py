@@ -21,7 +21,9 @@ Two kinds:
   than the within-run variance it sees) on the calibration's degrees of freedom.
 
 A folder of baseline runs that holds :data:`FILE_NAME`, or a baseline run inside such a folder, uses it by
-itself (:func:`find_in`).
+itself (:func:`find_in`). The file's ``reference`` (each bin's pooled late level, mean deviation, elasticity
+and sampling scale) lets a comparison count a baseline run outside the calibration as one more of its runs
+(:func:`diffaudit.gate.with_baseline`); a file without it still reads.
 Everything here raises :class:`~diffaudit.errors.AllowanceError` with one line
 naming the file and what is wrong; nothing prints.
 """
