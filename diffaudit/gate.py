@@ -182,7 +182,7 @@ __all__ = [
     "DEFAULT_ALLOWANCE", "GROUP_METRIC", "LAG_SHARE", "SEED_BIN_SD", "SEED_CLIP_SD", "SEED_FLOOR_SD", "SEED_MEAN_SD",
     "SEED_SPEED_SD", "Allowance", "Check", "Side", "Verdict",
     "adjusted_levels", "block_means", "sampling_variance", "compare", "decide", "group_detectable", "group_detectables", "late_levels",
-    "resolve_allowance", "seed_stats", "single_run_stats", "speed_level",
+    "resolve_allowance", "seed_stats", "single_run_stats", "speed_level", "with_baseline",
 ]
 
 
@@ -515,8 +515,8 @@ def with_baseline(al: Allowance, late: np.ndarray, run: Run, window: tuple[int, 
     """
     ref, dev0 = al.reference, al.deviations
     w = al.measured_on.get("window", {})
-    if dev0 is None:
-        return al, "the calibration holds no per-run deviations, so the baseline run is not counted among its runs"
+    if ref is None or dev0 is None:
+        return al, "the calibration holds no reference levels, so the baseline run is not counted among its runs"
     if (w.get("first"), w.get("last"), w.get("blocks")) != (window[0], window[1], blocks):
         return al, (f"the baseline run is not counted among the calibration's runs: its late window (steps "
                     f"{window[0]:,}-{window[1]:,}) is not the calibration's ({w.get('first', 0):,}-{w.get('last', 0):,})")
