@@ -200,6 +200,9 @@ def _reference(ref, nb: int) -> dict | None:
         return None
     if not isinstance(ref, dict):
         raise ValueError("reference must be an object")
+    lacking = [k for k in (*REFERENCE_LISTS, "still_falling", "max_lag", "tolerance") if k not in ref]
+    if lacking:
+        raise ValueError(f"reference.{lacking[0]} is missing")
     out = {}
     for k in REFERENCE_LISTS:
         v = ref[k]

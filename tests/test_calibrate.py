@@ -295,6 +295,9 @@ def test_a_calibration_file_without_its_reference_still_reads_and_a_damaged_one_
     bad.write_text(json.dumps({**doc, "reference": {**doc["reference"], "late": doc["reference"]["late"][:4]}}))
     one_line_error(run_cli("compare", SHAPES / "healthy_s03", SHAPES / "healthy_s04", "--allowance", bad),
                    str(bad), "reference.late")
+    bad.write_text(json.dumps({**doc, "reference": {k: v for k, v in doc["reference"].items() if k != "max_lag"}}))
+    one_line_error(run_cli("compare", SHAPES / "healthy_s03", SHAPES / "healthy_s04", "--allowance", bad),
+                   str(bad), "reference.max_lag is missing")
 
 
 # ----------------------------------------------------------------------------
