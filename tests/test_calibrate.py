@@ -310,6 +310,7 @@ def test_cli_calibrate_writes_a_file_compare_uses_and_a_baseline_folder_finds(tm
     res = run_cli("calibrate", *[SHAPES / f"healthy_s0{i}" for i in range(3)], "-o", out)
     assert res.exit_code == 0, res.output
     assert "calibrated on 3 runs" in res.output and f"saved to {out}" in res.output
+    assert "on 2 degrees of freedom (3 when compare's baseline run is not one of these" in res.output
     doc = json.loads(out.read_text())
     assert doc["kind"] == "diffaudit-allowance" and doc["format"] == allowance.FORMAT
     assert doc["noise"]["num_bins"] == 50 and len(doc["bins"]["sd"]) == 50 and len(doc["deviations"]) == 3
@@ -318,6 +319,8 @@ def test_cli_calibrate_writes_a_file_compare_uses_and_a_baseline_folder_finds(tm
     assert res.exit_code == 0, res.output
     v = json.loads(res.stdout)
     assert v["allowance"] == str(out) and 0 < v["detectable"] < 0.1
+    assert any("healthy_s03 counts as one more run" in n for n in v["notes"])
+    assert len(doc["reference"]["late"]) == 50 and doc["reference"]["still_falling"]
     assert all("detectable" in c for c in v["checks"])
     # a baseline folder that holds the file uses it by itself
     folder = tmp_path / "main"
