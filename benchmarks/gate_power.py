@@ -5,6 +5,7 @@ detectable rise is honest, on real runs of every family and in simulation.
     python benchmarks/gate_power.py --families shapes_mlp --rises 0 5 10 --trials 20
     python benchmarks/gate_power.py --sim-only            # the simulation alone (library functions)
     python benchmarks/gate_power.py --rises 5 --trials 280 --sim-trials 0   # every seed combination at +5%, no simulation
+    python benchmarks/gate_power.py --read-at 0.6 --sim-trials 0          # every run read at 60% of its steps
 
 Real runs. For each family, its healthy seeds (all differ only in their seed);
 a candidate is a healthy seed with every logged training loss raised by a known
@@ -74,6 +75,18 @@ def raised(run, factor: float):
     )
     steps = run.steps.with_columns(pl.col("loss") * factor) if run.steps.height else run.steps
     return replace(run, bins=bins, steps=steps, path=run.path.with_name(run.path.name + f"+{factor:g}"))
+
+
+def read_at(run, share: float):
+    """The run as it stood when ``share`` of its logged steps were done (a mid-training read): windows and steps
+    after that point dropped."""
+    last = int(run.steps["step"].max()) if run.steps.height else int(run.train_bins["step_hi"].max())
+    hi = int(share * last)
+    bins = run.bins.filter(pl.col("step_hi") <= hi)
+    steps = run.steps.filter(pl.col("step") <= hi) if run.steps.height else run.steps
+    probes = run.probes.filter(pl.col("step") <= hi) if run.probes.height and "step" in run.probes.columns \
+        else run.probes
+    return replace(run, bins=bins, steps=steps, probes=probes, path=run.path.with_name(run.path.name + f"@{share:g}"))
 
 
 def families(root: Path, only: set[str] | None) -> dict[str, tuple[str, list]]:
@@ -224,6 +237,8 @@ def main() -> None:
                     help="trials at rise 0 (false positives): every combination up to this many")
     ap.add_argument("--sim-trials", type=int, default=300, help="trials per simulated cell (0: no simulation)")
     ap.add_argument("--sim-only", action="store_true")
+    ap.add_argument("--read-at", type=float, default=1.0,
+                    help="read every run (calibration runs too) at this share of its logged steps: mid-training")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", type=Path, default=None, help="also write every row as JSON")
     a = ap.parse_args()
@@ -231,6 +246,9 @@ def main() -> None:
     out = {"real": [], "simulation": []}
     if not a.sim_only:
         fams = families(a.root, set(a.families) if a.families else None)
+        if a.read_at < 1:
+            fams = {k: (role, [read_at(r, a.read_at) for r in runs]) for k, (role, runs) in fams.items()}
+            print(f"every run read at {a.read_at:.0%} of its logged steps")
         print(f"{'family':18} {'role':11} {'design':22} {'rise':>5} {'flagged':>9} {'can see (median)':>17} "
               f"{'caught at >= stated':>20}")
         for name, (role, runs) in fams.items():
