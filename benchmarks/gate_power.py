@@ -166,7 +166,7 @@ def run_family(name: str, role: str, runs: list, rises: list[float], trials: int
 
 B, PHI, AR_SD, WHITE_SD, COMMON = 50, 0.9, 0.01, 0.02, 0.3
 SEED_COMMON, SEED_BIN = 0.01, 0.015
-SIM_BASELINE = SimpleNamespace(name="baseline", path=Path("/simulated/baseline"))  # what with_baseline reads of a run
+SIM_BASELINE = SimpleNamespace(name="baseline", path=Path("/simulated/baseline"), meta={})  # what with_baseline reads of a run
 
 
 def _curves(K: int) -> np.ndarray:

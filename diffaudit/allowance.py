@@ -74,8 +74,8 @@ class Allowance:
     steps: int | None = None  # matched steps of the calibration runs (their late windows' length follows)
     source: str = "built-in"  # "built-in", or the calibration file
     measured_on: dict = field(default_factory=dict, compare=False)
-    # per bin: the calibration's pooled late level, its mean lag-adjusted deviation, elasticity and sampling
-    # scale, the still-falling bins, and the lag bounds it used: what another run's deviation is measured from
+    # per bin: the calibration's pooled late level (and each run's), its mean lag-adjusted deviation, elasticity and
+    # sampling scale, the still-falling bins, and the lag bounds it used: what another run's deviation is measured from
     reference: dict | None = field(default=None, compare=False)
     baseline_run: str | None = None  # a comparison's baseline run counted as one more calibration run
 
@@ -186,6 +186,7 @@ def _reference_document(ref: dict | None) -> dict | None:
     if ref is None:
         return None
     out = {k: [_num(v) for v in ref[k]] for k in REFERENCE_LISTS}
+    out["late_runs"] = [[_num(v) for v in row] for row in ref["late_runs"]]
     out["still_falling"] = [int(k) for k in ref["still_falling"]]
     out.update({k: _num(ref[k]) for k in ("max_lag", "tolerance")})
     return out
@@ -200,7 +201,7 @@ def _reference(ref, nb: int) -> dict | None:
         return None
     if not isinstance(ref, dict):
         raise ValueError("reference must be an object")
-    lacking = [k for k in (*REFERENCE_LISTS, "still_falling", "max_lag", "tolerance") if k not in ref]
+    lacking = [k for k in (*REFERENCE_LISTS, "late_runs", "still_falling", "max_lag", "tolerance") if k not in ref]
     if lacking:
         raise ValueError(f"reference.{lacking[0]} is missing")
     out = {}
@@ -211,6 +212,11 @@ def _reference(ref, nb: int) -> dict | None:
         out[k] = tuple(math.nan if x is None else _number(x, f"reference.{k}") for x in v)
     if any(x <= 0 for x in out["late"] if math.isfinite(x)):
         raise ValueError("reference.late holds a level that is not positive")
+    rows = ref["late_runs"]
+    if not (isinstance(rows, list) and len(rows) >= 2 and all(isinstance(r, list) and len(r) == nb for r in rows)):
+        raise ValueError(f"reference.late_runs must hold one list of {nb} values per calibration run")
+    out["late_runs"] = tuple(tuple(math.nan if x is None else _number(x, "reference.late_runs") for x in r)
+                             for r in rows)
     falling = ref["still_falling"]
     if not (isinstance(falling, list) and all(isinstance(k, int) and not isinstance(k, bool) and 0 <= k < nb
                                               for k in falling)):

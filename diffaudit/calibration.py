@@ -24,7 +24,6 @@ measured on; :mod:`diffaudit.allowance` writes and reads it.
 from __future__ import annotations
 
 import math
-import re
 import warnings
 from datetime import datetime, timezone
 
@@ -35,52 +34,11 @@ from diffaudit.allowance import Allowance, process_fingerprint
 from diffaudit.errors import DiffauditError, InconclusiveError, MismatchError
 from diffaudit.gate_options import MAX_LAG, MIN_WINDOWS, TOLERANCE, WINDOW, parse_window
 from diffaudit.load import Run
+from diffaudit.configs import flat_config, seed_like, varying_config
 from diffaudit.words import process_words
 
 MIN_RUNS = 3  # fewer healthy seeds cannot give a spread worth the name
-# config keys whose values may differ between seeds of one configuration: a key is ignored when one of its words
-# (split at '_', '-', '.', and lower/upper case changes) is one of these
-SEED_WORDS = frozenset({"seed", "seeds", "name", "id", "uuid", "dir", "path", "output", "outdir", "date", "time",
-                        "timestamp", "host", "hostname", "tag", "tags", "notes", "wandb", "run"})
 CLIP_EPS = 0.5  # add-half smoothing of the clip count per run before taking log-odds (a rate of 0 or 1 stays finite)
-
-
-def _words(key: str) -> set[str]:
-    parts = re.split(r"[_\-.\s/]+|(?<=[a-z0-9])(?=[A-Z])", str(key))
-    return {p.lower() for p in parts if p}
-
-
-def seed_like(key: str) -> bool:
-    """True for config keys that name or place a run rather than configure it (seed, name, output_dir ...)."""
-    return bool(_words(key) & SEED_WORDS)
-
-
-def flat_config(cfg, prefix: str = "") -> dict:
-    """A run's free ``config`` as one level of dotted keys (``{"opt": {"lr": 1}}`` -> ``{"opt.lr": 1}``)."""
-    out = {}
-    if not isinstance(cfg, dict):
-        return out
-    for k, v in cfg.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, dict):
-            out.update(flat_config(v, key + "."))
-        else:
-            out[key] = v
-    return out
-
-
-def varying_config(runs: list[Run]) -> dict[str, list]:
-    """Config keys (flattened) whose values differ between the runs, seed-like keys left out: key -> values."""
-    flats = [flat_config(r.meta.get("config") or {}) for r in runs]
-    keys = sorted(set().union(*flats))
-    out = {}
-    for k in keys:
-        if seed_like(k):
-            continue
-        vals = [f.get(k) for f in flats]
-        if any(v != vals[0] for v in vals[1:]):
-            out[k] = vals
-    return out
 
 
 def calibrate(runs: list[Run], *, window=WINDOW, min_windows: int = MIN_WINDOWS, max_lag: float = MAX_LAG,
@@ -135,7 +93,8 @@ def calibrate(runs: list[Run], *, window=WINDOW, min_windows: int = MIN_WINDOWS,
         "steps": {"first": int(lo), "last": int(hi), "matched": int(hi - lo + 1)},
         "window": {"spec": str(win), "first": int(grid.start[sel[0]]), "last": int(min(grid.end[sel[-1]], hi)),
                    "blocks": int(sel.size)},
-        "runs": [{"name": r.name, "path": str(r.path), "seed": (r.meta.get("config") or {}).get("seed")} for r in runs],
+        "runs": [{"name": r.name, "path": str(r.path.resolve()), "seed": (r.meta.get("config") or {}).get("seed")}
+                 for r in runs],
         "config": {k: v for k, v in flat_config(ref.meta.get("config") or {}).items()
                    if not seed_like(k) and k not in varying},
         "pooling": {"prior_df": spread.d0, "own_df": spread.d, "effective_bins": spread.n_eff,
@@ -172,7 +131,7 @@ def level_spreads(late: np.ndarray, pooled_blocks: np.ndarray, x: np.ndarray, sp
     spread = stats.pooled_spread(dev, scale=scale)
     # what another run's late levels are measured against, so that a baseline run outside the calibration can
     # count as one more run (diffaudit.gate.with_baseline: its spreads then rest on runs, not runs - 1, df)
-    reference = {"late": _floats(np.where(tested, pooled, np.nan)), "center": _floats(center),
+    reference = {"late": _floats(pooled), "late_runs": tuple(_floats(row) for row in late), "center": _floats(center),
                  "elasticity": _floats(elastic), "still_falling": [int(k) for k in np.flatnonzero(falling)],
                  "sampling_scale": _floats(np.full(late.shape[1], np.nan) if scale is None else scale),
                  "max_lag": float(max_lag), "tolerance": float(tolerance)}

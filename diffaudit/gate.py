@@ -143,6 +143,7 @@ from diffaudit import stats
 from diffaudit.allowance import Allowance, check_fits, find_in, read_allowance
 from diffaudit.errors import DataError, DiffauditError, InconclusiveError, MismatchError
 from diffaudit.analysis import analyze
+from diffaudit.configs import flat_config, seed_like
 from diffaudit.load import Run
 from diffaudit.reference import reference_lstar
 from diffaudit.units import conversion_notes, in_lstar_units
@@ -318,7 +319,7 @@ def compare(
         "tolerance": tol, "alpha": float(alpha), "window": str(win), "correction": correction,
         "min_windows": int(min_windows), "max_lag": max_lag, "force": bool(force),
         "rules": [str(rules_[m]) for m in METRICS],
-        "allowance": {k: v for k, v in asdict(allowance).items() if k not in ("deviations", "measured_on", "reference")},
+        "allowance": _allowance_settings(allowance),
     }
     settings["unit"] = unit
     notes: list[str] = list(unit_notes)
@@ -366,7 +367,15 @@ def compare(
         found = [] if rules_["findings"].off else [pool.submit(findings_of or run_findings, r) for r in base + cand]
         status, summary, rest = _statistics(base, cand, sides, rules_, win, alpha, correction, min_windows, max_lag,
                                             single, unit, allowance, overlap, notes, found)
+    used = rest.pop("allowance_used")
+    if used is not allowance:  # the baseline counted among the calibration's runs: what the checks used
+        settings["allowance"] = _allowance_settings(used)
     return Verdict(status, summary, notes=tuple(notes), **rest, **common)
+
+
+def _allowance_settings(al: Allowance) -> dict:
+    """The allowance as a verdict's settings show it (without its per-run rows and reference levels)."""
+    return {k: v for k, v in asdict(al).items() if k not in ("deviations", "measured_on", "reference")}
 
 
 def _statistics(base, cand, sides, rules_, win, alpha, correction, min_windows, max_lag, single, unit, allowance,
@@ -419,7 +428,8 @@ def _statistics(base, cand, sides, rules_, win, alpha, correction, min_windows, 
     status, summary = _overall(checks, sides, nblocks, sight)
     if sight["weak"] and status != "regression":  # a regression was seen: how weak the test was is moot
         notes.append(_weak_words(sight, rules_["loss"], single, allowance))
-    return status, summary, dict(checks=tuple(checks), matched=overlap, window=window, window_blocks=nblocks, lag=lag,
+    return status, summary, dict(allowance_used=allowance, checks=tuple(checks), matched=overlap, window=window,
+                                 window_blocks=nblocks, lag=lag,
                                  lstar_kind=lstar_kind, detectable=sight["detectable"], projection=sight["projection"],
                                  weak=sight["weak"], allowance=allowance.source if single else None)
 
@@ -497,6 +507,7 @@ def resolve_allowance(allowance, baseline, process) -> Allowance:
 
 
 BASELINE_OUTLIER_P = 0.01  # a baseline whose mean level lies this far out among the calibration's runs is named
+SAME_RUN = 1e-6  # a baseline whose late level matches a calibration run's to this (relative) in every bin is that run
 
 
 def with_baseline(al: Allowance, late: np.ndarray, run: Run, window: tuple[int, int], blocks: int
@@ -520,9 +531,31 @@ def with_baseline(al: Allowance, late: np.ndarray, run: Run, window: tuple[int, 
     if (w.get("first"), w.get("last"), w.get("blocks")) != (window[0], window[1], blocks):
         return al, (f"the baseline run is not counted among the calibration's runs: its late window (steps "
                     f"{window[0]:,}-{window[1]:,}) is not the calibration's ({w.get('first', 0):,}-{w.get('last', 0):,})")
+    cal_runs = al.measured_on.get("runs", [])
     here = {str(run.path), str(run.path.resolve())}
-    if any(r.get("path") in here for r in al.measured_on.get("runs", [])):
-        return al, f"the baseline run {run.name} is one of the calibration's runs"
+    same = next((r for r in cal_runs if r.get("path") in here), None)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        ratio = np.abs(np.asarray(ref["late_runs"], np.float64) / late[None, :] - 1.0)
+    both = np.isfinite(ratio)
+    copies = [i for i in range(ratio.shape[0]) if both[i].sum() >= 2 and float(np.max(ratio[i, both[i]])) < SAME_RUN]
+    if same is not None or copies:
+        name = same["name"] if same is not None else (cal_runs[copies[0]]["name"] if copies[0] < len(cal_runs) else "")
+        return al, (f"the baseline run {run.name} is one of the calibration's runs"
+                    + ("" if name in ("", run.name) else f" ({name}: the same late levels)"))
+    cfg = run.meta.get("config") or {}
+    seed = cfg.get("seed") if isinstance(cfg, dict) else None
+    twin = next((r for r in cal_runs if seed is not None and r.get("seed") == seed), None)
+    if twin is not None:
+        return al, (f"the baseline run {run.name} is not counted among the calibration's runs: it has the seed of "
+                    f"{twin.get('name')} ({seed}), so it is not an independent run")
+    if "config" in al.measured_on:
+        skip = set(al.measured_on.get("forced", []))
+        mine = {k: v for k, v in flat_config(cfg).items() if not seed_like(k) and k not in skip}
+        theirs = {k: v for k, v in al.measured_on["config"].items() if k not in skip}
+        differ = sorted(k for k in set(mine) | set(theirs) if mine.get(k) != theirs.get(k))
+        if differ:
+            return al, (f"the baseline run {run.name} is not counted among the calibration's runs: its config differs "
+                        f"in {', '.join(differ[:3])}{' ...' if len(differ) > 3 else ''}")
     nb = late.size
     level, center, elastic = (np.asarray(ref[k], np.float64) for k in ("late", "center", "elasticity"))
     elastic = np.nan_to_num(elastic, nan=0.0)
@@ -537,8 +570,6 @@ def with_baseline(al: Allowance, late: np.ndarray, run: Run, window: tuple[int, 
     tested = np.isfinite(rows).all(axis=0)
     if tested.sum() < 2:
         return al, "the baseline run is not counted among the calibration's runs: it sampled too few of its bins"
-    if np.any(np.nanmax(np.abs(rows[:-1, tested] - rows[-1, tested]), axis=1) < 1e-9):
-        return al, f"the baseline run {run.name} is one of the calibration's runs"
     dev = np.where(tested[None, :], rows - rows.mean(axis=0)[None, :], np.nan)
     per_run = dev[:, tested].mean(axis=1)
     R = per_run.size
@@ -955,9 +986,10 @@ def _falling_group(elastic: np.ndarray, tested: np.ndarray) -> np.ndarray:
 def _cap_lag(lag: float, raw: np.ndarray, elastic: np.ndarray, falling: np.ndarray, tolerance: float) -> float:
     """Bound the lag: in the still-falling bins it may explain at most LAG_SHARE of their mean change, and at most
     LAG_SHARE of the tolerance, so a rise of those bins together is never explained away (same sign as the change)."""
-    if lag == 0 or falling.sum() < 2:
+    use = falling & np.isfinite(raw)  # a run that did not sample a still-falling bin: the others decide
+    if lag == 0 or use.sum() < 2:
         return lag
-    r, e = float(np.mean(raw[falling])), float(np.mean(elastic[falling]))
+    r, e = float(np.mean(raw[use])), float(np.mean(elastic[use]))
     if e <= 0 or r * lag <= 0:
         return 0.0
     return math.copysign(min(abs(lag), LAG_SHARE * min(abs(r), tolerance) / e), lag)

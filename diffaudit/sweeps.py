@@ -16,7 +16,7 @@ A sweep is read in two steps:
    version: a run that did not change is not read again. A run that cannot be
    read is a row with its error; the sweep never stops on it.
 2. **Across runs** (:func:`summarize`): runs whose config differs only in
-   seed-like keys (:func:`diffaudit.calibration.seed_like`) are one
+   seed-like keys (:func:`diffaudit.configs.seed_like`) are one
    configuration, with a mean and a seed spread. The *best set* holds the
    configurations that cannot be told apart from the best at ``alpha``: each is
    tested one-sided against the best (Holm across configurations), with the
@@ -46,7 +46,7 @@ import polars as pl
 
 from diffaudit import __version__, stats
 from diffaudit.analysis import analyze
-from diffaudit.calibration import flat_config, seed_like
+from diffaudit.configs import flat_config, seed_like
 from diffaudit.errors import DiffauditError
 from diffaudit.gate import DEFAULT_ALLOWANCE
 from diffaudit.load import load_run

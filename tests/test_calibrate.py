@@ -20,7 +20,8 @@ import pytest
 from _cli import one_line_error, run_cli
 
 from diffaudit import allowance, gate, gate_options, stats
-from diffaudit.calibration import calibrate, level_spreads, seed_like, varying_config
+from diffaudit.calibration import calibrate, level_spreads
+from diffaudit.configs import seed_like, varying_config
 from diffaudit.errors import AllowanceError, DiffauditError
 from diffaudit.load import load_run
 
@@ -140,28 +141,46 @@ def test_baseline_seeds_catch_the_rise_they_state(seeds):
     assert np.mean(hit) >= 0.8, (stated, np.mean(hit))
 
 
+K_SIM = 30
+X_SIM, SEL_SIM, SPAN_SIM = (np.arange(K_SIM) + 0.5) * 100.0, np.arange(K_SIM - 8, K_SIM), 100.0 * K_SIM
+WINDOW_SIM = (int(X_SIM[SEL_SIM[0]]), int(X_SIM[SEL_SIM[-1]]))
+
+
+def _sim_blocks(rng, n: int, rise: float = 0.0, lag: float = 0.0, tau: float = 4.5) -> np.ndarray:
+    """(n, bins, blocks) block means of n seeds of one model (its curve falling with time constant ``tau``
+    blocks); the last raised by ``rise``, the next to last ``lag`` (a share of the steps) behind in progress."""
+    t = np.arange(K_SIM) + 0.5
+    out = []
+    for r in range(n):
+        behind = lag * K_SIM if r == n - 2 else 0.0
+        curve = (0.02 + 0.5 * np.exp(-np.arange(B) / 8.0))[:, None] * (1.0 + 1.5 * np.exp(-(t - behind) / tau))[None, :]
+        effect = 1 + 0.006 * rng.standard_normal() + 0.012 * rng.standard_normal(B)
+        out.append(curve * effect[:, None] * (1 + rise if r == n - 1 else 1.0)
+                   * (1 + 0.01 * rng.standard_normal((B, K_SIM))))
+    return np.array(out)
+
+
+def _sim_allowance(cal: np.ndarray) -> allowance.Allowance:
+    """A calibration of ``cal`` (runs, bins, blocks) as ``calibrate`` makes it (level_spreads is its core)."""
+    w = cal[:, :, SEL_SIM]
+    fields = level_spreads(w.mean(axis=2), w.mean(axis=0), X_SIM[SEL_SIM], SPAN_SIM)
+    fields.pop("pooling")
+    return allowance.Allowance(**fields, steps=int(SPAN_SIM), source="simulation", measured_on={
+        "window": {"first": WINDOW_SIM[0], "last": WINDOW_SIM[1], "blocks": SEL_SIM.size}})
+
+
+def _sim_run(name: str, **config):
+    return SimpleNamespace(name=name, path=Path("/simulated") / name, meta={"config": config})
+
+
 def _calibrated_trial(rng, rise: float, count_baseline: bool, runs: int = 3):
     """One run per side with a calibration on ``runs`` other seeds (library functions on synthetic block means):
     (flagged, stated detectable rise of the mean)."""
-    K = 30
-    t = np.arange(K) + 0.5
-    curve = (0.02 + 0.5 * np.exp(-np.arange(B) / 8.0))[:, None] * (1.0 + 1.5 * np.exp(-t / 4.5))[None, :]
-    x, sel, span = t * 100.0, np.arange(K - 8, K), 100.0 * K
-    blocks = []
-    for r in range(runs + 2):  # the calibration's runs, the baseline, the candidate
-        effect = 1 + 0.006 * rng.standard_normal() + 0.012 * rng.standard_normal(B)
-        blocks.append(curve * effect[:, None] * (1 + rise if r == runs + 1 else 1.0)
-                      * (1 + 0.01 * rng.standard_normal((B, K))))
-    blocks = np.array(blocks)
-    cal = blocks[:runs][:, :, sel]
-    fields = level_spreads(cal.mean(axis=2), cal.mean(axis=0), x[sel], span)
-    fields.pop("pooling")
-    window = (int(x[sel[0]]), int(x[sel[-1]]))
-    al = allowance.Allowance(**fields, steps=int(span), source="simulation",
-                             measured_on={"window": {"first": window[0], "last": window[1], "blocks": sel.size}})
+    blocks = _sim_blocks(rng, runs + 2, rise)  # the calibration's runs, the baseline, the candidate
+    al = _sim_allowance(blocks[:runs])
+    x, sel, span = X_SIM, SEL_SIM, SPAN_SIM
     if count_baseline:
-        al, said = gate.with_baseline(al, blocks[runs][:, sel].mean(axis=1),
-                                      SimpleNamespace(name="base", path=Path("/simulated/base")), window, sel.size)
+        al, said = gate.with_baseline(al, blocks[runs][:, sel].mean(axis=1), _sim_run("base"), WINDOW_SIM, sel.size)
         assert "counts as one more run" in said and al.df_mean == runs
     st = gate.single_run_stats(blocks[runs], blocks[runs + 1], x, sel, span, allowance=al)
     p, q, pg, qg = gate.decide(st)
@@ -172,15 +191,70 @@ def _calibrated_trial(rng, rise: float, count_baseline: bool, runs: int = 3):
 
 
 def test_a_baseline_counted_in_the_calibration_keeps_the_level_and_states_a_smaller_rise_it_catches():
-    # the baseline's deviation is in the spread and in the numerator: the test is conservative, not anti-
+    # the baseline's deviation is in the spread and in the numerator: the test is conservative, not anti-; its
+    # size is read where the null is hardest, a rise of exactly the tolerance
     rng = np.random.default_rng(11)
-    null = [_calibrated_trial(rng, 0.0, True) for _ in range(200)]
-    assert np.mean([f for f, _ in null]) <= 0.05
+    edge = [_calibrated_trial(rng, gate_options.TOLERANCE, True)[0] for _ in range(300)]
+    assert np.mean(edge) <= 0.05
+    null = [_calibrated_trial(rng, 0.0, True) for _ in range(100)]
     stated = float(np.median([d for _, d in null]))
     alone = float(np.median([_calibrated_trial(rng, 0.0, False)[1] for _ in range(100)]))
     assert gate_options.TOLERANCE < stated < 0.9 * alone  # 3 df for the mean over bins instead of 2
     hit = [_calibrated_trial(rng, stated, True)[0] for _ in range(200)]
     assert np.mean(hit) >= 0.74, (stated, np.mean(hit))  # 80% claimed; 200 trials leave about 3 points of error
+
+
+def test_the_counted_baseline_is_a_run_of_the_calibration_on_the_same_footing():
+    # the baseline, 1.5% of the steps behind, counted into a 3-run calibration: its row is exactly what
+    # gate.adjusted_levels (the calibration's own function) gives a fourth run against the three runs' pooled level
+    # and curve, the rows are recentred on all four, and the spreads are recomputed from them
+    rng = np.random.default_rng(4)
+    blocks = _sim_blocks(rng, 5, lag=0.015, tau=15.0)  # still falling in the window: the lag matters
+    w = blocks[:4][:, :, SEL_SIM]
+    three = _sim_allowance(blocks[:3])
+    _, _, adjusted, _, _, lags = gate.adjusted_levels(w.mean(axis=2), w[:3].mean(axis=0), X_SIM[SEL_SIM], SPAN_SIM, 3)
+    assert lags[3] > 0.005  # the baseline's own lag is removed
+    want = adjusted - adjusted.mean(axis=0)
+
+    def counted(al):
+        out, said = gate.with_baseline(al, w[3].mean(axis=1), _sim_run("base"), WINDOW_SIM, SEL_SIM.size)
+        assert "counts as one more run" in said
+        return out
+
+    got = counted(three)
+    assert got.df_mean == 3 and got.runs == 4
+    np.testing.assert_allclose(np.asarray(got.deviations), want, rtol=0, atol=1e-12)
+    assert got.mean == pytest.approx(float(np.std(want.mean(axis=1), ddof=1)), rel=1e-12)
+    np.testing.assert_allclose(got.bins, np.sqrt(stats.pooled_spread(want).var), rtol=1e-12)
+    assert got.mean == pytest.approx(_sim_allowance(blocks[:4]).mean, rel=0.1)  # calibrating on all four at once
+    # without the lag removed its row would be off by more than rounding
+    unlagged = counted(replace(three, reference={**three.reference, "max_lag": 0.0}))
+    assert np.max(np.abs(np.asarray(unlagged.deviations) - want)) > 1e-3
+
+
+def test_a_copy_twin_or_other_configuration_of_a_calibration_run_is_not_counted():
+    rng = np.random.default_rng(8)
+    blocks = _sim_blocks(rng, 4)
+    late = blocks[:, :, SEL_SIM].mean(axis=2)
+    falling = np.flatnonzero(gate.adjusted_levels(late[:3], blocks[:3, :, SEL_SIM].mean(axis=0), X_SIM[SEL_SIM],
+                                                  SPAN_SIM, 3)[4])
+    blocks[0, falling[0], SEL_SIM] = np.nan  # run 0 never drew a still-falling bin in the window
+    al = replace(_sim_allowance(blocks[:3]), measured_on={
+        "window": {"first": WINDOW_SIM[0], "last": WINDOW_SIM[1], "blocks": SEL_SIM.size},
+        "runs": [{"name": f"s{i}", "path": f"/runs/s{i}", "seed": i} for i in range(3)], "config": {"lr": 1e-3}})
+    assert np.isnan(al.deviations[0][falling[0]])
+
+    def count(i, run):
+        return gate.with_baseline(al, blocks[i][:, SEL_SIM].mean(axis=1), run, WINDOW_SIM, SEL_SIM.size)
+
+    same, said = count(1, _sim_run("copy", lr=1e-3, seed=9))  # run 1's data at another path
+    assert same is al and "is one of the calibration's runs (s1: the same late levels)" in said
+    same, said = count(3, _sim_run("rerun", lr=1e-3, seed=2))  # another run with the seed of s2
+    assert same is al and "has the seed of s2" in said
+    same, said = count(3, _sim_run("other", lr=3e-3, seed=7, output_dir="/x"))
+    assert same is al and "config differs in lr" in said
+    counted, said = count(3, _sim_run("fresh", lr=1e-3, seed=7, output_dir="/x"))
+    assert counted.runs == 4 and "counts as one more run" in said
 
 
 # ----------------------------------------------------------------------------
@@ -254,6 +328,7 @@ def test_a_baseline_outside_the_calibration_counts_as_one_more_of_its_runs(shape
     assert any("healthy_s03 counts as one more run" in n for n in v.notes), v.notes
     assert any("calibrated on 3 runs plus the baseline run healthy_s03" in n for n in v.notes), v.notes
     assert all(c.details["df"] >= 3 for c in v.by_metric(gate.GROUP_METRIC))
+    assert v.settings["allowance"]["df_mean"] == 3 and v.settings["allowance"]["baseline_run"] == "healthy_s03"
 
 
 @needs_shapes
@@ -263,6 +338,9 @@ def test_a_baseline_that_is_a_calibration_run_or_has_another_window_is_not_count
     assert same is al and "healthy_s00 is one of the calibration's runs" in said
     moved = load_run(shutil.copytree(SHAPES / "healthy_s01", tmp_path / "elsewhere"))  # same run, other place
     same, said = _counted(al, moved, shapes[4])
+    assert same is al and "is one of the calibration's runs (healthy_s01: the same late levels)" in said
+    (tmp_path / "link").symlink_to(SHAPES / "healthy_s02", target_is_directory=True)
+    same, said = _counted(al, load_run(tmp_path / "link"), shapes[4])
     assert same is al and "is one of the calibration's runs" in said
     w = al.measured_on["window"]
     other = replace(al, measured_on={**al.measured_on, "window": {**w, "first": w["first"] + 1}})
@@ -310,7 +388,7 @@ def test_cli_calibrate_writes_a_file_compare_uses_and_a_baseline_folder_finds(tm
     res = run_cli("calibrate", *[SHAPES / f"healthy_s0{i}" for i in range(3)], "-o", out)
     assert res.exit_code == 0, res.output
     assert "calibrated on 3 runs" in res.output and f"saved to {out}" in res.output
-    assert "on 2 degrees of freedom (3 when compare's baseline run is not one of these" in res.output
+    assert "on 2 degrees of freedom (3 when compare's baseline is another run of this configuration" in res.output
     doc = json.loads(out.read_text())
     assert doc["kind"] == "diffaudit-allowance" and doc["format"] == allowance.FORMAT
     assert doc["noise"]["num_bins"] == 50 and len(doc["bins"]["sd"]) == 50 and len(doc["deviations"]) == 3

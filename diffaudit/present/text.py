@@ -178,7 +178,8 @@ def allowance_lines(al, *, saved: str | None) -> list[str]:
                      f"({pool.get('own_df', 0):g} of its own, {pool.get('prior_df', 0):.1f} pooled from the profile over "
                      f"{pool.get('effective_bins', 0):.1f} effectively independent bins)")
     lines.append(f"mean over bins, sd per run: {pct(al.mean)} on {al.df_mean:g} degrees of freedom"
-                 + (f" ({al.df_mean + 1:g} when compare's baseline run is not one of these: it counts as one more run)"
+                 + (f" ({al.df_mean + 1:g} when compare's baseline is another run of this configuration, over the same "
+                    "late window: it counts as one more run)"
                     if al.reference is not None else ""))
     if al.speed_level is not None:
         lines.append(f"steps to reach the loss level ({pct(al.speed_level)} of the initial drop above the late level, "
