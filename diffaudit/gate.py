@@ -538,10 +538,12 @@ def with_baseline(al: Allowance, late: np.ndarray, run: Run, window: tuple[int, 
         ratio = np.abs(np.asarray(ref["late_runs"], np.float64) / late[None, :] - 1.0)
     both = np.isfinite(ratio)
     copies = [i for i in range(ratio.shape[0]) if both[i].sum() >= 2 and float(np.max(ratio[i, both[i]])) < SAME_RUN]
-    if same is not None or copies:
-        name = same["name"] if same is not None else (cal_runs[copies[0]]["name"] if copies[0] < len(cal_runs) else "")
+    if same is not None:
+        return al, f"the baseline run {run.name} is one of the calibration's runs"
+    if copies:
+        name = cal_runs[copies[0]].get("name", "") if copies[0] < len(cal_runs) else ""
         return al, (f"the baseline run {run.name} is one of the calibration's runs"
-                    + ("" if name in ("", run.name) else f" ({name}: the same late levels)"))
+                    + (f" ({name}: the same late levels)" if name and name != run.name else " (the same late levels)"))
     cfg = run.meta.get("config") or {}
     seed = cfg.get("seed") if isinstance(cfg, dict) else None
     twin = next((r for r in cal_runs if seed is not None and r.get("seed") == seed), None)
