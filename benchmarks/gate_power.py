@@ -31,7 +31,9 @@ alone: the figures are those of the per-bin and mean-loss checks.
 
 Simulation. :func:`diffaudit.gate.seed_stats` and :func:`diffaudit.gate.decide`
 on synthetic block means: 50 bins, AR(1) window noise (phi 0.9, 30% shared by
-the bins), per-run seed effects (1% common, 1.5% per bin); 30 blocks (3,000
+the bins), per-run seed effects (1% common, 1.5% per bin), the bins alike ("even") or their own seed
+effect and window noise scaled along the noise levels from x0.5 in the middle to
+x10 at the extremes ("uneven", as EDM-style training gives); 30 blocks (3,000
 steps in windows of 100) and 300 blocks (30,000 steps); 3 and 5 baseline
 seeds against one candidate raised in every bin; and one run per side
 (:func:`diffaudit.gate.single_run_stats`) with a calibration on 3 other seeds
@@ -175,15 +177,21 @@ def _curves(K: int) -> np.ndarray:
     return floor[:, None] * (1.0 + 1.5 * np.exp(-t[None, :] / (0.15 * K)))
 
 
-def _sim_runs(rng, n: int, K: int, rise: float) -> np.ndarray:
+# how each bin's own seed effect and window noise scale along the noise levels: "even" bins alike; "uneven" as
+# EDM-style training gives, the extreme noise levels far noisier (x10) than the middle ones (x0.5)
+PROFILES = {"even": np.ones(B), "uneven": 0.5 + 9.5 * np.linspace(-1.0, 1.0, B) ** 4}
+
+
+def _sim_runs(rng, n: int, K: int, rise: float, profile: str = "even") -> np.ndarray:
     """(n, bins, blocks) block means of n seeds, the last raised by ``rise`` in every bin."""
     base = _curves(K)
+    prof = PROFILES[profile]
     runs = []
     for r in range(n):
-        effect = 1 + SEED_COMMON * rng.standard_normal() + SEED_BIN * rng.standard_normal(B)
+        effect = np.maximum(1 + SEED_COMMON * rng.standard_normal() + SEED_BIN * prof * rng.standard_normal(B), 0.2)
         mean = base * effect[:, None] * (1 + rise if r == n - 1 else 1.0)
         drift = np.sqrt(1 - COMMON) * ar1_rows(rng, B, K, PHI) + np.sqrt(COMMON) * ar1_rows(rng, 1, K, PHI)
-        runs.append(mean * (1 + AR_SD * drift + WHITE_SD * rng.standard_normal((B, K))))
+        runs.append(mean * np.maximum(1 + AR_SD * drift + WHITE_SD * prof[:, None] * rng.standard_normal((B, K)), 0.05))
     return np.array(runs)
 
 
@@ -193,7 +201,8 @@ def _flagged(st) -> bool:
                 any(qv <= gate_options.ALPHA and g[2] > gate_options.TOLERANCE for g, qv in zip(st.groups, qg)))
 
 
-def simulate(seeds: int, K: int, rise: float, trials: int, seed: int) -> tuple[float, float, int, int]:
+def simulate(seeds: int, K: int, rise: float, trials: int, seed: int, profile: str = "even"
+             ) -> tuple[float, float, int, int]:
     """(share flagged, median stated detectable rise, trials whose rise is at or above their own stated rise, those
     of them flagged) of ``seeds`` baseline seeds vs one candidate x (1 + rise).
     ``seeds`` 0: one run per side, with a calibration on 3 other seeds and the baseline counted among them."""
@@ -205,10 +214,10 @@ def simulate(seeds: int, K: int, rise: float, trials: int, seed: int) -> tuple[f
     hits, dets, above, caught = 0, [], 0, 0
     for _ in range(trials):
         if seeds:
-            blocks = _sim_runs(rng, seeds + 1, K, rise)[:, :, sel]
+            blocks = _sim_runs(rng, seeds + 1, K, rise, profile)[:, :, sel]
             st = gate.seed_stats(blocks.mean(axis=2), blocks[:seeds].mean(axis=0), x[sel], span, seeds)
         else:
-            runs = _sim_runs(rng, 5, K, rise)  # 3 calibration seeds, the baseline, the candidate
+            runs = _sim_runs(rng, 5, K, rise, profile)  # 3 calibration seeds, the baseline, the candidate
             cal = runs[:3][:, :, sel]
             fields = level_spreads(cal.mean(axis=2), cal.mean(axis=0), x[sel], span)
             fields.pop("pooling")
@@ -269,23 +278,26 @@ def simulation(a, out: dict) -> None:
     """The simulation's table (``--sim-trials`` trials a cell), its rows appended to ``out``."""
     print("\nsimulation (library functions): baseline seeds vs one candidate, every bin raised "
           "(seeds 0: one run per side, calibrated on 3 other seeds, the baseline counted among them)")
-    print(f"{'seeds':>5} {'steps':>7} {'rise':>5} {'flagged':>8} {'can see (median)':>17} {'caught at >= stated':>20}")
+    print(f"{'bins':>6} {'seeds':>5} {'steps':>7} {'rise':>5} {'flagged':>8} {'can see (median)':>17} "
+          f"{'caught at >= stated':>20}")
     if 0 not in a.rises:
         a.rises = [0.0] + list(a.rises)  # the stated detectable rise is read at rise 0
-    for seeds in (0, 3, 5):
-        for K in (30, 300):
-            stated = None
-            for rise in list(a.rises) + ["stated"]:
-                r = stated if rise == "stated" else rise / 100
-                share, det, above, caught = simulate(seeds, K, r, a.sim_trials,
-                                                     a.seed + 7 * seeds + K + (rise == "stated"))
-                stated = det if rise == 0 else stated
-                out["simulation"].append({"seeds": seeds, "steps": 100 * K, "rise": 100 * r, "flagged": share,
-                                          "detectable_median": det, "trials": a.sim_trials, "at_stated": rise == "stated",
-                                          "at_or_above_detectable": above, "caught_there": caught})
-                label = f"{100 * r:>4.1f}%" + (" (the median stated rise)" if rise == "stated" else "")
-                print(f"{seeds:>5} {100 * K:>7,} {label} {100 * share:>7.1f}% {100 * det:>16.1f}% "
-                      f"{f'{caught}/{above}' if r else '':>20}", flush=True)
+    for profile in PROFILES:
+        for seeds in (0, 3, 5):
+            for K in (30, 300):
+                stated = None
+                for rise in list(a.rises) + ["stated"]:
+                    r = stated if rise == "stated" else rise / 100
+                    share, det, above, caught = simulate(seeds, K, r, a.sim_trials,
+                                                         a.seed + 7 * seeds + K + (rise == "stated"), profile)
+                    stated = det if rise == 0 else stated
+                    out["simulation"].append({"bins": profile, "seeds": seeds, "steps": 100 * K, "rise": 100 * r,
+                                              "flagged": share, "detectable_median": det, "trials": a.sim_trials,
+                                              "at_stated": rise == "stated", "at_or_above_detectable": above,
+                                              "caught_there": caught})
+                    label = f"{100 * r:>4.1f}%" + (" (the median stated rise)" if rise == "stated" else "")
+                    print(f"{profile:>6} {seeds:>5} {100 * K:>7,} {label} {100 * share:>7.1f}% {100 * det:>16.1f}% "
+                          f"{f'{caught}/{above}' if r else '':>20}", flush=True)
 
 
 if __name__ == "__main__":

@@ -40,6 +40,7 @@ from pathlib import Path
 
 import numpy as np
 
+from diffaudit import stats
 from diffaudit.errors import AllowanceError
 
 FORMAT = 1  # the version of the calibration file; a newer one is refused with a clear error
@@ -65,6 +66,10 @@ class Allowance:
     clip: float = 0.0  # of the clip rate's log-odds: added with one run per side, a floor under the seeds' spread
     # ---- calibrated (None / inf for the built-in one)
     bins: tuple | None = None  # per-bin sd (pooled across bins), relative
+    # per-bin sd of the smooth profile over the noise levels that ``bins`` shrink towards: what the precision
+    # weights of a mean over bins come from (a profile of a few parameters cannot favour the bins whose few
+    # deviations happened to be small, as their own spreads would; None in files written before it was kept)
+    profile: tuple | None = None
     df_bins: tuple | None = None  # their degrees of freedom
     df_mean: float = math.inf  # of ``mean`` (runs - 1)
     df_speed: float = math.inf
@@ -99,16 +104,35 @@ class Allowance:
     def bin_df(self, n: int) -> np.ndarray:
         return np.asarray(self.df_bins, np.float64) if self.df_bins is not None else np.full(n, math.inf)
 
-    def group_sd(self, members: np.ndarray) -> tuple[float, float] | None:
-        """(sd per run, df) of the mean over ``members`` bins, from the calibration runs' own deviations."""
+    def weight_sd(self) -> np.ndarray | None:
+        """Per-bin sd for the precision weights of a mean over bins: the smooth profile, else the bins' own."""
+        if self.profile is not None:
+            return np.asarray(self.profile, np.float64)
+        return None if self.bins is None else np.asarray(self.bins, np.float64)
+
+    def group_sd(self, members: np.ndarray, weights=None) -> tuple[float, float] | None:
+        """(sd per run, df) of the mean over ``members`` bins (weighted by ``weights``, else equally), from the
+        calibration runs' own deviations."""
         if self.deviations is None:
             return None
-        dev = np.asarray(self.deviations, np.float64)[:, members]
-        m = np.nanmean(dev, axis=1) if dev.size else np.array([])
+        dev = np.asarray(self.deviations, np.float64)
+        w = np.asarray(members, np.float64) if weights is None else np.where(members, weights, 0.0)
+        m = stats.weighted_mean_rows(dev, w) if dev.size else np.array([])
         m = m[np.isfinite(m)]
         if m.size < 2:
             return None
         return float(np.std(m, ddof=1)), float(m.size - 1)
+
+    def equal_mean_sd(self) -> tuple[float, float]:
+        """(sd per run, df) of the *equally* weighted mean over the bins every calibration run sampled (what a
+        sweep's geometric mean over bins varies by); ``mean`` where the file kept no deviations. ``mean`` itself is
+        the precision-weighted mean's, as the gate takes it."""
+        if self.deviations is not None:
+            dev = np.asarray(self.deviations, np.float64)
+            got = self.group_sd(np.isfinite(dev).all(axis=0)) if dev.size else None
+            if got is not None:
+                return got
+        return self.mean, self.df_mean
 
     def matches_length(self, steps: int) -> bool:
         """True when runs of ``steps`` matched steps are close enough to the calibration's length that its
@@ -121,7 +145,8 @@ class Allowance:
             runs = (f"{self.runs} runs" if self.baseline_run is None else
                     f"{self.runs - 1} runs plus the baseline run {self.baseline_run}")
             return (f"calibrated on {runs} ({self.source}): sd per run {_pct(float(np.nanmin(b)))}-"
-                    f"{_pct(float(np.nanmax(b)))} of a bin's loss, {_pct(self.mean)} for the mean over bins")
+                    f"{_pct(float(np.nanmax(b)))} of a bin's loss, {_pct(self.mean)} for the"
+                    f"{' precision-weighted' if self.profile is not None else ''} mean over bins")
         return (f"sd per run {_pct(self.bin)} of a bin's loss plus {_pct(self.floor)} of the run's mean loss over "
                 f"bins, {_pct(self.mean)} for a mean over bins, {_pct(self.speed)} for the steps to reach the loss level, "
                 f"{self.clip:.2g} for the log-odds of the clip rate")
@@ -172,7 +197,8 @@ def to_document(al: Allowance) -> dict:
         "kind": KIND,
         "format": FORMAT,
         **al.measured_on,
-        "bins": {"sd": [_num(v) for v in al.bins or ()], "df": [_num(v) for v in al.df_bins or ()]},
+        "bins": {"sd": [_num(v) for v in al.bins or ()], "df": [_num(v) for v in al.df_bins or ()],
+                 **({} if al.profile is None else {"profile_sd": [_num(v) for v in al.profile]})},
         "mean": {"sd": _num(al.mean), "df": _num(al.df_mean)},
         "speed": None if al.speed_level is None else {"level_share": al.speed_level, "sd": _num(al.speed),
                                                       "df": _num(al.df_speed)},
@@ -309,6 +335,11 @@ def _from_document(doc: dict, name: str) -> Allowance:
         raise ValueError(f"bins.sd and bins.df must hold {nb} values, one per noise bin")
     sd = tuple(math.nan if v is None else _positive(v, "a bin's sd") for v in sd)
     df = tuple(math.nan if v is None else _positive(v, "a bin's df", allow_zero=False) for v in df)
+    profile = doc["bins"].get("profile_sd")
+    if profile is not None:
+        if not isinstance(profile, list) or len(profile) != nb:
+            raise ValueError(f"bins.profile_sd must hold {nb} values, one per noise bin")
+        profile = tuple(math.nan if v is None else _positive(v, "a bin's profile sd") for v in profile)
     mean = doc["mean"]
     runs = doc["runs"]
     if not isinstance(runs, list) or len(runs) < 2:
@@ -329,7 +360,7 @@ def _from_document(doc: dict, name: str) -> Allowance:
         speed_level=None if not speed else _positive(speed["level_share"], "speed.level_share"),
         clip=0.0 if not clip else _positive(clip["sd_log_odds"], "clip.sd_log_odds"),
         df_clip=math.inf if not clip else _positive(clip["df"], "clip.df", allow_zero=False),
-        bins=sd, df_bins=df, deviations=dev,
+        bins=sd, df_bins=df, profile=profile, deviations=dev,
         steps=int(_positive(steps["matched"], "steps.matched", allow_zero=False)),
         source=name, reference=_reference(doc.get("reference"), nb),
         measured_on={k: doc[k] for k in ("created", "diffaudit_version", "noise", "steps", "window", "runs", "config",

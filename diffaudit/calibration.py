@@ -12,7 +12,8 @@ the gate reads runs:
 * per bin, the deviations' variance pooled across bins with shrinkage towards a
   smooth profile over the noise levels (:func:`diffaudit.stats.pooled_spread`),
   so 3 runs give a bin far more than 2 degrees of freedom where the bins agree;
-* the mean over bins, the steps to reach a loss level (at the level where the
+* the mean over bins (each bin weighted by its precision, as the gate weighs
+  it), the steps to reach a loss level (at the level where the
   seeds agree best, :func:`diffaudit.gate.speed_level`) and the clip rate's
   log-odds: their sd over runs, on runs - 1 degrees of freedom (a mean over bins
   is one number per run: pooling cannot give it more).
@@ -114,7 +115,7 @@ def level_spreads(late: np.ndarray, pooled_blocks: np.ndarray, x: np.ndarray, sp
     """The late-loss part of a calibration, from arrays: ``late`` (runs, bins) each run's late level,
     ``pooled_blocks`` (bins, blocks) the runs' mean block curve over the window at block positions ``x``,
     ``span`` matched steps, ``scale`` (bins) each bin's relative sampling variance. Returns the
-    :class:`~diffaudit.allowance.Allowance` fields ``mean``, ``df_mean``, ``bins``, ``df_bins``, ``deviations``,
+    :class:`~diffaudit.allowance.Allowance` fields ``mean``, ``df_mean``, ``bins``, ``df_bins``, ``profile``, ``deviations``,
     ``reference``, and ``pooling`` (the :class:`~diffaudit.stats.PooledSpread`).
     InconclusiveError when fewer than 2 bins were sampled by every run."""
     R = late.shape[0]
@@ -127,8 +128,10 @@ def level_spreads(late: np.ndarray, pooled_blocks: np.ndarray, x: np.ndarray, sp
         warnings.simplefilter("ignore", RuntimeWarning)  # a bin no run sampled: NaN, left out
         center = np.where(tested, np.nanmean(adjusted, axis=0), np.nan)
         dev = np.where(tested[None, :], adjusted - center[None, :], np.nan)
-        per_run = np.nanmean(dev, axis=1)
     spread = stats.pooled_spread(dev, scale=scale)
+    profile = np.where(tested, spread.prior, np.nan)
+    # the mean over bins as the gate takes it: each bin weighted by its precision (1 / the smooth profile's variance)
+    per_run = stats.weighted_mean_rows(dev, stats.precision_weights(profile, tested))
     # what another run's late levels are measured against, so that a baseline run outside the calibration can
     # count as one more run (diffaudit.gate.with_baseline: its spreads then rest on runs, not runs - 1, df)
     reference = {"late": _floats(pooled), "late_runs": tuple(_floats(row) for row in late), "center": _floats(center),
@@ -136,7 +139,7 @@ def level_spreads(late: np.ndarray, pooled_blocks: np.ndarray, x: np.ndarray, sp
                  "sampling_scale": _floats(np.full(late.shape[1], np.nan) if scale is None else scale),
                  "max_lag": float(max_lag), "tolerance": float(tolerance)}
     return {"mean": float(np.std(per_run, ddof=1)), "df_mean": float(R - 1),
-            "bins": _floats(np.sqrt(spread.var)), "df_bins": _floats(spread.df),
+            "bins": _floats(np.sqrt(spread.var)), "df_bins": _floats(spread.df), "profile": _floats(np.sqrt(profile)),
             "deviations": tuple(_floats(row) for row in dev), "reference": reference, "pooling": spread}
 
 

@@ -17,6 +17,12 @@ What is compared
   change over all bins and over the *still-falling* bins (those whose late
   loss still moves with training at least as much as the median bin's). A
   change spread thinly over many bins is seen here when no single bin shows it.
+  Each bin is weighted by its precision (1 / its variance in the comparison's
+  noise model, with the seed spread's smooth profile over the noise levels in
+  place of the bin's own, :func:`diffaudit.stats.precision_weights`): a rise
+  common to every bin has the same mean under any weights, and these give it
+  the least variance, so a few very noisy bins (EDM-style training's extreme
+  noise levels, up to 40x noisier than the middle ones) no longer swamp it.
 * **Convergence speed**: steps until the smoothed per-step loss first reaches
   the baseline's late level plus ``SPEED_LEVEL`` (10%) of its initial drop.
 * **Clip rate** over the matched steps; **non-finite losses** over the matched
@@ -453,7 +459,11 @@ def _sight(checks: list[Check], st, rule: Rule, alpha: float, n_base: int, n_can
     if out["detectable"] is None or st is None or rule.limit is None or not rule.relative:
         return out
     tol = rule.limit
-    lag = float(np.mean(st.lag_cap * st.elastic[np.isfinite(st.change)])) if np.isfinite(st.change).any() else 0.0
+    if st.groups:  # what the progress lag may remove from the aggregate the statement is of
+        _, members, _, _, _, wts = st.groups[0]
+        lag = float(np.sum(wts[members] * st.lag_cap * st.elastic[members]))
+    else:
+        lag = float(np.mean(st.lag_cap * st.elastic[np.isfinite(st.change)])) if np.isfinite(st.change).any() else 0.0
 
     def would_see(k: int) -> float:
         # k baseline seeds against one candidate: a prediction interval from the seeds' spread of the mean, its
@@ -573,17 +583,22 @@ def with_baseline(al: Allowance, late: np.ndarray, run: Run, window: tuple[int, 
     if tested.sum() < 2:
         return al, "the baseline run is not counted among the calibration's runs: it sampled too few of its bins"
     dev = np.where(tested[None, :], rows - rows.mean(axis=0)[None, :], np.nan)
-    per_run = dev[:, tested].mean(axis=1)
-    R = per_run.size
     try:
         spread = stats.pooled_spread(dev, scale=np.asarray(ref["sampling_scale"], np.float64))
     except InconclusiveError:
         return al, "the baseline run is not counted among the calibration's runs: too few bins to pool a spread"
+    profile = np.where(tested, spread.prior, np.nan)
+    per_run = stats.weighted_mean_rows(dev, stats.precision_weights(profile, tested))  # as the gate weighs bins
+    R = per_run.size
     bins = np.where(tested, np.sqrt(spread.var), np.nan)
     out = replace(al, mean=float(np.std(per_run, ddof=1)), df_mean=float(R - 1), bins=tuple(float(v) for v in bins),
+                  profile=tuple(float(v) for v in np.sqrt(profile)),
                   df_bins=tuple(float(v) for v in np.where(tested, spread.df, np.nan)),
                   deviations=tuple(tuple(float(v) for v in r) for r in dev), baseline_run=run.name)
-    # the baseline's distance from the other runs' mean, against their spread (a prediction interval)
+    # the baseline's distance from the other runs' mean, against their spread (a prediction interval), the bins
+    # weighted as the calibration alone weighs them (the baseline's own deviations would flatten the weights)
+    with np.errstate(invalid="ignore"):
+        per_run = stats.weighted_mean_rows(dev, stats.precision_weights(al.weight_sd() ** 2, tested))
     others = per_run[:-1]
     d = per_run[-1] - float(np.mean(others))
     sd = float(np.std(others, ddof=1))
@@ -1091,6 +1106,14 @@ def single_run_stats(a: np.ndarray, b: np.ndarray, x: np.ndarray, sel: np.ndarra
         df = np.where(lacking, sum_df, np.where(take, allow_df, df_w))
     else:
         var, df = _satterthwaite(var_w, df_w, 2 * allow**2, allow_df)
+    # the means over bins weigh each bin by its precision: these variances, with the calibration's smooth profile
+    # in place of each bin's own spread (measured on the deviations the aggregate's spread comes from, those would
+    # favour the bins whose few deviations happened to be small, and the aggregate's error bar would come out short)
+    wvar = var
+    prof = al.weight_sd() if al.calibrated else None
+    if prof is not None:
+        pv = np.where(np.isfinite(prof), 2 * prof**2, 2 * allow**2)
+        wvar = np.where(lacking, var, np.maximum(pv, var_w) if whole else var_w + pv)
     if used_ar1:
         notes.append(f"the late window holds {len(sel)} blocks, too few for batch means (batches several "
                      "autocorrelation times long): the error bars assume AR(1) block noise with phi = "
@@ -1100,21 +1123,23 @@ def single_run_stats(a: np.ndarray, b: np.ndarray, x: np.ndarray, sel: np.ndarra
                                                             else "") + f"not {len(sel) - 1})")
     groups = []
     for name, members in _groups(tested, falling):
-        zg = np.nanmean(np.where(members[:, None], z[:, sel], np.nan), axis=0)
+        wts = stats.precision_weights(wvar, members)
+        zg = stats.weighted_mean_rows(z[:, sel].T, wts)
         try:
             _, se, dfg, _ = _window_error(zg, xw, phi)
         except (InconclusiveError, DataError):
             continue
-        cal = al.group_sd(members)
+        cal = al.group_sd(members, wts)
         if cal is not None:
             if whole and 2 * cal[0] ** 2 >= se * se:
                 v, d = np.array([2 * cal[0] ** 2]), np.array([cal[1]])
             else:
                 v, d = _satterthwaite(np.array([se * se]), np.array([dfg]), 2 * cal[0] ** 2, cal[1])
         else:
-            known = 2 * (al.mean**2 + float(np.sum((allow[members] ** 2 - al.bin**2))) / members.sum() ** 2)
+            # the built-in mean's sd, plus what the bins' own allowances add above the built-in bin's, as weighted
+            known = 2 * (al.mean**2 + float(np.sum(wts[members] ** 2 * (allow[members] ** 2 - al.bin**2))))
             v, d = _satterthwaite(np.array([se * se]), np.array([dfg]), known)
-        groups.append((name, members, float(np.mean(change[members])), float(v[0]), float(d[0])))
+        groups.append((name, members, float(np.sum(wts[members] * change[members])), float(v[0]), float(d[0]), wts))
     run_sd = math.sqrt(groups[0][3] / 2) if groups else math.nan
     rho = _group_rho(var, _bins_lag1(al), groups)
     if al.calibrated:
@@ -1140,15 +1165,15 @@ def _group_rho(var: np.ndarray, r1: float, groups: list) -> float:
     each with its variance ``var``); NaN unless there are two aggregates and an r1."""
     if len(groups) != 2 or not math.isfinite(r1):
         return math.nan
-    return stats.ar1_group_correlation(var, r1, groups[0][1], groups[1][1])
+    return stats.ar1_group_correlation(var, r1, groups[0][1], groups[1][1], groups[0][5], groups[1][5])
 
 
 def _groups(tested: np.ndarray, falling: np.ndarray) -> list[tuple[str, np.ndarray]]:
     out = []
     if tested.sum() >= 2:
-        out.append(("mean over all bins", tested.copy()))
+        out.append(("weighted mean over all bins", tested.copy()))
     if falling.sum() >= 2 and falling.sum() < tested.sum():
-        out.append(("mean over the still-falling bins", falling.copy()))
+        out.append(("weighted mean over the still-falling bins", falling.copy()))
     return out
 
 
@@ -1241,6 +1266,7 @@ def seed_stats(late: np.ndarray, pooled_blocks: np.ndarray, x: np.ndarray, span:
             extra = sum(np.maximum(np.nanmean(rel_samp[side], axis=0) - scale, 0.0) / n
                         for side, n in ((slice(0, R0), R0), (slice(R0, R), R - R0)))
     spread = _pooled_seed_spread(adjusted, R0, tested0, scale)
+    wvar = np.full(nb, np.nan)  # each bin's variance for the precision weights of the means over bins
     notes = []
     if spread is not None:
         notes.append(f"each bin's seed spread is pooled across bins ({_spread_words(spread)})")
@@ -1264,25 +1290,28 @@ def seed_stats(late: np.ndarray, pooled_blocks: np.ndarray, x: np.ndarray, span:
         if spread is not None and np.isfinite(spread.var[k]) and c.n_a == R0 and c.n_b == R - R0:
             # the bin's own spread (k - 1 df) shrunk towards the profile the other bins share
             var[k], df[k] = spread.var[k] * (1 / R0 + 1 / (R - R0)), spread.df[k]
+            # the weights take the smooth profile the bin's spread shrinks towards, not the bin's own deviations,
+            # which the aggregate's spread is measured on (they would favour bins that happened to vary little)
+            wvar[k] = spread.prior[k] * (1 / R0 + 1 / (R - R0))
             if extra is not None and np.isfinite(extra[k]):
                 var[k] += extra[k]
+                wvar[k] += extra[k]
+        else:
+            wvar[k] = var[k]
     tested = np.isfinite(change)
     groups = []
     for name, members in _groups(tested, falling & tested):
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)
-            per_run = np.nanmean(np.where(members[None, :], adjusted, np.nan), axis=1)
+        wts = stats.precision_weights(wvar, members)
+        per_run = stats.weighted_mean_rows(adjusted, wts)
         try:
             c = stats.compare_seed_means(per_run[:R0], per_run[R0:])
         except InconclusiveError:
             continue
-        groups.append((name, members, c.diff, c.se**2, c.df))
+        groups.append((name, members, c.diff, c.se**2, c.df, wts))
     lag = float(np.mean(lags[R0:]) - np.mean(lags[:R0]))
     run_sd = math.nan
     if tested.sum() >= 2:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)
-            per_run = np.nanmean(np.where(tested[None, :], adjusted, np.nan), axis=1)
+        per_run = stats.weighted_mean_rows(adjusted, stats.precision_weights(wvar, tested))
         dev = np.concatenate([per_run[:R0] - np.mean(per_run[:R0]), per_run[R0:] - np.mean(per_run[R0:])])
         d = (R0 - 1) + (R - R0 - 1)
         run_sd = math.sqrt(float(np.sum(dev**2)) / d) if d > 0 else math.nan
@@ -1426,9 +1455,9 @@ def _loss_checks(grid, sel, base, cand, rules, alpha, correction, max_lag, lstar
             checks.append(_level_check("excess", xrule, k, words, ex_a, ex_b, adj, diff, se_abs, tq,
                                        px, qv, alpha, details, scale=ex_a, detectable=xdet))
     dets = group_detectables(st, rule.limit, alpha, correction) if rule.limit is not None else [math.nan] * len(pg)
-    for (name, members, ch, v, d), pv, qv, det in zip(st.groups, pg, qg, dets):
+    for (name, members, ch, v, d, wts), pv, qv, det in zip(st.groups, pg, qg, dets):
         checks.append(_group_check(rule, name, members, ch, math.sqrt(v), d, pv, qv, alpha, st.level_a, st.level_b,
-                                   det if math.isfinite(det) else None))
+                                   det if math.isfinite(det) else None, wts))
     return checks, st
 
 
@@ -1438,8 +1467,8 @@ def group_detectables(st: _BinStats, tolerance: float = TOLERANCE, alpha: float 
     what the progress lag may remove, plus the shift its test catches with 80% probability on its own, at the
     level the first step of the aggregates' joint test (or Holm's) gives it."""
     lvl = _group_level(st, alpha)
-    return [tolerance + float(np.mean(st.lag_cap * st.elastic[members]))
-            + float(stats.detectable_shift(math.sqrt(v), d, lvl)) for _, members, _, v, d in st.groups]
+    return [tolerance + float(np.sum(wts[members] * st.lag_cap * st.elastic[members]))
+            + float(stats.detectable_shift(math.sqrt(v), d, lvl)) for _, members, _, v, d, wts in st.groups]
 
 
 def group_detectable(st: _BinStats, tolerance: float = TOLERANCE, alpha: float = ALPHA,
@@ -1468,18 +1497,25 @@ def _levels(m_bins: int, m_groups: int, alpha: float, correction: str) -> tuple[
     return lvl_bins, alpha * GROUP_ALPHA_SHARE / max(m_groups, 1)
 
 
-def _group_check(rule, name, members, ch, se, df, p, q, alpha, level_a, level_b, detectable=None) -> Check:
-    """An aggregate of bins: the mean relative change (after the lag) over a group, tested against the tolerance."""
+def _group_check(rule, name, members, ch, se, df, p, q, alpha, level_a, level_b, detectable=None,
+                 weights=None) -> Check:
+    """An aggregate of bins: the precision-weighted mean relative change (after the lag) over a group, tested
+    against the tolerance."""
     tq = _tq(alpha, df) if se > 0 else 0.0
     bins = np.flatnonzero(members)
+    w = np.full(bins.size, 1.0 / max(bins.size, 1)) if weights is None else np.asarray(weights, np.float64)[bins]
     over = rule.exceeded(ch)
     sig = q <= alpha
-    said = f"{change_text(ch, True)} averaged over {bins.size} bins ({bin_ranges(bins.tolist())})"
+    # how many bins the weighted mean rests on, as an equal-weighted mean would count them (Kish)
+    n_eff = 1.0 / float(np.sum(w**2)) if w.size else 0.0
+    said = (f"{change_text(ch, True)} averaged over {bins.size} bins ({bin_ranges(bins.tolist())}), each weighted by "
+            f"its precision (as many as {n_eff:.0f} equally weighted bins)")
     status, reason = _decide(said, rule, over, sig, p_is("q", q), f"{p_is('q', q)} > {alpha:g}")
     return Check("loss_mean", f"loss, {name}", status, reason, rule=str(rule),
                  baseline=float(np.nanmean(level_a[members])), candidate=float(np.nanmean(level_b[members])),
                  change=float(ch), relative=True, lo=float(ch - tq * se), hi=float(ch + tq * se), p=float(p),
-                 q=float(q), limit=rule.limit, details={"bins": bins.tolist(), "se": float(se), "df": float(df)},
+                 q=float(q), limit=rule.limit, details={"bins": bins.tolist(), "weights": [round(float(v), 6) for v in w],
+                                                     "se": float(se), "df": float(df)},
                  detectable=detectable)
 
 

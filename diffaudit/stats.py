@@ -1388,9 +1388,10 @@ def pair_level(level: float, rho: float, df: float) -> float:
                        df if not math.isfinite(df) else max(round(df, 3), 1.0))
 
 
-def ar1_group_correlation(var, r1: float, a, b) -> float:
-    """Correlation of the means over bin groups ``a`` and ``b`` (boolean masks) when the bins' errors have
-    variances ``var`` and correlation r1^|i - j| along the bins (i, j their positions); NaN when undefined."""
+def ar1_group_correlation(var, r1: float, a, b, wa=None, wb=None) -> float:
+    """Correlation of the means over bin groups ``a`` and ``b`` (boolean masks; weighted by ``wa``, ``wb`` when
+    given, else equally) when the bins' errors have variances ``var`` and correlation r1^|i - j| along the bins
+    (i, j their positions); NaN when undefined."""
     var = np.asarray(var, np.float64)
     a, b = np.asarray(a, bool), np.asarray(b, bool)
     use = (a | b) & np.isfinite(var) & (var > 0)
@@ -1399,14 +1400,45 @@ def ar1_group_correlation(var, r1: float, a, b) -> float:
     i = np.flatnonzero(use)
     sd = np.sqrt(var[i])
     cov = sd[:, None] * sd[None, :] * float(np.clip(r1, 0.0, 1.0)) ** np.abs(i[:, None] - i[None, :])
-    wa, wb = a[i] / a[i].sum(), b[i] / b[i].sum()
+    wa = (a[i] if wa is None else np.where(a[i], np.asarray(wa, np.float64)[i], 0.0)).astype(np.float64)
+    wb = (b[i] if wb is None else np.where(b[i], np.asarray(wb, np.float64)[i], 0.0)).astype(np.float64)
+    wa, wb = wa / wa.sum(), wb / wb.sum()
     return float(wa @ cov @ wb / math.sqrt(float(wa @ cov @ wa) * float(wb @ cov @ wb)))
+
+
+def precision_weights(var, members) -> np.ndarray:
+    """Weights of the ``members`` bins (a boolean mask) in their precision-weighted mean: 1 / ``var``, summing to
+    1, 0 outside the group. The mean of a rise common to every bin is the same under any weights; these give it
+    the least variance when the bins' errors are independent, so a few very noisy bins (the extreme noise
+    levels of EDM-style training) no longer swamp it. Equal weights where a member's variance is not a
+    finite positive number."""
+    var = np.asarray(var, np.float64)
+    members = np.asarray(members, bool)
+    w = np.zeros(var.shape, np.float64)
+    v = var[members]
+    if v.size == 0:
+        return w
+    with np.errstate(divide="ignore", invalid="ignore"):
+        w[members] = 1.0 / v if bool(np.all(np.isfinite(v) & (v > 0))) else 1.0
+    return w / w.sum()
+
+
+def weighted_mean_rows(values, weights) -> np.ndarray:
+    """Per row of ``values`` (..., bins), the ``weights``-weighted mean over its finite entries, the weights
+    renormalised over them; NaN for a row with no finite entry of positive weight."""
+    v = np.asarray(values, np.float64)
+    w = np.broadcast_to(np.asarray(weights, np.float64), v.shape)
+    ok = np.isfinite(v) & (w > 0)
+    den = np.sum(np.where(ok, w, 0.0), axis=-1)
+    num = np.sum(np.where(ok, w * np.where(ok, v, 0.0), 0.0), axis=-1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(den > 0, num / den, np.nan)
 
 
 __all__ = [
     "BATCH_LENGTH", "BATCH_TAU", "MAD_TO_SIGMA", "MAX_BATCHES", "MIN_BATCHES", "SPIKE_THRESHOLD",
     "SPIKE_WINDOW", "TAU_MIN_BLOCKS",
-    "AR1_PHI_MAX", "MAX_BIN_DF", "PAIR_GRID", "POWER", "ar1_group_correlation", "pair_level", "pair_max_sf", "BatchMeans", "PooledSpread", "detectable_shift", "pooled_spread", "Comparison", "PooledAR1", "ar1_mean_error", "ar1_mean_factors",
+    "AR1_PHI_MAX", "MAX_BIN_DF", "PAIR_GRID", "POWER", "ar1_group_correlation", "precision_weights", "weighted_mean_rows", "pair_level", "pair_max_sf", "BatchMeans", "PooledSpread", "detectable_shift", "pooled_spread", "Comparison", "PooledAR1", "ar1_mean_error", "ar1_mean_factors",
     "pooled_ar1", "Equivalence", "LevelShift", "Moments", "Spikes", "Trend",
     "adjust_pvalues", "batch_means", "batch_starts", "coarsen_moments", "compare_seed_means", "compare_series",
     "correlations", "same_columns",

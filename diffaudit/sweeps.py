@@ -380,7 +380,8 @@ def _groups(runs: pl.DataFrame, metric: str, allowance) -> tuple[pl.DataFrame, d
     if dof:
         spread = {"sd": math.sqrt(rel / dof), "df": float(dof), "source": "the sweep's own seeds"}
     else:
-        spread = {"sd": allowance.mean, "df": allowance.df_mean,
+        sd, df = allowance.equal_mean_sd()  # the metric is an equally weighted (geometric) mean over bins
+        spread = {"sd": sd, "df": df,
                   "source": "the calibrated seed allowance" if allowance.calibrated else
                   "the built-in seed allowance (no configuration has seeds)"}
     for r in out:

@@ -141,6 +141,40 @@ def test_baseline_seeds_catch_the_rise_they_state(seeds):
     assert np.mean(hit) >= 0.8, (stated, np.mean(hit))
 
 
+def _uneven_trial(rng, seeds: int, rise: float):
+    """As :func:`_seed_trial`, but the bins' seed spread ranges from 0.3% to 30% of their loss (EDM-style training:
+    a few extreme noise levels are far noisier than the rest), plus 0.3% every bin shares."""
+    K = 30
+    t = np.arange(K) + 0.5
+    sd = np.geomspace(0.003, 0.3, B)
+    base = (0.02 + 0.5 * np.exp(-np.arange(B) / 8.0))[:, None] * (1.0 + 1.5 * np.exp(-t / 4.5))[None, :]
+    x, sel = t * 100.0, np.arange(K - 8, K)
+    runs = []
+    for r in range(seeds + 1):
+        effect = np.maximum(1 + 0.003 * rng.standard_normal() + sd * rng.standard_normal(B), 0.2)
+        runs.append(base * effect[:, None] * (1 + rise if r == seeds else 1.0) * (1 + 0.002 * rng.standard_normal((B, K))))
+    blocks = np.array(runs)[:, :, sel]
+    st = gate.seed_stats(blocks.mean(axis=2), blocks[:seeds].mean(axis=0), x[sel], 100.0 * K, seeds)
+    p, q, pg, qg = gate.decide(st)
+    tol = gate_options.TOLERANCE
+    flagged = bool(((q <= gate_options.ALPHA) & (st.change > tol)).any()
+                   or any(qv <= gate_options.ALPHA and g[2] > tol for g, qv in zip(st.groups, qg)))
+    return flagged, gate.group_detectable(st)
+
+
+def test_bins_of_very_unequal_noise_are_weighted_by_their_precision():
+    """With bins this uneven an equal-weighted mean over bins has a seed sd near 1.9% (3 seeds: a prediction sd
+    of 2.2% on 2 df, so it could see only rises far above +5%); weighted by precision it is near 0.34%. The
+    weights come from the same seeds' pooled spread, so the size is checked where the null is hardest (a rise
+    of exactly the tolerance) and the power at +5%."""
+    rng = np.random.default_rng(21)
+    edge = [_uneven_trial(rng, 3, gate_options.TOLERANCE)[0] for _ in range(300)]
+    assert np.mean(edge) <= 0.05
+    five = [_uneven_trial(rng, 3, 0.05) for _ in range(150)]
+    assert np.mean([f for f, _ in five]) >= 0.8
+    assert np.median([d for _, d in five]) < 0.05  # it says so
+
+
 K_SIM = 30
 X_SIM, SEL_SIM, SPAN_SIM = (np.arange(K_SIM) + 0.5) * 100.0, np.arange(K_SIM - 8, K_SIM), 100.0 * K_SIM
 WINDOW_SIM = (int(X_SIM[SEL_SIM[0]]), int(X_SIM[SEL_SIM[-1]]))
@@ -224,8 +258,11 @@ def test_the_counted_baseline_is_a_run_of_the_calibration_on_the_same_footing():
     got = counted(three)
     assert got.df_mean == 3 and got.runs == 4
     np.testing.assert_allclose(np.asarray(got.deviations), want, rtol=0, atol=1e-12)
-    assert got.mean == pytest.approx(float(np.std(want.mean(axis=1), ddof=1)), rel=1e-12)
-    np.testing.assert_allclose(got.bins, np.sqrt(stats.pooled_spread(want).var), rtol=1e-12)
+    ps = stats.pooled_spread(want)
+    np.testing.assert_allclose(got.bins, np.sqrt(ps.var), rtol=1e-12)
+    np.testing.assert_allclose(got.profile, np.sqrt(ps.prior), rtol=1e-12)
+    # the mean over bins as the gate weighs it: each bin by 1 / the variance of the profile its spread shrinks to
+    assert got.mean == pytest.approx(float(np.std(want @ (1 / ps.prior) / np.sum(1 / ps.prior), ddof=1)), rel=1e-12)
     assert got.mean == pytest.approx(_sim_allowance(blocks[:4]).mean, rel=0.1)  # calibrating on all four at once
     # without the lag removed its row would be off by more than rounding
     unlagged = counted(replace(three, reference={**three.reference, "max_lag": 0.0}))

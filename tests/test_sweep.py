@@ -22,6 +22,7 @@ from diffaudit import sweeps as sweep_lib
 REPO = Path(__file__).resolve().parents[1]
 SHAPES = REPO / "sample_logs" / "families" / "shapes_mlp"
 UNITS = REPO / "sample_logs" / "families" / "digits_mlp_units"
+EDM = REPO / "sample_logs" / "families" / "patches_edm"
 needs_shapes = pytest.mark.skipif(not (SHAPES / "healthy_s07").is_dir(), reason="sample_logs/families not present")
 
 
@@ -212,3 +213,23 @@ def test_outputs_that_cannot_go_where_asked_are_refused_in_one_line(tmp_path):
     one_line_error(run_cli("calibrate", run, SHAPES / "healthy_s01", SHAPES / "healthy_s02", "-o", run / "a.json"),
                    "-o/--output", "inside the input run")
     assert not (run / "s.json").exists() and not (run / "a.json").exists()
+
+
+@needs_shapes
+def test_without_seeds_the_calibrated_allowance_gives_the_spread_of_an_equally_weighted_mean():
+    """A sweep's metric is an equally weighted (geometric) mean over bins; a calibration's ``mean`` is the
+    precision-weighted mean's (the gate's): the sweep takes the equally weighted mean's sd from the calibration
+    runs' deviations."""
+    import numpy as np
+
+    from diffaudit.calibration import calibrate
+    from diffaudit.load import load_run
+
+    al = calibrate([load_run(EDM / f"healthy_s0{i}") for i in range(3)])
+    dev = np.asarray(al.deviations)
+    want = float(np.std(dev[:, np.isfinite(dev).all(axis=0)].mean(axis=1), ddof=1))
+    assert al.equal_mean_sd() == (pytest.approx(want, rel=1e-12), 2.0)
+    assert want > 1.5 * al.mean  # EDM's extreme noise levels: the two weightings differ
+    s = sweep_lib.sweep([str(EDM / n) for n in ("healthy_s03", "frozen")], jobs=1, allowance=al)
+    assert s.spread["source"] == "the calibrated seed allowance"
+    assert s.spread["sd"] == pytest.approx(want, rel=1e-12) and s.spread["df"] == 2.0

@@ -9,6 +9,7 @@ cells (which read the gate) load when a table is made.
 
 from __future__ import annotations
 
+import math
 import statistics
 
 from typing import TYPE_CHECKING
@@ -177,7 +178,10 @@ def allowance_lines(al, *, saved: str | None) -> list[str]:
                      f"(median {pct(statistics.median(sd))}), on {statistics.median(d for _, d in pairs):.0f} degrees of freedom "
                      f"({pool.get('own_df', 0):g} of its own, {pool.get('prior_df', 0):.1f} pooled from the profile over "
                      f"{pool.get('effective_bins', 0):.1f} effectively independent bins)")
-    lines.append(f"mean over bins, sd per run: {pct(al.mean)} on {al.df_mean:g} degrees of freedom"
+    eq_sd = al.equal_mean_sd()[0]
+    lines.append(f"mean over bins (each bin weighted by its precision, as compare weighs it), sd per run: {pct(al.mean)} "
+                 + (f"(equally weighted: {pct(eq_sd)}) " if al.profile is not None and math.isfinite(eq_sd) else "")
+                 + f"on {al.df_mean:g} degrees of freedom"
                  + (f" ({al.df_mean + 1:g} when compare's baseline is another run of this configuration, over the same "
                     "late window: it counts as one more run)"
                     if al.reference is not None else ""))
