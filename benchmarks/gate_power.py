@@ -6,6 +6,7 @@ detectable rise is honest, on real runs of every family and in simulation.
     python benchmarks/gate_power.py --sim-only            # the simulation alone (library functions)
     python benchmarks/gate_power.py --rises 5 --trials 280 --sim-trials 0   # every seed combination at +5%, no simulation
     python benchmarks/gate_power.py --read-at 0.6 --sim-trials 0          # every run read at 60% of its steps
+    python benchmarks/gate_power.py --equal-weights ...                   # the means over bins weighted equally
 
 Real runs. For each family, its healthy seeds (all differ only in their seed);
 a candidate is a healthy seed with every logged training loss raised by a known
@@ -59,7 +60,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(1, str(REPO / "tests"))  # the synthetic AR(1) noise the gate's simulation tests share
 
-from diffaudit import gate, gate_options  # noqa: E402
+from diffaudit import gate, gate_options, stats  # noqa: E402
 from diffaudit.allowance import Allowance  # noqa: E402
 from diffaudit.calibration import calibrate, level_spreads  # noqa: E402
 from diffaudit.load import load_run  # noqa: E402
@@ -236,6 +237,11 @@ def simulate(seeds: int, K: int, rise: float, trials: int, seed: int, profile: s
     return hits / trials, float(np.nanmedian(dets)), above, caught
 
 
+def _equal_weights(var, members) -> np.ndarray:
+    m = np.asarray(members, bool)
+    return m / max(int(m.sum()), 1)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--root", type=Path, default=REPO / "sample_logs")
@@ -248,9 +254,17 @@ def main() -> None:
     ap.add_argument("--sim-only", action="store_true")
     ap.add_argument("--read-at", type=float, default=1.0,
                     help="read every run (calibration runs too) at this share of its logged steps: mid-training")
+    ap.add_argument("--profiles", nargs="*", default=list(PROFILES), choices=list(PROFILES),
+                    help="the simulation's bin profiles")
+    ap.add_argument("--equal-weights", action="store_true",
+                    help="weigh the bins of the means over bins equally (as before the precision weights): what "
+                         "those weights buy")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", type=Path, default=None, help="also write every row as JSON")
     a = ap.parse_args()
+    if a.equal_weights:
+        stats.precision_weights = _equal_weights
+        print("the means over bins weigh their bins equally (--equal-weights)")
     t0 = time.time()
     out = {"real": [], "simulation": []}
     if not a.sim_only:
@@ -282,7 +296,7 @@ def simulation(a, out: dict) -> None:
           f"{'caught at >= stated':>20}")
     if 0 not in a.rises:
         a.rises = [0.0] + list(a.rises)  # the stated detectable rise is read at rise 0
-    for profile in PROFILES:
+    for profile in a.profiles:
         for seeds in (0, 3, 5):
             for K in (30, 300):
                 stated = None
