@@ -41,7 +41,7 @@ from pathlib import Path
 import numpy as np
 
 from diffaudit import stats
-from diffaudit.errors import AllowanceError
+from diffaudit.errors import AllowanceError, DiffauditError
 
 FORMAT = 1  # the version of the calibration file; a newer one is refused with a clear error
 FILE_NAME = "diffaudit-allowance.json"  # a baseline folder holding this file uses it without --allowance
@@ -105,10 +105,20 @@ class Allowance:
         return np.asarray(self.df_bins, np.float64) if self.df_bins is not None else np.full(n, math.inf)
 
     def weight_sd(self) -> np.ndarray | None:
-        """Per-bin sd for the precision weights of a mean over bins: the smooth profile, else the bins' own."""
+        """Per-bin sd for the precision weights of a mean over bins: the smooth profile the file keeps, else the
+        one its deviations give (a file written before the profile was kept: the bins' own spreads, shrunk from
+        those very deviations, would favour the bins that happened to vary little); None without either."""
         if self.profile is not None:
             return np.asarray(self.profile, np.float64)
-        return None if self.bins is None else np.asarray(self.bins, np.float64)
+        if self.deviations is None:
+            return None
+        dev = np.asarray(self.deviations, np.float64)
+        scale = None if self.reference is None else np.asarray(self.reference["sampling_scale"], np.float64)
+        try:
+            prior = stats.pooled_spread(dev, scale=scale).prior
+        except DiffauditError:
+            return None
+        return np.where(np.isfinite(dev).all(axis=0), np.sqrt(prior), np.nan)
 
     def group_sd(self, members: np.ndarray, weights=None) -> tuple[float, float] | None:
         """(sd per run, df) of the mean over ``members`` bins (weighted by ``weights``, else equally), from the
@@ -322,7 +332,7 @@ def _positive(v, what: str, *, allow_zero: bool = True) -> float:
         raise ValueError(f"{what} is {v!r}, not a number")
     v = float(v)
     if not math.isfinite(v) or v < 0 or (v == 0 and not allow_zero):
-        raise ValueError(f"{what} is {v!r}, expected a finite number >= 0")
+        raise ValueError(f"{what} is {v!r}, expected a finite number {'>= 0' if allow_zero else '> 0'}")
     return v
 
 
@@ -333,13 +343,16 @@ def _from_document(doc: dict, name: str) -> Allowance:
     df = doc["bins"]["df"]
     if not isinstance(sd, list) or len(sd) != nb or not isinstance(df, list) or len(df) != nb:
         raise ValueError(f"bins.sd and bins.df must hold {nb} values, one per noise bin")
-    sd = tuple(math.nan if v is None else _positive(v, "a bin's sd") for v in sd)
-    df = tuple(math.nan if v is None else _positive(v, "a bin's df", allow_zero=False) for v in df)
+    sd = tuple(math.nan if v is None else _positive(v, f"bins.sd[{i}]") for i, v in enumerate(sd))
+    df = tuple(math.nan if v is None else _positive(v, f"bins.df[{i}]", allow_zero=False) for i, v in enumerate(df))
     profile = doc["bins"].get("profile_sd")
     if profile is not None:
         if not isinstance(profile, list) or len(profile) != nb:
             raise ValueError(f"bins.profile_sd must hold {nb} values, one per noise bin")
-        profile = tuple(math.nan if v is None else _positive(v, "a bin's profile sd") for v in profile)
+        profile = tuple(math.nan if v is None else _positive(v, f"bins.profile_sd[{i}]", allow_zero=False)
+                        for i, v in enumerate(profile))
+        if not all(math.isnan(v) or (v * v > 0 and math.isfinite(v * v)) for v in profile):
+            raise ValueError("bins.profile_sd holds a value whose square is not a finite positive number")
     mean = doc["mean"]
     runs = doc["runs"]
     if not isinstance(runs, list) or len(runs) < 2:

@@ -261,7 +261,7 @@ class Verdict:
     settings: dict = field(default_factory=dict)
     process: object | None = None  # the baseline's diffaudit.noise.Process: the bins' noise levels
     lstar_kind: str | None = None  # "gaussian", "empirical" or None
-    detectable: float | None = None  # smallest rise of the mean loss over bins caught with 80% probability
+    detectable: float | None = None  # smallest rise of the (precision-weighted) mean loss over bins caught 80% of the time
     projection: dict | None = None  # {"baseline_seeds": k, "detectable": x}: what k baseline seeds would see
     weak: bool = False  # the detectable rise is more than twice the tolerance: too weak to gate on
     allowance: str | None = None  # one run per side: "built-in" or the calibration file used
@@ -486,7 +486,8 @@ def _sight(checks: list[Check], st, rule: Rule, alpha: float, n_base: int, n_can
 
 def _weak_words(sight: dict, rule: Rule, single: bool, al: Allowance) -> str:
     det = sight["detectable"]
-    said = (f"too weak to gate on: this comparison can see only rises of the mean loss above {change_text(det, True)}, "
+    said = (f"too weak to gate on: this comparison can see only rises of the mean loss (over the noise levels, each "
+            f"weighted by its precision) above {change_text(det, True)}, "
             f"more than twice the {rule.limit_text()} tolerance")
     fixes = []
     if sight["need"] is not None:
@@ -1106,14 +1107,17 @@ def single_run_stats(a: np.ndarray, b: np.ndarray, x: np.ndarray, sel: np.ndarra
         df = np.where(lacking, sum_df, np.where(take, allow_df, df_w))
     else:
         var, df = _satterthwaite(var_w, df_w, 2 * allow**2, allow_df)
-    # the means over bins weigh each bin by its precision: these variances, with the calibration's smooth profile
-    # in place of each bin's own spread (measured on the deviations the aggregate's spread comes from, those would
-    # favour the bins whose few deviations happened to be small, and the aggregate's error bar would come out short)
-    wvar = var
+    # with a calibration the means over bins weigh each bin by its precision: these variances, each part smooth
+    # along the noise levels: the calibration's profile for its spread and a profile of the within-run variances
+    # (each bin's own, measured on the deviations or the window the aggregate's error bar comes from, would favour
+    # the bins that happened to look quiet, and that error bar would come out short). The built-in allowance was
+    # fitted to equally weighted means, and takes them
+    wvar = None
     prof = al.weight_sd() if al.calibrated else None
     if prof is not None:
+        sw = stats.smooth_profile(np.where(tested, var_w, np.nan))
         pv = np.where(np.isfinite(prof), 2 * prof**2, 2 * allow**2)
-        wvar = np.where(lacking, var, np.maximum(pv, var_w) if whole else var_w + pv)
+        wvar = np.where(lacking, sw + 2 * allow**2, np.maximum(pv, sw) if whole else sw + pv)
     if used_ar1:
         notes.append(f"the late window holds {len(sel)} blocks, too few for batch means (batches several "
                      "autocorrelation times long): the error bars assume AR(1) block noise with phi = "
@@ -1123,20 +1127,23 @@ def single_run_stats(a: np.ndarray, b: np.ndarray, x: np.ndarray, sel: np.ndarra
                                                             else "") + f"not {len(sel) - 1})")
     groups = []
     for name, members in _groups(tested, falling):
-        wts = stats.precision_weights(wvar, members)
+        wts = members / members.sum() if wvar is None else stats.precision_weights(wvar, members)
         zg = stats.weighted_mean_rows(z[:, sel].T, wts)
         try:
             _, se, dfg, _ = _window_error(zg, xw, phi)
         except (InconclusiveError, DataError):
             continue
-        cal = al.group_sd(members, wts)
+        # the calibration's runs' own spread of this weighted mean; a file without its deviations gives the mean's
+        # sd it measured (weighted as wts are: by its profile, or equally in a file older than the profile)
+        cal = al.group_sd(members, wts) if al.deviations is not None else \
+            (al.mean, al.df_mean) if al.calibrated else None
         if cal is not None:
             if whole and 2 * cal[0] ** 2 >= se * se:
                 v, d = np.array([2 * cal[0] ** 2]), np.array([cal[1]])
             else:
                 v, d = _satterthwaite(np.array([se * se]), np.array([dfg]), 2 * cal[0] ** 2, cal[1])
         else:
-            # the built-in mean's sd, plus what the bins' own allowances add above the built-in bin's, as weighted
+            # the built-in mean's sd, plus what the bins' own allowances add above the built-in bin's
             known = 2 * (al.mean**2 + float(np.sum(wts[members] ** 2 * (allow[members] ** 2 - al.bin**2))))
             v, d = _satterthwaite(np.array([se * se]), np.array([dfg]), known)
         groups.append((name, members, float(np.sum(wts[members] * change[members])), float(v[0]), float(d[0]), wts))
@@ -1287,18 +1294,21 @@ def seed_stats(late: np.ndarray, pooled_blocks: np.ndarray, x: np.ndarray, span:
             level_a[k], level_b[k] = float(np.nanmean(late[:R0, k])), float(np.nanmean(late[R0:, k]))
             raw[k] = float(np.nanmean(rel[R0:, k]) - np.nanmean(rel[:R0, k]))
         change[k], var[k], df[k] = c.diff, c.se**2, c.df
+        # the weights take the smooth profile a bin's spread shrinks towards, never the bin's own deviations, which
+        # the aggregate's spread is measured on (they would favour the bins that happened to vary little; a bin a
+        # run missed has its own spread on 1 or 2 runs, and could take the whole mean)
+        if spread is not None:
+            wvar[k] = spread.prior[k] * (1 / c.n_a + 1 / c.n_b)
+            if extra is not None and np.isfinite(extra[k]):
+                wvar[k] += extra[k]
         if spread is not None and np.isfinite(spread.var[k]) and c.n_a == R0 and c.n_b == R - R0:
             # the bin's own spread (k - 1 df) shrunk towards the profile the other bins share
             var[k], df[k] = spread.var[k] * (1 / R0 + 1 / (R - R0)), spread.df[k]
-            # the weights take the smooth profile the bin's spread shrinks towards, not the bin's own deviations,
-            # which the aggregate's spread is measured on (they would favour bins that happened to vary little)
-            wvar[k] = spread.prior[k] * (1 / R0 + 1 / (R - R0))
             if extra is not None and np.isfinite(extra[k]):
                 var[k] += extra[k]
-                wvar[k] += extra[k]
-        else:
-            wvar[k] = var[k]
     tested = np.isfinite(change)
+    if spread is None:  # too few bins to pool: a smooth profile of the bins' own variances
+        wvar = stats.smooth_profile(np.where(tested, var, np.nan))
     groups = []
     for name, members in _groups(tested, falling & tested):
         wts = stats.precision_weights(wvar, members)
@@ -1511,8 +1521,12 @@ def _group_check(rule, name, members, ch, se, df, p, q, alpha, level_a, level_b,
     said = (f"{change_text(ch, True)} averaged over {bins.size} bins ({bin_ranges(bins.tolist())}), each weighted by "
             f"its precision (as many as {n_eff:.0f} equally weighted bins)")
     status, reason = _decide(said, rule, over, sig, p_is("q", q), f"{p_is('q', q)} > {alpha:g}")
+    wfull = np.zeros(level_a.shape) if weights is None else np.asarray(weights, np.float64)
+    if weights is None:
+        wfull[bins] = w
     return Check("loss_mean", f"loss, {name}", status, reason, rule=str(rule),
-                 baseline=float(np.nanmean(level_a[members])), candidate=float(np.nanmean(level_b[members])),
+                 baseline=float(stats.weighted_mean_rows(level_a, wfull)),
+                 candidate=float(stats.weighted_mean_rows(level_b, wfull)),
                  change=float(ch), relative=True, lo=float(ch - tq * se), hi=float(ch + tq * se), p=float(p),
                  q=float(q), limit=rule.limit, details={"bins": bins.tolist(), "weights": [round(float(v), 6) for v in w],
                                                      "se": float(se), "df": float(df)},

@@ -1406,21 +1406,45 @@ def ar1_group_correlation(var, r1: float, a, b, wa=None, wb=None) -> float:
     return float(wa @ cov @ wb / math.sqrt(float(wa @ cov @ wa) * float(wb @ cov @ wb)))
 
 
+VARIANCE_FLOOR = 0.01  # of the members' median variance: the least any bin's variance counts for in the weights
+
+
 def precision_weights(var, members) -> np.ndarray:
     """Weights of the ``members`` bins (a boolean mask) in their precision-weighted mean: 1 / ``var``, summing to
-    1, 0 outside the group. The mean of a rise common to every bin is the same under any weights; these give it
-    the least variance when the bins' errors are independent, so a few very noisy bins (the extreme noise
-    levels of EDM-style training) no longer swamp it. Equal weights where a member's variance is not a
-    finite positive number."""
+    1, 0 outside the group. The mean of a rise common to every bin is the same under any weights; when the bins'
+    errors are independent these give it the least variance, so a few very noisy bins (the extreme noise levels of
+    EDM-style training) no longer swamp it. A member whose variance is not a finite positive number takes the
+    median of the others' (all of them equal weights when none has one); no variance is taken below a hundredth of
+    that median, so one bin that happened to look noiseless cannot take the whole mean."""
     var = np.asarray(var, np.float64)
     members = np.asarray(members, bool)
     w = np.zeros(var.shape, np.float64)
     v = var[members]
     if v.size == 0:
         return w
-    with np.errstate(divide="ignore", invalid="ignore"):
-        w[members] = 1.0 / v if bool(np.all(np.isfinite(v) & (v > 0))) else 1.0
+    ok = np.isfinite(v) & (v > 0)
+    if not ok.any():
+        w[members] = 1.0
+    else:
+        mid = float(np.median(v[ok]))
+        w[members] = 1.0 / np.maximum(np.where(ok, v, mid), VARIANCE_FLOOR * mid)
     return w / w.sum()
+
+
+def smooth_profile(var, degree: int = 2) -> np.ndarray:
+    """A smooth profile of per-bin variances along the bins (ordered by noise level): exp of a least-squares
+    polynomial of ``degree`` in the bin's position fitted to log ``var`` over its finite positive entries, at every
+    bin; ``var`` itself where fewer than degree + 2 entries can be fitted. What the precision weights take when each
+    bin's own variance is measured on the data the weighted mean's error bar comes from (a profile of a few
+    parameters cannot favour the bins that happened to look quiet)."""
+    var = np.asarray(var, np.float64)
+    B = var.size
+    use = np.isfinite(var) & (var > 0)
+    if use.sum() < degree + 2:
+        return var.copy()
+    pos = np.linspace(-1.0, 1.0, B)
+    coef, *_ = np.linalg.lstsq(np.vander(pos[use], degree + 1), np.log(var[use]), rcond=None)
+    return np.exp(np.vander(pos, degree + 1) @ coef)
 
 
 def weighted_mean_rows(values, weights) -> np.ndarray:
@@ -1438,7 +1462,7 @@ def weighted_mean_rows(values, weights) -> np.ndarray:
 __all__ = [
     "BATCH_LENGTH", "BATCH_TAU", "MAD_TO_SIGMA", "MAX_BATCHES", "MIN_BATCHES", "SPIKE_THRESHOLD",
     "SPIKE_WINDOW", "TAU_MIN_BLOCKS",
-    "AR1_PHI_MAX", "MAX_BIN_DF", "PAIR_GRID", "POWER", "ar1_group_correlation", "precision_weights", "weighted_mean_rows", "pair_level", "pair_max_sf", "BatchMeans", "PooledSpread", "detectable_shift", "pooled_spread", "Comparison", "PooledAR1", "ar1_mean_error", "ar1_mean_factors",
+    "AR1_PHI_MAX", "MAX_BIN_DF", "PAIR_GRID", "POWER", "ar1_group_correlation", "precision_weights", "smooth_profile", "weighted_mean_rows", "VARIANCE_FLOOR", "pair_level", "pair_max_sf", "BatchMeans", "PooledSpread", "detectable_shift", "pooled_spread", "Comparison", "PooledAR1", "ar1_mean_error", "ar1_mean_factors",
     "pooled_ar1", "Equivalence", "LevelShift", "Moments", "Spikes", "Trend",
     "adjust_pvalues", "batch_means", "batch_starts", "coarsen_moments", "compare_seed_means", "compare_series",
     "correlations", "same_columns",

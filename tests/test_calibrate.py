@@ -9,6 +9,7 @@ library's own functions, and real runs of a family no threshold was set on).
 from __future__ import annotations
 
 import json
+import math
 import shutil
 from dataclasses import replace
 from pathlib import Path
@@ -413,6 +414,104 @@ def test_a_calibration_file_without_its_reference_still_reads_and_a_damaged_one_
     bad.write_text(json.dumps({**doc, "reference": {k: v for k, v in doc["reference"].items() if k != "max_lag"}}))
     one_line_error(run_cli("compare", SHAPES / "healthy_s03", SHAPES / "healthy_s04", "--allowance", bad),
                    str(bad), "reference.max_lag is missing")
+
+
+@needs_shapes
+def test_the_weights_profile_round_trips_an_older_file_recomputes_it_and_a_damaged_one_is_named(shapes, tmp_path):
+    """The file keeps the smooth profile the precision weights come from; a file written before it recomputes the
+    same profile from its deviations (never the bins' own spreads, shrunk from those very deviations); a damaged
+    one is refused in one line naming the field."""
+    al = replace(calibrate(shapes[:3]), source=str(tmp_path / "a.json"))
+    allowance.write_allowance(al, tmp_path / "a.json")
+    back = allowance.read_allowance(tmp_path / "a.json")
+    np.testing.assert_allclose(back.profile, al.profile, rtol=1e-12)
+    doc = json.loads((tmp_path / "a.json").read_text())
+    old = tmp_path / "old.json"
+    old.write_text(json.dumps({**doc, "bins": {k: v for k, v in doc["bins"].items() if k != "profile_sd"}}))
+    older = allowance.read_allowance(old)
+    assert older.profile is None
+    np.testing.assert_allclose(older.weight_sd(), al.profile, rtol=1e-9)
+    assert np.max(np.abs(np.log(np.asarray(al.bins) / np.asarray(al.profile)))) > 0.05  # not the bins' own
+    v_new = gate.compare(shapes[3], shapes[4], rules=["findings:off"], allowance=back)
+    v_old = gate.compare(shapes[3], shapes[4], rules=["findings:off"], allowance=older)
+    assert [c.details.get("weights") for c in v_new.checks if c.metric == "loss_mean"] == \
+        [c.details.get("weights") for c in v_old.checks if c.metric == "loss_mean"]
+    for damage, said in ((doc["bins"]["profile_sd"][:5], "bins.profile_sd must hold"),
+                         ([0.0] + doc["bins"]["profile_sd"][1:], "bins.profile_sd[0] is 0.0"),
+                         (doc["bins"]["profile_sd"][:3] + ["x"] + doc["bins"]["profile_sd"][4:], "bins.profile_sd[3]"),
+                         ([1e200] + doc["bins"]["profile_sd"][1:], "bins.profile_sd holds a value whose square")):
+        bad = tmp_path / "bad.json"
+        bad.write_text(json.dumps({**doc, "bins": {**doc["bins"], "profile_sd": damage}}))
+        one_line_error(run_cli("compare", SHAPES / "healthy_s03", SHAPES / "healthy_s04", "--allowance", bad),
+                       str(bad), said)
+
+
+def test_a_bin_a_seed_missed_cannot_take_the_weighted_mean():
+    """3 baseline seeds, the first missing bin 7, where the other two agree to 1e-6 (its own spread, on 1 df, near
+    0) and the candidate is 3% lower, against +3% everywhere else: the bin is weighted by the smooth profile like
+    the others, so the mean stays near +3% with a sensible error bar (weighted by its own spread it took the whole
+    mean: -3.0%, se 0.02%)."""
+    rng = np.random.default_rng(1)
+    K, nb = 30, 20
+    t = np.arange(K) + 0.5
+    base = (0.02 + 0.5 * np.exp(-np.arange(nb) / 8.0))[:, None] * (1.0 + 1.5 * np.exp(-t / 4.5))[None, :]
+    x, sel = t * 100.0, np.arange(K - 8, K)
+    runs = [base * (1 + 0.01 * rng.standard_normal(nb))[:, None] * (1 + 0.002 * rng.standard_normal((nb, K)))
+            for _ in range(4)]
+    blocks = np.array(runs)[:, :, sel]
+    late = blocks.mean(axis=2)
+    late[3] *= 1.03
+    for identical in (False, True):
+        bad = late.copy()
+        bad[0, 7] = np.nan
+        bad[2, 7] = bad[1, 7] * (1.0 if identical else 1 + 1e-6)
+        bad[3, 7] = bad[1, 7] * 0.97
+        st = gate.seed_stats(bad, blocks[:3].mean(axis=0), x[sel], 100.0 * K, 3)
+        _, members, change, var, _, w = st.groups[0]
+        assert w[7] < 0.1 and 1 / np.sum(w[members] ** 2) > 5
+        assert 0.02 < change < 0.04 and math.sqrt(var) > 0.001
+
+
+def test_the_weighted_mean_keeps_its_level_where_the_null_is_hardest():
+    """The group tests alone, 3 baseline seeds against one candidate raised by exactly the tolerance, bins of very
+    unequal noise: over 3,000 draws they flag no more than their share of alpha (2.5%, the joint test's) allows,
+    give or take two standard errors. Weighted by each bin's own pooled spread (measured on the seeds whose mean's
+    spread the test then uses) they flagged 3.9% of 4,000."""
+    rng = np.random.default_rng(31)
+    tol = gate_options.TOLERANCE
+    flagged = 0
+    for _ in range(3000):
+        K = 30
+        t = np.arange(K) + 0.5
+        sd = np.geomspace(0.003, 0.3, B)
+        base = (0.02 + 0.5 * np.exp(-np.arange(B) / 8.0))[:, None] * (1.0 + 1.5 * np.exp(-t / 4.5))[None, :]
+        sel = np.arange(K - 8, K)
+        late = np.array([base[:, sel].mean(axis=1) * np.maximum(1 + 0.003 * rng.standard_normal() + sd
+                                                                * rng.standard_normal(B), 0.2) * (1 + tol * (r == 3))
+                         for r in range(4)])
+        st = gate.seed_stats(late, base[:, sel], t[sel] * 100.0, 100.0 * K, 3)
+        _, _, pg, qg = gate.decide(st)
+        flagged += any(qv <= gate_options.ALPHA and g[2] > tol for g, qv in zip(st.groups, qg))
+    assert flagged / 3000 <= 0.025 + 2 * math.sqrt(0.025 * 0.975 / 3000)
+
+
+def test_one_run_per_side_calibrated_on_uneven_bins_keeps_the_level_of_its_means():
+    """One run per side, calibrated on 3 other seeds whose bins range from 0.3% to 30% in seed spread, candidate
+    raised by exactly the tolerance: the group tests flag within their share of alpha. An equally weighted mean,
+    its spread measured on 3 runs that a few wild bins dominate, flagged 7% of the same draws."""
+    rng = np.random.default_rng(7)
+    tol = gate_options.TOLERANCE
+    sd = np.geomspace(0.003, 0.3, B)
+    t = np.arange(K_SIM) + 0.5
+    base = (0.02 + 0.5 * np.exp(-np.arange(B) / 8.0))[:, None] * (1.0 + 1.5 * np.exp(-t / 4.5))[None, :]
+    flagged, n = 0, 600
+    for _ in range(n):
+        blocks = np.array([base * np.maximum(1 + 0.003 * rng.standard_normal() + sd * rng.standard_normal(B), 0.2)[:, None]
+                           * (1 + tol * (r == 4)) * (1 + 0.002 * rng.standard_normal((B, K_SIM))) for r in range(5)])
+        st = gate.single_run_stats(blocks[3], blocks[4], X_SIM, SEL_SIM, SPAN_SIM, allowance=_sim_allowance(blocks[:3]))
+        _, _, pg, qg = gate.decide(st)
+        flagged += any(qv <= gate_options.ALPHA and g[2] > tol for g, qv in zip(st.groups, qg))
+    assert flagged / n <= 0.025 + 2 * math.sqrt(0.025 * 0.975 / n)
 
 
 # ----------------------------------------------------------------------------

@@ -104,8 +104,20 @@ def test_the_precision_weighted_mean_has_the_least_variance_for_a_common_rise():
     assert np.isnan(stats.weighted_mean_rows(np.full((1, 3), np.nan), np.ones(3) / 3)[0])
     part = stats.precision_weights(np.array([1.0, 4.0, 1.0]), np.array([True, True, False]))
     np.testing.assert_allclose(part, [0.8, 0.2, 0.0])
-    # a member without a variance: equal weights (never a NaN weight)
-    np.testing.assert_allclose(stats.precision_weights(np.array([1.0, np.nan]), np.ones(2, bool)), [0.5, 0.5])
+    # a member without a variance takes the median of the others' (never a NaN weight); none has one: equal
+    np.testing.assert_allclose(stats.precision_weights(np.array([1.0, np.nan, 4.0]), np.ones(3, bool)),
+                               np.array([1.0, 0.4, 0.25]) / 1.65)
+    np.testing.assert_allclose(stats.precision_weights(np.full(2, np.nan), np.ones(2, bool)), [0.5, 0.5])
+    # one bin that looks noiseless counts as a hundredth of the median variance, not as infinitely precise
+    w = stats.precision_weights(np.array([1e-12, 1.0, 1.0, 1.0]), np.ones(4, bool))
+    assert w[0] == pytest.approx(100 / 103)
+    # the smooth profile along the bins: exact for a log-quadratic; one wild bin cannot drag it along
+    pos = np.linspace(-1, 1, 21)
+    prof = np.exp(1.0 + 0.5 * pos - 2.0 * pos**2)
+    np.testing.assert_allclose(stats.smooth_profile(prof), prof, rtol=1e-10)
+    wild = prof.copy()
+    wild[10] *= 1e-6
+    assert stats.smooth_profile(wild)[10] > 0.1 * prof[10]  # a 1e-6 of its own moves it by a few times, no more
 
 
 def test_the_modelled_correlation_errs_low_when_the_bins_share_a_part():

@@ -998,7 +998,7 @@ def compare_page(v: Verdict, baseline=(), candidate=(), *, generated: str | None
     if v.window:
         head.append(Item("late window", f"steps {v.window[0]:,}-{v.window[1]:,} ({v.window_blocks} blocks)"))
     if v.detectable is not None:  # the smallest rise of the mean loss this comparison catches 80% of the time
-        head.append(Item("can see", f"rises above {words.change_text(v.detectable, True)} of the mean loss"
+        head.append(Item("can see", f"rises above {words.change_text(v.detectable, True)} of the weighted mean loss"
                          + (": too weak to gate on" if v.weak else ""), "warn" if v.weak else ""))
     if v.lag is not None and v.lag > 1e-9:  # a lag fitted at zero can come out as -4e-18
         head.append(Item("progress lag absorbed", fmt_pct(v.lag)))
