@@ -1294,21 +1294,25 @@ def seed_stats(late: np.ndarray, pooled_blocks: np.ndarray, x: np.ndarray, span:
             level_a[k], level_b[k] = float(np.nanmean(late[:R0, k])), float(np.nanmean(late[R0:, k]))
             raw[k] = float(np.nanmean(rel[R0:, k]) - np.nanmean(rel[:R0, k]))
         change[k], var[k], df[k] = c.diff, c.se**2, c.df
-        # the weights take the smooth profile a bin's spread shrinks towards, never the bin's own deviations, which
-        # the aggregate's spread is measured on (they would favour the bins that happened to vary little; a bin a
-        # run missed has its own spread on 1 or 2 runs, and could take the whole mean)
-        if spread is not None:
-            wvar[k] = spread.prior[k] * (1 / c.n_a + 1 / c.n_b)
-            if extra is not None and np.isfinite(extra[k]):
-                wvar[k] += extra[k]
         if spread is not None and np.isfinite(spread.var[k]) and c.n_a == R0 and c.n_b == R - R0:
             # the bin's own spread (k - 1 df) shrunk towards the profile the other bins share
             var[k], df[k] = spread.var[k] * (1 / R0 + 1 / (R - R0)), spread.df[k]
+            # the weights take the smooth profile that spread shrinks towards, never the bin's own deviations, which
+            # the aggregate's spread is measured on (they would favour the bins that happened to vary little)
+            wvar[k] = spread.prior[k] * (1 / R0 + 1 / (R - R0))
             if extra is not None and np.isfinite(extra[k]):
                 var[k] += extra[k]
+                wvar[k] += extra[k]
     tested = np.isfinite(change)
     if spread is None:  # too few bins to pool: a smooth profile of the bins' own variances
         wvar = stats.smooth_profile(np.where(tested, var, np.nan))
+    else:
+        # a bin some run missed has no pooled spread (its own rests on 1 or 2 runs, and the profile's value there
+        # is an extrapolation): it is known less well than any pooled bin, so it weighs no more than the median one
+        pooled_ok = np.isfinite(wvar) & tested
+        if pooled_ok.any():
+            mid = float(np.median(wvar[pooled_ok]))
+            wvar = np.where(tested & ~pooled_ok, np.fmax(var, mid), wvar)
     groups = []
     for name, members in _groups(tested, falling & tested):
         wts = stats.precision_weights(wvar, members)
