@@ -111,6 +111,15 @@ def test_too_few_runs_cannot_be_pooled():
 B = 30
 
 
+def _judged(st) -> tuple[bool, float]:
+    """(whether any per-bin or aggregate check of ``st`` regresses at the gate's defaults, the stated rise)."""
+    p, q, pg, qg = gate.decide(st)
+    tol = gate_options.TOLERANCE
+    flagged = bool(((q <= gate_options.ALPHA) & (st.change > tol)).any()
+                   or any(qv <= gate_options.ALPHA and g[2] > tol for g, qv in zip(st.groups, qg)))
+    return flagged, gate.group_detectable(st)
+
+
 def _seed_trial(rng, seeds: int, rise: float):
     K = 30
     t = np.arange(K) + 0.5
@@ -124,11 +133,7 @@ def _seed_trial(rng, seeds: int, rise: float):
         runs.append(mean * (1 + 0.01 * rng.standard_normal((B, K))))
     blocks = np.array(runs)[:, :, sel]
     st = gate.seed_stats(blocks.mean(axis=2), blocks[:seeds].mean(axis=0), x[sel], 100.0 * K, seeds)
-    p, q, pg, qg = gate.decide(st)
-    tol = gate_options.TOLERANCE
-    flagged = bool(((q <= gate_options.ALPHA) & (st.change > tol)).any()
-                   or any(qv <= gate_options.ALPHA and g[2] > tol for g, qv in zip(st.groups, qg)))
-    return flagged, gate.group_detectable(st)
+    return _judged(st)
 
 
 @pytest.mark.parametrize("seeds", [3, 5])
@@ -156,11 +161,7 @@ def _uneven_trial(rng, seeds: int, rise: float):
         runs.append(base * effect[:, None] * (1 + rise if r == seeds else 1.0) * (1 + 0.002 * rng.standard_normal((B, K))))
     blocks = np.array(runs)[:, :, sel]
     st = gate.seed_stats(blocks.mean(axis=2), blocks[:seeds].mean(axis=0), x[sel], 100.0 * K, seeds)
-    p, q, pg, qg = gate.decide(st)
-    tol = gate_options.TOLERANCE
-    flagged = bool(((q <= gate_options.ALPHA) & (st.change > tol)).any()
-                   or any(qv <= gate_options.ALPHA and g[2] > tol for g, qv in zip(st.groups, qg)))
-    return flagged, gate.group_detectable(st)
+    return _judged(st)
 
 
 def test_bins_of_very_unequal_noise_are_weighted_by_their_precision():
@@ -218,11 +219,7 @@ def _calibrated_trial(rng, rise: float, count_baseline: bool, runs: int = 3):
         al, said = gate.with_baseline(al, blocks[runs][:, sel].mean(axis=1), _sim_run("base"), WINDOW_SIM, sel.size)
         assert "counts as one more run" in said and al.df_mean == runs
     st = gate.single_run_stats(blocks[runs], blocks[runs + 1], x, sel, span, allowance=al)
-    p, q, pg, qg = gate.decide(st)
-    tol = gate_options.TOLERANCE
-    flagged = bool(((q <= gate_options.ALPHA) & (st.change > tol)).any()
-                   or any(qv <= gate_options.ALPHA and g[2] > tol for g, qv in zip(st.groups, qg)))
-    return flagged, gate.group_detectable(st)
+    return _judged(st)
 
 
 def test_a_baseline_counted_in_the_calibration_keeps_the_level_and_states_a_smaller_rise_it_catches():
