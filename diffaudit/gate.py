@@ -1512,29 +1512,27 @@ def _levels(m_bins: int, m_groups: int, alpha: float, correction: str) -> tuple[
     return lvl_bins, alpha * GROUP_ALPHA_SHARE / max(m_groups, 1)
 
 
-def _group_check(rule, name, members, ch, se, df, p, q, alpha, level_a, level_b, detectable=None,
-                 weights=None) -> Check:
-    """An aggregate of bins: the precision-weighted mean relative change (after the lag) over a group, tested
+def _group_check(rule, name, members, ch, se, df, p, q, alpha, level_a, level_b, detectable, weights) -> Check:
+    """An aggregate of bins: the ``weights``-weighted mean relative change (after the lag) over a group, tested
     against the tolerance."""
     tq = _tq(alpha, df) if se > 0 else 0.0
     bins = np.flatnonzero(members)
-    w = np.full(bins.size, 1.0 / max(bins.size, 1)) if weights is None else np.asarray(weights, np.float64)[bins]
+    w = np.asarray(weights, np.float64)
     over = rule.exceeded(ch)
     sig = q <= alpha
     # how many bins the weighted mean rests on, as an equal-weighted mean would count them (Kish)
-    n_eff = 1.0 / float(np.sum(w**2)) if w.size else 0.0
-    said = (f"{change_text(ch, True)} averaged over {bins.size} bins ({bin_ranges(bins.tolist())}), each weighted by "
-            f"its precision (as many as {n_eff:.0f} equally weighted bins)")
+    n_eff = 1.0 / float(np.sum(w[bins] ** 2)) if bins.size else 0.0
+    how = ("bins weighted equally" if np.allclose(w[bins], 1.0 / max(bins.size, 1)) else
+           f"each weighted by its precision (as many as {n_eff:.0f} equally weighted bins)")
+    said = f"{change_text(ch, True)} averaged over {bins.size} bins ({bin_ranges(bins.tolist())}), {how}"
     status, reason = _decide(said, rule, over, sig, p_is("q", q), f"{p_is('q', q)} > {alpha:g}")
-    wfull = np.zeros(level_a.shape) if weights is None else np.asarray(weights, np.float64)
-    if weights is None:
-        wfull[bins] = w
     return Check("loss_mean", f"loss, {name}", status, reason, rule=str(rule),
-                 baseline=float(stats.weighted_mean_rows(level_a, wfull)),
-                 candidate=float(stats.weighted_mean_rows(level_b, wfull)),
+                 baseline=float(stats.weighted_mean_rows(level_a, w)),
+                 candidate=float(stats.weighted_mean_rows(level_b, w)),
                  change=float(ch), relative=True, lo=float(ch - tq * se), hi=float(ch + tq * se), p=float(p),
-                 q=float(q), limit=rule.limit, details={"bins": bins.tolist(), "weights": [round(float(v), 6) for v in w],
-                                                     "se": float(se), "df": float(df)},
+                 q=float(q), limit=rule.limit,
+                 details={"bins": bins.tolist(), "weights": [round(float(v), 6) for v in w[bins]],
+                          "se": float(se), "df": float(df)},
                  detectable=detectable)
 
 

@@ -443,6 +443,22 @@ def test_the_weights_profile_round_trips_an_older_file_recomputes_it_and_a_damag
                        str(bad), said)
 
 
+@needs_shapes
+def test_the_mean_checks_say_how_their_bins_were_weighted(shapes):
+    """One run per side with the built-in allowance (fitted to equally weighted means) weighs the bins equally and
+    says so; with a calibration, by precision; the weights in the details are the ones the change was taken with."""
+    built_in = gate.compare(shapes[3], shapes[4], rules=["findings:off"])
+    calibrated = gate.compare(shapes[3], shapes[4], rules=["findings:off"], allowance=calibrate(shapes[:3]))
+    for v, said in ((built_in, "bins weighted equally"), (calibrated, "each weighted by its precision")):
+        mean = next(c for c in v.checks if c.metric == "loss_mean")
+        assert said in mean.reason and sum(mean.details["weights"]) == pytest.approx(1.0, abs=1e-4)
+        changes = {c.bin: c.change for c in v.checks if c.metric == "loss" and c.change is not None}
+        got = sum(w * changes[b] for b, w in zip(mean.details["bins"], mean.details["weights"]))
+        assert got == pytest.approx(mean.change, abs=1e-5)
+    w = calibrated.checks[[c.metric for c in calibrated.checks].index("loss_mean")].details["weights"]
+    assert max(w) > 1.3 * min(w)
+
+
 def test_a_bin_a_seed_missed_cannot_take_the_weighted_mean():
     """3 baseline seeds, the first missing bin 7, where the other two agree to 1e-6 (its own spread, on 1 df, near
     0) and the candidate is 3% lower, against +3% everywhere else: the bin is weighted by the smooth profile like
