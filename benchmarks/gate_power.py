@@ -20,10 +20,13 @@ is r worse at every noise level logs). Designs, each at the gate's defaults:
   splits into 3 calibration seeds and an ordered pair of 2 others.
 * ``3v1`` and ``5v1``: 3 or 5 baseline seeds against one candidate seed not
   among them (the prediction interval, per-bin spread pooled across bins).
+* ``3v1 + calibrated on 3``: 3 baseline seeds against one candidate, with a
+  calibration on 3 *other* seeds, which lend the baseline seeds their scatter
+  (:func:`diffaudit.gate.lent_runs`: the mean over bins on 4 df instead of 2).
 
 Rise 0 gives the false-positive rate, over every combination of seeds up to
 ``--null-trials`` (all 56 pairs, 280 3v1 and 168 5v1 trials of 8 seeds; 280 of
-the 1,120 calibrated splits); other rises the power, over ``--trials`` of them. "honest" counts
+the 1,120 calibrated splits of either kind); other rises the power, over ``--trials`` of them. "honest" counts
 the trials whose injected rise is at or above the detectable rise the verdict
 states, and how many of those were caught (the claim: at least 80%).
 The findings rule is off (the injected runs have the seed's own findings) and
@@ -109,7 +112,7 @@ def families(root: Path, only: set[str] | None) -> dict[str, tuple[str, list]]:
     return out
 
 
-def designs(runs: list, trials: int, null_trials: int, rng) -> dict[str, list]:
+def designs(runs: list, trials: int, null_trials: int, rng, only=None) -> dict[str, list]:
     """Per design, the trials as (baseline runs, candidate seed, calibration runs or None): every combination
     when there are at most ``null_trials`` of them (in random order), else that many drawn at random. Rises use
     the first ``trials``; rise 0 (false positives) uses them all."""
@@ -127,15 +130,20 @@ def designs(runs: list, trials: int, null_trials: int, rng) -> dict[str, list]:
     for k in (3, 5):
         combos = [(g, c) for c in idx for g in itertools.combinations([i for i in idx if i != c], k)]
         out[f"{k}v1"] = [([runs[i] for i in g], runs[c], None) for g, c in pick(combos)]
-    return out
+    # 3 baseline seeds, and a calibration on 3 runs that are neither baseline nor candidate: they lend the seeds
+    # their scatter (gate.lent_runs)
+    lend = [(g, c, k) for c in idx for g in itertools.combinations([i for i in idx if i != c], 3)
+            for k in itertools.combinations([i for i in idx if i != c and i not in g], 3)]
+    out["3v1 + calibrated on 3"] = [([runs[i] for i in g], runs[c], [runs[i] for i in k]) for g, c, k in pick(lend)]
+    return {k: v for k, v in out.items() if only is None or k in only}
 
 
 def run_family(name: str, role: str, runs: list, rises: list[float], trials: int, null_trials: int,
-               seed: int) -> list[dict]:
+               seed: int, only=None) -> list[dict]:
     rng = np.random.default_rng(seed)
     rows = []
     cache = {}
-    for design, every in designs(runs, trials, null_trials, rng).items():
+    for design, every in designs(runs, trials, null_trials, rng, only).items():
         for rise in rises:
             tr = every if rise == 0 else every[:trials]
             caught = honest_n = honest_caught = inconclusive = 0
@@ -202,11 +210,12 @@ def _flagged(st) -> bool:
                 any(qv <= gate_options.ALPHA and g[2] > gate_options.TOLERANCE for g, qv in zip(st.groups, qg)))
 
 
-def simulate(seeds: int, K: int, rise: float, trials: int, seed: int, profile: str = "even"
+def simulate(seeds: int, K: int, rise: float, trials: int, seed: int, profile: str = "even", lend: int = 0
              ) -> tuple[float, float, int, int]:
     """(share flagged, median stated detectable rise, trials whose rise is at or above their own stated rise, those
     of them flagged) of ``seeds`` baseline seeds vs one candidate x (1 + rise).
-    ``seeds`` 0: one run per side, with a calibration on 3 other seeds and the baseline counted among them."""
+    ``seeds`` 0: one run per side, with a calibration on 3 other seeds and the baseline counted among them.
+    ``lend``: that many other seeds, calibrated, lend the baseline seeds their scatter."""
     rng = np.random.default_rng(seed)
     x = (np.arange(K) + 0.5) * 100.0
     n_sel = max(gate_options.MIN_WINDOWS, round(0.2 * K))
@@ -216,7 +225,12 @@ def simulate(seeds: int, K: int, rise: float, trials: int, seed: int, profile: s
     for _ in range(trials):
         if seeds:
             blocks = _sim_runs(rng, seeds + 1, K, rise, profile)[:, :, sel]
-            st = gate.seed_stats(blocks.mean(axis=2), blocks[:seeds].mean(axis=0), x[sel], span, seeds)
+            lent = None
+            if lend:
+                cal = _sim_runs(rng, lend, K, 0.0, profile)[:, :, sel]
+                dev = np.array(level_spreads(cal.mean(axis=2), cal.mean(axis=0), x[sel], span)["deviations"])
+                lent = dev - dev.mean(axis=0)
+            st = gate.seed_stats(blocks.mean(axis=2), blocks[:seeds].mean(axis=0), x[sel], span, seeds, lent=lent)
         else:
             runs = _sim_runs(rng, 5, K, rise, profile)  # 3 calibration seeds, the baseline, the candidate
             cal = runs[:3][:, :, sel]
@@ -259,6 +273,8 @@ def main() -> None:
     ap.add_argument("--equal-weights", action="store_true",
                     help="weigh the bins of the means over bins equally (as before the precision weights): what "
                          "those weights buy")
+    ap.add_argument("--designs", nargs="*", default=None, metavar="DESIGN",
+                    help="only these real-run designs (as the table names them, e.g. '3v1 + calibrated on 3')")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", type=Path, default=None, help="also write every row as JSON")
     a = ap.parse_args()
@@ -275,7 +291,7 @@ def main() -> None:
         print(f"{'family':18} {'role':11} {'design':22} {'rise':>5} {'flagged':>9} {'can see (median)':>17} "
               f"{'caught at >= stated':>20}")
         for name, (role, runs) in fams.items():
-            for row in run_family(name, role, runs, a.rises, a.trials, a.null_trials, a.seed):
+            for row in run_family(name, role, runs, a.rises, a.trials, a.null_trials, a.seed, a.designs):
                 out["real"].append(row)
                 det = "-" if row["detectable_median"] is None else f"+{100 * row['detectable_median']:.1f}%"
                 honest = (f"{row['caught_there']}/{row['at_or_above_detectable']}" if row["rise"] else "")
@@ -291,26 +307,30 @@ def main() -> None:
 def simulation(a, out: dict) -> None:
     """The simulation's table (``--sim-trials`` trials a cell), its rows appended to ``out``."""
     print("\nsimulation (library functions): baseline seeds vs one candidate, every bin raised "
-          "(seeds 0: one run per side, calibrated on 3 other seeds, the baseline counted among them)")
+          "(seeds 0: one run per side, calibrated on 3 other seeds, the baseline counted among them; 3+3: 3 seeds "
+          "and a calibration on 3 others that lend them their scatter)")
     print(f"{'bins':>6} {'seeds':>5} {'steps':>7} {'rise':>5} {'flagged':>8} {'can see (median)':>17} "
           f"{'caught at >= stated':>20}")
     if 0 not in a.rises:
         a.rises = [0.0] + list(a.rises)  # the stated detectable rise is read at rise 0
     for profile in a.profiles:
-        for seeds in (0, 3, 5):
+        for seeds, lend in ((0, 0), (3, 0), (3, 3), (5, 0)):
             for K in (30, 300):
                 stated = None
                 for rise in list(a.rises) + ["stated"]:
                     r = stated if rise == "stated" else rise / 100
                     share, det, above, caught = simulate(seeds, K, r, a.sim_trials,
-                                                         a.seed + 7 * seeds + K + (rise == "stated"), profile)
+                                                         a.seed + 7 * seeds + 11 * lend + K + (rise == "stated"),
+                                                         profile, lend)
                     stated = det if rise == 0 else stated
-                    out["simulation"].append({"bins": profile, "seeds": seeds, "steps": 100 * K, "rise": 100 * r,
+                    out["simulation"].append({"bins": profile, "seeds": seeds, "lent": lend, "steps": 100 * K,
+                                              "rise": 100 * r,
                                               "flagged": share, "detectable_median": det, "trials": a.sim_trials,
                                               "at_stated": rise == "stated", "at_or_above_detectable": above,
                                               "caught_there": caught})
                     label = f"{100 * r:>4.1f}%" + (" (the median stated rise)" if rise == "stated" else "")
-                    print(f"{profile:>6} {seeds:>5} {100 * K:>7,} {label} {100 * share:>7.1f}% {100 * det:>16.1f}% "
+                    who = f"{seeds}+{lend}" if lend else f"{seeds}"
+                    print(f"{profile:>6} {who:>5} {100 * K:>7,} {label} {100 * share:>7.1f}% {100 * det:>16.1f}% "
                           f"{f'{caught}/{above}' if r else '':>20}", flush=True)
 
 

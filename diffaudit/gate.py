@@ -343,12 +343,7 @@ def compare(
     if single:
         notes.append(_single_run_note(allowance, max_lag))
     elif len(cand) == 1:
-        notes.append(f"one candidate run against {len(base)} baseline seeds: the candidate is tested against a "
-                     f"prediction interval from the baseline seeds' spread (sd x sqrt(1 + 1/{len(base)}); a mean over "
-                     f"bins on t with {len(base) - 1} df, each bin's spread pooled across bins), so seed-to-seed "
-                     "variation of this model is seen directly; what it "
-                     "cannot see is a seed distribution with heavier tails than a few baseline seeds show"
-                     + ("; with fewer than 5 baseline seeds the intervals are wide" if len(base) < 5 else ""))
+        notes.append(_prediction_note(len(base), len(base) - 1))
     elif len(base) == 1:
         notes.append(f"one baseline run against {len(cand)} candidate seeds: the candidates' seed-to-seed spread "
                      "stands for the baseline's; several baseline seeds and one candidate is the recommended setup")
@@ -378,6 +373,16 @@ def compare(
     if used is not allowance:  # the baseline counted among the calibration's runs: what the checks used
         settings["allowance"] = _allowance_settings(used)
     return Verdict(status, summary, notes=tuple(notes), **rest, **common)
+
+
+def _prediction_note(k: int, df: float) -> str:
+    """What one candidate against ``k`` baseline seeds is tested against, its mean over bins on ``df`` df."""
+    lent = f" ({k - 1} from these seeds, {df - (k - 1):g} lent by a calibration's runs)" if df > k - 1 else ""
+    return (f"one candidate run against {k} baseline seeds: the candidate is tested against a prediction interval "
+            f"from the baseline seeds' spread (sd x sqrt(1 + 1/{k}); a mean over bins on t with {df:g} df{lent}, each "
+            "bin's spread pooled across bins), so seed-to-seed variation of this model is seen directly; what it "
+            "cannot see is a seed distribution with heavier tails than a few baseline seeds show"
+            + ("; with fewer than 5 baseline seeds the intervals are wide" if k < 5 and df < 4 else ""))
 
 
 def _allowance_settings(al: Allowance) -> dict:
@@ -413,6 +418,9 @@ def _statistics(base, cand, sides, rules_, win, alpha, correction, min_windows, 
                                       allowance)
         checks += bin_checks
         notes += st.notes
+        if st.lent_df and len(cand) == 1:
+            old = _prediction_note(len(base), len(base) - 1)
+            notes[:] = [_prediction_note(len(base), len(base) - 1 + st.lent_df) if n == old else n for n in notes]
         lag = st.lag
         if single and max_lag > 0 and st.lag_fit > max_lag:
             notes.append(f"the still-falling bins' levels ask for a progress lag of {pct(st.lag_fit)} of the steps, more "
@@ -438,7 +446,8 @@ def _statistics(base, cand, sides, rules_, win, alpha, correction, min_windows, 
     return status, summary, dict(allowance_used=allowance, checks=tuple(checks), matched=overlap, window=window,
                                  window_blocks=nblocks, lag=lag,
                                  lstar_kind=lstar_kind, detectable=sight["detectable"], projection=sight["projection"],
-                                 weak=sight["weak"], allowance=allowance.source if single else None)
+                                 weak=sight["weak"],
+                                 allowance=allowance.source if single or (st is not None and st.lent_df) else None)
 
 
 # ----------------------------------------------------------------------------
@@ -469,8 +478,9 @@ def _sight(checks: list[Check], st, rule: Rule, alpha: float, n_base: int, n_can
     def would_see(k: int) -> float:
         # k baseline seeds against one candidate: a prediction interval from the seeds' spread of the mean, its
         # aggregates as correlated as these
-        lvl = _group_level(st, alpha, k - 1)
-        return tol + lag + float(stats.detectable_shift(st.run_sd * math.sqrt(1 + 1 / k), k - 1, lvl))
+        d = k - 1 + st.lent_df  # runs a calibration lends would lend these seeds too
+        lvl = _group_level(st, alpha, d)
+        return tol + lag + float(stats.detectable_shift(st.run_sd * math.sqrt(1 + 1 / k), d, lvl))
 
     if math.isfinite(st.run_sd) and st.run_sd > 0:
         k = 5 if n_base < 5 else 2 * n_base
@@ -519,6 +529,7 @@ def resolve_allowance(allowance, baseline, process) -> Allowance:
 
 
 BASELINE_OUTLIER_P = 0.01  # a baseline whose mean level lies this far out among the calibration's runs is named
+LENT_GAP = 0.05  # lent runs lend a mean over bins when the bins they lack carry at most this share of its weight
 SAME_RUN = 1e-6  # a baseline whose late level matches a calibration run's to this (relative) in every bin is that run
 
 
@@ -544,32 +555,21 @@ def with_baseline(al: Allowance, late: np.ndarray, run: Run, window: tuple[int, 
         return al, (f"the baseline run is not counted among the calibration's runs: its late window (steps "
                     f"{window[0]:,}-{window[1]:,}) is not the calibration's ({w.get('first', 0):,}-{w.get('last', 0):,})")
     cal_runs = al.measured_on.get("runs", [])
-    here = {str(run.path), str(run.path.resolve())}
-    same = next((r for r in cal_runs if r.get("path") in here), None)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        ratio = np.abs(np.asarray(ref["late_runs"], np.float64) / late[None, :] - 1.0)
-    both = np.isfinite(ratio)
-    copies = [i for i in range(ratio.shape[0]) if both[i].sum() >= 2 and float(np.max(ratio[i, both[i]])) < SAME_RUN]
-    if same is not None:
-        return al, f"the baseline run {run.name} is one of the calibration's runs"
-    if copies:
-        name = cal_runs[copies[0]].get("name", "") if copies[0] < len(cal_runs) else ""
-        return al, (f"the baseline run {run.name} is one of the calibration's runs"
-                    + (f" ({name}: the same late levels)" if name and name != run.name else " (the same late levels)"))
-    cfg = run.meta.get("config") or {}
-    seed = cfg.get("seed") if isinstance(cfg, dict) else None
-    twin = next((r for r in cal_runs if seed is not None and r.get("seed") == seed), None)
+    twin = _calibration_twin(al, run, late)
     if twin is not None:
+        i, how = twin
+        name = cal_runs[i].get("name", "") if i < len(cal_runs) else ""
+        if how == "path":
+            return al, f"the baseline run {run.name} is one of the calibration's runs"
+        if how == "levels":
+            return al, (f"the baseline run {run.name} is one of the calibration's runs"
+                        + (f" ({name}: the same late levels)" if name and name != run.name else " (the same late levels)"))
         return al, (f"the baseline run {run.name} is not counted among the calibration's runs: it has the seed of "
-                    f"{twin.get('name')} ({seed}), so it is not an independent run")
-    if "config" in al.measured_on:
-        skip = set(al.measured_on.get("forced", []))
-        mine = {k: v for k, v in flat_config(cfg).items() if not seed_like(k) and k not in skip}
-        theirs = {k: v for k, v in al.measured_on["config"].items() if k not in skip}
-        differ = sorted(k for k in set(mine) | set(theirs) if mine.get(k) != theirs.get(k))
-        if differ:
-            return al, (f"the baseline run {run.name} is not counted among the calibration's runs: its config differs "
-                        f"in {', '.join(differ[:3])}{' ...' if len(differ) > 3 else ''}")
+                    f"{name} ({cal_runs[i].get('seed')}), so it is not an independent run")
+    differ = _config_differs(al, run)
+    if differ:
+        return al, (f"the baseline run {run.name} is not counted among the calibration's runs: its config differs "
+                    f"in {_keys_text(differ)}")
     nb = late.size
     level, center, elastic = (np.asarray(ref[k], np.float64) for k in ("late", "center", "elasticity"))
     elastic = np.nan_to_num(elastic, nan=0.0)
@@ -615,6 +615,93 @@ def with_baseline(al: Allowance, late: np.ndarray, run: Run, window: tuple[int, 
                      "it was calibrated? The difference widens the spread, so this comparison sees less; recalibrate "
                      "on runs of the current configuration")
     return out, said
+
+
+def _calibration_twin(al: Allowance, run: Run, late: np.ndarray | None) -> tuple[int, str] | None:
+    """The calibration run that ``run`` is not independent of, and how: "path" (it is that run), "levels" (a
+    copied or synced folder: the same late level in every bin; ``late``, the run's late levels over the
+    calibration's window, None where the windows differ) or "seed" (a rerun of its seed); None when none."""
+    cal_runs = al.measured_on.get("runs", [])
+    here = {str(run.path), str(run.path.resolve())}
+    i = next((i for i, r in enumerate(cal_runs) if r.get("path") in here), None)
+    if i is not None:
+        return i, "path"
+    if late is not None and al.reference is not None:
+        with np.errstate(invalid="ignore", divide="ignore"):
+            ratio = np.abs(np.asarray(al.reference["late_runs"], np.float64) / np.asarray(late)[None, :] - 1.0)
+        both = np.isfinite(ratio)
+        i = next((i for i in range(ratio.shape[0])
+                  if both[i].sum() >= 2 and float(np.max(ratio[i, both[i]])) < SAME_RUN), None)
+        if i is not None:
+            return i, "levels"
+    cfg = run.meta.get("config") or {}
+    seed = cfg.get("seed") if isinstance(cfg, dict) else None
+    i = next((i for i, r in enumerate(cal_runs) if seed is not None and r.get("seed") == seed), None)
+    return None if i is None else (i, "seed")
+
+
+def _config_differs(al: Allowance, run: Run) -> list[str]:
+    """The config keys (not a seed's, nor ones the calibration was forced past) in which ``run`` differs from the
+    calibration's runs; empty where the calibration kept no config."""
+    if "config" not in al.measured_on:
+        return []
+    cfg = run.meta.get("config") or {}
+    skip = set(al.measured_on.get("forced", []))
+    mine = {k: v for k, v in flat_config(cfg).items() if not seed_like(k) and k not in skip}
+    theirs = {k: v for k, v in al.measured_on["config"].items() if k not in skip}
+    return sorted(k for k in set(mine) | set(theirs) if mine.get(k) != theirs.get(k))
+
+
+def _keys_text(keys: list[str]) -> str:
+    return f"{', '.join(keys[:3])}{' ...' if len(keys) > 3 else ''}"
+
+
+def lent_runs(al: Allowance, base: list, cand: list, late: np.ndarray, span: float, window: tuple[int, int],
+              blocks: int) -> tuple[np.ndarray | None, str | None]:
+    """The runs of a calibration that several baseline seeds can borrow the scatter of (:func:`seed_stats`'s
+    ``lent``): each one's lag-adjusted relative deviation per bin from the mean of those lent, and a note saying
+    what was lent (or why nothing was); (None, None) for the built-in allowance.
+
+    A calibration run lends only when it is independent of every compared run (not one of them, a copy or a rerun
+    of one's seed: those count once, as compared runs), when the baseline seeds are runs of the calibrated
+    configuration (their config differs only in a seed), and when the runs are about the calibration's length
+    (its scatter holds the within-run noise of its own late window). ``late``: (runs, bins) every compared
+    run's late level, baseline first."""
+    if not al.calibrated:
+        return None, None
+    what = f"the calibration {al.source}"
+    if al.deviations is None:
+        return None, f"{what} keeps no per-run levels, so its runs cannot join the baseline seeds' spread"
+    if not al.matches_length(int(span)):
+        return None, (f"{what} was measured on runs of {al.steps or 0:,} matched steps, these have {int(span):,}: its "
+                      "runs do not join the baseline seeds' spread (the within-run part of a spread follows the "
+                      "length of the late window)")
+    differ = sorted({k for run in base for k in _config_differs(al, run)})
+    if differ:
+        return None, (f"{what} is of another configuration (the baseline seeds' config differs in "
+                      f"{_keys_text(differ)}): its runs do not join their spread")
+    w = al.measured_on.get("window", {})
+    same_window = (w.get("first"), w.get("last"), w.get("blocks")) == (window[0], window[1], blocks)
+    cal_runs = al.measured_on.get("runs", [])
+    shared = {}
+    for r, run in enumerate(list(base) + list(cand)):
+        twin = _calibration_twin(al, run, late[r] if same_window else None)
+        if twin is not None:
+            shared.setdefault(twin[0], run.name)
+    dev = np.asarray(al.deviations, np.float64)
+    keep = [i for i in range(dev.shape[0]) if i not in shared]
+    also = ""
+    if shared:
+        names = [cal_runs[i].get("name", f"#{i + 1}") if i < len(cal_runs) else f"#{i + 1}" for i in sorted(shared)]
+        also = f" ({len(shared)} of its runs are compared runs, or their copies or seeds, and count once: {_keys_text(names)})"
+    if len(keep) < 2:
+        return None, f"{what} has {len(keep)} run(s) besides the compared ones: too few to lend a spread{also}"
+    rows = dev[keep]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # a bin none of them sampled stays NaN
+        rows = rows - np.nanmean(rows, axis=0)[None, :]
+    return rows, (f"{what} lends the baseline seeds the scatter of its {len(keep)} other runs of this configuration: "
+                  f"each bin's pooled spread and the mean over bins gain {len(keep) - 1} df{also}")
 
 
 def _single_run_note(al: Allowance, max_lag: float) -> str:
@@ -974,6 +1061,7 @@ class _BinStats:
     lag_cap: float = 0.0  # the most progress lag the candidate may have removed (share of the matched steps)
     run_sd: float = math.nan  # sd of one run's mean level over the tested bins (relative): for projections
     group_rho: float = math.nan  # correlation of the two aggregates' statistics (a model's); NaN: Holm between them
+    lent_df: float = 0.0  # degrees of freedom other runs of the baseline's configuration (a calibration's) add
 
 
 def _lag_bound(max_lag: float, elastic: np.ndarray, falling: np.ndarray, tolerance: float) -> float:
@@ -1245,12 +1333,19 @@ def late_levels(grid: "_MatchedBlocks", sel: np.ndarray, R0: int) -> tuple[np.nd
 
 
 def seed_stats(late: np.ndarray, pooled_blocks: np.ndarray, x: np.ndarray, span: float, R0: int, *,
-               max_lag: float = MAX_LAG, tolerance: float = TOLERANCE, sampling: np.ndarray | None = None) -> _BinStats:
+               max_lag: float = MAX_LAG, tolerance: float = TOLERANCE, sampling: np.ndarray | None = None,
+               lent: np.ndarray | None = None) -> _BinStats:
     """Several runs on a side: each run's late level per bin (after its own progress lag), compared over seeds.
 
     ``late``: (runs, bins) late level of every run, baseline runs first (R0 of them); ``pooled_blocks``: the
     baseline's mean block curve per bin over the window (for the elasticities). With one candidate and several
     baseline seeds this is a prediction interval: sd * sqrt(1 + 1/n), t with n - 1 df.
+
+    ``lent`` (M, bins): the lag-adjusted relative deviations of M other healthy runs of the baseline's
+    configuration from their own mean (a calibration's runs that are not among the compared ones,
+    :func:`lent_runs`). They join the baseline seeds' spread: each bin's pooled spread and the mean over bins gain
+    M - 1 degrees of freedom (3 seeds and 3 such runs: the mean on 4 df instead of 2). Their mean is never
+    compared, only their scatter, so the test stays exact when they are seeds of the same configuration.
     """
     R, nb = late.shape
     pooled, rel, adjusted, elastic, falling, lags = adjusted_levels(late, pooled_blocks, x, span, R0,
@@ -1273,7 +1368,11 @@ def seed_stats(late: np.ndarray, pooled_blocks: np.ndarray, x: np.ndarray, span:
             # than average carries more: its excess is added to the comparison's variance
             extra = sum(np.maximum(np.nanmean(rel_samp[side], axis=0) - scale, 0.0) / n
                         for side, n in ((slice(0, R0), R0), (slice(R0, R), R - R0)))
-    spread = _pooled_seed_spread(adjusted, R0, tested0, scale)
+    if lent is not None:
+        lent = np.where(tested0[None, :], np.asarray(lent, np.float64), np.nan)
+        if lent.ndim != 2 or lent.shape[0] < 2 or lent.shape[1] != nb:
+            lent = None
+    spread = _pooled_seed_spread(adjusted, R0, tested0, scale, lent)
     wvar = np.full(nb, np.nan)  # each bin's variance for the precision weights of the means over bins
     notes = []
     if spread is not None:
@@ -1322,22 +1421,70 @@ def seed_stats(late: np.ndarray, pooled_blocks: np.ndarray, x: np.ndarray, span:
             c = stats.compare_seed_means(per_run[:R0], per_run[R0:])
         except InconclusiveError:
             continue
-        groups.append((name, members, c.diff, c.se**2, c.df, wts))
+        diff, v, d = c.diff, c.se**2, c.df
+        if lent is not None:
+            diff, v, d = _lent_group(per_run[:R0], per_run[R0:], _lent_means(lent, wts, members))
+        groups.append((name, members, diff, v, d, wts))
     lag = float(np.mean(lags[R0:]) - np.mean(lags[:R0]))
     run_sd = math.nan
+    lent_df = 0.0
     if tested.sum() >= 2:
-        per_run = stats.weighted_mean_rows(adjusted, stats.precision_weights(wvar, tested))
-        dev = np.concatenate([per_run[:R0] - np.mean(per_run[:R0]), per_run[R0:] - np.mean(per_run[R0:])])
+        w_all = stats.precision_weights(wvar, tested)
+        per_run = stats.weighted_mean_rows(adjusted, w_all)
+        dev = [per_run[:R0] - np.mean(per_run[:R0]), per_run[R0:] - np.mean(per_run[R0:])]
         d = (R0 - 1) + (R - R0 - 1)
+        extra = _lent_means(lent, w_all, tested) if lent is not None else None
+        if extra is not None:
+            dev.append(extra - np.mean(extra))
+            lent_df = float(extra.size - 1)
+            d += extra.size - 1
+        dev = np.concatenate(dev)
         run_sd = math.sqrt(float(np.sum(dev**2)) / d) if d > 0 else math.nan
     rho = _group_rho(var, spread.r1 if spread is not None else math.nan, groups)
     return _BinStats(level_a, level_b, raw, change, var, df, elastic, lag, lag, why, groups, notes,
-                     _lag_bound(max_lag, elastic, falling, tolerance), run_sd, rho)
+                     _lag_bound(max_lag, elastic, falling, tolerance), run_sd, rho, lent_df)
 
 
-def _pooled_seed_spread(adjusted: np.ndarray, R0: int, tested: np.ndarray, scale=None) -> stats.PooledSpread | None:
+def _lent_means(lent: np.ndarray, weights: np.ndarray, members: np.ndarray) -> np.ndarray | None:
+    """Each lent run's weighted mean deviation over ``members``. A bin the calibration's runs did not all sample
+    is missing from every lent row; without it the mean is another statistic, near enough the compared runs' when
+    the bins it lacks carry under LENT_GAP of the weight (EDM's extreme noise levels, weighted by their
+    precision, carry far less); None otherwise."""
+    members = np.asarray(members, bool)
+    have = np.isfinite(lent).all(axis=0)
+    w = np.asarray(weights, np.float64)
+    total = float(np.sum(w[members]))
+    if total <= 0 or float(np.sum(w[members & ~have])) > LENT_GAP * total:
+        return None
+    return stats.weighted_mean_rows(np.where(have[None, :], lent, np.nan), w)
+
+
+def _lent_group(a: np.ndarray, b: np.ndarray, lent: np.ndarray | None) -> tuple[float, float, float]:
+    """(change, variance, df) of an aggregate's mean ``b`` minus mean ``a`` (one value per run), the baseline's
+    spread pooled with that of the ``lent`` runs (their scatter about their own mean): a prediction interval on
+    (R0 - 1) + (M - 1) df for one candidate; Welch against the candidates' own spread for several."""
+    a, b = a[np.isfinite(a)], b[np.isfinite(b)]
+    if lent is None or lent.size < 2 or a.size == 0 or b.size == 0:
+        c = stats.compare_seed_means(a, b)
+        return c.diff, c.se**2, c.df
+    ss = float(np.sum((a - a.mean()) ** 2) + np.sum((lent - lent.mean()) ** 2))
+    d_a = (a.size - 1) + (lent.size - 1)
+    s2a = ss / d_a
+    va = s2a / a.size
+    if b.size >= 2:
+        vb = float(b.var(ddof=1)) / b.size
+        den = va * va / d_a + vb * vb / (b.size - 1)
+        df = (va + vb) ** 2 / den if den > 0 else math.inf
+    else:
+        vb, df = s2a / b.size, float(d_a)
+    return float(b.mean() - a.mean()), va + vb, df
+
+
+def _pooled_seed_spread(adjusted: np.ndarray, R0: int, tested: np.ndarray, scale=None,
+                        lent: np.ndarray | None = None) -> stats.PooledSpread | None:
     """Each bin's seed variance pooled across bins (:func:`diffaudit.stats.pooled_spread`) from every side with
-    two or more runs, each run's deviation from its own side's mean; None when there is too little to pool."""
+    two or more runs, each run's deviation from its own side's mean, and from ``lent`` runs (deviations from their
+    own mean); None when there is too little to pool."""
     R = adjusted.shape[0]
     rows, d = [], 0
     for side in (slice(0, R0), slice(R0, R)):
@@ -1345,6 +1492,9 @@ def _pooled_seed_spread(adjusted: np.ndarray, R0: int, tested: np.ndarray, scale
         if a.shape[0] >= 2:
             rows.append(a - np.mean(a, axis=0))
             d += a.shape[0] - 1
+    if lent is not None:
+        rows.append(lent)
+        d += lent.shape[0] - 1
     if not rows or tested.sum() < 4:
         return None
     dev = np.where(tested[None, :], np.concatenate(rows), np.nan)
@@ -1418,9 +1568,14 @@ def _loss_checks(grid, sel, base, cand, rules, alpha, correction, max_lag, lstar
                               tolerance=lim)
     else:
         late, pooled_blocks = late_levels(grid, sel, R0)
-        sampling = sampling_variance(base + cand, int(grid.start[sel[0]]), int(min(grid.end[sel[-1]], hi)), nb)
+        window = (int(grid.start[sel[0]]), int(min(grid.end[sel[-1]], hi)))
+        sampling = sampling_variance(base + cand, window[0], window[1], nb)
         lim = rule.limit if rule.relative and rule.limit is not None else TOLERANCE
-        st = seed_stats(late, pooled_blocks, x_all[sel], span, R0, max_lag=max_lag, tolerance=lim, sampling=sampling)
+        lent, said = lent_runs(allowance, base, cand, late, span, window, len(sel))
+        st = seed_stats(late, pooled_blocks, x_all[sel], span, R0, max_lag=max_lag, tolerance=lim, sampling=sampling,
+                        lent=lent)
+        if said:
+            st.notes.append(said)
     se = np.sqrt(st.var)
     lim = rule.limit if rule.limit is not None else math.inf
     # the loss rule is judged on the relative change; an absolute rule (loss:+0.01) on change * level

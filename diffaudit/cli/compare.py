@@ -29,7 +29,9 @@ Several seeds on both sides: the seed-to-seed spread is the noise. One run per
 side: within-run variability plus a seed-to-seed allowance: the one
 `diffaudit calibrate` measured on your model's healthy seeds (--allowance, or a
 diffaudit-allowance.json in the BASELINE folder), else a built-in one learned on
-other models, and the notes say which. Every check states the smallest rise it
+other models, and the notes say which. With several baseline seeds, a
+calibration's runs that are not compared lend the seeds their scatter (more
+degrees of freedom for the mean over bins). Every check states the smallest rise it
 could have caught with 80% probability (the "can see" column, "detectable" in
 --json); the verdict says when that is too large to gate on.
 
@@ -85,7 +87,8 @@ Examples:
 @click.option("--force", is_flag=True, help="Compare runs whose schedule or prediction differ (refused by default).")
 @click.option("--allowance", "allowance_path", type=click.Path(dir_okay=False, path_type=str), metavar="FILE", default=None,
               help="One run per side: the seed-to-seed spread measured by `diffaudit calibrate` on this model's healthy "
-                   f"seeds, instead of the built-in one (default: {allowance.FILE_NAME} in a BASELINE folder, if any).")
+                   "seeds, instead of the built-in one; several baseline seeds: its other runs lend them their scatter "
+                   f"(default: {allowance.FILE_NAME} in a BASELINE folder, if any).")
 @click.option("--unit", type=click.Choice(opts.UNITS), default=opts.UNITS[0], show_default=True,
               help="lstar: each run's per-bin loss divided by its own Gaussian L*, so runs with different prediction "
                    "targets (epsilon vs v, ...) compare on one scale; needs data_var or data_spectrum.")

@@ -1,0 +1,203 @@
+"""Several baseline seeds borrow the scatter of a calibration's other runs (``gate.lent_runs``).
+
+Three baseline seeds test the mean over bins on a t with 2 df, the weakest part of that design. A calibration of
+the same configuration on other seeds measures the same scatter: its runs' deviations from their own mean join
+the seeds' (each bin's pooled spread and the mean over bins gain runs - 1 df), while their levels never enter the
+comparison. Checked here: the pooled statistic against a Monte Carlo of its own null distribution, size and stated
+rise with the library's functions, and on a held-out family's runs what is lent, what counts once, and what is
+refused.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pytest
+from _cli import run_cli
+
+from diffaudit import allowance, gate, gate_options, stats
+from diffaudit.calibration import calibrate, level_spreads
+from diffaudit.load import load_run
+
+REPO = Path(__file__).resolve().parents[1]
+SHAPES = REPO / "sample_logs" / "families" / "shapes_mlp"  # held out: no threshold of the gate was set on it
+needs_shapes = pytest.mark.skipif(not (SHAPES / "healthy_s07").is_dir(), reason="sample_logs/families not present")
+
+
+def raised(run, factor: float):
+    """The run with every logged training loss x factor."""
+    hit = pl.col("split") == "train"
+    bins = run.bins.with_columns(
+        *[pl.when(hit).then(pl.col(c) * factor).otherwise(pl.col(c)).alias(c) for c in ("mean", "min", "max")],
+        pl.when(hit).then(pl.col("m2") * factor**2).otherwise(pl.col("m2")).alias("m2"))
+    return replace(run, bins=bins, steps=run.steps.with_columns(pl.col("loss") * factor),
+                   path=run.path.with_name(run.path.name + f"x{factor:g}"))
+
+
+# ----------------------------------------------------------------------------
+# The pooled statistic
+
+
+@pytest.mark.parametrize("seeds,lend", [(3, 3), (2, 5), (4, 2)])
+def test_a_mean_with_lent_scatter_is_a_t_on_the_pooled_df_by_monte_carlo(seeds, lend):
+    """One candidate against ``seeds`` baseline values, ``lend`` other values lending their scatter (about their
+    own mean, which is not compared): under the null, change / se is a t on (seeds - 1) + (lend - 1) df. Its
+    tails are checked at the levels the gate uses, against 40,000 draws."""
+    rng = np.random.default_rng(seeds * 10 + lend)
+    n = 40_000
+    t = np.empty(n)
+    for i in range(n):
+        a = rng.normal(3.0, 1.0, seeds)
+        lent = rng.normal(-7.0, 1.0, lend)  # another mean: only the scatter is borrowed
+        diff, var, df = gate._lent_group(a, rng.normal(3.0, 1.0, 1), lent - lent.mean())
+        t[i] = diff / np.sqrt(var)
+    assert df == (seeds - 1) + (lend - 1)
+    for level in (0.05, 0.0125):
+        crit = stats.t_isf(level, df)
+        share = float(np.mean(t > crit))
+        assert abs(share - level) < 4 * np.sqrt(level * (1 - level) / n), (level, share)
+
+
+def test_several_candidates_take_welch_against_the_pooled_baseline():
+    a, b, lent = np.array([0.0, 0.01, -0.01]), np.array([0.05, 0.07]), np.array([0.02, -0.02, 0.0])
+    diff, var, df = gate._lent_group(a, b, lent)
+    s2a = (np.sum((a - a.mean()) ** 2) + np.sum(lent**2)) / 4
+    va, vb = s2a / 3, b.var(ddof=1) / 2
+    assert diff == pytest.approx(0.06) and var == pytest.approx(va + vb)
+    assert df == pytest.approx((va + vb) ** 2 / (va**2 / 4 + vb**2 / 1))
+
+
+# ----------------------------------------------------------------------------
+# Size and stated rise with the library's functions
+
+B, K = 30, 30
+T = np.arange(K) + 0.5
+X, SEL = T * 100.0, np.arange(K - 8, K)
+CURVE = (0.02 + 0.5 * np.exp(-np.arange(B) / 8.0))[:, None] * (1.0 + 1.5 * np.exp(-T / 4.5))[None, :]
+SD = np.geomspace(0.003, 0.1, B)  # uneven bins, as EDM-style training gives
+
+
+def _blocks(rng, n: int, rise: float = 0.0) -> np.ndarray:
+    """(n, bins, blocks of the late window): seeds with a 0.4% common and an uneven per-bin effect, the last raised."""
+    out = []
+    for r in range(n):
+        effect = np.maximum(1 + 0.004 * rng.standard_normal() + SD * rng.standard_normal(B), 0.2)
+        out.append(CURVE * effect[:, None] * (1 + rise if r == n - 1 else 1.0) * (1 + 0.002 * rng.standard_normal((B, K))))
+    return np.array(out)[:, :, SEL]
+
+
+def _trial(rng, rise: float, lend: int):
+    blocks = _blocks(rng, 4, rise)
+    lent = None
+    if lend:
+        cal = _blocks(rng, lend)
+        dev = np.array(level_spreads(cal.mean(axis=2), cal.mean(axis=0), X[SEL], 100.0 * K)["deviations"])
+        lent = dev - dev.mean(axis=0)
+    st = gate.seed_stats(blocks.mean(axis=2), blocks[:3].mean(axis=0), X[SEL], 100.0 * K, 3, lent=lent)
+    p, q, pg, qg = gate.decide(st)
+    tol = gate_options.TOLERANCE
+    flagged = bool(((q <= gate_options.ALPHA) & (st.change > tol)).any()
+                   or any(qv <= gate_options.ALPHA and g[2] > tol for g, qv in zip(st.groups, qg)))
+    return flagged, gate.group_detectable(st), st
+
+
+def test_lent_runs_keep_the_level_and_let_three_seeds_see_less():
+    """3 seeds, 3 lent runs: the mean over bins on 4 df; where the null is hardest (every bin up by exactly the
+    tolerance) at most alpha flagged; they state less than the same 3 seeds alone (the seeds' own t on 2 df); and
+    of the comparisons whose rise is at or above the rise each states, at least 80% catch it."""
+    rng = np.random.default_rng(5)
+    edge = [_trial(rng, gate_options.TOLERANCE, 3) for _ in range(400)]
+    assert all(g[4] == 4 for _, _, st in edge[:20] for g in st.groups)
+    assert all(st.lent_df == 2 for _, _, st in edge[:20])
+    assert np.mean([f for f, _, _ in edge]) <= 0.05
+    lent_says = float(np.median([d for _, d, _ in edge]))
+    alone_says = float(np.median([_trial(rng, 0.0, 0)[1] for _ in range(150)]))
+    assert gate_options.TOLERANCE < lent_says < alone_says - 0.005, (lent_says, alone_says)
+    # honest: of the comparisons whose rise is at or above what each states, at least 80% catch it
+    judged = [_trial(rng, rise, 3)[:2] for rise in (0.035, 0.04, 0.05) for _ in range(100)]
+    rises = np.repeat([0.035, 0.04, 0.05], 100)
+    above = [f for (f, d), r in zip(judged, rises) if r >= d]
+    assert len(above) >= 100 and np.mean(above) >= 0.8, (len(above), np.mean(above))
+
+
+# ----------------------------------------------------------------------------
+# On a held-out family's runs
+
+
+@pytest.fixture(scope="module")
+def shapes():
+    return [load_run(SHAPES / f"healthy_s{i:02d}") for i in range(8)]
+
+
+def _mean_df(v) -> float:
+    return next(c for c in v.checks if c.metric == "loss_mean").details["df"]
+
+
+@needs_shapes
+def test_a_calibration_on_other_seeds_lends_three_baseline_seeds_two_df(shapes):
+    al = calibrate(shapes[4:7])
+    alone = gate.compare(shapes[:3], shapes[3], rules=["findings:off"])
+    lent = gate.compare(shapes[:3], shapes[3], rules=["findings:off"], allowance=al)
+    assert _mean_df(alone) == 2 and _mean_df(lent) == 4
+    assert alone.allowance is None and lent.allowance == al.source
+    assert lent.detectable < alone.detectable
+    assert any("lends the baseline seeds the scatter of its 3 other runs" in n and "gain 2 df" in n
+               for n in lent.notes)
+    assert any("a mean over bins on t with 4 df (2 from these seeds, 2 lent" in n for n in lent.notes)
+    assert not any("lends" in n for n in alone.notes)
+    assert gate.compare(shapes[:3], raised(shapes[3], 1.05), rules=["findings:off"], allowance=al).status == "regression"
+
+
+@needs_shapes
+def test_compared_runs_among_the_calibration_count_once(shapes):
+    # two of the baseline seeds and the candidate are calibration runs: 2 others are left to lend (1 df)
+    al = calibrate(shapes[1:6])
+    v = gate.compare(shapes[:3], shapes[5], rules=["findings:off"], allowance=al)
+    assert _mean_df(v) == 3
+    said = next(n for n in v.notes if "lends" in n)
+    assert "its 2 other runs" in said and "3 of its runs are compared runs" in said
+    assert "healthy_s01" in said and "healthy_s05" in said
+    # a copy of a calibration run (another folder, the same levels) is that run
+    copy = replace(shapes[3], path=Path("/elsewhere/copy_of_s03"))
+    assert _mean_df(gate.compare([shapes[0], copy, shapes[7]], shapes[6], rules=["findings:off"],
+                                 allowance=calibrate(shapes[2:5]))) == 2 + 1
+    # every calibration run compared: nothing left to lend, and the note says so
+    v = gate.compare(shapes[:3], shapes[3], rules=["findings:off"], allowance=calibrate(shapes[:3]))
+    assert _mean_df(v) == 2 and any("too few to lend a spread" in n for n in v.notes)
+
+
+@needs_shapes
+def test_a_calibration_of_another_length_or_configuration_lends_nothing_and_says_why(shapes):
+    al = calibrate(shapes[4:7])
+    longer = replace(al, steps=2 * al.steps)
+    v = gate.compare(shapes[:3], shapes[3], rules=["findings:off"], allowance=longer)
+    assert _mean_df(v) == 2 and v.allowance is None
+    assert any("was measured on runs of 5,000 matched steps" in n and "do not join" in n for n in v.notes)
+    other = replace(al, measured_on={**al.measured_on, "config": {**al.measured_on["config"], "lr": 0.123}})
+    v = gate.compare(shapes[:3], shapes[3], rules=["findings:off"], allowance=other)
+    assert _mean_df(v) == 2 and any("of another configuration" in n and "lr" in n for n in v.notes)
+
+
+@needs_shapes
+def test_a_baseline_folder_of_seeds_with_a_calibration_file_lends_from_it(tmp_path):
+    """The CI recipe with several seeds: main's folder holds its runs and a calibration on them; three of them are
+    the baseline seeds, and the calibration lends the other three."""
+    folder = tmp_path / "main"
+    for i in range(6):
+        shutil.copytree(SHAPES / f"healthy_s{i:02d}", folder / f"healthy_s{i:02d}")
+    res = run_cli("calibrate", folder, "-o", folder / allowance.FILE_NAME)
+    assert res.exit_code == 0, res.output
+    seeds = str(folder / "healthy_s0[0-2]")  # 3 of main's runs, the calibration's first 3
+    res = run_cli("compare", seeds, SHAPES / "healthy_s07", "--json", "-")
+    assert res.exit_code == 0, res.output  # a glob is no folder: no calibration found
+    assert json.loads(res.stdout)["allowance"] is None
+    res = run_cli("compare", seeds, SHAPES / "healthy_s07", "--allowance", folder / allowance.FILE_NAME, "--json", "-")
+    assert res.exit_code == 0, res.output
+    v = json.loads(res.stdout)
+    mean = next(c for c in v["checks"] if c["metric"] == "loss_mean")
+    assert mean["details"]["df"] == 2 + 2 and v["allowance"] == str(folder / allowance.FILE_NAME)
