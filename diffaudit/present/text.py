@@ -194,6 +194,11 @@ def allowance_lines(al, *, saved: str | None) -> list[str]:
                  "clip rate: not measured (no clip threshold logged)")
     lines.append(f"saved to {saved}: use it with compare --allowance {saved}" if saved else
                  "not saved: give -o FILE to keep it for compare --allowance")
+    if al.deviations is not None and len(al.deviations) >= 2:
+        n = len(al.deviations)
+        lines.append(f"several baseline seeds of this configuration (compare --allowance): these {n} runs, where none of "
+                     f"them is compared, lend the seeds their scatter ({n - 1} more degrees of freedom for the mean over "
+                     "bins)")
     return lines
 
 
