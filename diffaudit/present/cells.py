@@ -90,7 +90,7 @@ def shown(v: Verdict, everything: bool) -> list[Check]:
 
 def noise_model_words(v: Verdict) -> str:
     if v.noise_model == "seeds":
-        return "seed-to-seed spread" + (" (and a calibration's other runs')" if v.allowance else "")
+        return "seed-to-seed spread" + (" (a calibration's runs lent theirs)" if v.allowance else "")
     return "within-run variability + " + ("calibrated seed allowance" if v.allowance not in (None, "built-in")
                                           else "built-in seed allowance")
 
