@@ -454,6 +454,7 @@ def _statistics(base, cand, sides, rules_, win, alpha, correction, min_windows, 
 # What the comparison can see
 
 PROJECT_SEEDS = (3, 5, 8, 10, 15, 20, 30)  # baseline seed counts a projection may name
+PROJECT_LENT = 3  # runs of a calibration a projection for several baseline seeds names (the fewest calibrate takes)
 
 
 def _sight(checks: list[Check], st, rule: Rule, alpha: float, n_base: int, n_cand: int, correction: str) -> dict:
@@ -475,16 +476,22 @@ def _sight(checks: list[Check], st, rule: Rule, alpha: float, n_base: int, n_can
     else:
         lag = float(np.mean(st.lag_cap * st.elastic[np.isfinite(st.change)])) if np.isfinite(st.change).any() else 0.0
 
-    def would_see(k: int) -> float:
+    def would_see(k: int, lent: float = 0.0) -> float:
         # k baseline seeds against one candidate: a prediction interval from the seeds' spread of the mean, its
-        # aggregates as correlated as these
-        d = k - 1 + st.lent_df  # runs a calibration lends would lend these seeds too
+        # aggregates as correlated as these; ``lent``: df more runs of a calibration would lend them
+        d = k - 1 + st.lent_df + lent  # runs a calibration lends would lend these seeds too
         lvl = _group_level(st, alpha, d)
         return tol + lag + float(stats.detectable_shift(st.run_sd * math.sqrt(1 + 1 / k), d, lvl))
 
     if math.isfinite(st.run_sd) and st.run_sd > 0:
         k = 5 if n_base < 5 else 2 * n_base
         out["projection"] = {"baseline_seeds": k, "detectable": would_see(k), "run_sd": st.run_sd}
+        if n_base >= 2 and n_cand == 1 and not st.lent_df:
+            # these seeds, lent the scatter of a calibration's other runs (lent_runs)
+            lent = would_see(n_base, PROJECT_LENT - 1)
+            if lent < out["detectable"]:
+                out["projection"].update(calibration_runs=PROJECT_LENT, with_calibration=lent)
+                out["lend"] = (PROJECT_LENT, lent)
         if out["projection"]["detectable"] >= out["detectable"]:
             out["projection"] = None  # more seeds of a spread this large would not see more
         if out["detectable"] > 2 * tol:
@@ -510,6 +517,10 @@ def _weak_words(sight: dict, rule: Rule, single: bool, al: Allowance) -> str:
     if single and not al.calibrated:
         fixes.append("a calibration of this model (diffaudit calibrate on 3 or more healthy seeds, then --allowance) "
                      "in place of the built-in allowance")
+    if sight.get("lend") is not None:
+        n, see = sight["lend"]
+        fixes.append(f"a calibration of this configuration on {n} other seeds (diffaudit calibrate, then --allowance): "
+                     f"their scatter lent to these seeds, the comparison would see {change_text(see, True)}")
     fixes.append("a longer late window (--window) where the runs have settled")
     return said + "; what would make it strong enough: " + "; or ".join(fixes)
 

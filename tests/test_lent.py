@@ -201,3 +201,22 @@ def test_a_baseline_folder_of_seeds_with_a_calibration_file_lends_from_it(tmp_pa
     v = json.loads(res.stdout)
     mean = next(c for c in v["checks"] if c["metric"] == "loss_mean")
     assert mean["details"]["df"] == 2 + 2 and v["allowance"] == str(folder / allowance.FILE_NAME)
+
+
+EDM = REPO / "sample_logs" / "families" / "patches_edm"  # held out
+
+
+@pytest.mark.skipif(not (EDM / "healthy_s07").is_dir(), reason="sample_logs/families not present")
+def test_three_seeds_too_weak_to_gate_on_are_told_what_a_calibration_would_lend_them():
+    runs = [load_run(EDM / f"healthy_s{i:02d}") for i in range(7)]
+    v = gate.compare(runs[:3], runs[3], rules=["findings:off"])
+    assert v.weak and _mean_df(v) == 2
+    proj = v.projection
+    assert proj["calibration_runs"] == 3 and proj["with_calibration"] < v.detectable
+    said = next(n for n in v.notes if n.startswith("too weak to gate on"))
+    assert "a calibration of this configuration on 3 other seeds" in said
+    # what it says a calibration would lend, a calibration on 3 other seeds gives, near enough (their spread differs)
+    lent = gate.compare(runs[:3], runs[3], rules=["findings:off"], allowance=calibrate(runs[4:7]))
+    assert _mean_df(lent) == 4 and lent.detectable < v.detectable
+    assert lent.projection is None or "with_calibration" not in lent.projection  # already lent: nothing to project
+    assert abs(lent.detectable - proj["with_calibration"]) < 0.5 * (v.detectable - gate_options.TOLERANCE)
