@@ -190,7 +190,7 @@ __all__ = [
     "DEFAULT_ALLOWANCE", "GROUP_METRIC", "LAG_SHARE", "SEED_BIN_SD", "SEED_CLIP_SD", "SEED_FLOOR_SD", "SEED_MEAN_SD",
     "SEED_SPEED_SD", "Allowance", "Check", "Side", "Verdict",
     "adjusted_levels", "block_means", "sampling_variance", "compare", "decide", "group_detectable", "group_detectables", "late_levels",
-    "resolve_allowance", "seed_stats", "single_run_stats", "speed_level", "with_baseline",
+    "projected_sight", "resolve_allowance", "seed_stats", "single_run_stats", "speed_level", "with_baseline",
 ]
 
 
@@ -500,6 +500,64 @@ def _sight(checks: list[Check], st, rule: Rule, alpha: float, n_base: int, n_can
         out["run_sd"] = st.run_sd
     out["weak"] = out["detectable"] > 2 * tol
     return out
+
+
+def projected_sight(al: Allowance, *, seeds=(3, 5), tolerance: float = TOLERANCE, alpha: float = ALPHA) -> dict:
+    """What ``compare`` will be able to see with a calibration: the detectable rise of the mean loss over bins
+    (as a verdict states it) for one run per side (the baseline counted among its runs when the file keeps its
+    reference levels) and for each count in ``seeds`` of baseline seeds against one candidate, the calibration's
+    runs lent to them; for runs of the calibration's length. A forecast from the calibration's own spread: the
+    comparison's spread is measured again on its runs, so what it states varies about this. {} when the
+    calibration keeps no spread of the mean (built-in allowance, or too few bins)."""
+    sd = al.mean
+    if not al.calibrated or not (sd > 0) or al.deviations is None:
+        return {}
+    R = al.runs
+    dev = np.asarray(al.deviations, np.float64)
+    wsd = al.weight_sd()
+    tested = np.isfinite(dev).all(axis=0) if wsd is None else np.isfinite(wsd)
+    if tested.sum() < 2:
+        return {}
+    wvar = None if wsd is None else wsd**2
+    w_all = stats.precision_weights(np.ones(tested.size) if wvar is None else wvar, tested)
+    lag, rho = 0.0, math.nan
+    ref = al.reference
+    if ref is not None:
+        elastic = np.nan_to_num(np.asarray(ref["elasticity"], np.float64), nan=0.0)
+        falling = np.zeros(tested.size, bool)
+        falling[[k for k in ref["still_falling"] if k < tested.size]] = True
+        falling &= tested
+        cap = _lag_bound(float(ref["max_lag"]), elastic, falling, tolerance)
+        lag = float(np.sum(w_all * cap * elastic))
+        if 2 <= falling.sum() < tested.sum() and wvar is not None:
+            try:
+                r1 = stats.pooled_spread(np.where(tested[None, :], dev, np.nan),
+                                         scale=np.asarray(ref["sampling_scale"], np.float64)).r1
+            except DiffauditError:
+                r1 = math.nan
+            if math.isfinite(r1):
+                rho = stats.ar1_group_correlation(wvar, r1, tested, falling, w_all,
+                                                  stats.precision_weights(wvar, falling))
+        two = 2 <= falling.sum() < tested.sum()
+    else:
+        two = False
+    share = alpha * GROUP_ALPHA_SHARE
+
+    def see(factor: float, df: float) -> float:
+        # the comparison measures its sd on df degrees of freedom: its expected value, given this one on R - 1
+        # (E[s] = c4(df) sigma, so sd / c4(R - 1) estimates sigma without bias)
+        se = sd * _c4(df) / _c4(R - 1) * factor
+        lvl = stats.pair_level(share, rho, df) if two and math.isfinite(rho) else share / (2 if two else 1)
+        return tolerance + lag + float(stats.detectable_shift(se, df, lvl))
+
+    counted = ref is not None  # compare counts the baseline run among the calibration's runs
+    return {"one_run_per_side": see(math.sqrt(2.0), R if counted else R - 1),
+            "baseline_seeds": {int(k): see(math.sqrt(1 + 1 / k), (k - 1) + (R - 1)) for k in seeds}}
+
+
+def _c4(df: float) -> float:
+    """E[s] / sigma for a normal sample's sd on ``df`` degrees of freedom."""
+    return math.exp(0.5 * math.log(2.0 / df) + math.lgamma((df + 1) / 2) - math.lgamma(df / 2))
 
 
 def _weak_words(sight: dict, rule: Rule, single: bool, al: Allowance) -> str:

@@ -220,3 +220,55 @@ def test_three_seeds_too_weak_to_gate_on_are_told_what_a_calibration_would_lend_
     assert _mean_df(lent) == 4 and lent.detectable < v.detectable
     assert lent.projection is None or "with_calibration" not in lent.projection  # already lent: nothing to project
     assert abs(lent.detectable - proj["with_calibration"]) < 0.5 * (v.detectable - gate_options.TOLERANCE)
+
+
+# ----------------------------------------------------------------------------
+# What compare will see, forecast when calibrating
+
+
+def _sim_allowance(cal: np.ndarray) -> allowance.Allowance:
+    fields = level_spreads(cal.mean(axis=2), cal.mean(axis=0), X[SEL], 100.0 * K)
+    fields.pop("pooling")
+    return allowance.Allowance(**fields, steps=100 * K, source="simulation")
+
+
+def test_the_forecast_of_three_lent_seeds_is_what_such_comparisons_state_by_monte_carlo():
+    """On average, the forecasts made from 3-run calibrations are what comparisons of 3 seeds lent 3 such runs
+    state (each measures its spread anew, on 4 df), within a tenth of the excess over the tolerance."""
+    rng = np.random.default_rng(8)
+    said, stated = [], []
+    for _ in range(150):
+        cal = _blocks(rng, 3)
+        al = _sim_allowance(cal)
+        said.append(gate.projected_sight(al)["baseline_seeds"][3])
+        dev = np.array(al.deviations)
+        blocks = _blocks(rng, 4)
+        st = gate.seed_stats(blocks.mean(axis=2), blocks[:3].mean(axis=0), X[SEL], 100.0 * K, 3,
+                             lent=dev - dev.mean(axis=0))
+        stated.append(gate.group_detectable(st))
+    a, b = float(np.mean(said)), float(np.mean(stated))
+    assert abs(a - b) < 0.1 * (b - gate_options.TOLERANCE), (a, b)
+
+
+@needs_shapes
+def test_the_forecast_is_what_compare_states_on_a_held_out_family(shapes):
+    for cal in ([4, 5, 6], [0, 1, 2]):
+        al = calibrate([shapes[i] for i in cal])
+        sight = gate.projected_sight(al)
+        rest = [i for i in range(8) if i not in cal]
+        one = gate.compare(shapes[rest[0]], shapes[rest[1]], rules=["findings:off"], allowance=al).detectable
+        three = gate.compare([shapes[i] for i in rest[:3]], shapes[rest[3]], rules=["findings:off"],
+                             allowance=al).detectable
+        for said, got in ((sight["one_run_per_side"], one), (sight["baseline_seeds"][3], three)):
+            assert abs(said - got) < 0.25 * (got - gate_options.TOLERANCE), (cal, said, got)
+        assert sight["baseline_seeds"][5] < sight["baseline_seeds"][3] < sight["one_run_per_side"]
+    assert gate.projected_sight(gate.DEFAULT_ALLOWANCE) == {}
+
+
+@needs_shapes
+def test_calibrate_says_what_compare_will_see_and_which_design_to_gate_with():
+    res = run_cli("calibrate", *[SHAPES / f"healthy_s0{i}" for i in range(3)])
+    assert res.exit_code == 0, res.output
+    line = next(ln for ln in res.output.splitlines() if ln.startswith("what compare will see with it"))
+    assert "one run per side +4" in line and "3 baseline seeds against one candidate, its runs lent to theirs, +3" in line
+    assert "gate with 3 baseline seeds or more" in res.output

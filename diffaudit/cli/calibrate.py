@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from diffaudit import allowance as allowance_file
+from diffaudit import gate
 from diffaudit import gate_options as opts
 from diffaudit.calibration import MIN_RUNS, calibrate as measure
 from diffaudit.cli import STRICT, main, warn_problems, write_output
@@ -23,8 +24,10 @@ freedom; the mean over bins, the steps to reach a loss level (at the level
 where the seeds agree best) and the clip rate get their sd over runs.
 
 `compare --allowance FILE` then uses it for one run per side instead of the
-built-in allowance, learned on other models; a baseline folder holding a file
-named {allowance_file.FILE_NAME} uses it without the option. The file is JSON and
+built-in allowance, learned on other models; with several baseline seeds, its
+runs that are not compared lend the seeds their scatter; a baseline folder
+holding a file named {allowance_file.FILE_NAME} uses it without the option. It
+says what compare will see with it, one run per side and with 3 or 5 seeds. The file is JSON and
 says what it was measured on (process, prediction, bins, steps, runs, date);
 `compare` refuses it (exit 2) for runs of another process, target or bins.
 
@@ -72,5 +75,6 @@ def calibrate(runs, output, window, min_windows, max_lag, force, json_out, stric
         allowance_file.write_allowance(al, output)
     if json_out:
         write_output(json_out, allowance_file.dumps(al), "calibration JSON")
-    for line in text.allowance_lines(al, saved=output):
+    sight = gate.projected_sight(al, seeds=gate.PROJECT_SEEDS)
+    for line in text.allowance_lines(al, saved=output, sight=sight, tolerance=opts.TOLERANCE):
         click.echo(line, err=json_out == "-")

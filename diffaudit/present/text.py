@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 
 from diffaudit.findings import SEVERITIES
 from diffaudit import gate_options as opts
-from diffaudit.words import bin_ranges, bin_spans, clipped, edge_span, noise_unit, num, pct, plus_minus
+from diffaudit.words import bin_ranges, bin_spans, change_text, clipped, edge_span, noise_unit, num, pct, plus_minus
 
 if TYPE_CHECKING:  # the outputs read the engines' results; importing this module costs no analysis
     from diffaudit.analysis import Analysis
@@ -158,8 +158,9 @@ def watch_change_line(c: Change) -> str:
     return f"  [{mark}] {what:<12} {c.id}: {c.message}"
 
 
-def allowance_lines(al, *, saved: str | None) -> list[str]:
-    """``diffaudit calibrate``'s report: what was measured on what, the spreads, and where it went."""
+def allowance_lines(al, *, saved: str | None, sight: dict | None = None, tolerance: float | None = None) -> list[str]:
+    """``diffaudit calibrate``'s report: what was measured on what, the spreads, what compare will see with it
+    (``sight``: :func:`diffaudit.gate.projected_sight`) and where it went."""
     m = al.measured_on
     runs = m.get("runs", [])
     noise = m.get("noise", {})
@@ -192,6 +193,18 @@ def allowance_lines(al, *, saved: str | None) -> list[str]:
         lines.append("steps to reach the loss level: not measured (a run's loss did not fall, or it logged no steps)")
     lines.append(f"clip rate, sd of its log-odds: {al.clip:.3g}" if al.clip else
                  "clip rate: not measured (no clip threshold logged)")
+    if sight:
+        seeds = "; ".join(f"{k} baseline seeds against one candidate, its runs lent to theirs, "
+                          f"{change_text(v, True)}" for k, v in list(sight["baseline_seeds"].items())[:2])
+        lines.append(f"what compare will see with it (the smallest rise of the mean loss over bins it catches 80% of "
+                     f"the time), about, if the compared runs spread as these did: one run per side "
+                     f"{change_text(sight['one_run_per_side'], True)}; {seeds}")
+        if tolerance is not None and sight["one_run_per_side"] > 2 * tolerance:
+            enough = [k for k, v in sight["baseline_seeds"].items() if v <= 2 * tolerance]
+            lines.append(f"one run per side would be too weak to gate on (more than twice the {change_text(tolerance, True)} "
+                         "tolerance)" + (f": gate with {enough[0]} baseline seeds or more" if enough else
+                                         f": even {max(sight['baseline_seeds'])} baseline seeds would be; these seeds "
+                                         "differ too much for a gate this tight, so raise --tolerance"))
     lines.append(f"saved to {saved}: use it with compare --allowance {saved}" if saved else
                  "not saved: give -o FILE to keep it for compare --allowance")
     if al.deviations is not None and len(al.deviations) >= 2:
