@@ -35,7 +35,7 @@ from diffaudit.allowance import Allowance, process_fingerprint
 from diffaudit.errors import DiffauditError, InconclusiveError, MismatchError
 from diffaudit.gate_options import MAX_LAG, MIN_WINDOWS, TOLERANCE, WINDOW, parse_window
 from diffaudit.load import Run
-from diffaudit.configs import flat_config, seed_like, varying_config
+from diffaudit.configs import flat_config, seed_like, seed_values, varying_config
 from diffaudit.words import process_words
 
 MIN_RUNS = 3  # fewer healthy seeds cannot give a spread worth the name
@@ -94,8 +94,8 @@ def calibrate(runs: list[Run], *, window=WINDOW, min_windows: int = MIN_WINDOWS,
         "steps": {"first": int(lo), "last": int(hi), "matched": int(hi - lo + 1)},
         "window": {"spec": str(win), "first": int(grid.start[sel[0]]), "last": int(min(grid.end[sel[-1]], hi)),
                    "blocks": int(sel.size)},
-        "runs": [{"name": r.name, "path": str(r.path.resolve()), "seed": (r.meta.get("config") or {}).get("seed")}
-                 for r in runs],
+        "runs": [{"name": r.name, "path": str(r.path.resolve()), "seed": (r.meta.get("config") or {}).get("seed"),
+                  "seeds": seed_values(r.meta.get("config") or {})} for r in runs],
         "config": {k: v for k, v in flat_config(ref.meta.get("config") or {}).items()
                    if not seed_like(k) and k not in varying},
         "pooling": {"prior_df": spread.d0, "own_df": spread.d, "effective_bins": spread.n_eff,

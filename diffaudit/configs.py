@@ -21,6 +21,12 @@ def seed_like(key: str) -> bool:
     return bool(_words(key) & SEED_WORDS)
 
 
+def seed_values(cfg) -> dict:
+    """The keys of a run's config (flattened) that hold a seed (``seed``, ``train.seed``, ``data_seed`` ...), with
+    their values: two runs with the same non-empty dict are reruns of one seed."""
+    return {k: v for k, v in flat_config(cfg).items() if _words(k) & {"seed", "seeds"}}
+
+
 def flat_config(cfg, prefix: str = "") -> dict:
     """A run's free ``config`` as one level of dotted keys (``{"opt": {"lr": 1}}`` -> ``{"opt.lr": 1}``)."""
     out = {}

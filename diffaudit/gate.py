@@ -150,7 +150,7 @@ from diffaudit import stats
 from diffaudit.allowance import Allowance, check_fits, find_in, read_allowance
 from diffaudit.errors import DataError, DiffauditError, InconclusiveError, MismatchError
 from diffaudit.analysis import analyze
-from diffaudit.configs import flat_config, seed_like
+from diffaudit.configs import flat_config, seed_like, seed_values
 from diffaudit.load import Run
 from diffaudit.reference import reference_lstar
 from diffaudit.units import conversion_notes, in_lstar_units
@@ -415,7 +415,7 @@ def _statistics(base, cand, sides, rules_, win, alpha, correction, min_windows, 
             allowance, said = with_baseline(allowance, late_levels(grid, sel, 1)[0][0], base[0], window, nblocks)
             notes[:] = [_single_run_note(allowance, max_lag) if n == before else n for n in notes] + [said]
         bin_checks, st = _loss_checks(grid, sel, base, cand, rules_, alpha, correction, max_lag, lstar, single, lo, hi,
-                                      allowance)
+                                      allowance, unit)
         checks += bin_checks
         notes += st.notes
         if st.lent_df and len(cand) == 1:
@@ -447,7 +447,7 @@ def _statistics(base, cand, sides, rules_, win, alpha, correction, min_windows, 
                                  window_blocks=nblocks, lag=lag,
                                  lstar_kind=lstar_kind, detectable=sight["detectable"], projection=sight["projection"],
                                  weak=sight["weak"],
-                                 allowance=allowance.source if single or (st is not None and st.lent_df) else None)
+                                 allowance=allowance.source if single or (st is not None and st.lent_given) else None)
 
 
 # ----------------------------------------------------------------------------
@@ -486,7 +486,7 @@ def _sight(checks: list[Check], st, rule: Rule, alpha: float, n_base: int, n_can
     if math.isfinite(st.run_sd) and st.run_sd > 0:
         k = 5 if n_base < 5 else 2 * n_base
         out["projection"] = {"baseline_seeds": k, "detectable": would_see(k), "run_sd": st.run_sd}
-        if n_base >= 2 and n_cand == 1 and not st.lent_df:
+        if n_base >= 2 and n_cand == 1 and not st.lent_given:
             # these seeds, lent the scatter of a calibration's other runs (lent_runs)
             lent = would_see(n_base, PROJECT_LENT - 1)
             if lent < out["detectable"]:
@@ -540,7 +540,9 @@ def projected_sight(al: Allowance, *, seeds=(3, 5), tolerance: float = TOLERANCE
                                                   stats.precision_weights(wvar, falling))
         two = 2 <= falling.sum() < tested.sum()
     else:
-        two = False
+        # a file without its reference levels: the most a lag may take from a mean (LAG_SHARE of the tolerance),
+        # and two aggregates tested as if independent (the safe side of both)
+        two, lag = True, LAG_SHARE * tolerance
     share = alpha * GROUP_ALPHA_SHARE
 
     def see(factor: float, df: float) -> float:
@@ -599,6 +601,7 @@ def resolve_allowance(allowance, baseline, process) -> Allowance:
 
 BASELINE_OUTLIER_P = 0.01  # a baseline whose mean level lies this far out among the calibration's runs is named
 LENT_GAP = 0.05  # lent runs lend a mean over bins when the bins they lack carry at most this share of its weight
+WINDOW_SLACK = 0.05  # a calibration lends when its late window sits where the comparison's does, within 5% of the run
 SAME_RUN = 1e-6  # a baseline whose late level matches a calibration run's to this (relative) in every bin is that run
 
 
@@ -705,7 +708,15 @@ def _calibration_twin(al: Allowance, run: Run, late: np.ndarray | None) -> tuple
             return i, "levels"
     cfg = run.meta.get("config") or {}
     seed = cfg.get("seed") if isinstance(cfg, dict) else None
-    i = next((i for i, r in enumerate(cal_runs) if seed is not None and r.get("seed") == seed), None)
+    mine = seed_values(cfg)
+
+    def rerun(r: dict) -> bool:
+        theirs = r.get("seeds")
+        if isinstance(theirs, dict) and theirs and mine:  # every seed key alike (a file that records them)
+            return theirs == mine
+        return seed is not None and r.get("seed") == seed
+
+    i = next((i for i, r in enumerate(cal_runs) if isinstance(r, dict) and rerun(r)), None)
     return None if i is None else (i, "seed")
 
 
@@ -726,30 +737,56 @@ def _keys_text(keys: list[str]) -> str:
 
 
 def lent_runs(al: Allowance, base: list, cand: list, late: np.ndarray, span: float, window: tuple[int, int],
-              blocks: int) -> tuple[np.ndarray | None, str | None]:
+              blocks: int, *, first: int | None = None, unit: str = "loss", tolerance: float = TOLERANCE,
+              max_lag: float = MAX_LAG) -> tuple[np.ndarray | None, str | None]:
     """The runs of a calibration that several baseline seeds can borrow the scatter of (:func:`seed_stats`'s
     ``lent``): each one's lag-adjusted relative deviation per bin from the mean of those lent, and a note saying
     what was lent (or why nothing was); (None, None) for the built-in allowance.
 
     A calibration run lends only when it is independent of every compared run (not one of them, a copy or a rerun
-    of one's seed: those count once, as compared runs), when the baseline seeds are runs of the calibrated
-    configuration (their config differs only in a seed), and when the runs are about the calibration's length
-    (its scatter holds the within-run noise of its own late window). ``late``: (runs, bins) every compared
-    run's late level, baseline first."""
+    of one's seed: those count once, as compared runs), when there are several baseline seeds and they are runs of
+    the calibrated configuration (their config differs only in a seed), and when its deviations are the same
+    statistic as the seeds': runs of about its length, read over the same part of training (its scatter holds
+    the within-run noise of its own late window, and a window earlier in training spreads more), with the same
+    tolerance and progress-lag bound (they cap the lag each run's levels are adjusted by), in loss units (in units
+    of L* a copy of one of its runs could not be told by its levels). ``late``: (runs, bins) every compared run's
+    late level, baseline first; ``first``: the first matched step (``window`` is placed from it)."""
     if not al.calibrated:
         return None, None
     what = f"the calibration {al.source}"
-    if al.deviations is None:
-        return None, f"{what} keeps no per-run levels, so its runs cannot join the baseline seeds' spread"
+    if len(base) < 2:
+        return None, f"{what} lends its runs only to several baseline seeds"
+    if al.deviations is None or al.reference is None:
+        return None, f"{what} keeps no per-run reference levels, so its runs cannot join the baseline seeds' spread"
+    if unit != "loss":
+        return None, (f"{what} lends nothing in units of L*: its levels are in loss units, so a compared run that is a "
+                      "copy of one of its runs could not be told apart")
     if not al.matches_length(int(span)):
         return None, (f"{what} was measured on runs of {al.steps or 0:,} matched steps, these have {int(span):,}: its "
                       "runs do not join the baseline seeds' spread (the within-run part of a spread follows the "
                       "length of the late window)")
+    w, st = al.measured_on.get("window", {}), al.measured_on.get("steps", {})
+    try:
+        n_cal = float(st["last"]) - float(st["first"]) + 1
+        theirs = ((float(w["first"]) - float(st["first"])) / n_cal, (float(w["last"]) - float(st["first"])) / n_cal)
+    except (KeyError, TypeError, ValueError):
+        theirs = None
+    lo = window[0] if first is None else first
+    mine = ((window[0] - lo) / span, (window[1] - lo) / span)
+    if theirs is None or max(abs(mine[0] - theirs[0]), abs(mine[1] - theirs[1])) > WINDOW_SLACK:
+        where = "" if theirs is None else f" ({theirs[0]:.0%}-{theirs[1]:.0%} of its steps)"
+        return None, (f"{what} was measured over another part of training{where} than this late window "
+                      f"({mine[0]:.0%}-{mine[1]:.0%} of the matched steps): its runs do not join the baseline seeds' "
+                      "spread (runs spread more earlier in training)")
+    ref = al.reference
+    if not (math.isclose(float(ref["tolerance"]), tolerance) and math.isclose(float(ref["max_lag"]), max_lag)):
+        return None, (f"{what} adjusted its runs' levels for a progress lag under another tolerance or --max-lag "
+                      f"({pct(float(ref['tolerance']))}, {pct(float(ref['max_lag']))}; here {pct(tolerance)}, "
+                      f"{pct(max_lag)}): its runs do not join the baseline seeds' spread")
     differ = sorted({k for run in base for k in _config_differs(al, run)})
     if differ:
         return None, (f"{what} is of another configuration (the baseline seeds' config differs in "
                       f"{_keys_text(differ)}): its runs do not join their spread")
-    w = al.measured_on.get("window", {})
     same_window = (w.get("first"), w.get("last"), w.get("blocks")) == (window[0], window[1], blocks)
     cal_runs = al.measured_on.get("runs", [])
     shared = {}
@@ -1131,6 +1168,7 @@ class _BinStats:
     run_sd: float = math.nan  # sd of one run's mean level over the tested bins (relative): for projections
     group_rho: float = math.nan  # correlation of the two aggregates' statistics (a model's); NaN: Holm between them
     lent_df: float = 0.0  # degrees of freedom other runs of the baseline's configuration (a calibration's) add
+    lent_given: bool = False  # such runs were lent (to the bins, and to the means unless lent_df is 0)
 
 
 def _lag_bound(max_lag: float, elastic: np.ndarray, falling: np.ndarray, tolerance: float) -> float:
@@ -1438,9 +1476,9 @@ def seed_stats(late: np.ndarray, pooled_blocks: np.ndarray, x: np.ndarray, span:
             extra = sum(np.maximum(np.nanmean(rel_samp[side], axis=0) - scale, 0.0) / n
                         for side, n in ((slice(0, R0), R0), (slice(R0, R), R - R0)))
     if lent is not None:
-        lent = np.where(tested0[None, :], np.asarray(lent, np.float64), np.nan)
-        if lent.ndim != 2 or lent.shape[0] < 2 or lent.shape[1] != nb:
-            lent = None
+        lent = np.asarray(lent, np.float64)
+        lent = np.where(tested0[None, :], lent, np.nan) if lent.ndim == 2 and lent.shape[0] >= 2 \
+            and lent.shape[1] == nb else None
     spread = _pooled_seed_spread(adjusted, R0, tested0, scale, lent)
     wvar = np.full(nb, np.nan)  # each bin's variance for the precision weights of the means over bins
     notes = []
@@ -1497,6 +1535,17 @@ def seed_stats(late: np.ndarray, pooled_blocks: np.ndarray, x: np.ndarray, span:
     lag = float(np.mean(lags[R0:]) - np.mean(lags[:R0]))
     run_sd = math.nan
     lent_df = 0.0
+    if lent is not None:
+        # what the lent runs could not lend, said (each bin they did not all sample keeps the seeds' own pooling)
+        missed = tested & ~np.isfinite(lent).all(axis=0)
+        if missed.any():
+            notes.append(f"bins {bin_ranges(np.flatnonzero(missed).tolist())}, which the lent runs did not all sample, "
+                         "keep the seeds' own pooled spread")
+        unlent = [g[0] for g in groups if _lent_means(lent, g[5], g[1]) is None]
+        if unlent:
+            notes.append(f"the {' and the '.join(unlent)} keep{'s' if len(unlent) == 1 else ''} the seeds' own df: the "
+                         f"bins the lent runs did not sample carry more than {LENT_GAP:.0%} of {'its' if len(unlent) == 1 else 'their'} "
+                         "weight")
     if tested.sum() >= 2:
         w_all = stats.precision_weights(wvar, tested)
         per_run = stats.weighted_mean_rows(adjusted, w_all)
@@ -1511,7 +1560,7 @@ def seed_stats(late: np.ndarray, pooled_blocks: np.ndarray, x: np.ndarray, span:
         run_sd = math.sqrt(float(np.sum(dev**2)) / d) if d > 0 else math.nan
     rho = _group_rho(var, spread.r1 if spread is not None else math.nan, groups)
     return _BinStats(level_a, level_b, raw, change, var, df, elastic, lag, lag, why, groups, notes,
-                     _lag_bound(max_lag, elastic, falling, tolerance), run_sd, rho, lent_df)
+                     _lag_bound(max_lag, elastic, falling, tolerance), run_sd, rho, lent_df, lent is not None)
 
 
 def _lent_means(lent: np.ndarray, weights: np.ndarray, members: np.ndarray) -> np.ndarray | None:
@@ -1561,16 +1610,26 @@ def _pooled_seed_spread(adjusted: np.ndarray, R0: int, tested: np.ndarray, scale
         if a.shape[0] >= 2:
             rows.append(a - np.mean(a, axis=0))
             d += a.shape[0] - 1
-    if lent is not None:
-        rows.append(lent)
-        d += lent.shape[0] - 1
     if not rows or tested.sum() < 4:
         return None
-    dev = np.where(tested[None, :], np.concatenate(rows), np.nan)
+    own = np.where(tested[None, :], np.concatenate(rows), np.nan)
     try:
-        return stats.pooled_spread(dev, d=d, scale=scale)
+        spread = stats.pooled_spread(own, d=d, scale=scale)
     except InconclusiveError:
-        return None
+        spread = None
+    if lent is None:
+        return spread
+    with_lent = np.where(tested[None, :], np.concatenate(rows + [lent]), np.nan)
+    try:
+        lent_spread = stats.pooled_spread(with_lent, d=d + lent.shape[0] - 1, scale=scale)
+    except InconclusiveError:
+        return spread
+    # a bin the lent runs did not all sample is left out of their pooling: it keeps the seeds' own
+    gap = tested & ~np.isfinite(lent_spread.var)
+    if spread is None or not gap.any():
+        return lent_spread
+    return replace(lent_spread, **{f: np.where(gap, getattr(spread, f), getattr(lent_spread, f))
+                                   for f in ("var", "df", "prior", "raw")})
 
 
 def _spread_words(ps: stats.PooledSpread) -> str:
@@ -1623,7 +1682,8 @@ def decide(st: _BinStats, *, tolerance: float = TOLERANCE, alpha: float = ALPHA,
     return p, q, pg, qg
 
 
-def _loss_checks(grid, sel, base, cand, rules, alpha, correction, max_lag, lstar, single, lo, hi, allowance):
+def _loss_checks(grid, sel, base, cand, rules, alpha, correction, max_lag, lstar, single, lo, hi, allowance,
+                 unit: str = "loss"):
     """One check per bin (and per bin for excess, when its rule is on) plus the aggregates; returns (checks, lag, notes)."""
     process = base[0].process
     nb = process.num_bins
@@ -1640,7 +1700,8 @@ def _loss_checks(grid, sel, base, cand, rules, alpha, correction, max_lag, lstar
         window = (int(grid.start[sel[0]]), int(min(grid.end[sel[-1]], hi)))
         sampling = sampling_variance(base + cand, window[0], window[1], nb)
         lim = rule.limit if rule.relative and rule.limit is not None else TOLERANCE
-        lent, said = lent_runs(allowance, base, cand, late, span, window, len(sel))
+        lent, said = lent_runs(allowance, base, cand, late, span, window, len(sel), first=lo, unit=unit,
+                               tolerance=lim, max_lag=max_lag)
         st = seed_stats(late, pooled_blocks, x_all[sel], span, R0, max_lag=max_lag, tolerance=lim, sampling=sampling,
                         lent=lent)
         if said:

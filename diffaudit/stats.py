@@ -1270,7 +1270,8 @@ def pooled_spread(dev, *, d: float | None = None, degree: int = 2, max_df: float
     zs = dev[:, use] / np.sqrt(prior_use)
     g = zs @ zs.T / d  # (R, R): same non-zero spectrum as the (B, B) sample covariance
     t2, t1 = float(np.sum(g * g)), float(np.trace(g)) ** 2
-    a = (t2 - t1 / d) / (1 + 1 / d - 2 / d**2)
+    den = 1 + 1 / d - 2 / d**2  # 0 on 1 df: the two moments then cannot be told apart
+    a = (t2 - t1 / d) / den if den > 0 else 0.0
     c = t1 - 2 * a / d
     n_eff = float(np.clip(c / a, 1.0, use.sum())) if a > 0 and c > 0 else float(use.sum())
     # a few runs barely show the correlation between bins, but neighbouring noise levels share most of it (a

@@ -272,3 +272,81 @@ def test_calibrate_says_what_compare_will_see_and_which_design_to_gate_with():
     line = next(ln for ln in res.output.splitlines() if ln.startswith("what compare will see with it"))
     assert "one run per side +4" in line and "3 baseline seeds against one candidate, its runs lent to theirs, +3" in line
     assert "gate with 3 baseline seeds or more" in res.output
+
+
+# ----------------------------------------------------------------------------
+# What lends nothing, or less, and says so
+
+
+def _bin_dfs(v) -> dict:
+    return {c.bin: c.details["df"] for c in v.checks if c.metric == "loss" and "df" in c.details}
+
+
+@pytest.mark.skipif(not (EDM / "healthy_s07").is_dir(), reason="sample_logs/families not present")
+def test_bins_a_calibration_missed_keep_the_seeds_own_pooled_spread():
+    runs = [load_run(EDM / f"healthy_s{i:02d}") for i in range(7)]
+    al = calibrate(runs[:3])
+    missed = np.flatnonzero(~np.isfinite(np.asarray(al.deviations)).all(axis=0))
+    assert missed.size  # EDM's extreme noise levels: some seed of these drew no sample there late
+    alone = _bin_dfs(gate.compare(runs[3:6], runs[6], rules=["findings:off"]))
+    v = gate.compare(runs[3:6], runs[6], rules=["findings:off"], allowance=al)
+    lent = _bin_dfs(v)
+    for k in missed:
+        if k in alone:
+            assert lent[k] == pytest.approx(alone[k]), k  # not cut to the bin's own 2 df
+    # elsewhere the lent runs' deviations are the bins' own (each bin's total stays capped at MAX_BIN_DF)
+    assert any("4 df per bin of its own" in n for n in v.notes)
+    assert any("which the lent runs did not all sample, keep the seeds' own pooled spread" in n for n in v.notes)
+
+
+@needs_shapes
+def test_a_calibration_missing_much_of_a_means_weight_lends_it_nothing_and_says_so(shapes):
+    al = calibrate(shapes[4:7])
+    dev = np.array(al.deviations)
+    dev[0, :10] = np.nan  # one of its runs drew nothing late in 10 bins
+    gappy = replace(al, deviations=tuple(tuple(r) for r in dev))
+    v = gate.compare(shapes[:3], shapes[3], rules=["findings:off"], allowance=gappy)
+    assert _mean_df(v) == 2 and v.allowance == al.source
+    assert any("keep the seeds' own df" in n or "keeps the seeds' own df" in n for n in v.notes)
+    assert not any("a mean over bins on t with 4 df" in n for n in v.notes)
+    assert v.projection is None or "with_calibration" not in v.projection  # a calibration was given
+
+
+@needs_shapes
+@pytest.mark.parametrize("how, said", [
+    (dict(window="steps:800-1200"), "over another part of training"),
+    (dict(tolerance="1%"), "under another tolerance or --max-lag"),
+    (dict(max_lag="1%"), "under another tolerance or --max-lag"),
+    (dict(unit="lstar"), "lends nothing in units of L*"),
+])
+def test_a_calibration_lends_only_the_statistic_the_seeds_measure(shapes, how, said):
+    al = calibrate(shapes[4:7])
+    v = gate.compare(shapes[:3], shapes[3], rules=["findings:off"], allowance=al, **how)
+    assert _mean_df(v) == 2 and v.allowance is None
+    assert any(said in n for n in v.notes), v.notes
+
+
+@needs_shapes
+def test_copies_and_reruns_of_calibration_runs_lend_nothing_twice(shapes):
+    al = calibrate(shapes[2:5])
+    # a copy in another folder whose config lost its seed: told by its late levels
+    cfg = {k: v for k, v in shapes[3].meta["config"].items() if k != "seed"}
+    copy = replace(shapes[3], path=Path("/elsewhere/copy_of_s03"), meta={**shapes[3].meta, "config": cfg})
+    v = gate.compare([shapes[0], copy, shapes[7]], shapes[6], rules=["findings:off"], allowance=al)
+    assert _mean_df(v) == 2 + 1 and any("1 of its runs are compared runs" in n for n in v.notes)
+    # a rerun of a calibration run's seed kept under a nested key (another folder, other levels)
+    nest = [replace(r, meta={**r.meta, "config": {**{k: x for k, x in r.meta["config"].items() if k != "seed"},
+                                                   "train": {"seed": 100 + i}}}) for i, r in enumerate(shapes)]
+    al = calibrate(nest[2:5])
+    assert al.measured_on["runs"][1]["seeds"] == {"train.seed": 103}
+    rerun = replace(nest[7], meta={**nest[7].meta, "config": {**nest[7].meta["config"], "train": {"seed": 103}}})
+    v = gate.compare([nest[0], rerun, nest[1]], nest[6], rules=["findings:off"], allowance=al)
+    assert _mean_df(v) == 2 + 1 and any("its 2 other runs" in n for n in v.notes)
+
+
+@needs_shapes
+def test_one_baseline_run_against_two_candidates_is_judged(shapes):
+    """Pooling over one df once divided by zero (the moments of the bins' effective number)."""
+    v = gate.compare(shapes[0], shapes[1:3], rules=["findings:off"], allowance=calibrate(shapes[4:7]))
+    assert v.status == "pass" and v.detectable is not None
+    assert any("lends its runs only to several baseline seeds" in n for n in v.notes)
