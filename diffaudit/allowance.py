@@ -47,6 +47,7 @@ FORMAT = 1  # the version of the calibration file; a newer one is refused with a
 FILE_NAME = "diffaudit-allowance.json"  # a baseline folder holding this file uses it without --allowance
 KIND = "diffaudit-allowance"  # the file's "kind", so a stray JSON file is named as what it is not
 LENGTH_SLACK = 0.25  # the calibration stands for the runs' own spread when their matched steps are within 25%
+WINDOW_SLACK = 0.05  # ... and their late window sits where its did, within 5% of the run (runs spread more earlier)
 
 
 @dataclass(frozen=True)
@@ -148,6 +149,22 @@ class Allowance:
         """True when runs of ``steps`` matched steps are close enough to the calibration's length that its
         spread stands for theirs (the within-run part of it depends on the late window's length)."""
         return self.steps is not None and abs(steps / self.steps - 1) <= LENGTH_SLACK
+
+    def window_share(self) -> tuple[float, float] | None:
+        """Where the calibration's late window sat: its first and last step as shares of the matched steps."""
+        w, st = self.measured_on.get("window", {}), self.measured_on.get("steps", {})
+        try:
+            n = float(st["last"]) - float(st["first"]) + 1
+            return (float(w["first"]) - float(st["first"])) / n, (float(w["last"]) - float(st["first"])) / n
+        except (KeyError, TypeError, ValueError, ZeroDivisionError):
+            return None
+
+    def matches_window(self, share: tuple[float, float]) -> bool:
+        """True when a late window at ``share`` (first and last step, as shares of the matched steps) sits where
+        the calibration's did, within WINDOW_SLACK of the run: the spread of a window earlier in training is
+        larger, so the calibration's would not stand for it."""
+        mine = self.window_share()
+        return mine is not None and max(abs(share[0] - mine[0]), abs(share[1] - mine[1])) <= WINDOW_SLACK
 
     def words(self) -> str:
         if self.calibrated:

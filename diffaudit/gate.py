@@ -601,7 +601,6 @@ def resolve_allowance(allowance, baseline, process) -> Allowance:
 
 BASELINE_OUTLIER_P = 0.01  # a baseline whose mean level lies this far out among the calibration's runs is named
 LENT_GAP = 0.05  # lent runs lend a mean over bins when the bins they lack carry at most this share of its weight
-WINDOW_SLACK = 0.05  # a calibration lends when its late window sits where the comparison's does, within 5% of the run
 SAME_RUN = 1e-6  # a baseline whose late level matches a calibration run's to this (relative) in every bin is that run
 
 
@@ -732,6 +731,11 @@ def _config_differs(al: Allowance, run: Run) -> list[str]:
     return sorted(k for k in set(mine) | set(theirs) if mine.get(k) != theirs.get(k))
 
 
+def _window_words(al: Allowance) -> str:
+    share = al.window_share()
+    return "" if share is None else f" ({share[0]:.0%}-{share[1]:.0%} of its steps)"
+
+
 def _keys_text(keys: list[str]) -> str:
     return f"{', '.join(keys[:3])}{' ...' if len(keys) > 3 else ''}"
 
@@ -765,17 +769,10 @@ def lent_runs(al: Allowance, base: list, cand: list, late: np.ndarray, span: flo
         return None, (f"{what} was measured on runs of {al.steps or 0:,} matched steps, these have {int(span):,}: its "
                       "runs do not join the baseline seeds' spread (the within-run part of a spread follows the "
                       "length of the late window)")
-    w, st = al.measured_on.get("window", {}), al.measured_on.get("steps", {})
-    try:
-        n_cal = float(st["last"]) - float(st["first"]) + 1
-        theirs = ((float(w["first"]) - float(st["first"])) / n_cal, (float(w["last"]) - float(st["first"])) / n_cal)
-    except (KeyError, TypeError, ValueError):
-        theirs = None
     lo = window[0] if first is None else first
     mine = ((window[0] - lo) / span, (window[1] - lo) / span)
-    if theirs is None or max(abs(mine[0] - theirs[0]), abs(mine[1] - theirs[1])) > WINDOW_SLACK:
-        where = "" if theirs is None else f" ({theirs[0]:.0%}-{theirs[1]:.0%} of its steps)"
-        return None, (f"{what} was measured over another part of training{where} than this late window "
+    if not al.matches_window(mine):
+        return None, (f"{what} was measured over another part of training{_window_words(al)} than this late window "
                       f"({mine[0]:.0%}-{mine[1]:.0%} of the matched steps): its runs do not join the baseline seeds' "
                       "spread (runs spread more earlier in training)")
     ref = al.reference
@@ -787,6 +784,7 @@ def lent_runs(al: Allowance, base: list, cand: list, late: np.ndarray, span: flo
     if differ:
         return None, (f"{what} is of another configuration (the baseline seeds' config differs in "
                       f"{_keys_text(differ)}): its runs do not join their spread")
+    w = al.measured_on.get("window", {})
     same_window = (w.get("first"), w.get("last"), w.get("blocks")) == (window[0], window[1], blocks)
     cal_runs = al.measured_on.get("runs", [])
     shared = {}
@@ -1225,11 +1223,13 @@ def _window_error(z: np.ndarray, x: np.ndarray, phi: float | None,
 
 def single_run_stats(a: np.ndarray, b: np.ndarray, x: np.ndarray, sel: np.ndarray, span: float, *,
                      max_lag: float = MAX_LAG, allowance: Allowance | None = None,
-                     tolerance: float = TOLERANCE) -> _BinStats:
+                     tolerance: float = TOLERANCE, window_share: tuple[float, float] | None = None) -> _BinStats:
     """One run per side: per-bin late change, its honest error and the aggregates, from block means.
 
     ``a``, ``b``: (bins, blocks) block means of the baseline and the candidate over every matched block;
-    ``x``: block positions (steps); ``sel``: the late window's block indices; ``span``: matched steps.
+    ``x``: block positions (steps); ``sel``: the late window's block indices; ``span``: matched steps;
+    ``window_share``: the late window's first and last step as shares of the matched steps (a calibration stands
+    for the whole run-to-run spread only over the part of training it was measured on).
     """
     al = DEFAULT_ALLOWANCE if allowance is None else allowance
     nb, K = a.shape
@@ -1294,7 +1294,8 @@ def single_run_stats(a: np.ndarray, b: np.ndarray, x: np.ndarray, sel: np.ndarra
         allow_df = np.where(lacking, math.inf, allow_df)
     # a calibration of runs this long is the whole run-to-run spread (seeds and within-run noise): the pair's
     # variance is twice it, never less than the within-run variance seen; otherwise the allowance adds to that
-    whole = al.calibrated and al.matches_length(int(span))
+    elsewhere = al.calibrated and window_share is not None and not al.matches_window(window_share)
+    whole = al.calibrated and al.matches_length(int(span)) and not elsewhere
     if whole:
         cal_v = 2 * allow**2
         take = ~(var_w > cal_v) & ~lacking
@@ -1346,9 +1347,11 @@ def single_run_stats(a: np.ndarray, b: np.ndarray, x: np.ndarray, sel: np.ndarra
     run_sd = math.sqrt(groups[0][3] / 2) if groups else math.nan
     rho = _group_rho(var, _bins_lag1(al), groups)
     if al.calibrated:
+        why = (f"its late window sat elsewhere in training{_window_words(al)}, this one at {window_share[0]:.0%}-"
+               f"{window_share[1]:.0%}" if elsewhere else f"its runs were {al.steps:,} steps long against {int(span):,} here")
         notes.append(f"seed allowance calibrated on this configuration ({al.source})" +
-                     ("" if whole else f"; its runs were {al.steps:,} steps long against {int(span):,} here, so "
-                      "it is added to the within-run variability rather than standing for it"))
+                     ("" if whole else f"; {why}, so it is added to the within-run variability rather than standing for "
+                      "it"))
     return _BinStats(level_a, level_b, raw, change, var, df, elastic, lag, lag_fit, why, groups, notes,
                      _lag_bound(max_lag, elastic, falling, tolerance), run_sd, rho)
 
@@ -1693,8 +1696,9 @@ def _loss_checks(grid, sel, base, cand, rules, alpha, correction, max_lag, lstar
     rule, xrule = rules["loss"], rules["excess"]
     if single:
         lim = rule.limit if rule.relative and rule.limit is not None else TOLERANCE
+        win_end = int(min(grid.end[sel[-1]], hi))
         st = single_run_stats(grid.mean[0], grid.mean[1], x_all, sel, span, max_lag=max_lag, allowance=allowance,
-                              tolerance=lim)
+                              tolerance=lim, window_share=((int(grid.start[sel[0]]) - lo) / span, (win_end - lo) / span))
     else:
         late, pooled_blocks = late_levels(grid, sel, R0)
         window = (int(grid.start[sel[0]]), int(min(grid.end[sel[-1]], hi)))

@@ -350,3 +350,19 @@ def test_one_baseline_run_against_two_candidates_is_judged(shapes):
     v = gate.compare(shapes[0], shapes[1:3], rules=["findings:off"], allowance=calibrate(shapes[4:7]))
     assert v.status == "pass" and v.detectable is not None
     assert any("lends its runs only to several baseline seeds" in n for n in v.notes)
+
+
+@needs_shapes
+def test_one_run_per_side_over_another_part_of_training_adds_the_calibration_and_says_so(shapes):
+    """A calibration measured over the last 20% of its runs is not the whole spread of a window reaching back to
+    40% of training, where runs spread more: it is added to the within-run error, as for runs of another length."""
+    al = calibrate(shapes[4:7])
+    assert al.window_share() == pytest.approx((0.8, 1.0), abs=0.01)
+    late = gate.compare(shapes[0], shapes[1], rules=["findings:off"], allowance=al)
+    wide = gate.compare(shapes[0], shapes[1], rules=["findings:off"], allowance=al, window="last:60%")
+    assert not any("sat elsewhere in training" in n for n in late.notes)
+    said = next(n for n in wide.notes if n.startswith("seed allowance calibrated"))
+    assert "its late window sat elsewhere in training (80%-100% of its steps), this one at 40%-100%" in said
+    assert "added to the within-run variability" in said
+    # added, never in place of: every bin's variance holds the within-run part and the calibration's
+    assert all(c.details["df"] != al.df_mean for c in wide.checks if c.metric == "loss_mean")
