@@ -1,4 +1,5 @@
-"""Small runs for the boundary tests: written once by the real logger, copied and damaged per test."""
+"""Runs for the tests: small ones written once by the real logger, copied and damaged per test; loaded runs with
+every logged loss raised (a model that trains worse at every noise level)."""
 
 import hashlib
 import json
@@ -8,6 +9,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+from dataclasses import replace
+
+import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 
@@ -83,3 +87,14 @@ def cli_subprocess(*args, timeout=60, stdin=None):
     p = subprocess.run([sys.executable, "-c", code, *map(str, args)], capture_output=True, text=True,
                        timeout=timeout, env=env, stdin=subprocess.DEVNULL if stdin is None else stdin)
     return p.returncode, p.stdout, p.stderr
+
+
+def raised(run, factor: float):
+    """A loaded run with every logged training loss x factor (mean, min and max x factor, m2 x factor^2): what a
+    model that is worse by that much at every noise level logs."""
+    hit = pl.col("split") == "train"
+    bins = run.bins.with_columns(
+        *[pl.when(hit).then(pl.col(c) * factor).otherwise(pl.col(c)).alias(c) for c in ("mean", "min", "max")],
+        pl.when(hit).then(pl.col("m2") * factor**2).otherwise(pl.col("m2")).alias("m2"))
+    return replace(run, bins=bins, steps=run.steps.with_columns(pl.col("loss") * factor),
+                   path=run.path.with_name(run.path.name + f"x{factor:g}"))

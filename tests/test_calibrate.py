@@ -19,6 +19,7 @@ import numpy as np
 import polars as pl
 import pytest
 from _cli import one_line_error, run_cli
+from _runs import raised
 
 from diffaudit import allowance, gate, gate_options, stats
 from diffaudit.calibration import calibrate, level_spreads
@@ -30,16 +31,6 @@ REPO = Path(__file__).resolve().parents[1]
 SHAPES = REPO / "sample_logs" / "families" / "shapes_mlp"  # held out: no threshold of the gate was set on it
 EDM = REPO / "sample_logs" / "families" / "patches_edm"
 needs_shapes = pytest.mark.skipif(not (SHAPES / "healthy_s07").is_dir(), reason="sample_logs/families not present")
-
-
-def raised(run, factor: float):
-    """The run with every logged training loss x factor (a model that is worse at every noise level)."""
-    hit = pl.col("split") == "train"
-    bins = run.bins.with_columns(
-        *[pl.when(hit).then(pl.col(c) * factor).otherwise(pl.col(c)).alias(c) for c in ("mean", "min", "max")],
-        pl.when(hit).then(pl.col("m2") * factor**2).otherwise(pl.col("m2")).alias("m2"))
-    return replace(run, bins=bins, steps=run.steps.with_columns(pl.col("loss") * factor),
-                   path=run.path.with_name(run.path.name + f"x{factor:g}"))
 
 
 # ----------------------------------------------------------------------------

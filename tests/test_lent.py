@@ -16,9 +16,9 @@ from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
-import polars as pl
 import pytest
 from _cli import run_cli
+from _runs import raised
 
 from diffaudit import allowance, gate, gate_options, stats
 from diffaudit.calibration import calibrate, level_spreads
@@ -27,16 +27,6 @@ from diffaudit.load import load_run
 REPO = Path(__file__).resolve().parents[1]
 SHAPES = REPO / "sample_logs" / "families" / "shapes_mlp"  # held out: no threshold of the gate was set on it
 needs_shapes = pytest.mark.skipif(not (SHAPES / "healthy_s07").is_dir(), reason="sample_logs/families not present")
-
-
-def raised(run, factor: float):
-    """The run with every logged training loss x factor."""
-    hit = pl.col("split") == "train"
-    bins = run.bins.with_columns(
-        *[pl.when(hit).then(pl.col(c) * factor).otherwise(pl.col(c)).alias(c) for c in ("mean", "min", "max")],
-        pl.when(hit).then(pl.col("m2") * factor**2).otherwise(pl.col("m2")).alias("m2"))
-    return replace(run, bins=bins, steps=run.steps.with_columns(pl.col("loss") * factor),
-                   path=run.path.with_name(run.path.name + f"x{factor:g}"))
 
 
 # ----------------------------------------------------------------------------
