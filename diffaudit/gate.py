@@ -1524,6 +1524,7 @@ def seed_stats(late: np.ndarray, pooled_blocks: np.ndarray, x: np.ndarray, span:
             mid = float(np.median(wvar[pooled_ok]))
             wvar = np.where(tested & ~pooled_ok, np.fmax(var, mid), wvar)
     groups = []
+    lent_all, unlent = None, []  # the lent runs' mean over all bins (for run_sd); the aggregates they could not lend
     for name, members in _groups(tested, falling & tested):
         wts = stats.precision_weights(wvar, members)
         per_run = stats.weighted_mean_rows(adjusted, wts)
@@ -1533,32 +1534,32 @@ def seed_stats(late: np.ndarray, pooled_blocks: np.ndarray, x: np.ndarray, span:
             continue
         diff, v, d = c.diff, c.se**2, c.df
         if lent is not None:
-            diff, v, d = _lent_group(per_run[:R0], per_run[R0:], _lent_means(lent, wts, members))
+            means = _lent_means(lent, wts, members)
+            if means is None:
+                unlent.append(name)
+            else:
+                diff, v, d = _lent_group(per_run[:R0], per_run[R0:], means)
+                lent_all = means if not groups else lent_all
         groups.append((name, members, diff, v, d, wts))
     lag = float(np.mean(lags[R0:]) - np.mean(lags[:R0]))
     run_sd = math.nan
-    lent_df = 0.0
     if lent is not None:
         # what the lent runs could not lend, said (each bin they did not all sample keeps the seeds' own pooling)
         missed = tested & ~np.isfinite(lent).all(axis=0)
         if missed.any():
             notes.append(f"bins {bin_ranges(np.flatnonzero(missed).tolist())}, which the lent runs did not all sample, "
                          "keep the seeds' own pooled spread")
-        unlent = [g[0] for g in groups if _lent_means(lent, g[5], g[1]) is None]
         if unlent:
-            notes.append(f"the {' and the '.join(unlent)} keep{'s' if len(unlent) == 1 else ''} the seeds' own df: the "
-                         f"bins the lent runs did not sample carry more than {LENT_GAP:.0%} of {'its' if len(unlent) == 1 else 'their'} "
-                         "weight")
-    if tested.sum() >= 2:
-        w_all = stats.precision_weights(wvar, tested)
-        per_run = stats.weighted_mean_rows(adjusted, w_all)
+            one = len(unlent) == 1
+            notes.append(f"the {' and the '.join(unlent)} keep{'s' if one else ''} the seeds' own df: the bins the lent "
+                         f"runs did not sample carry more than {LENT_GAP:.0%} of {'its' if one else 'their'} weight")
+    lent_df = float(lent_all.size - 1) if lent_all is not None else 0.0
+    if groups and groups[0][1].sum() == tested.sum():  # the mean over all bins, as its check weighs them
+        per_run = stats.weighted_mean_rows(adjusted, groups[0][5])
         dev = [per_run[:R0] - np.mean(per_run[:R0]), per_run[R0:] - np.mean(per_run[R0:])]
-        d = (R0 - 1) + (R - R0 - 1)
-        extra = _lent_means(lent, w_all, tested) if lent is not None else None
-        if extra is not None:
-            dev.append(extra - np.mean(extra))
-            lent_df = float(extra.size - 1)
-            d += extra.size - 1
+        if lent_all is not None:
+            dev.append(lent_all - np.mean(lent_all))
+        d = (R0 - 1) + (R - R0 - 1) + lent_df
         dev = np.concatenate(dev)
         run_sd = math.sqrt(float(np.sum(dev**2)) / d) if d > 0 else math.nan
     rho = _group_rho(var, spread.r1 if spread is not None else math.nan, groups)
